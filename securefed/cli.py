@@ -1,0 +1,45 @@
+"""The ``securefed`` command line. Sub-commands live in ``cli_*.py`` modules."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Federated GLMM and BFI with secure aggregation and a signed audit log.",
+)
+
+
+def _register() -> None:
+    """Attach the sub-command modules (imported lazily to keep start-up fast)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script: user errors exit 2/3 with one line."""
+    from securefed.errors import BudgetExceededError, InputError
+
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except (InputError, BudgetExceededError) as err:
+        typer.echo(f"error: {err}", err=True)
+        return err.exit_code
+    except typer.Exit as done:
+        return int(done.exit_code or 0)
+    except SystemExit as done:  # click usage errors
+        return int(done.code or 0)
+    except Exception as err:  # noqa: BLE001 - click.UsageError and friends
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
