@@ -1,0 +1,148 @@
+"""Fitting a GLMM from summed site terms, with singular fits and the L2 penalty.
+
+The driver never sees data: it calls ``evaluate(layout, theta, derivatives)``,
+which returns the sum over sites of each site's :func:`core_stats.glmm.site_terms`
+(however that sum was protected). On top of Newton's method it adds:
+
+* the paper's penalty ``- lambda |beta|^2`` on every fixed effect except the
+  intercept (penalising the intercept would tie the fit to the outcome's coding);
+* boundary handling as lme4 does it: when a random-effect SD (relative to the
+  residual SD for the Gaussian family) falls below ``1e-2`` the model with
+  ``Lambda = 0`` (the GLM) is fitted too; if its log-likelihood is at least
+  as high, or the SD reaches ``1e-4`` (lme4's ``isSingular`` tolerance), the
+  fit is reported singular with ``sigma = 0`` and the GLM's estimates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from core_stats.families import Family
+from core_stats.glmm import ParameterLayout
+from core_stats.optimize import NewtonResult, NewtonStep, SummedTerms, newton_maximize
+
+__all__ = ["GLMMEstimate", "fit_glmm", "starting_values", "l2_penalty"]
+
+Evaluate = Callable[[ParameterLayout, np.ndarray, bool], SummedTerms]
+
+BOUNDARY_WATCH = 1e-2
+SINGULAR_TOL = 1e-4
+MAX_LOG_SD_STEP = 1.0  # trust region on log-Cholesky parameters per Newton step
+
+
+@dataclass(frozen=True)
+class GLMMEstimate:
+    """The optimum: parameters, their layout, and the summed terms there."""
+
+    layout: ParameterLayout
+    theta: np.ndarray
+    loglik: float  # unpenalised marginal log-likelihood
+    terms: SummedTerms  # objective (penalised if lambda > 0) at theta
+    converged: bool
+    singular: bool
+    rounds: int
+    iterations: int
+    trace: tuple[NewtonStep, ...]
+    message: str
+    penalty: float
+
+
+def starting_values(layout: ParameterLayout, family: Family, n: float, sum_y: float,
+                    sum_y2: float) -> np.ndarray:
+    """Intercept at the link of the mean outcome, slopes 0, SDs 1 (lme4's theta = 1)."""
+    theta = np.zeros(layout.size)
+    mean = sum_y / n
+    if "(Intercept)" in layout.fixed_names:
+        theta[layout.fixed_names.index("(Intercept)")] = family.link_value(mean)
+    if layout.has_dispersion:
+        sd = np.sqrt(max(sum_y2 / n - mean**2, 1e-12))
+        theta[layout.scale_index] = np.log(sd)
+        theta[layout.cov] = _log_cholesky_identity(layout) + np.log(sd) - np.log(2.0)
+    return theta
+
+
+def _log_cholesky_identity(layout: ParameterLayout) -> np.ndarray:
+    return np.array([0.0 for _ in layout.cholesky_entries()]) if layout.random_effects else np.zeros(0)
+
+
+def l2_penalty(layout: ParameterLayout, lam: float) -> Callable[[np.ndarray, bool], SummedTerms]:
+    """``-lambda sum_j beta_j^2`` over non-intercept fixed effects, as summed terms."""
+    mask = np.zeros(layout.size)
+    mask[layout.beta] = [0.0 if n == "(Intercept)" else 1.0 for n in layout.fixed_names]
+
+    def penalty(theta: np.ndarray, derivatives: bool) -> SummedTerms:
+        value = -lam * float(np.sum(mask * theta**2))
+        if not derivatives:
+            return SummedTerms(value)
+        return SummedTerms(value, -2.0 * lam * mask * theta, np.diag(-2.0 * lam * mask))
+
+    return penalty
+
+
+def relative_sds(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
+    """Random-effect SDs, divided by the residual SD for the Gaussian family."""
+    if not layout.random_effects:
+        return np.zeros(layout.q)
+    lam = layout.lambda_matrix(theta)
+    sds = np.sqrt(np.sum(lam**2, axis=1))
+    if layout.has_dispersion:
+        sds = sds / np.exp(theta[layout.scale_index])
+    return sds
+
+
+def _reduce(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
+    reduced = layout.without_random_effects()
+    out = np.zeros(reduced.size)
+    out[reduced.beta] = theta[layout.beta]
+    if layout.has_dispersion:
+        out[reduced.scale_index] = theta[layout.scale_index]
+    return out
+
+
+def fit_glmm(evaluate: Evaluate, layout: ParameterLayout, start: np.ndarray, *,
+             lam: float = 0.0, tol: float = 1e-8, max_iter: int = 100,
+             on_step: Callable[[NewtonStep], None] | None = None) -> GLMMEstimate:
+    """Maximise the (penalised) marginal log-likelihood from summed site terms."""
+    rounds = 0
+
+    def run(lay: ParameterLayout, theta0: np.ndarray, watch: bool) -> NewtonResult:
+        nonlocal rounds
+        penalty = l2_penalty(lay, lam)
+
+        def objective(theta: np.ndarray, derivatives: bool) -> SummedTerms:
+            return evaluate(lay, theta, derivatives) + penalty(theta, derivatives)
+
+        def heading_to_boundary(theta: np.ndarray) -> str | None:
+            small = lay.q == 1 and relative_sds(lay, theta)[0] < BOUNDARY_WATCH
+            return "variance near zero" if watch and small else None
+
+        cap = np.full(lay.size, np.inf)
+        cap[lay.cov] = MAX_LOG_SD_STEP
+        result = newton_maximize(objective, theta0, tol=tol, max_iter=max_iter,
+                                 stop_when=heading_to_boundary, on_step=on_step, max_step=cap)
+        rounds += result.evaluations
+        return result
+
+    def finish(lay: ParameterLayout, res: NewtonResult, singular: bool) -> GLMMEstimate:
+        pen = -l2_penalty(lay, lam)(res.theta, False).value
+        return GLMMEstimate(lay, res.theta, res.terms.value + pen, res.terms, res.converged,
+                            singular, rounds, res.iterations, res.trace, res.message, lam)
+
+    full = run(layout, start, watch=layout.random_effects)
+    if not layout.random_effects:
+        return finish(layout, full, singular=False)
+    near_zero = full.message == "variance near zero"
+    tiny = full.converged and layout.q == 1 and relative_sds(layout, full.theta)[0] < SINGULAR_TOL
+    if not (near_zero or tiny):
+        return finish(layout, full, singular=False)
+    reduced_layout = layout.without_random_effects()
+    reduced = run(reduced_layout, _reduce(layout, full.theta), watch=False)
+    if tiny or reduced.terms.value >= full.terms.value - 1e-8 * (1.0 + abs(full.terms.value)):
+        return finish(reduced_layout, reduced, singular=True)
+    resumed = run(layout, full.theta, watch=False)
+    if resumed.converged and relative_sds(layout, resumed.theta)[0] < SINGULAR_TOL:
+        return finish(reduced_layout, reduced, singular=True)
+    return finish(layout, resumed, singular=False)

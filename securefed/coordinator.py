@@ -1,0 +1,71 @@
+"""The coordinator: runs protected-sum rounds over the live sites.
+
+It never sees a site's rows, and under a protection layer not even one site's
+vector: each round it asks every live site for one vector, hands them to the
+protection stack, and gets back their sum plus who contributed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocols.stack import ProtectedSum
+from securefed.site import Site
+
+__all__ = ["Coordinator", "RoundRecord"]
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round_id: int
+    purpose: str
+    length: int
+    contributors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+class Coordinator:
+    """Drives rounds; keeps the list of live sites and the traffic count."""
+
+    def __init__(self, sites: list[Site], protection: ProtectedSum,
+                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+        names = [s.name for s in sites]
+        if len(set(names)) != len(names):
+            raise ValueError("two sites have the same name")
+        self._sites = {s.name: s for s in sites}
+        self.protection = protection
+        self.round_id = 0
+        self.bytes_sent: Counter[str] = Counter()
+        self.dropped: list[str] = []
+        self.rounds: list[RoundRecord] = []
+        self._on_round = on_round
+
+    @property
+    def live_sites(self) -> list[Site]:
+        return [s for name, s in self._sites.items() if name not in self.dropped]
+
+    def secure_sum(self, purpose: str, compute: Callable[[Site], np.ndarray]) -> np.ndarray:
+        """One round: every live site computes its vector; returns the protected sum."""
+        self.round_id += 1
+        vectors = {site.name: np.asarray(compute(site), dtype=float) for site in self.live_sites}
+        result = self.protection.aggregate(vectors, round_id=self.round_id, purpose=purpose)
+        for name, count in result.bytes_sent_per_site.items():
+            self.bytes_sent[name] += count
+        for name in result.dropped:
+            if name not in self.dropped:
+                self.dropped.append(name)
+        record = RoundRecord(self.round_id, purpose, len(result.total), result.contributors,
+                             result.dropped)
+        self.rounds.append(record)
+        if self._on_round is not None:
+            self._on_round(record)
+        return result.total
+
+    def mean_bytes_per_site(self) -> int:
+        if not self.bytes_sent:
+            return 0
+        return int(round(sum(self.bytes_sent.values()) / len(self.bytes_sent)))

@@ -1,0 +1,245 @@
+"""A federated GLMM fit, from a table split by site to a :class:`GLMMFit`.
+
+Rounds, in order: one design-summary sum (counts, outcome moments, X'X for
+start values and collinearity), then Newton rounds on summed marginal
+log-likelihood terms; with a lambda grid, one fit per lambda on the sites'
+training rows plus validation sums, then the final fit at the chosen lambda.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core_stats.design import DesignError, parse_mixed_formula
+from core_stats.families import get_family
+from core_stats.glmm import ParameterLayout
+from core_stats.glmm_fit import GLMMEstimate, fit_glmm, starting_values
+from core_stats.inference import (
+    auc_from_histograms, covariance, information_criteria, random_effect_table,
+    wald_fixed_effects,
+)
+from core_stats.optimize import NewtonStep, SummedTerms
+from core_stats.results import GLMMFit
+from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.coordinator import Coordinator
+from securefed.data import check_numeric_columns
+from securefed.errors import InputError
+from securefed.site import GLMMSiteDesign, Site
+from securefed.vectors import from_upper_triangle, unpack_terms
+
+__all__ = ["GLMMOptions", "run_glmm"]
+
+AUC_BINS = 4000
+SELECT_CHOICES = ("aic", "bic", "heldout")
+
+
+@dataclass(frozen=True)
+class GLMMOptions:
+    """Everything a GLMM run needs besides the data."""
+
+    formula: str
+    family: str
+    site_column: str
+    nagq: int = 1
+    lam: float = 0.0
+    lambda_grid: tuple[float, ...] = ()
+    select: str = "aic"
+    validation_fraction: float = 0.3
+    seed: int | None = None
+    tol: float = 1e-8
+
+
+def _check_options(opts: GLMMOptions) -> None:
+    if not 1 <= opts.nagq <= 25:
+        raise InputError(f"--nagq {opts.nagq} is out of range: use 1 (Laplace) to 25")
+    if opts.lam < 0 or any(v < 0 for v in opts.lambda_grid):
+        raise InputError("lambda must be zero or positive")
+    if opts.select not in SELECT_CHOICES:
+        raise InputError(f"--select {opts.select!r}: choose aic, bic or heldout")
+    if opts.lambda_grid and not 0 < opts.validation_fraction < 1:
+        raise InputError("the validation fraction must be between 0 and 1")
+
+
+def _check_frame(frame: pd.DataFrame, opts: GLMMOptions):
+    try:
+        formula = parse_mixed_formula(opts.formula)
+        family = get_family(opts.family)
+    except (DesignError, ValueError) as err:
+        raise InputError(str(err)) from None
+    from formulaic import Formula
+
+    try:
+        variables = sorted(Formula(formula.fixed).required_variables
+                           | Formula(formula.random).required_variables)
+    except Exception as err:  # formulaic parse errors
+        raise InputError(f"cannot read the formula: {err}".splitlines()[0]) from None
+    for col in [formula.outcome, opts.site_column, formula.group, *variables]:
+        if col not in frame.columns:
+            raise InputError(f"column '{col}' is not in {frame.attrs.get('source', 'the data')} "
+                             f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
+    numeric = [formula.outcome] + [v for v in variables if _looks_numeric(frame[v])]
+    check_numeric_columns(frame, numeric)
+    for col in (opts.site_column, formula.group):
+        if frame[col].isna().any():
+            raise InputError(f"column '{col}' has missing values")
+    try:
+        family.check_outcome(frame[formula.outcome].to_numpy(dtype=float))
+    except ValueError as err:
+        raise InputError(f"outcome '{formula.outcome}': {err}") from None
+    sites_per_group = frame.groupby(formula.group)[opts.site_column].nunique()
+    if (sites_per_group > 1).any():
+        bad = sites_per_group[sites_per_group > 1].index[0]
+        raise InputError(f"group {bad!r} of '{formula.group}' appears in more than one site: "
+                         f"groups must be nested within '{opts.site_column}'")
+    return formula, family
+
+
+def _looks_numeric(column: pd.Series) -> bool:
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return True
+    parsed = pd.to_numeric(column, errors="coerce")
+    return bool(parsed.notna().mean() > 0.5)
+
+
+def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
+    """Columns whose scaled residual variance given earlier kept columns is < tol."""
+    scale = np.sqrt(np.clip(np.diag(xtx), 0.0, None))
+    dropped, kept = [], []
+    for j in range(xtx.shape[0]):
+        if scale[j] == 0:
+            dropped.append(j)
+            continue
+        corr = xtx / np.outer(np.where(scale > 0, scale, 1.0), np.where(scale > 0, scale, 1.0))
+        resid = corr[j, j]
+        if kept:
+            k = np.array(kept)
+            resid -= corr[j, k] @ np.linalg.solve(corr[np.ix_(k, k)], corr[k, j])
+        (dropped if resid < tol else kept).append(j)
+    return dropped
+
+
+def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum | None = None,
+             on_step: Callable[[NewtonStep], None] | None = None) -> GLMMFit:
+    """Fit a GLMM federated over the sites named by ``opts.site_column``."""
+    started = time.perf_counter()
+    _check_options(opts)
+    formula, family = _check_frame(frame, opts)
+    from formulaic import model_matrix
+
+    fixed_mm = model_matrix(formula.fixed, frame, na_action="raise")
+    random_mm = model_matrix(formula.random, frame.head(1), na_action="raise")
+    from core_stats.design import _lme4_name
+
+    fixed_names = tuple(_lme4_name(str(c)) for c in fixed_mm.columns)
+    random_names = tuple(_lme4_name(str(c)) for c in random_mm.columns)
+    design = GLMMSiteDesign(formula.outcome, fixed_mm.model_spec, formula.random, formula.group,
+                            family, opts.nagq)
+    rng = np.random.default_rng(opts.seed)
+    sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
+    coordinator = Coordinator(sites, protection or PlaintextSum())
+    warnings = [w for s in sites for w in s.warnings()]
+
+    def prepare(keep: np.ndarray | None, fraction: float) -> None:
+        for site, child in zip(sites, rng.spawn(len(sites)), strict=True):
+            site.prepare_glmm(design, keep, fraction, child)
+
+    prepare(None, 0.0)
+    p = len(fixed_names)
+    summary = coordinator.secure_sum("design-summary", lambda s: s.design_summary_vector())
+    n_obs, sum_y, sum_y2 = summary[:3]
+    dropped_idx = _collinear_columns(from_upper_triangle(summary[3:], p))
+    keep = np.array([j for j in range(p) if j not in dropped_idx], dtype=int)
+    dropped_cols = tuple(fixed_names[j] for j in dropped_idx)
+    if dropped_cols:
+        warnings.append("dropped collinear or constant column(s): " + ", ".join(dropped_cols))
+        fixed_names = tuple(fixed_names[j] for j in keep)
+    layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
+    keep_arg = keep if dropped_cols else None
+    start = starting_values(layout, family, n_obs, sum_y, sum_y2)
+
+    def evaluate(lay: ParameterLayout, theta: np.ndarray, derivatives: bool) -> SummedTerms:
+        purpose = "glmm-terms" if derivatives else "glmm-loglik"
+        total = coordinator.secure_sum(purpose, lambda s: s.glmm_terms_vector(lay, theta,
+                                                                               derivatives))
+        value, grad, hess = unpack_terms(total, lay.size)
+        return SummedTerms(value, grad, hess)
+
+    extra: dict = {}
+    lam = opts.lam
+    if opts.lambda_grid:
+        prepare(keep_arg, opts.validation_fraction)
+        lam, extra = _select_lambda(opts, layout, start, evaluate, coordinator, on_step)
+        prepare(keep_arg, 0.0)
+    elif dropped_cols:
+        prepare(keep_arg, 0.0)
+    estimate = fit_glmm(evaluate, layout, start, lam=lam, tol=opts.tol, on_step=on_step)
+    n_groups = sum(s.glmm_rows.n_groups for s in sites)
+    return _make_fit(opts, estimate, family, int(n_obs), n_groups, len(sites), coordinator,
+                     warnings, dropped_cols, extra, time.perf_counter() - started)
+
+
+def _effective_df(est: GLMMEstimate) -> float:
+    """``tr(I (I + 2 lambda M)^{-1})`` with ``I`` the unpenalised information."""
+    lay = est.layout
+    info_pen = -est.terms.hessian
+    mask = np.zeros(lay.size)
+    mask[lay.beta] = [0.0 if n == "(Intercept)" else 1.0 for n in lay.fixed_names]
+    info = info_pen - np.diag(2.0 * est.penalty * mask)
+    return float(np.trace(np.linalg.solve(info_pen, info)))
+
+
+def _select_lambda(opts, layout, start, evaluate, coordinator, on_step):
+    """Fit each lambda on training rows; score it on the held-out rows."""
+    table = []
+    best = None
+    for lam in opts.lambda_grid:
+        est = fit_glmm(evaluate, layout, start, lam=lam, tol=opts.tol, on_step=on_step)
+        val = coordinator.secure_sum("validation-loglik",
+                                     lambda s, e=est: s.validation_loglik_vector(e.layout, e.theta))
+        df = _effective_df(est)
+        loglik_val, n_val = float(val[0]), float(val[1])
+        if n_val == 0:
+            raise InputError("the validation split is empty: use more rows or a larger fraction")
+        row = {"lambda": lam, "heldout_loglik": loglik_val, "effective_df": df,
+               "aic": -2 * loglik_val + 2 * df, "bic": -2 * loglik_val + df * np.log(n_val),
+               "converged": est.converged}
+        table.append(row)
+        score = -loglik_val if opts.select == "heldout" else row[opts.select]
+        if best is None or score < best[0]:
+            best = (score, lam, est)
+    _, lam, est = best
+    extra = {"lambda_selection": {"criterion": opts.select, "chosen": lam, "table": table}}
+    if get_family(opts.family).name == "binomial":
+        hist = coordinator.secure_sum(
+            "validation-auc", lambda s: s.validation_histograms(est.layout, est.theta, AUC_BINS))
+        extra["auc_validation"] = auc_from_histograms(hist[:AUC_BINS], hist[AUC_BINS:])
+    return lam, extra
+
+
+def _make_fit(opts, est: GLMMEstimate, family, n_obs, n_groups, n_sites, coordinator,
+              warnings, dropped_cols, extra, seconds) -> GLMMFit:
+    lay = est.layout
+    cov = covariance(-est.terms.hessian)
+    fixed = wald_fixed_effects(lay.fixed_names, est.theta[lay.beta], cov[lay.beta, lay.beta])
+    sds, corrs = random_effect_table(lay, est.theta, cov)
+    full_k = len(lay.fixed_names) + lay.q * (lay.q + 1) // 2 + int(lay.has_dispersion)
+    aic, bic = information_criteria(est.loglik, full_k, n_obs)
+    if not est.converged:
+        warnings = [*warnings, f"the fit did not converge: {est.message}"]
+    return GLMMFit(
+        formula=opts.formula, family=family.name, link=family.link, nagq=opts.nagq,
+        fixed_effects=tuple(fixed), random_effects=tuple(sds), correlations=tuple(corrs),
+        loglik=est.loglik, aic=aic, bic=bic, converged=est.converged, singular=est.singular,
+        rounds=coordinator.round_id, iterations=est.iterations, n_obs=n_obs, n_groups=n_groups,
+        n_sites=n_sites, penalty_lambda=est.penalty, protection=coordinator.protection.name,
+        theta=tuple(float(v) for v in est.theta), parameter_names=lay.parameter_names(),
+        covariance=tuple(tuple(float(v) for v in row) for row in cov), trace=est.trace,
+        message=est.message, warnings=tuple(warnings), dropped_columns=dropped_cols,
+        dropped_sites=tuple(coordinator.dropped),
+        bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra,
+    )

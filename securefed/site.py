@@ -1,0 +1,146 @@
+"""A site: its rows, its derived designs and its warm-start state.
+
+A site never hands out its rows; it only computes the vectors the model asks
+for (sums over its own rows), which the protection stack then carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core_stats.design import GroupedRows, grouped_rows
+from core_stats.families import Family
+from core_stats.glmm import ParameterLayout, site_terms
+from securefed.vectors import pack_terms, upper_triangle
+
+__all__ = ["GLMMSiteDesign", "Site"]
+
+TINY_SITE_ROWS = 10
+
+
+@dataclass(frozen=True)
+class GLMMSiteDesign:
+    """The public model spec a site needs to build its own design."""
+
+    outcome: str
+    fixed_spec: object  # formulaic ModelSpec agreed by the consortium
+    random_rhs: str
+    group: str
+    family: Family
+    nagq: int
+
+
+class Site:
+    """One data holder in the federation."""
+
+    def __init__(self, name: str, frame: pd.DataFrame) -> None:
+        self.name = str(name)
+        self._frame = frame.reset_index(drop=True)
+        self._rows: GroupedRows | None = None
+        self._validation: GroupedRows | None = None
+        self._modes: dict[tuple[bool, int], np.ndarray] = {}
+        self._design: GLMMSiteDesign | None = None
+
+    def __repr__(self) -> str:
+        return f"Site({self.name!r}, rows={len(self._frame)})"
+
+    @property
+    def n_rows(self) -> int:
+        return len(self._frame)
+
+    def warnings(self) -> list[str]:
+        if self.n_rows < TINY_SITE_ROWS:
+            return [f"site {self.name} has only {self.n_rows} rows: its terms are noisy and "
+                    "a small site's sums reveal more about each patient"]
+        return []
+
+    # ------------------------------------------------------------ GLMM
+    def prepare_glmm(self, design: GLMMSiteDesign, keep_columns: np.ndarray | None = None,
+                     validation_fraction: float = 0.0,
+                     rng: np.random.Generator | None = None) -> None:
+        """Build this site's grouped design; optionally hold out validation rows.
+
+        With ``validation_fraction > 0`` the site draws its own split (within
+        each group, with ``rng``); the model is then fitted on the training
+        rows and the held-out rows serve model selection and AUC.
+        """
+        from formulaic import model_matrix
+
+        X = np.asarray(model_matrix(design.fixed_spec, self._frame, na_action="raise"), dtype=float)
+        if keep_columns is not None:
+            X = X[:, keep_columns]
+        Z = np.asarray(model_matrix(design.random_rhs, self._frame, na_action="raise"), dtype=float)
+        y = self._frame[design.outcome].to_numpy(dtype=float)
+        groups = self._frame[design.group].to_numpy()
+        self._validation = None
+        if validation_fraction > 0:
+            held_out = (rng or np.random.default_rng()).random(len(y)) < validation_fraction
+            self._validation = grouped_rows(y[held_out], X[held_out], Z[held_out],
+                                            groups[held_out])
+            y, X, Z, groups = y[~held_out], X[~held_out], Z[~held_out], groups[~held_out]
+        self._rows = grouped_rows(y, X, Z, groups)
+        self._design = design
+        self._modes.clear()
+
+    def design_summary_vector(self) -> np.ndarray:
+        """``[n, sum y, sum y^2, upper(X'X)]``: counts, start values, collinearity."""
+        rows = self._require_rows()
+        return np.concatenate([[rows.n_rows, rows.y.sum(), rows.y @ rows.y],
+                               upper_triangle(rows.X.T @ rows.X)])
+
+    def glmm_terms_vector(self, layout: ParameterLayout, theta: np.ndarray,
+                          derivatives: bool) -> np.ndarray:
+        """``[l, grad, upper(Hessian)]`` (or ``[l]``) of this site's marginal log-lik."""
+        rows = self._require_rows()
+        key = (layout.random_effects, layout.q)
+        terms = site_terms(rows, self._design.family, layout, theta, nagq=self._design.nagq,
+                           start_modes=self._modes.get(key), derivatives=derivatives)
+        if derivatives:
+            self._modes[key] = terms.modes
+            return pack_terms(terms.loglik, terms.gradient, terms.hessian)
+        return pack_terms(terms.loglik, None, None)
+
+    def validation_loglik_vector(self, layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
+        """``[l_val, n_val]``: the marginal log-likelihood of the held-out rows."""
+        if self._validation is None or self._validation.n_rows == 0:
+            return np.zeros(2)
+        terms = site_terms(self._validation, self._design.family, layout, theta,
+                           nagq=self._design.nagq, derivatives=False)
+        return np.array([terms.loglik, self._validation.n_rows])
+
+    def validation_histograms(self, layout: ParameterLayout, theta: np.ndarray,
+                              bins: int) -> np.ndarray:
+        """Score histograms ``[positives, negatives]`` of the held-out rows.
+
+        Scores are conditional means, with each group's random effect taken
+        from the training rows' conditional mode (0 for a group with none).
+        """
+        edges = np.linspace(0.0, 1.0, bins + 1)
+        val = self._validation
+        if val is None or val.n_rows == 0:
+            return np.zeros(2 * bins)
+        lam = layout.lambda_matrix(theta)
+        modes = self._modes.get((layout.random_effects, layout.q))
+        b = np.zeros((val.n_groups, layout.q))
+        if modes is not None:
+            index = {label: g for g, label in enumerate(self._require_rows().group_labels)}
+            for g, label in enumerate(val.group_labels):
+                if label in index:
+                    b[g] = lam @ modes[index[label]]
+        eta = val.X @ theta[layout.beta] + np.einsum("nr,nr->n", val.Z, b[val.group_of_row])
+        score = self._design.family.mean(eta)
+        pos = np.histogram(score[val.y == 1], edges)[0]
+        neg = np.histogram(score[val.y == 0], edges)[0]
+        return np.concatenate([pos, neg]).astype(float)
+
+    def _require_rows(self) -> GroupedRows:
+        if self._rows is None:
+            raise RuntimeError("prepare_glmm() must run before the site computes terms")
+        return self._rows
+
+    @property
+    def glmm_rows(self) -> GroupedRows:
+        return self._require_rows()
