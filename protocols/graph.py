@@ -1,0 +1,142 @@
+"""Communication graphs for secure aggregation: complete (SecAgg) or random k-regular (SecAgg+).
+
+Bell et al. (CCS 2020) replace the complete graph of Bonawitz et al. by a
+random Harary graph: the sites are placed on a ring in a random order and
+each is joined to its k/2 nearest sites on either side (plus the opposite
+site when k is odd and n even). Pairwise masks and Shamir shares travel only
+along edges, so a round costs O(k) per site instead of O(n).
+
+The random order is *not* chosen by the server: it is a pure function of the
+session id, round id and roster, expanded with ChaCha20 from an HKDF key, so
+every site recomputes its own neighbourhood and the server cannot steer a
+target site into a neighbourhood of colluders for a given session id (it
+could only grind session ids; see threat_model/secagg.md).
+
+Choice of k (:func:`recommended_neighbours`). Each site's secrets are shared
+among its holders H(u) = N(u) ∪ {u} (k + 1 sites) with threshold
+t = ⌊2(k + 1)/3⌋ + 1. With a fraction δ of sites dropping out and a fraction
+γ corrupted (colluding with the server), a union bound over the n sites
+requires, for statistical security parameter σ,
+
+    n · P[Binom(k+1, 1−δ) < t] ≤ 2^{−σ}   (every site recoverable)
+    n · P[Binom(k+1, γ) ≥ t]   ≤ 2^{−σ}   (no neighbourhood has t colluders)
+
+and we return the smallest even k meeting both (binomial rather than the
+hypergeometric law of a random neighbourhood: conservative for γ, δ < 1/2).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import binom
+
+from protocols.errors import ProtocolError
+from protocols.primitives import hkdf_sha256, prg_words
+
+__all__ = [
+    "GraphError",
+    "neighbourhoods",
+    "complete_graph",
+    "harary_graph",
+    "recommended_neighbours",
+    "default_threshold",
+]
+
+
+class GraphError(ProtocolError):
+    """No graph with the requested degree exists for this roster."""
+
+
+def default_threshold(holders: int) -> int:
+    """t = ⌊2m/3⌋ + 1 for a share-holder set of size m."""
+    return (2 * holders) // 3 + 1
+
+
+def complete_graph(site_ids: Sequence[int]) -> dict[int, frozenset[int]]:
+    """Every site is a neighbour of every other site (classic SecAgg)."""
+    ids = frozenset(site_ids)
+    return {u: ids - {u} for u in ids}
+
+
+def _ring_order(site_ids: Sequence[int], session_id: bytes, round_id: int) -> list[int]:
+    ids = sorted(site_ids)
+    info = b"securefed/secagg/v1/graph" + struct.pack(">QI", round_id, len(ids))
+    info += b"".join(struct.pack(">q", u) for u in ids)
+    seed = hkdf_sha256(session_id, length=32, salt=b"securefed-graph", info=info)
+    keys = prg_words(seed, len(ids))
+    return [ids[i] for i in np.lexsort((np.arange(len(ids)), keys))]
+
+
+def harary_graph(
+    site_ids: Sequence[int], k: int, *, session_id: bytes, round_id: int
+) -> dict[int, frozenset[int]]:
+    """Random k-regular Harary graph on ``site_ids`` (k ≥ n − 1 gives the complete graph).
+
+    Raises
+    ------
+    GraphError
+        k < 2, or k odd with n odd (no k-regular graph exists).
+    """
+    n = len(site_ids)
+    if k < 2:
+        raise GraphError("SecAgg+ needs at least 2 neighbours per site")
+    if k >= n - 1:
+        return complete_graph(site_ids)
+    if k % 2 == 1 and n % 2 == 1:
+        raise GraphError("a k-regular graph with k odd needs an even number of sites")
+    order = _ring_order(site_ids, session_id, round_id)
+    graph: dict[int, set[int]] = {u: set() for u in order}
+    for position, u in enumerate(order):
+        for step in range(1, k // 2 + 1):
+            v = order[(position + step) % n]
+            graph[u].add(v)
+            graph[v].add(u)
+        if k % 2 == 1:
+            v = order[(position + n // 2) % n]
+            graph[u].add(v)
+            graph[v].add(u)
+    return {u: frozenset(vs) for u, vs in graph.items()}
+
+
+def neighbourhoods(
+    site_ids: Sequence[int], neighbours: int | None, *, session_id: bytes, round_id: int
+) -> dict[int, frozenset[int]]:
+    """The complete graph when ``neighbours`` is None, else :func:`harary_graph`."""
+    if neighbours is None:
+        return complete_graph(site_ids)
+    return harary_graph(site_ids, neighbours, session_id=session_id, round_id=round_id)
+
+
+def recommended_neighbours(
+    n_sites: int, *, dropout: float = 0.05, corrupt: float = 0.05, sigma: int = 40
+) -> int:
+    """Smallest even k meeting the two union bounds in the module docstring.
+
+    Parameters
+    ----------
+    n_sites : int
+        Number of sites n.
+    dropout : float
+        Fraction δ of sites expected to drop out (δ < 1/3).
+    corrupt : float
+        Fraction γ of sites colluding with the server (γ < 2/3).
+    sigma : int
+        Statistical security parameter σ (failure probability 2^{−σ}).
+
+    Returns
+    -------
+    int
+        k, capped at n − 1 (the complete graph).
+    """
+    target = 2.0**-sigma / n_sites
+    for k in range(2, n_sites, 2):
+        holders = k + 1
+        t = default_threshold(holders)
+        unrecoverable = binom.cdf(t - 1, holders, 1.0 - dropout)
+        colluding = binom.sf(t - 1, holders, corrupt)
+        if unrecoverable <= target and colluding <= target:
+            return k
+    return n_sites - 1

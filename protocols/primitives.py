@@ -1,0 +1,222 @@
+"""Thin wrappers over ``cryptography``: the only place secure aggregation touches crypto.
+
+Every primitive used by :mod:`protocols.secagg_site` and
+:mod:`protocols.secagg_server` lives here, so the protocol code never handles
+raw library objects and a reviewer can audit the crypto in one screen:
+
+* X25519 key agreement (RFC 7748) — :class:`AgreementKey`;
+* HKDF-SHA256 (RFC 5869) with an ``info`` that binds session, round, purpose
+  and the pair of sites — :func:`hkdf_sha256`, :func:`derive_key`;
+* ChaCha20 (RFC 8439) as the PRG that expands a 32-byte seed into uint64 mask
+  words — :func:`prg_words`;
+* ChaCha20-Poly1305 AEAD for encrypted Shamir shares — :func:`seal`, :func:`open_sealed`;
+* Ed25519 signatures (RFC 8032) — :func:`sign`, :func:`verify`.
+
+Randomness comes from the operating system only (``secrets``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from protocols.errors import InvalidMessage
+
+__all__ = [
+    "SEED_BYTES",
+    "PUBLIC_KEY_BYTES",
+    "SIGNATURE_BYTES",
+    "AgreementKey",
+    "random_seed",
+    "hkdf_sha256",
+    "derive_key",
+    "prg_words",
+    "chacha20_keystream",
+    "seal",
+    "open_sealed",
+    "sign",
+    "verify",
+    "ed25519_public_bytes",
+    "ed25519_public_from_bytes",
+]
+
+SEED_BYTES = 32
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+_AEAD_NONCE_BYTES = 12
+_DOMAIN = b"securefed/secagg/v1"
+
+
+def random_seed() -> bytes:
+    """Return 32 bytes from the operating system's CSPRNG."""
+    return secrets.token_bytes(SEED_BYTES)
+
+
+class AgreementKey:
+    """An ephemeral X25519 key pair for one round (RFC 7748).
+
+    The private half is used (:meth:`exchange`) and never handed out, except by
+    the deliberately named :meth:`private_bytes_for_sharing`, which the site
+    calls exactly once to Shamir-share it for dropout recovery.
+    """
+
+    __slots__ = ("_private",)
+
+    def __init__(self, private: X25519PrivateKey) -> None:
+        self._private = private
+
+    @classmethod
+    def generate(cls) -> AgreementKey:
+        """Draw a fresh key pair from OS randomness."""
+        return cls(X25519PrivateKey.generate())
+
+    @classmethod
+    def from_private_bytes(cls, raw: bytes) -> AgreementKey:
+        """Rebuild a key from its 32 raw bytes (used after Shamir reconstruction)."""
+        if len(raw) != SEED_BYTES:
+            raise InvalidMessage("an X25519 private key has 32 bytes")
+        return cls(X25519PrivateKey.from_private_bytes(raw))
+
+    @property
+    def public_bytes(self) -> bytes:
+        """The 32-byte public key (u-coordinate, little-endian)."""
+        return self._private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+
+    def exchange(self, peer_public: bytes) -> bytes:
+        """X25519(k, u): the raw shared secret with a peer's 32-byte public key.
+
+        Raises
+        ------
+        InvalidMessage
+            The peer key has the wrong length or is a low-order point
+            (all-zero shared secret).
+        """
+        if len(peer_public) != PUBLIC_KEY_BYTES:
+            raise InvalidMessage("an X25519 public key has 32 bytes")
+        try:
+            return self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        except ValueError as exc:
+            raise InvalidMessage("key agreement failed on a peer public key") from exc
+
+    def private_bytes_for_sharing(self) -> bytes:
+        """The raw private scalar, for Shamir sharing only. Never log or send it."""
+        return self._private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
+
+def hkdf_sha256(ikm: bytes, *, length: int, salt: bytes | None, info: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869): ``OKM = Expand(Extract(salt, IKM), info, L)``."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def _field(value: bytes) -> bytes:
+    return struct.pack(">I", len(value)) + value
+
+
+def derive_key(
+    shared: bytes, *, session_id: bytes, round_id: int, purpose: str, low: int, high: int
+) -> bytes:
+    """Derive a 32-byte key for one purpose between sites ``low < high`` in one round.
+
+    ``info = "securefed/secagg/v1" ‖ len‖session ‖ round ‖ len‖purpose ‖ low ‖ high``
+    (length-prefixed, so no two distinct contexts share an ``info``). The salt
+    is the session id, so keys from different sessions are independent even if
+    a site reused an agreement key by mistake.
+    """
+    if low >= high:
+        raise ValueError("derive_key needs low < high")
+    info = (
+        _DOMAIN
+        + _field(session_id)
+        + struct.pack(">Q", round_id)
+        + _field(purpose.encode())
+        + struct.pack(">qq", low, high)
+    )
+    return hkdf_sha256(shared, length=SEED_BYTES, salt=session_id, info=info)
+
+
+def chacha20_keystream(key: bytes, nonce16: bytes, n_bytes: int) -> bytes:
+    """Raw ChaCha20 keystream of ``n_bytes`` bytes.
+
+    ``cryptography`` takes a 16-byte nonce: the first 4 bytes are the
+    little-endian initial block counter, the last 12 the RFC 8439 nonce.
+    """
+    encryptor = Cipher(algorithms.ChaCha20(key, nonce16), mode=None).encryptor()
+    return encryptor.update(bytes(n_bytes))
+
+
+_PRG_NONCE = bytes(16)
+
+
+def prg_words(seed: bytes, n_words: int) -> np.ndarray:
+    """Expand a 32-byte seed into ``n_words`` uniform uint64 words.
+
+    PRG(seed) = ChaCha20(key = seed, counter = 0, nonce = 0) keystream read as
+    little-endian uint64. Seeds are single-use (each is derived for one
+    session, round, purpose and pair), so the fixed nonce is safe.
+    """
+    if len(seed) != SEED_BYTES:
+        raise ValueError("a PRG seed has 32 bytes")
+    stream = chacha20_keystream(seed, _PRG_NONCE, 8 * n_words)
+    return np.frombuffer(stream, dtype="<u8").astype(np.uint64, copy=False)
+
+
+def seal(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+    """ChaCha20-Poly1305 encrypt; returns ``nonce ‖ ciphertext ‖ tag`` (random nonce)."""
+    nonce = secrets.token_bytes(_AEAD_NONCE_BYTES)
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, associated_data)
+
+
+def open_sealed(key: bytes, sealed: bytes, associated_data: bytes) -> bytes:
+    """Inverse of :func:`seal`; any tampering raises :class:`InvalidMessage`."""
+    if len(sealed) < _AEAD_NONCE_BYTES + 16:
+        raise InvalidMessage("sealed share too short")
+    nonce, body = sealed[:_AEAD_NONCE_BYTES], sealed[_AEAD_NONCE_BYTES:]
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, body, associated_data)
+    except InvalidTag as exc:
+        raise InvalidMessage("encrypted share failed authentication") from exc
+
+
+def sign(identity: Ed25519PrivateKey, data: bytes) -> bytes:
+    """Ed25519 signature (64 bytes) of ``data``."""
+    return identity.sign(data)
+
+
+def verify(public: Ed25519PublicKey, signature: bytes, data: bytes) -> None:
+    """Check an Ed25519 signature; raise :class:`InvalidMessage` if it is wrong."""
+    if len(signature) != SIGNATURE_BYTES:
+        raise InvalidMessage("bad signature")
+    try:
+        public.verify(signature, data)
+    except InvalidSignature as exc:
+        raise InvalidMessage("bad signature") from exc
+
+
+def ed25519_public_bytes(public: Ed25519PublicKey) -> bytes:
+    """Raw 32-byte encoding of an Ed25519 public key."""
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def ed25519_public_from_bytes(raw: bytes) -> Ed25519PublicKey:
+    """Parse a raw 32-byte Ed25519 public key."""
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise InvalidMessage("an Ed25519 public key has 32 bytes")
+    return Ed25519PublicKey.from_public_bytes(raw)

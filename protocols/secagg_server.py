@@ -1,0 +1,302 @@
+"""The server side of secure aggregation: collect, route, check, unmask, decode.
+
+:class:`SecAggServer` is a state machine over :class:`ServerStage`. In each
+collection stage the transport calls :meth:`SecAggServer.receive` for every
+message that arrives and then :meth:`SecAggServer.advance` when the stage
+closes (all expected messages or a timeout); ``advance`` returns the bytes to
+send to each site for the next step. The server never sees an unmasked input:
+
+    Σ_{u∈U3} q(x_u) = Σ_{u∈U3} y_u − Σ_{u∈U3} PRG(b_u)
+                      − Σ_{v∈U2∖U3} Σ_{u∈U3∩N(v)} sign(u, v) PRG(s_uv)
+
+with sign(u, v) = +1 if u < v else −1, b_u rebuilt from t shares held by
+H(u), and s_uv recomputed from the reconstructed s_sk_v of each dropped v.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protocols.errors import AbortError, InvalidMessage, ReplayError, StageError
+from protocols.primitives import AgreementKey, prg_words, verify
+from protocols.secagg_config import SERVER_ID, SecAggConfig
+from protocols.secagg_messages import (
+    AdvertiseKeys,
+    Body,
+    ConsistencyRequest,
+    ConsistencySignature,
+    KeyList,
+    MaskedInput,
+    Message,
+    ShareBundle,
+    ShareKeys,
+    UnmaskRequest,
+    UnmaskShares,
+)
+from protocols.secagg_site import pair_key
+from protocols.shamir import ShamirError, Share, combine
+
+__all__ = ["ServerStage", "SecAggServer", "AggregateOutcome"]
+
+
+class ServerStage(enum.Enum):
+    """What the server is collecting."""
+
+    COLLECT_KEYS = "collect-keys"
+    COLLECT_SHARES = "collect-shares"
+    COLLECT_INPUTS = "collect-inputs"
+    COLLECT_CONSISTENCY = "collect-consistency"
+    COLLECT_UNMASK = "collect-unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+_EXPECTED = {
+    ServerStage.COLLECT_KEYS: AdvertiseKeys,
+    ServerStage.COLLECT_SHARES: ShareKeys,
+    ServerStage.COLLECT_INPUTS: MaskedInput,
+    ServerStage.COLLECT_CONSISTENCY: ConsistencySignature,
+    ServerStage.COLLECT_UNMASK: UnmaskShares,
+}
+_NEXT = {
+    ServerStage.COLLECT_KEYS: ServerStage.COLLECT_SHARES,
+    ServerStage.COLLECT_SHARES: ServerStage.COLLECT_INPUTS,
+    ServerStage.COLLECT_INPUTS: ServerStage.COLLECT_CONSISTENCY,
+    ServerStage.COLLECT_CONSISTENCY: ServerStage.COLLECT_UNMASK,
+    ServerStage.COLLECT_UNMASK: ServerStage.DONE,
+}
+
+
+@dataclass(frozen=True, eq=False)
+class AggregateOutcome:
+    """The only thing a round releases: the decoded sum and whose inputs are in it."""
+
+    total: np.ndarray
+    contributors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+
+class SecAggServer:
+    """The aggregating server of one round.
+
+    Parameters
+    ----------
+    config : SecAggConfig
+        Public round parameters.
+    identity : Ed25519PrivateKey
+        The server's signing key (sites hold its public half).
+    roster : Mapping[int, Ed25519PublicKey]
+        Registered identity keys of the sites.
+    """
+
+    def __init__(
+        self,
+        config: SecAggConfig,
+        identity: Ed25519PrivateKey,
+        roster: Mapping[int, Ed25519PublicKey],
+    ) -> None:
+        if set(roster) != set(config.site_ids):
+            raise AbortError("roster does not match the round's sites")
+        self._config = config
+        self._identity = identity
+        self._roster = dict(roster)
+        self._stage = ServerStage.COLLECT_KEYS
+        self._inbox: dict[ServerStage, dict[int, Message]] = {s: {} for s in _EXPECTED}
+        self._sets: list[set[int]] = [set(config.site_ids)]  # U0 ⊇ U1 ⊇ … ⊇ U5
+        self._outcome: AggregateOutcome | None = None
+
+    @property
+    def stage(self) -> ServerStage:
+        """The current stage."""
+        return self._stage
+
+    @property
+    def outcome(self) -> AggregateOutcome:
+        """The released sum (only after a successful final :meth:`advance`)."""
+        if self._outcome is None:
+            raise StageError("no sum has been released")
+        return self._outcome
+
+    def _send(self, body: Body, recipient: int) -> bytes:
+        return Message.build(
+            body,
+            session_id=self._config.session_id,
+            round_id=self._config.round_id,
+            sender=SERVER_ID,
+            recipient=recipient,
+            identity=self._identity,
+        )
+
+    def _abort(self, reason: str) -> AbortError:
+        self._stage = ServerStage.ABORTED
+        return AbortError(reason)
+
+    def receive(self, data: bytes) -> None:
+        """Accept one site message for the current stage; reject anything else.
+
+        Raises
+        ------
+        InvalidMessage, ReplayError, StageError
+            Bad signature or format, other session/round or duplicate, wrong stage.
+        """
+        if self._stage not in _EXPECTED:
+            raise StageError(f"server is {self._stage.value} and takes no messages")
+        message = Message.parse(data)
+        sender = message.header.sender
+        if sender not in self._roster or message.header.recipient != SERVER_ID:
+            raise InvalidMessage("message not from a registered site to the server")
+        message.verify(self._roster[sender])
+        body_type = _EXPECTED[self._stage]
+        message.header.expect(kind=body_type.KIND, session_id=self._config.session_id,
+                              round_id=self._config.round_id)
+        inbox = self._inbox[self._stage]
+        if sender in inbox:
+            raise ReplayError("second message from the same site in one stage")
+        if sender not in self._sets[-1]:
+            raise InvalidMessage("site did not complete the previous stage")
+        self._check_body(sender, message.body)
+        inbox[sender] = message
+
+    def _check_body(self, sender: int, body: Body) -> None:
+        config = self._config
+        if isinstance(body, AdvertiseKeys):
+            seen = {k for m in self._inbox[self._stage].values()
+                    for k in (m.body.cipher_public, m.body.mask_public)}
+            if {body.cipher_public, body.mask_public} & seen or (
+                body.cipher_public == body.mask_public
+            ):
+                raise InvalidMessage("public key already advertised")
+        elif isinstance(body, ShareKeys):
+            if {v for v, _ in body.ciphertexts} != self._sets[-1] & config.graph[sender]:
+                raise InvalidMessage("shares must go to exactly the sender's live neighbours")
+        elif isinstance(body, MaskedInput):
+            if body.words.shape != (config.encoder.n_words,):
+                raise InvalidMessage("masked input has the wrong length")
+        elif isinstance(body, ConsistencySignature):
+            payload = config.consistency_payload(sorted(self._sets[-1]))
+            verify(self._roster[sender], body.signature, payload)
+        elif isinstance(body, UnmaskShares):
+            alive, dropped = self._sets[3], self._sets[2] - self._sets[3]
+            seeds = {v for v, _ in body.self_mask_shares}
+            keys = {v for v, _ in body.key_shares}
+            holders_of = {v for v in self._sets[2] if sender in config.holders(v)}
+            if seeds & keys or not seeds <= alive & holders_of or not keys <= dropped:
+                raise InvalidMessage("unmask response reveals shares it should not")
+
+    def advance(self) -> dict[int, bytes]:
+        """Close the current stage; return the next message for each live site.
+
+        Raises
+        ------
+        AbortError
+            Some holder set has fewer than t live members, or fewer than
+            ``min_contributors`` inputs arrived. Nothing is released.
+        """
+        if self._stage not in _EXPECTED:
+            raise StageError(f"server is {self._stage.value}")
+        stage = self._stage
+        live = set(self._inbox[stage])
+        self._sets.append(live)
+        out = getattr(self, f"_after_{stage.name.lower()}")(live)
+        self._stage = _NEXT[stage]
+        return out
+
+    def _require(self, live: set[int], sites: set[int], what: str) -> None:
+        t = self._config.t
+        for u in sorted(sites):
+            if len(live & self._config.holders(u)) < t:
+                raise self._abort(f"site {u} has fewer than t = {t} holders that {what}")
+
+    def _after_collect_keys(self, live: set[int]) -> dict[int, bytes]:
+        self._require(live, live, "advertised keys")
+        inbox = self._inbox[ServerStage.COLLECT_KEYS]
+        return {
+            u: self._send(KeyList(tuple(inbox[v].signed_bytes + inbox[v].signature
+                                        for v in sorted(live & self._config.holders(u)))), u)
+            for u in sorted(live)
+        }
+
+    def _after_collect_shares(self, live: set[int]) -> dict[int, bytes]:
+        self._require(live, live, "shared keys")
+        inbox = self._inbox[ServerStage.COLLECT_SHARES]
+        bundles: dict[int, list[tuple[int, bytes]]] = {u: [] for u in live}
+        for sender in sorted(live):
+            for recipient, sealed in inbox[sender].body.ciphertexts:
+                if recipient in live:
+                    bundles[recipient].append((sender, sealed))
+        return {u: self._send(ShareBundle(tuple(b)), u) for u, b in sorted(bundles.items())}
+
+    def _after_collect_inputs(self, live: set[int]) -> dict[int, bytes]:
+        if len(live) < self._config.min_contributors:
+            raise self._abort("fewer inputs than the minimum number of contributors")
+        dropped = self._sets[2] - live
+        self._require(live, live | dropped, "sent masked inputs")
+        request = ConsistencyRequest(tuple(sorted(live)))
+        return {u: self._send(request, u) for u in sorted(live)}
+
+    def _after_collect_consistency(self, live: set[int]) -> dict[int, bytes]:
+        alive, dropped = self._sets[3], self._sets[2] - self._sets[3]
+        self._require(live, alive | dropped, "confirmed the alive list")
+        inbox = self._inbox[ServerStage.COLLECT_CONSISTENCY]
+        out = {}
+        for u in sorted(live):
+            signatures = tuple((v, inbox[v].body.signature)
+                               for v in sorted(live & self._config.holders(u)))
+            out[u] = self._send(UnmaskRequest(tuple(sorted(alive)), tuple(sorted(dropped)),
+                                              signatures), u)
+        return out
+
+    def _after_collect_unmask(self, live: set[int]) -> dict[int, bytes]:
+        config = self._config
+        alive, dropped = self._sets[3], self._sets[2] - self._sets[3]
+        self._require(live, alive | dropped, "answered the unmask request")
+        responses = self._inbox[ServerStage.COLLECT_UNMASK]
+        adverts = self._inbox[ServerStage.COLLECT_KEYS]
+        inputs = self._inbox[ServerStage.COLLECT_INPUTS]
+        n_words = config.encoder.n_words
+        total = np.zeros(n_words, dtype=np.uint64)
+        for u in sorted(alive):
+            total += inputs[u].body.words
+        seed_shares = self._index(responses, "self_mask_shares")
+        key_shares = self._index(responses, "key_shares")
+        try:
+            for u in sorted(alive):
+                seed = self._reconstruct(u, seed_shares)
+                total -= prg_words(seed, n_words)
+            for v in sorted(dropped):
+                secret = AgreementKey.from_private_bytes(
+                    self._reconstruct(v, key_shares))
+                if secret.public_bytes != adverts[v].body.mask_public:
+                    raise self._abort(f"reconstructed mask key of site {v} does not match")
+                for u in sorted(alive & config.graph[v]):
+                    seed = pair_key(config, secret, adverts[u].body.mask_public, v, u,
+                                    "pairwise-mask")
+                    if u < v:
+                        total -= prg_words(seed, n_words)
+                    else:
+                        total += prg_words(seed, n_words)
+        except ShamirError as exc:
+            raise self._abort("shares do not reconstruct a secret") from exc
+        self._outcome = AggregateOutcome(
+            config.encoder.decode(total), tuple(sorted(alive)), tuple(sorted(dropped))
+        )
+        return {}
+
+    @staticmethod
+    def _index(responses: Mapping[int, Message], field: str) -> dict[int, list[Share]]:
+        shares: dict[int, list[Share]] = {}
+        for holder in sorted(responses):
+            for owner, value in getattr(responses[holder].body, field):
+                shares.setdefault(owner, []).append(Share.from_value_bytes(holder + 1, value))
+        return shares
+
+    def _reconstruct(self, owner: int, shares: Mapping[int, list[Share]]) -> bytes:
+        received = shares.get(owner, [])
+        if len(received) < self._config.t:
+            raise self._abort(f"fewer than t shares for site {owner}")
+        return combine(received, self._config.t)

@@ -1,0 +1,142 @@
+"""Shamir t-of-n secret sharing of 32-byte secrets over GF(p), p = 2^256 + 297.
+
+A secret s ∈ [0, 2^256) is the constant term of a random polynomial
+f(x) = s + a_1 x + … + a_{t−1} x^{t−1} over GF(p) with a_i drawn uniformly
+from OS randomness; share i is (x_i, f(x_i)) for a non-zero x_i. Any t shares
+give s by Lagrange interpolation at 0,
+
+    s = Σ_i f(x_i) Π_{j≠i} x_j / (x_j − x_i)  (mod p),
+
+and any t − 1 shares are uniformly distributed, independent of s (perfect
+secrecy). p is the smallest prime above 2^256, so every 32-byte string is a
+field element; shares are serialised as 33 bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+from protocols.errors import InvalidMessage, ProtocolError
+
+__all__ = ["PRIME", "SHARE_BYTES", "Share", "ShamirError", "split", "combine"]
+
+PRIME = 2**256 + 297
+SHARE_BYTES = 33
+SECRET_BYTES = 32
+
+
+class ShamirError(ProtocolError):
+    """Shares are malformed (duplicate or zero index, too few, out of range)."""
+
+
+@dataclass(frozen=True)
+class Share:
+    """One Shamir share: evaluation point ``x`` (non-zero) and value ``y = f(x)``."""
+
+    x: int
+    y: int
+
+    def value_bytes(self) -> bytes:
+        """The 33-byte big-endian encoding of ``y`` (``x`` travels separately)."""
+        return self.y.to_bytes(SHARE_BYTES, "big")
+
+    @classmethod
+    def from_value_bytes(cls, x: int, data: bytes) -> Share:
+        """Parse a share value received for evaluation point ``x``."""
+        if len(data) != SHARE_BYTES:
+            raise InvalidMessage("a share value has 33 bytes")
+        y = int.from_bytes(data, "big")
+        if y >= PRIME:
+            raise InvalidMessage("share value outside the field")
+        return cls(x, y)
+
+
+def _check_points(xs: Sequence[int]) -> None:
+    if any(not 0 < x < PRIME for x in xs):
+        raise ShamirError("share indices must be in [1, p)")
+    if len(set(xs)) != len(xs):
+        raise ShamirError("duplicate share indices")
+
+
+def split(secret: bytes, points: Sequence[int], threshold: int) -> dict[int, Share]:
+    """Split a 32-byte secret into shares at ``points`` with reconstruction threshold ``t``.
+
+    Parameters
+    ----------
+    secret : bytes
+        32 bytes, read big-endian as an integer < 2^256 < p.
+    points : sequence of int
+        Distinct non-zero evaluation points (we use site id + 1).
+    threshold : int
+        t ≥ 2 and t ≤ len(points).
+
+    Returns
+    -------
+    dict
+        point → :class:`Share`.
+    """
+    if len(secret) != SECRET_BYTES:
+        raise ShamirError("secrets are 32 bytes")
+    _check_points(points)
+    if not 2 <= threshold <= len(points):
+        raise ShamirError("need 2 <= t <= number of shares")
+    coefficients = [int.from_bytes(secret, "big")]
+    coefficients += [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    shares: dict[int, Share] = {}
+    for x in points:
+        acc = 0
+        for c in reversed(coefficients):
+            acc = (acc * x + c) % PRIME
+        shares[x] = Share(x, acc)
+    return shares
+
+
+@lru_cache(maxsize=4096)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """λ_i = Π_{j≠i} x_j / (x_j − x_i) mod p, with one modular inversion in total."""
+    numerators, denominators = [], []
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num = num * xj % PRIME
+                den = den * (xj - xi) % PRIME
+        numerators.append(num)
+        denominators.append(den)
+    # Batch inversion (Montgomery's trick).
+    prefix = [1]
+    for den in denominators:
+        prefix.append(prefix[-1] * den % PRIME)
+    inverse = pow(prefix[-1], -1, PRIME)
+    inverses = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        inverses[i] = inverse * prefix[i] % PRIME
+        inverse = inverse * denominators[i] % PRIME
+    return tuple(n * d % PRIME for n, d in zip(numerators, inverses, strict=True))
+
+
+def combine(shares: Iterable[Share] | Mapping[int, Share], threshold: int) -> bytes:
+    """Reconstruct the 32-byte secret from at least ``threshold`` shares.
+
+    Uses exactly the ``threshold`` shares with the smallest indices, so the
+    result does not depend on how many extra shares arrived.
+
+    Raises
+    ------
+    ShamirError
+        Fewer than ``threshold`` shares, duplicate or zero indices, or a
+        reconstructed value ≥ 2^256 (inconsistent shares).
+    """
+    items = list(shares.values()) if isinstance(shares, Mapping) else list(shares)
+    _check_points([s.x for s in items])
+    if threshold < 2 or len(items) < threshold:
+        raise ShamirError("too few shares to reconstruct")
+    chosen = sorted(items, key=lambda s: s.x)[:threshold]
+    weights = _lagrange_at_zero(tuple(s.x for s in chosen))
+    value = sum(w * s.y for w, s in zip(weights, chosen, strict=True)) % PRIME
+    if value >= 2 ** (8 * SECRET_BYTES):
+        raise ShamirError("shares are inconsistent")
+    return value.to_bytes(SECRET_BYTES, "big")
