@@ -1,0 +1,110 @@
+"""``securefed audit verify|report`` and ``securefed keygen``.
+
+Register in :func:`securefed.cli._register`::
+
+    from securefed.cli_audit import audit_app, keygen
+    app.add_typer(audit_app, name="audit")
+    app.command("keygen")(keygen)
+
+Exit codes: 0 the log verifies, 1 it does not (the first bad entry and why are
+printed), 2 bad input (:class:`securefed.errors.InputError`: missing file, not JSON).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from securefed.audit_report import ReportFormat, build_report, render_report
+from securefed.audit_verify import verify_log
+from securefed.errors import InputError
+from securefed.keys import Identity, Registry, check_party_name
+
+__all__ = ["audit_app", "keygen"]
+
+audit_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Check and summarise signed audit logs of protected runs.",
+)
+
+_KEYS_FROM_LOG = ("warning: no --keys registry given; keys were taken from the log's own "
+                  "RUN_START, which shows integrity but not who signed")
+
+
+def _registry(keys: Path | None) -> Registry | None:
+    return None if keys is None else Registry.load(keys)
+
+
+@audit_app.command("verify")
+def verify(
+    log: Annotated[Path, typer.Argument(help="The coordinator's audit log (JSON Lines).")],
+    site_log: Annotated[list[Path] | None, typer.Option(
+        "--site-log", help="A site's own log to cross-check (repeatable).")] = None,
+    keys: Annotated[Path | None, typer.Option(
+        "--keys", help="Consortium registry (registry.json) with every public key.")] = None,
+) -> None:
+    """Check every hash, link, signature and countersignature; exit 1 at the first bad entry."""
+    report = verify_log(log, _registry(keys), site_log or ())
+    if report.keys_from == "log":
+        typer.echo(_KEYS_FROM_LOG, err=True)
+    typer.echo(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@audit_app.command("report")
+def report(
+    log: Annotated[Path, typer.Argument(help="The coordinator's audit log (JSON Lines).")],
+    fmt: Annotated[ReportFormat, typer.Option(
+        "--format", help="table, json or html (a self-contained page).")] = ReportFormat.TABLE,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Write here instead of standard output.")] = None,
+    keys: Annotated[Path | None, typer.Option(
+        "--keys", help="Registry to verify the log against before reporting.")] = None,
+) -> None:
+    """Per site: releases, their kinds and sizes, dropouts, refusals, ε/δ spent vs budget."""
+    verification = verify_log(log, _registry(keys))
+    text = render_report(build_report(log, verification), fmt)
+    if out is None:
+        typer.echo(text)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot write {out}: {err.strerror}") from None
+    typer.echo(f"wrote {out}")
+
+
+def keygen(
+    site: Annotated[str, typer.Option(
+        "--site", help="Party name: a site's name, or 'coordinator'.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for NAME.key and NAME.pub.")],
+    registry: Annotated[Path | None, typer.Option(
+        "--registry", help="Registry file to add the public key to (created if absent).")
+    ] = None,
+) -> None:
+    """Create a signing key: NAME.key (private, mode 0600) and NAME.pub (public, hex)."""
+    name = check_party_name(site)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create {out}: {err.strerror}") from None
+    if (out / f"{name}.pub").exists():
+        raise InputError(f"{out / (name + '.pub')} exists; refusing to replace a key")
+    current = None
+    if registry is not None:
+        current = Registry.load(registry) if registry.exists() else Registry()
+        if name in current:
+            raise InputError(f"{name!r} is already in {registry}; remove it by hand first")
+    identity = Identity.generate(name)
+    private = identity.save_private_key(out / f"{name}.key")
+    public = identity.save_public_key(out / f"{name}.pub")
+    typer.echo(f"wrote {private} (private, mode 0600) and {public}")
+    if current is not None and registry is not None:
+        updated = current.add(name, identity.public_key_hex)
+        updated.save(registry)
+        typer.echo(f"added {name} to {registry} (fingerprint {updated.fingerprint[:16]})")
