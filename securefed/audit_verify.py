@@ -2,31 +2,41 @@
 
 :func:`verify_log` walks the coordinator's log entry by entry and stops at the
 first entry it cannot trust; it then cross-checks the site logs and the final
-checkpoint, and reports the failure with the lowest ``seq``. How each reason is
+checkpoint, and reports the failure with the lowest ``seq`` (failures located in the
+coordinator's log before those located in a site log). How each reason is
 told apart (``e`` the entry, ``s`` its successor):
 
-==========================  ===========================================================
-``MALFORMED``               a line is not a canonical entry, or a payload lacks fields
-``DELETED``                 ``seq`` jumps and the missing ``seq`` is nowhere in the file
-``REORDERED``               ``seq`` is out of place and the expected one is elsewhere
-``EDITED``                  ``e`` no longer matches its signature and ``s`` does not vouch
-                            for it (``s.prev_hash`` differs, or ``s`` is no longer validly
-                            signed either); or ``e`` is validly signed but chained to a
-                            different predecessor, i.e. that predecessor was rewritten
-``BAD_SIGNATURE``           the signature does not verify, yet ``s`` (validly signed)
-                            vouches for ``e``'s content; or a site's release record is not
-                            signed by that site
-``UNKNOWN_KEY``             an actor is not in the registry, or RUN_START names a key that
-                            differs from the registry's
-``REPLAYED``                a release from another run, or the same release twice
-``BAD_COUNTERSIGNATURE``    a checkpoint's countersignature does not verify
-``MISSING_COUNTERSIGNATURE``  a surviving site did not countersign the final checkpoint
-``MISSING_CHECKPOINT``      the log has no checkpoint at all (never sealed)
-``TRUNCATED``               the log ends after its last checkpoint, or a site log witnesses
-                            entries beyond the end
-``SITE_LOG_MISMATCH``       a release in a site log is not in the coordinator's log (or
-                            the reverse), or a countersigned head is not where it should be
-==========================  ===========================================================
+``MALFORMED``
+    a line is not a canonical entry, or a payload lacks fields
+``DELETED``
+    ``seq`` jumps and the missing ``seq`` is nowhere in the file
+``REORDERED``
+    ``seq`` is out of place and the expected one is elsewhere
+``EDITED``
+    ``e`` no longer matches its signature and ``s`` does not vouch for it
+    (``s.prev_hash`` differs, or ``s`` is no longer validly signed either); or ``e``
+    is validly signed but chained to a different predecessor, i.e. that predecessor
+    was rewritten
+``BAD_SIGNATURE``
+    the signature does not verify, yet ``s`` (validly signed) vouches for ``e``'s
+    content; or a site's release record is not signed by that site
+``UNKNOWN_KEY``
+    an actor is not in the registry, or RUN_START names a key that differs from the
+    registry's
+``REPLAYED``
+    a release from another run, or the same release twice
+``BAD_COUNTERSIGNATURE``
+    a checkpoint's countersignature does not verify
+``MISSING_COUNTERSIGNATURE``
+    a surviving site (or every site) did not countersign the final checkpoint
+``MISSING_CHECKPOINT``
+    the log has no checkpoint at all (never sealed)
+``TRUNCATED``
+    the log ends after its last checkpoint, or a site log witnesses entries beyond
+    the end
+``SITE_LOG_MISMATCH``
+    a release in a site log is not in the coordinator's log (or the reverse), or a
+    countersigned head is not where it should be
 
 A log's hash is ``SHA-256`` of the entry without its signature, so a swapped
 signature breaks only that entry, while a changed field also breaks the link.
@@ -234,14 +244,15 @@ def verify_log(path: str | os.PathLike[str], registry: Registry | None = None,
         return _report(entries, failure, keys_from)
     others = [_check_site_log(chain, Path(site_log)) for site_log in site_logs]
     others.append(_check_end(chain))
-    return _report(entries, _first(others), keys_from, len(others) - 1)
+    return _report(entries, _first(others, str(path)), keys_from, len(others) - 1)
 
 
-def _first(failures: Sequence[_Failure | None]) -> _Failure | None:
+def _first(failures: Sequence[_Failure | None], primary: str = "") -> _Failure | None:
+    """The failure with the lowest seq, those in the ``primary`` log first."""
     found = [f for f in failures if f is not None]
     if not found:
         return None
-    return min(found, key=lambda f: math.inf if f.seq is None else f.seq)
+    return min(found, key=lambda f: (f.log != primary, math.inf if f.seq is None else f.seq))
 
 
 def _report(entries: list[Entry], failure: _Failure | None, keys_from: str,
@@ -358,7 +369,11 @@ def _check_end(chain: _Chain) -> _Failure | None:
         return chain.fail(len(entries), reason,
                           f"the log ends at seq {last.seq} ({last.kind.value}) without a "
                           "final countersigned checkpoint")
-    missing = _surviving_sites(entries) - set(last.payload["countersignatures"])
+    signed = set(last.payload["countersignatures"])
+    if not signed:
+        return chain.fail(last.seq, FailureReason.MISSING_COUNTERSIGNATURE,
+                          "no site countersigned the final checkpoint")
+    missing = _surviving_sites(entries) - signed
     if missing:
         return chain.fail(last.seq, FailureReason.MISSING_COUNTERSIGNATURE,
                           f"final checkpoint lacks {', '.join(sorted(missing))}")
@@ -431,8 +446,9 @@ def _compare_site_entry(chain: _Chain, own: _Chain, entry: Entry,
                             "the site's record of its countersignature does not verify")
         if count >= len(chain.entries):
             return chain.fail(len(chain.entries), FailureReason.TRUNCATED,
-                              f"{site!r} countersigned a checkpoint at seq {count}, "
-                              f"but the log ends at seq {len(chain.entries) - 1}")
+                              f"{site!r} countersigned a checkpoint at seq {count}, but the "
+                              f"log ends at seq {len(chain.entries) - 1}: its tail was cut "
+                              "(or the log rewritten)")
         there = chain.entries[count]
         if there.kind is not EventKind.CHECKPOINT or there.prev_hash != head:
             return chain.fail(count, FailureReason.SITE_LOG_MISMATCH,

@@ -152,7 +152,8 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
     p = len(fixed_names)
     summary = coordinator.secure_sum("design-summary", lambda s: s.design_summary_vector())
     n_obs, sum_y, sum_y2 = summary[:3]
-    dropped_idx = _collinear_columns(from_upper_triangle(summary[3:], p))
+    xty, xtx = summary[3:3 + p], from_upper_triangle(summary[3 + p:], p)
+    dropped_idx = _collinear_columns(xtx)
     keep = np.array([j for j in range(p) if j not in dropped_idx], dtype=int)
     dropped_cols = tuple(fixed_names[j] for j in dropped_idx)
     if dropped_cols:
@@ -160,7 +161,7 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
         fixed_names = tuple(fixed_names[j] for j in keep)
     layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
     keep_arg = keep if dropped_cols else None
-    start = starting_values(layout, family, n_obs, sum_y, sum_y2)
+    start = starting_values(layout, family, n_obs, sum_y, sum_y2, xty[keep], xtx[np.ix_(keep, keep)])
 
     def evaluate(lay: ParameterLayout, theta: np.ndarray, derivatives: bool) -> SummedTerms:
         purpose = "glmm-terms" if derivatives else "glmm-loglik"

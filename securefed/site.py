@@ -86,9 +86,9 @@ class Site:
         self._modes.clear()
 
     def design_summary_vector(self) -> np.ndarray:
-        """``[n, sum y, sum y^2, upper(X'X)]``: counts, start values, collinearity."""
+        """``[n, sum y, sum y^2, X'y, upper(X'X)]``: counts, start values, collinearity."""
         rows = self._require_rows()
-        return np.concatenate([[rows.n_rows, rows.y.sum(), rows.y @ rows.y],
+        return np.concatenate([[rows.n_rows, rows.y.sum(), rows.y @ rows.y], rows.X.T @ rows.y,
                                upper_triangle(rows.X.T @ rows.X)])
 
     def glmm_terms_vector(self, layout: ParameterLayout, theta: np.ndarray,
