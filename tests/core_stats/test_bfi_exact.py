@@ -231,4 +231,8 @@ def test_continuous_centre_covariate_against_pooled() -> None:
     gls = regress_centre_effects(intercepts, centre_covariance(centres, shared), z)
     for two_stage in (wls, gls):
         _assert_close_in_se(two_stage.estimate, pooled.estimate[:2], pooled.sd[:2], 0.2)
-        np.testing.assert_allclose(two_stage.sd, pooled.sd[:2], rtol=0.1)
+    # Only GLS gets the uncertainty right: the centre intercepts share the
+    # estimated slopes, so they are positively correlated and WLS on their
+    # variances alone understates sd(nu0) (here by about a quarter).
+    np.testing.assert_allclose(gls.sd, pooled.sd[:2], rtol=0.05)
+    assert wls.sd[0] < 0.85 * pooled.sd[0]
