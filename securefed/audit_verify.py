@@ -166,6 +166,12 @@ class _Chain:
         if other:
             return self.fail(i, FailureReason.BAD_SIGNATURE,
                              f"signed by {other[0]!r}, not by its actor {entry.actor!r}")
+        key = self.registry.public_key_hex(entry.actor)
+        moved = [e.seq for e in self.entries if e is not entry
+                 and verify_signature(key, entry.signature, e.signed_bytes())]
+        if moved:
+            return self.fail(i, FailureReason.BAD_SIGNATURE,
+                             f"carries the signature of seq {moved[0]}")
         if i + 1 < len(self.entries):
             successor = self.entries[i + 1]
             if successor.prev_hash != entry.hash or not self.signed(successor):
@@ -232,9 +238,10 @@ def verify_log(path: str | os.PathLike[str], registry: Registry | None = None,
         return _report([], _Failure(0, FailureReason.TRUNCATED, "the log is empty", str(path)),
                        keys_from)
     start = entries[0]
-    if start.kind is not EventKind.RUN_START or "coordinator" not in start.payload:
-        raise InputError(f"{path} does not start with RUN_START")
     if registry is None:
+        if start.kind is not EventKind.RUN_START or "coordinator" not in start.payload:
+            raise InputError(f"{path} does not start with RUN_START; pass the registry "
+                             "(--keys) to find out what happened to it")
         registry, keys_from = _registry_from_run_start(start), "log"
     chain = _Chain(path, entries, registry)
     failure = _first([chain.walk(), malformed, _check_run_start(chain)])
@@ -268,6 +275,8 @@ def _report(entries: list[Entry], failure: _Failure | None, keys_from: str,
 
 
 def _check_run_start(chain: _Chain) -> _Failure | None:
+    if chain.entries[0].kind is not EventKind.RUN_START:
+        return chain.fail(0, FailureReason.DELETED, "the log does not start with RUN_START")
     payload = chain.entries[0].payload
     missing = PAYLOAD_KEYS[EventKind.RUN_START] - set(payload)
     if missing:
@@ -398,16 +407,12 @@ def _check_site_log(chain: _Chain, path: Path) -> _Failure | None:
         if entry.kind is EventKind.RELEASE and entry.payload["release"]["site"] == site:
             release = entry.payload["release"]
             logged[(release["round"], release["vector_kind"])] = entry
-    kept = set()
-    for entry in entries:
-        failure = _compare_site_entry(chain, own, entry, logged, kept)
-        if failure is not None:
-            return failure
-    for key, entry in logged.items():
-        if key not in kept:
-            return chain.fail(entry.seq, FailureReason.SITE_LOG_MISMATCH,
-                              f"release {key} of {site!r} is not in its site log {path}")
-    return None
+    kept: set[tuple[int, str]] = set()
+    failures = [_compare_site_entry(chain, own, entry, logged, kept) for entry in entries]
+    failures += [chain.fail(entry.seq, FailureReason.SITE_LOG_MISMATCH,
+                            f"release {key} of {site!r} is not in its site log {path}")
+                 for key, entry in logged.items() if key not in kept]
+    return _first(failures, str(chain.path))
 
 
 def _compare_site_entry(chain: _Chain, own: _Chain, entry: Entry,

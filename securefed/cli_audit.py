@@ -59,14 +59,17 @@ def verify(
 @audit_app.command("report")
 def report(
     log: Annotated[Path, typer.Argument(help="The coordinator's audit log (JSON Lines).")],
-    fmt: Annotated[ReportFormat, typer.Option(
-        "--format", help="table, json or html (a self-contained page).")] = ReportFormat.TABLE,
+    fmt: Annotated[str, typer.Option(
+        "--format", help="table, json or html (a self-contained page).")] = "table",
     out: Annotated[Path | None, typer.Option(
         "--out", help="Write here instead of standard output.")] = None,
     keys: Annotated[Path | None, typer.Option(
         "--keys", help="Registry to verify the log against before reporting.")] = None,
 ) -> None:
     """Per site: releases, their kinds and sizes, dropouts, refusals, ε/δ spent vs budget."""
+    formats = [choice.value for choice in ReportFormat]
+    if fmt not in formats:
+        raise InputError(f"--format {fmt!r}: choose one of {', '.join(formats)}")
     verification = verify_log(log, _registry(keys))
     text = render_report(build_report(log, verification), fmt)
     if out is None:
