@@ -45,7 +45,7 @@ from core_stats.families import Family
 __all__ = ["CentreSpecificLayout", "centre_covariance"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CentreSpecificLayout:
     """Appendix B as a sum: site vector length ``d_a(d_a+1) + d_a + 2``::
 
@@ -53,6 +53,11 @@ class CentreSpecificLayout:
 
     ``centre_prior`` is ``Lambda_b*`` (``d_b x d_b``); ``None`` means each
     site's own ``Lambda_b,l`` (then ``A~_b,l = A_bb,l``).
+
+    The coordinator learns ``sum(A_aa,l - S_l)``, ``sum c_l``, ``sum Lambda_a,l``,
+    ``sum n_l`` and ``L``; every ``theta_b,l`` term stays at its site. Each
+    ``theta~_b,l`` is computed at its own site and is an individual value if
+    released (e.g. for ``centre_covariance`` or ``regress_centre_effects``).
     """
 
     names: tuple[str, ...]

@@ -98,7 +98,7 @@ def leave_one_out_table(layout: HomogeneousLayout, fits: Sequence[LocalFit], par
                                                                               strict=True))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CentreRegression:
     """``theta_b,l = nu_0 + nu_1 z_l + e_l`` fitted by weighted (or generalised) least squares."""
 
@@ -106,6 +106,12 @@ class CentreRegression:
     estimate: np.ndarray
     covariance: np.ndarray
     level: float
+
+    def __post_init__(self) -> None:
+        for name in ("estimate", "covariance"):
+            frozen = np.array(getattr(self, name), dtype=float, copy=True)
+            frozen.setflags(write=False)
+            object.__setattr__(self, name, frozen)
 
     @property
     def sd(self) -> np.ndarray:

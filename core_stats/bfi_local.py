@@ -55,7 +55,7 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LocalFit:
     """A centre's MAP estimate and curvature.
 

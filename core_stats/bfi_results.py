@@ -38,7 +38,7 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CentreEstimate:
     """A centre's own parameters ``theta_b,l`` after ``theta_a`` is broadcast.
 
@@ -77,7 +77,7 @@ class CentreEstimate:
         return np.sqrt(np.diag(self.covariance))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BFIFit:
     """A combined (or pooled) fit: ``theta_hat`` and ``A_hat^{-1}``.
 

@@ -25,7 +25,7 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Standardization:
     """Pooled ``mean`` and ``sd`` (``n - 1``) per column, and the pooled ``n``."""
 
