@@ -141,7 +141,8 @@ def _markdown(rows: list[Row], params: CkksParams, context_bytes: int) -> str:
         f"Parameters: N = {params.poly_modulus_degree}, coefficient primes "
         f"{list(params.coeff_mod_bit_sizes)} bits (total {sum(params.coeff_mod_bit_sizes)} "
         f"<= 218, HE standard 128-bit), scale 2^{params.scale_bits}, release grid "
-        f"2^-{params.release_bits}; pre-scaling target 2^20. Public context: "
+        f"2^-{params.release_bits}, value window 2^{int(np.log2(params.max_abs_value))}; "
+        f"pre-scaling target 2^20. Public context: "
         f"{context_bytes} bytes. Machine: {platform.machine()}, {platform.python_version()}.",
         "",
         "Errors are of the released sum against the float64 plaintext sum; "
@@ -160,6 +161,22 @@ def _markdown(rows: list[Row], params: CkksParams, context_bytes: int) -> str:
             f"{r.byte_overhead:.0f} | {r.encrypt_ms_per_site:.1f} | {r.add_ms_total:.1f} | "
             f"{r.decrypt_ms:.1f} | {r.plaintext_sum_ms:.3f} |"
         )
+    lines += [
+        "",
+        "Notes. Sites quantise each value to the release grid 2^-r (r = s - 24 = "
+        f"{params.release_bits}) before encrypting, and the key holder rounds the decryption "
+        "back to the grid, so the released sum is exactly the sum of the quantised values "
+        "(independent of the CKKS noise, which never leaves the key holder: Li-Micciancio "
+        "2021). The raw CKKS slot noise, measured separately at scale 2^40, is about 3e-8 "
+        "(10 sites) to 9e-8 (100 sites) in encoded units, about 2^-23, far below the "
+        "quarter-step refusal threshold 2^-18. The error against the float64 sum is "
+        "therefore the quantisation, at most n 2^-(r+1) in encoded units; pre-scaling maps "
+        "|x_j| <= B_j to at most 2^20, giving at most n B_j 2^-36 (`max err/B`). Raw "
+        "(un-scaled) small coordinates lose most of their digits to the grid: use the "
+        "pre-scaling. A ciphertext holds 4096 slots in about 331 kB (SEAL-compressed), so "
+        "the byte overhead falls with vector length; 64-bit ring elements as 16-bit limbs "
+        "take four slots each.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -15,17 +15,22 @@ CKKS on top of secure-aggregation masks — sites encrypt their *masked* ring
 elements (:func:`encrypt_ring_vector`), so one decrypted ciphertext is a
 uniformly masked vector. See ``threat_model/ckks_dp.md``.
 
-Precision
----------
-CKKS is approximate. With scale :math:`\\Delta = 2^{40}` the absolute slot
-error after summing :math:`n \\le 100` fresh ciphertexts is about
-:math:`10^{-7}` (measured in ``benchmarks/results/ckks.md``), plus a relative
-floor of about :math:`10^{-14}` from the double-precision FFT. Vectors are
-therefore pre-scaled per coordinate (:class:`CoordinateScaling`) so every
-coordinate uses the same window, and decrypted sums are rounded to multiples
-of :math:`2^{-r}` (``release_bits`` = r) before release: raw CKKS decryptions
-carry key-dependent noise and can leak the secret key (Li & Micciancio,
-EUROCRYPT 2021).
+Precision and the release grid
+------------------------------
+CKKS is approximate. With scale :math:`2^{s}`, :math:`s = 40`, the absolute
+slot noise after summing :math:`n \\le 100` fresh ciphertexts is about
+:math:`10^{-7} \\approx 2^{-23}` (``benchmarks/results/ckks.md``), plus a
+relative floor of about :math:`10^{-15}` from the double-precision FFT.
+Raw decryptions carry key-dependent noise and can leak the secret key when
+they are released (Li & Micciancio, EUROCRYPT 2021). So we never release
+them: sites quantise every value to the grid :math:`2^{-r}`,
+:math:`r = s - 24` (``release_bits``), the exact sum of quantised values lies
+on the grid, and the key holder rounds the decryption back to it, refusing
+to release if any slot is more than a quarter grid step away. The released
+sum is then *exactly* :math:`\\sum_u 2^{-r}\\operatorname{round}(2^r x_u)`, a
+deterministic function of the inputs that carries no information about the
+CKKS noise. Values must satisfy :math:`|x| \\le 2^{36 - r}` (``max_abs_value``);
+:class:`CoordinateScaling` pre-scales each coordinate into that window.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from protocols.errors import EncodingError, InvalidMessage, ProtocolError
 __all__ = [
     "HE_STANDARD_MAX_MODULUS_BITS",
     "SUM_HEADROOM_BITS",
+    "GRID_MARGIN_BITS",
+    "PRECISION_BITS",
     "CkksError",
     "CkksParameterError",
     "CkksMismatch",
@@ -75,6 +82,13 @@ HE_STANDARD_MAX_MODULUS_BITS: dict[int, int] = {
 #: Bits of the data-level modulus reserved so that a sum of up to
 #: :math:`2^{20}` ciphertexts cannot wrap.
 SUM_HEADROOM_BITS = 20
+#: The release grid sits this many bits above :math:`2^{-s}`: :math:`r = s - 24`,
+#: i.e. 7 bits above the measured noise (:math:`\\approx 2^{-23}` at n = 100).
+GRID_MARGIN_BITS = 24
+#: Bits between the grid and the largest per-site value: :math:`|x| 2^r \\le 2^{36}`,
+#: so quantised values and their sums stay exact in float64 and the FFT error
+#: (:math:`\\approx 2^{-50}` relative) stays far below the grid.
+PRECISION_BITS = 36
 #: Largest limb sum the decoder trusts to be exact: :math:`n (2^b - 1) < 2^{40}`.
 _MAX_LIMB_SUM_BITS = 40
 _FINGERPRINT_TAG = b"securefed/ckks/public-context/v1\x00"
@@ -111,17 +125,14 @@ class CkksParams:
         Bit sizes of the RNS primes; the last one is SEAL's special prime.
         Their total must not exceed ``HE_STANDARD_MAX_MODULUS_BITS[N]``.
     scale_bits : int
-        Encoding scale :math:`\\Delta = 2^{scale\\_bits}`.
-    release_bits : int
-        Decrypted sums are rounded to multiples of :math:`2^{-release\\_bits}`
-        (in encoded units) before release; must stay at least 20 bits above
-        the CKKS noise level, i.e. ``release_bits <= scale_bits - 20``.
+        Encoding scale :math:`2^{s}`; at least 30. Sets the release grid
+        :math:`2^{-r}`, :math:`r = s - 24`, and the value window
+        :math:`|x| \\le 2^{36 - r}`.
     """
 
     poly_modulus_degree: int = 8192
     coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 40, 60)
     scale_bits: int = 40
-    release_bits: int = 16
 
     def __post_init__(self) -> None:
         n = self.poly_modulus_degree
@@ -138,12 +149,10 @@ class CkksParams:
                 f"total modulus {sum(bits)} bits exceeds the HE-standard 128-bit limit "
                 f"{HE_STANDARD_MAX_MODULUS_BITS[n]} for N={n}"
             )
-        if not 20 <= self.scale_bits <= self.data_modulus_bits - SUM_HEADROOM_BITS - 20:
+        if not 30 <= self.scale_bits <= self.data_modulus_bits - SUM_HEADROOM_BITS - 20:
             raise CkksParameterError(
-                "scale_bits must leave >= 40 bits of data modulus for values and sum headroom"
+                "scale_bits must be >= 30 and leave >= 40 bits of data modulus above the scale"
             )
-        if not 0 <= self.release_bits <= self.scale_bits - 20:
-            raise CkksParameterError("release_bits must be in [0, scale_bits - 20]")
 
     @property
     def slot_count(self) -> int:
@@ -156,9 +165,15 @@ class CkksParams:
         return sum(self.coeff_mod_bit_sizes[:-1])
 
     @property
+    def release_bits(self) -> int:
+        """r: values are quantised to, and sums released on, the grid :math:`2^{-r}`."""
+        return self.scale_bits - GRID_MARGIN_BITS
+
+    @property
     def max_abs_value(self) -> float:
-        """Largest |value| a site may encrypt: :math:`2^{\\log_2 q - s - 1 - 20}`."""
-        return 2.0 ** (self.data_modulus_bits - self.scale_bits - 1 - SUM_HEADROOM_BITS)
+        """Largest |value| a site may encrypt: :math:`\\min(2^{36 - r}, 2^{\\log_2 q - s - 21})`."""
+        headroom = self.data_modulus_bits - self.scale_bits - 1 - SUM_HEADROOM_BITS
+        return 2.0 ** min(PRECISION_BITS - self.release_bits, headroom)
 
 
 @dataclass(frozen=True)
@@ -227,7 +242,7 @@ def _params_of(context: ts.Context) -> CkksParams:
     scale_bits = math.log2(context.global_scale)
     if scale_bits != int(scale_bits):
         raise CkksParameterError("the context scale is not a power of two")
-    return CkksParams(n, (*primes, special), int(scale_bits), release_bits=0)
+    return CkksParams(n, (*primes, special), int(scale_bits))
 
 
 @lru_cache(maxsize=8)
@@ -264,10 +279,11 @@ def _encrypt_slots(public: _PublicContext, slots: NDArray[np.float64]) -> tuple[
 def encrypt_vector(public_context: bytes, values: ArrayLike) -> CkksCiphertext:
     """Encrypt a real vector under the public context (site side).
 
-    The vector is split into ``ceil(len / (N/2))`` ciphertexts. Each value
-    must satisfy :math:`|v| \\le 2^{\\log_2 q - s - 21}` (``max_abs_value``)
-    so that sums of up to :math:`2^{20}` sites stay below the modulus.
-    Pre-scale with :class:`CoordinateScaling` for a uniform relative error.
+    Each value is quantised to :math:`q(v) = 2^{-r}\\operatorname{round}(2^r v)`
+    (error at most :math:`2^{-r-1}`) and the vector is split into
+    ``ceil(len / (N/2))`` ciphertexts. Values must satisfy
+    :math:`|v| \\le` ``max_abs_value`` (:math:`2^{20}` by default); pre-scale with
+    :class:`CoordinateScaling` for a uniform relative error.
 
     Raises
     ------
@@ -278,10 +294,13 @@ def encrypt_vector(public_context: bytes, values: ArrayLike) -> CkksCiphertext:
     """
     array = _check_vector(values)
     public = _load_public_context(public_context)
-    if np.max(np.abs(array)) > public.params.max_abs_value:
-        raise EncodingError(f"|value| exceeds the CKKS window {public.params.max_abs_value:.3g}")
+    params = public.params
+    if np.max(np.abs(array)) > params.max_abs_value:
+        raise EncodingError(f"|value| exceeds the CKKS window {params.max_abs_value:.3g}")
+    grid = 2.0**params.release_bits
+    quantised = np.round(array * grid) / grid  # exact: |v| 2^r <= 2^36
     return CkksCiphertext(
-        public.fingerprint, array.size, PayloadKind.REAL, _encrypt_slots(public, array)
+        public.fingerprint, array.size, PayloadKind.REAL, _encrypt_slots(public, quantised)
     )
 
 
@@ -458,17 +477,23 @@ class CkksKeyHolder:
         return np.concatenate(parts)
 
     def decrypt_sum(self, aggregate: CkksAggregate, n_values: int) -> NDArray[np.float64]:
-        """Decrypt a REAL aggregate and round it to the release grid.
+        """Decrypt a REAL aggregate to the exact sum of the quantised site values.
 
         Returns :math:`2^{-r} \\operatorname{round}(2^{r} \\tilde{s})` with
-        :math:`\\tilde{s}` the raw CKKS decryption and r = ``release_bits``;
-        the released error is at most :math:`e_{ckks} + 2^{-r-1}`.
+        :math:`\\tilde{s}` the raw CKKS decryption and r = ``release_bits``.
+        Because every site quantised to the same grid, this equals
+        :math:`\\sum_u q(x_u)` exactly whenever the CKKS error is below
+        :math:`2^{-r-2}`; if any slot is further from the grid the key holder
+        refuses (:class:`CkksError`) rather than release noise-dependent bits.
+        Against the unquantised sum the error is at most :math:`n\\,2^{-r-1}`.
         """
         if aggregate.kind is not PayloadKind.REAL:
             raise CkksMismatch("use decrypt_ring_sum for ring-limb aggregates")
-        raw = self._decrypt_slots(aggregate, n_values)
-        grid = 2.0**self._params.release_bits
-        return np.round(raw * grid) / grid
+        raw = self._decrypt_slots(aggregate, n_values) * 2.0**self._params.release_bits
+        on_grid = np.round(raw)
+        if np.any(np.abs(raw - on_grid) > 0.25):
+            raise CkksError("decryption is not on the release grid; refusing to release")
+        return on_grid / 2.0**self._params.release_bits
 
     def decrypt_ring_sum(self, aggregate: CkksAggregate, n_values: int) -> NDArray[np.uint64]:
         """Decrypt a RING_LIMBS aggregate to :math:`\\sum_u x_u \\bmod 2^k` exactly.
@@ -502,9 +527,10 @@ class CoordinateScaling:
     From public bounds :math:`|x_j| \\le B_j` (the same at every site),
     :math:`f_j = 2^{t - \\lceil \\log_2 B_j \\rceil}` maps each coordinate to
     :math:`|f_j x_j| \\le 2^t`. Powers of two make scaling and unscaling exact,
-    and the released error of a sum becomes
-    :math:`|e_j| \\le (e_{ckks} + 2^{-r-1}) / f_j \\le (e_{ckks} + 2^{-r-1})\\,2 B_j / 2^t`,
-    i.e. about :math:`10^{-11} B_j` with the defaults (t = 20, r = 16).
+    and the released error of a sum of n sites becomes
+    :math:`|e_j| \\le n\\,2^{-r-1} / f_j \\le n B_j 2^{-(r+t)}`, i.e.
+    :math:`n B_j 2^{-36} \\approx 1.5\\times10^{-11}\\, n B_j` with the defaults
+    (t = 20, r = 16); choose :math:`t \\le \\log_2` ``max_abs_value``.
     """
 
     bounds: NDArray[np.float64]
