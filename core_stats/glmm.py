@@ -115,6 +115,7 @@ class SiteTerms:
     n_rows: int
     n_groups: int
     modes: np.ndarray = field(repr=False)  # conditional modes u_hat (G x q); stay at the site
+    boundary_score: np.ndarray | None = None  # q x q, only when Lambda is fixed at 0
 
 
 def gauss_hermite_rule(n_nodes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -347,5 +348,23 @@ def site_terms(rows: GroupedRows, family: Family, layout: ParameterLayout, theta
         terms.append(ev.h_value(u_k, const) + (lw + float(z @ z)))
     marginal = logsumexp_jets(terms) - log_det_chol + 0.5 * q * np.log(2.0)
     value, grad, hess = marginal.total()
+    boundary = None if layout.random_effects else _boundary_score(values)
     return SiteTerms(loglik=value, gradient=grad, hessian=0.5 * (hess + hess.T),
-                     n_rows=rows.n_rows, n_groups=G, modes=u_hat)
+                     n_rows=rows.n_rows, n_groups=G, modes=u_hat, boundary_score=boundary)
+
+
+def _boundary_score(values: _SiteEvaluator) -> np.ndarray:
+    """Derivative of the log-likelihood w.r.t. ``Sigma`` at ``Sigma = 0``.
+
+    With ``l_i`` the log-density of row ``i`` and ``s_g = sum_i dl_i/deta z_i``,
+    ``d l / d Sigma = 1/2 sum_g [ s_g s_g' + sum_i d2l_i/deta2 z_i z_i' ]``
+    (exact for the integral, and for every adaptive GH rule, at ``Sigma = 0``).
+    If it is negative semi-definite where the fixed effects are optimal, the
+    boundary ``Sigma = 0`` is a local maximum: the fit is singular.
+    """
+    rows, q = values.rows, values.layout.q
+    a = float(values.scale_factor.val[0])
+    _, d1, d2 = values.family.kernel_derivatives(rows.y, values.eta_fixed, 2)
+    s = np.add.reduceat(a * d1[:, None] * rows.Z, rows.starts, axis=0)
+    curvature = (a * d2[:, None, None] * rows.Z[:, :, None] * rows.Z[:, None, :]).sum(axis=0)
+    return 0.5 * (s.T @ s + curvature)

@@ -6,11 +6,14 @@ which returns the sum over sites of each site's :func:`core_stats.glmm.site_term
 
 * the paper's penalty ``- lambda |beta|^2`` on every fixed effect except the
   intercept (penalising the intercept would tie the fit to the outcome's coding);
-* boundary handling as lme4 does it: when a random-effect SD (relative to the
-  residual SD for the Gaussian family) falls below ``1e-2`` the model with
-  ``Lambda = 0`` (the GLM) is fitted too; if its log-likelihood is at least
-  as high, or the SD reaches ``1e-4`` (lme4's ``isSingular`` tolerance), the
-  fit is reported singular with ``sigma = 0`` and the GLM's estimates.
+* boundary handling: when a random-effect SD (relative to the residual SD
+  for the Gaussian family) falls below ``0.05`` the model with ``Lambda = 0``
+  (the GLM) is fitted; at its optimum the sites also release the score of
+  ``Sigma`` at 0 (a sum over groups). If that score is not positive the
+  boundary is a local maximum and the fit is reported singular, as lme4 does,
+  with ``sigma = 0`` and the GLM's estimates; otherwise the full fit resumes.
+  A fit converging with an SD below ``1e-4`` (lme4's ``isSingular``
+  tolerance) is singular too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ __all__ = ["GLMMEstimate", "fit_glmm", "starting_values", "l2_penalty"]
 
 Evaluate = Callable[[ParameterLayout, np.ndarray, bool], SummedTerms]
 
-BOUNDARY_WATCH = 1e-2
+BOUNDARY_WATCH = 0.05
 SINGULAR_TOL = 1e-4
 LOG_SD_START = float(np.log(0.5))  # random-effect SD start for binomial/Poisson
 MAX_LOG_SD_STEP = 1.0  # trust region on log-Cholesky parameters per Newton step
@@ -133,6 +136,14 @@ def _reduce(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
     return out
 
 
+def _boundary_is_maximum(terms: SummedTerms) -> bool:
+    """The summed score of ``Sigma`` at 0 is negative semi-definite."""
+    score = terms.extra
+    if score is None:
+        raise ValueError("the sites did not release the boundary score")
+    return bool(np.max(np.linalg.eigvalsh(score)) <= 1e-10 * (1.0 + np.abs(score).max()))
+
+
 def fit_glmm(evaluate: Evaluate, layout: ParameterLayout, start: np.ndarray, *,
              lam: float = 0.0, tol: float = 1e-8, max_iter: int = 100,
              on_step: Callable[[NewtonStep], None] | None = None) -> GLMMEstimate:
@@ -171,7 +182,7 @@ def fit_glmm(evaluate: Evaluate, layout: ParameterLayout, start: np.ndarray, *,
         return finish(layout, full, singular=False)
     reduced_layout = layout.without_random_effects()
     reduced = run(reduced_layout, _reduce(layout, full.theta), watch=False)
-    if tiny or reduced.terms.value >= full.terms.value - 1e-8 * (1.0 + abs(full.terms.value)):
+    if tiny or _boundary_is_maximum(reduced.terms):
         return finish(reduced_layout, reduced, singular=True)
     resumed = run(layout, full.theta, watch=False)
     if resumed.converged and relative_sds(layout, resumed.theta)[0] < SINGULAR_TOL:

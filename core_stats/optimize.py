@@ -30,12 +30,13 @@ class SummedTerms:
     value: float
     gradient: np.ndarray | None = None
     hessian: np.ndarray | None = None
+    extra: np.ndarray | None = None  # further summed statistics riding along (kept from self)
 
     def __add__(self, other: SummedTerms) -> SummedTerms:
         if self.gradient is None or other.gradient is None:
-            return SummedTerms(self.value + other.value)
+            return SummedTerms(self.value + other.value, extra=self.extra)
         return SummedTerms(self.value + other.value, self.gradient + other.gradient,
-                           self.hessian + other.hessian)
+                           self.hessian + other.hessian, self.extra)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from securefed.audit_log import (
 )
 from securefed.audit_report import AuditReport, SiteSummary, build_report, render_report
 from securefed.audit_verify import FailureReason, VerifyReport, verify_log
-from securefed.canonical import canonical_bytes, encode_float
+from securefed.canonical import ZERO_HASH, canonical_bytes, encode_float, to_canonical
 from securefed.errors import InputError
 from securefed.keys import Identity, KeyFilePermissionError, Registry
 
@@ -220,7 +220,7 @@ class SiteLog:
         record = ReleaseRecord(
             run_id=self._run_id, site=self._identity.name, round=key[0], vector_kind=key[1],
             shape=tuple(int(n) for n in array.shape),
-            layers=tuple(MappingProxyType(_jsonable(layer)) for layer in layers),
+            layers=tuple(MappingProxyType(to_canonical(dict(layer))) for layer in layers),
             commitment=commitment.digest,
             privacy=MappingProxyType({k: encode_float(v) for k, v in privacy.items()}))
         release = SignedRelease(record, self._identity.sign(record.signed_bytes()).hex())
@@ -229,18 +229,31 @@ class SiteLog:
         self._released.add(key)
         return release
 
-    def countersign(self, request: CheckpointRequest) -> Countersignature:
+    def countersign(self, request: CheckpointRequest,
+                    coordinator_entries: Sequence[Entry] | None = None) -> Countersignature:
         """Countersign the coordinator's checkpoint and record it in this log.
+
+        Parameters
+        ----------
+        request : CheckpointRequest
+            The coordinator's log length and head hash.
+        coordinator_entries : sequence of Entry, optional
+            A copy of the coordinator's log up to the head (e.g. ``read_entries``).
+            When given, the site first checks that these entries chain to the head
+            and hold every release of this site exactly as its own log does.
 
         Raises
         ------
         InvalidMessage
-            If the request is for another run.
+            If the request is for another run, or the coordinator's entries do not
+            chain to the head or misstate this site's releases.
         ReplayError
             If it does not extend the last checkpoint this site countersigned.
         """
         if request.run_id != self._run_id:
             raise InvalidMessage("checkpoint request is for another run")
+        if coordinator_entries is not None:
+            self._check_coordinator_entries(request, coordinator_entries)
         if request.entry_count <= self._last_checkpoint:
             raise ReplayError(f"checkpoint at {request.entry_count} does not extend the one "
                               f"countersigned at {self._last_checkpoint}")
@@ -252,16 +265,27 @@ class SiteLog:
         self._last_checkpoint = request.entry_count
         return counter
 
+    def _check_coordinator_entries(self, request: CheckpointRequest,
+                                   entries: Sequence[Entry]) -> None:
+        head = ZERO_HASH
+        for seq, entry in enumerate(entries):
+            if entry.seq != seq or entry.prev_hash != head:
+                raise InvalidMessage(f"coordinator's log breaks at seq {seq}")
+            head = entry.hash
+        if (len(entries), head) != (request.entry_count, request.head_hash):
+            raise InvalidMessage("coordinator's log does not end at the requested head")
+        theirs = [dict(e.payload) for e in entries if e.kind is EventKind.RELEASE
+                  and e.payload["release"]["site"] == self._identity.name]
+        mine = [dict(e.payload) for e in read_entries(self._log.path)
+                if e.kind is EventKind.RELEASE]
+        if theirs != mine:
+            raise InvalidMessage("coordinator's log does not hold this site's releases "
+                                 "exactly as released")
+
     def open_release(self, vector: npt.ArrayLike, round_id: int, vector_kind: str) -> bool:
         """For a dispute: whether ``vector`` is what this site committed to."""
         commitment = self._salts.lookup(self._run_id, round_id, vector_kind)
         return open_commitment(vector, commitment.salt, commitment.digest)
-
-
-def _jsonable(layer: Mapping[str, Any]) -> dict[str, Any]:
-    from securefed.canonical import to_canonical
-
-    return to_canonical(dict(layer))
 
 
 def _secret_forms(raw: bytes) -> list[tuple[str, bytes]]:

@@ -29,7 +29,7 @@ import hmac
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -413,8 +413,7 @@ class AuditLog:
             raise ValueError("RUN_START must be written by the coordinator it names")
         unsigned = Entry(seq=self._count, time=self._clock(), kind=kind, actor=actor.name,
                          prev_hash=self._head, payload=MappingProxyType(body), signature="")
-        entry = Entry(**{**unsigned.__dict__,
-                         "signature": actor.sign(unsigned.signed_bytes()).hex()})
+        entry = replace(unsigned, signature=actor.sign(unsigned.signed_bytes()).hex())
         with open(self._path, "ab") as handle:
             handle.write(entry.line() + b"\n")
             handle.flush()

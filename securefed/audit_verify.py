@@ -58,6 +58,7 @@ from securefed.audit_log import (
     Countersignature,
     Entry,
     EventKind,
+    RefusalReason,
     SignedRelease,
     parse_entry,
     read_lines,
@@ -308,6 +309,11 @@ def _check_payloads(chain: _Chain) -> _Failure | None:
                 for name in ("contributors", "dropouts")):
             return chain.fail(entry.seq, FailureReason.MALFORMED,
                               "contributors and dropouts must be lists of site names")
+        if entry.kind is EventKind.REFUSAL and \
+                entry.payload["reason"] not in RefusalReason.__members__:
+            return chain.fail(entry.seq, FailureReason.MALFORMED,
+                              f"refusal reason {entry.payload['reason']!r} is not one of "
+                              f"{', '.join(RefusalReason.__members__)}")
         if entry.kind is EventKind.RELEASE:
             failure = _check_release(chain, entry, run_id, sites, seen)
         elif entry.kind is EventKind.CHECKPOINT:

@@ -14,7 +14,14 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    """Attach the sub-command modules (imported lazily to keep start-up fast)."""
+    """Attach the sub-command modules (once)."""
+    if getattr(_register, "done", False):
+        return
+    from securefed import cli_fit
+
+    app.command("fit")(cli_fit.fit)
+    app.command("demo")(cli_fit.demo)
+    _register.done = True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,9 +2,11 @@
 
 Register in :func:`securefed.cli._register`::
 
-    from securefed.cli_audit import audit_app, keygen
-    app.add_typer(audit_app, name="audit")
-    app.command("keygen")(keygen)
+    from securefed.cli_audit import register
+    register(app)
+
+which is ``app.add_typer(audit_app, name="audit")`` and ``app.command("keygen")(keygen)``,
+done once even if ``_register`` runs again.
 
 Exit codes: 0 the log verifies, 1 it does not (the first bad entry and why are
 printed), 2 bad input (:class:`securefed.errors.InputError`: missing file, not JSON).
@@ -23,7 +25,7 @@ from securefed.audit_verify import verify_log
 from securefed.errors import InputError
 from securefed.keys import Identity, Registry, check_party_name
 
-__all__ = ["audit_app", "keygen"]
+__all__ = ["audit_app", "keygen", "register"]
 
 audit_app = typer.Typer(
     add_completion=False,
@@ -111,3 +113,11 @@ def keygen(
         updated = current.add(name, identity.public_key_hex)
         updated.save(registry)
         typer.echo(f"added {name} to {registry} (fingerprint {updated.fingerprint[:16]})")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach ``audit`` and ``keygen`` to the top-level app (idempotent)."""
+    if not any(group.name == "audit" for group in app.registered_groups):
+        app.add_typer(audit_app, name="audit")
+    if not any(command.name == "keygen" for command in app.registered_commands):
+        app.command("keygen")(keygen)

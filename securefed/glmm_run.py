@@ -167,8 +167,12 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
         purpose = "glmm-terms" if derivatives else "glmm-loglik"
         total = coordinator.secure_sum(purpose, lambda s: s.glmm_terms_vector(lay, theta,
                                                                                derivatives))
+        extra = None
+        if derivatives and not lay.random_effects:
+            total, extra = np.split(total, [len(total) - lay.q * (lay.q + 1) // 2])
+            extra = from_upper_triangle(extra, lay.q)
         value, grad, hess = unpack_terms(total, lay.size)
-        return SummedTerms(value, grad, hess)
+        return SummedTerms(value, grad, hess, extra)
 
     extra: dict = {}
     lam = opts.lam

@@ -100,7 +100,10 @@ class Site:
                            start_modes=self._modes.get(key), derivatives=derivatives)
         if derivatives:
             self._modes[key] = terms.modes
-            return pack_terms(terms.loglik, terms.gradient, terms.hessian)
+            packed = pack_terms(terms.loglik, terms.gradient, terms.hessian)
+            if terms.boundary_score is not None:
+                packed = np.concatenate([packed, upper_triangle(terms.boundary_score)])
+            return packed
         return pack_terms(terms.loglik, None, None)
 
     def validation_loglik_vector(self, layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:

@@ -1,0 +1,86 @@
+"""Exact GLMM gradients and Hessians against central finite differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from simdata import simulate_nested
+
+from core_stats.design import grouped_rows
+from core_stats.families import get_family
+from core_stats.glmm import ParameterLayout, gauss_hermite_rule, site_terms
+
+
+def _site(family: str, q: int, seed: int = 1):
+    frame = simulate_nested(family, n_sites=1, groups_per_site=6, rows_per_group=10, q=q,
+                            seed=seed)
+    X = np.column_stack([np.ones(len(frame)), frame.x1, frame.x2])
+    Z = np.ones((len(frame), 1)) if q == 1 else np.column_stack([np.ones(len(frame)), frame.x1])
+    rows = grouped_rows(frame.y.to_numpy(float), X, Z, frame.patient.to_numpy())
+    fam = get_family(family)
+    layout = ParameterLayout(("(Intercept)", "x1", "x2"), ("(Intercept)", "x1")[:q], "patient",
+                             fam.has_dispersion)
+    return rows, fam, layout
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson", "gaussian"])
+@pytest.mark.parametrize("nagq", [1, 2, 5])
+@pytest.mark.parametrize("q", [1, 2])
+def test_gradient_and_hessian_match_finite_differences(family: str, nagq: int, q: int) -> None:
+    if q == 2 and nagq == 5:
+        nagq = 3  # 25 nodes per group is slow for no extra insight
+    rows, fam, layout = _site(family, q)
+    rng = np.random.default_rng(7)
+    theta = rng.normal(0, 0.3, size=layout.size)
+    terms = site_terms(rows, fam, layout, theta, nagq=nagq)
+    eps = 1e-5
+    eye = np.eye(layout.size)
+
+    def value(t):
+        return site_terms(rows, fam, layout, t, nagq=nagq, derivatives=False).loglik
+
+    def grad(t):
+        return site_terms(rows, fam, layout, t, nagq=nagq).gradient
+
+    fd_grad = np.array([(value(theta + eps * e) - value(theta - eps * e)) / (2 * eps) for e in eye])
+    fd_hess = np.array([(grad(theta + eps * e) - grad(theta - eps * e)) / (2 * eps) for e in eye])
+    scale = 1.0 + np.abs(terms.gradient).max()
+    assert np.max(np.abs(terms.gradient - fd_grad)) < 1e-6 * scale
+    assert np.max(np.abs(terms.hessian - fd_hess)) < 1e-6 * (1.0 + np.abs(terms.hessian).max())
+    assert terms.loglik == pytest.approx(value(theta), abs=1e-12)
+
+
+def test_agq_converges_to_the_exact_integral() -> None:
+    from scipy import integrate
+
+    rows, fam, layout = _site("poisson", 1, seed=3)
+    theta = np.array([0.1, 0.4, -0.3, np.log(0.9)])
+    exact = 0.0
+    for g in range(rows.n_groups):
+        sl = slice(rows.starts[g], rows.starts[g] + 10)
+        eta0 = rows.X[sl] @ theta[:3]
+
+        def integrand(u, sl=sl, eta0=eta0):
+            ll = fam.loglik(rows.y[sl], eta0 + 0.9 * u).sum()
+            return np.exp(ll - u * u / 2) / np.sqrt(2 * np.pi)
+
+        exact += np.log(integrate.quad(integrand, -12, 12, epsabs=0, epsrel=1e-13, limit=400)[0])
+    errors = [abs(site_terms(rows, fam, layout, theta, nagq=k).loglik - exact) for k in (1, 5, 25)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 1e-8
+
+
+def test_gaussian_laplace_is_exact_and_agq_agrees() -> None:
+    rows, fam, layout = _site("gaussian", 1)
+    theta = np.array([0.2, 0.4, -0.3, np.log(0.7), np.log(0.8)])
+    values = [site_terms(rows, fam, layout, theta, nagq=k).loglik for k in (1, 3, 7)]
+    assert np.ptp(values) < 1e-9
+
+
+def test_gauss_hermite_rule_integrates_polynomials() -> None:
+    nodes, log_w = gauss_hermite_rule(5, 2)
+    w = np.exp(log_w)
+    assert w.sum() == pytest.approx(np.pi)
+    assert np.sum(w * nodes[:, 0] ** 2 * nodes[:, 1] ** 2) == pytest.approx(np.pi / 4)
+    with pytest.raises(ValueError):
+        gauss_hermite_rule(0, 1)
