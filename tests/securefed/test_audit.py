@@ -32,6 +32,7 @@ from securefed.audit import (
     RefusalReason,
     SiteLog,
     build_report,
+    read_entries,
     render_report,
     run_start_payload,
     scan_for_secrets,
@@ -69,8 +70,12 @@ class Run:
         return [self.coordinator, *self.sites.values()]
 
 
-def build_run(directory: Path, omit: tuple[str, int] | None = None) -> Run:
-    """Write the run in the module docstring; ``omit`` a (site, round) release."""
+def build_run(directory: Path, omit: tuple[str, int] | None = None,
+              sites_check: bool = True) -> Run:
+    """Write the run in the module docstring; ``omit`` a (site, round) release.
+
+    With ``sites_check`` each site reads the coordinator's log before countersigning.
+    """
     coordinator = Identity.generate("coordinator")
     sites = {name: Identity.generate(name) for name in SITES}
     registry = Registry.of(coordinator, *sites.values())
@@ -112,7 +117,8 @@ def build_run(directory: Path, omit: tuple[str, int] | None = None) -> Run:
                 "run_id": RUN_ID, "result_kind": "GLMMFit", "result_hash": "ab" * 32})
         if round_id in (0, 2):
             request = log.checkpoint_request()
-            counters = [site_logs[name].countersign(request) for name in active]
+            seen = read_entries(log.path) if sites_check else None
+            counters = [site_logs[name].countersign(request, seen) for name in active]
             log.append_checkpoint(coordinator, request, counters, registry)
     return Run(directory, coordinator, sites, registry, log.path, site_logs, vectors)
 
@@ -343,6 +349,26 @@ def test_a_replayed_release_is_caught(run: Run) -> None:
     check(run, FailureReason.REPLAYED, 12)
 
 
+def test_a_refusal_with_an_unknown_reason_is_malformed(run: Run) -> None:
+    items = read(run.log)
+    items[15]["payload"]["reason"] = "WHIM"
+    resign(items, 15, {"coordinator": run.coordinator})
+    write(run.log, items)
+    check(run, FailureReason.MALFORMED, 15)
+
+
+def test_a_site_refuses_to_countersign_a_log_that_does_not_chain(run: Run) -> None:
+    entries = read_entries(run.log)
+    log = AuditLog.open(run.log)
+    log.append(EventKind.RESULT, run.coordinator, {"run_id": RUN_ID, "result_kind": "x",
+                                                   "result_hash": "0" * 64})
+    request = log.checkpoint_request()
+    with pytest.raises(InvalidMessage, match="does not end at the requested head"):
+        run.site_logs["site-a"].countersign(request, entries)
+    with pytest.raises(InvalidMessage, match="breaks at seq 3"):
+        run.site_logs["site-a"].countersign(request, entries[:3] + entries[4:])
+
+
 def test_a_garbled_line_is_malformed_and_a_non_log_is_bad_input(run: Run) -> None:
     lines = run.log.read_bytes().splitlines()
     run.log.write_bytes(b"\n".join(lines[:7] + [b'{"seq": 7}'] + lines[8:]) + b"\n")
@@ -357,7 +383,10 @@ def test_a_garbled_line_is_malformed_and_a_non_log_is_bad_input(run: Run) -> Non
 # ---------------------------------------------------------------- site logs
 
 def test_a_release_the_coordinator_never_logged_shows_in_the_site_log(tmp_path: Path) -> None:
-    run = build_run(tmp_path, omit=("site-a", 1))
+    (tmp_path / "checked").mkdir()
+    with pytest.raises(InvalidMessage, match="does not hold this site's releases"):
+        build_run(tmp_path / "checked", omit=("site-a", 1))
+    run = build_run(tmp_path, omit=("site-a", 1), sites_check=False)
     assert verify_log(run.log, run.registry).ok  # alone, the log cannot know
     site_a = run.site_logs["site-a"].path
     check(run, FailureReason.SITE_LOG_MISMATCH, 2, site_logs=True, bad_log=site_a)
@@ -495,11 +524,12 @@ def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
     import typer
 
     import securefed.cli
-    from securefed.cli_audit import audit_app, keygen
+    from securefed.cli_audit import register
 
     app = typer.Typer(add_completion=False, no_args_is_help=True)
-    app.add_typer(audit_app, name="audit")
-    app.command("keygen")(keygen)
+    register(app)
+    register(app)  # idempotent
+    assert len(app.registered_groups) == len(app.registered_commands) == 1
     monkeypatch.setattr(securefed.cli, "app", app)
     monkeypatch.setattr(securefed.cli, "_register", lambda: None)
 
