@@ -8,6 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import tenseal as ts
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols.ckks import (
     CkksAggregate,
@@ -275,3 +277,41 @@ def test_scaling_is_exact_and_checks_bounds() -> None:
 def test_errors_are_protocol_errors() -> None:
     assert issubclass(CkksMismatch, InvalidMessage)
     assert issubclass(CkksParameterError, ProtocolError)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    ring_bits=st.integers(1, 64),
+    limb_bits=st.integers(8, 24),
+    n_sites=st.integers(1, 6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_ring_round_trip_property(
+    holder: CkksKeyHolder, ring_bits: int, limb_bits: int, n_sites: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 2**ring_bits, size=(n_sites, 7), dtype=np.uint64, endpoint=False)
+    public = holder.public_context()
+    ciphertexts = [encrypt_ring_vector(public, v, ring_bits, limb_bits) for v in values]
+    total = holder.decrypt_ring_sum(add_ciphertexts(public, ciphertexts), 7)
+    expected = values.sum(axis=0)  # wraps mod 2^64
+    if ring_bits < 64:
+        expected &= np.uint64((1 << ring_bits) - 1)
+    np.testing.assert_array_equal(total, expected)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.floats(1e-6, 1e8), min_size=1, max_size=8).flatmap(
+        lambda b: st.tuples(
+            st.just(b), st.lists(st.floats(-1.0, 1.0), min_size=len(b), max_size=len(b))
+        )
+    )
+)
+def test_scaling_round_trip_property(case: tuple[list[float], list[float]]) -> None:
+    bounds, fractions = np.array(case[0]), np.array(case[1])
+    scaling = CoordinateScaling.from_bounds(bounds)
+    values = bounds * fractions
+    scaled = scaling.apply(values)
+    assert np.all(np.abs(scaled) <= 2.0**20)
+    np.testing.assert_array_equal(scaling.invert(scaled), values)
