@@ -54,7 +54,8 @@ class MixedFormula:
 def parse_mixed_formula(formula: str, *, require_random: bool = True) -> MixedFormula:
     """Split a formula into outcome, fixed part and one random-effects term."""
     if "~" not in formula:
-        raise DesignError(f"formula {formula!r} has no '~': write it as 'y ~ x1 + x2 + (1 | group)'")
+        raise DesignError(
+            f"formula {formula!r} has no '~': write it as 'y ~ x1 + x2 + (1 | group)'")
     lhs, rhs = (part.strip() for part in formula.split("~", 1))
     if not re.fullmatch(r"[A-Za-z_.][\w.]*", lhs):
         raise DesignError(f"the outcome {lhs!r} must be a single column name")

@@ -189,7 +189,8 @@ class _SiteEvaluator:
                     Jet.constant(0.0, self.G, self.P)) for r in range(q)]
 
     def _eta(self, offsets_val: np.ndarray) -> np.ndarray:
-        return self.eta_fixed + np.einsum("nr,nr->n", self.rows.Z, offsets_val[self.rows.group_of_row])
+        per_row = offsets_val[self.rows.group_of_row]
+        return self.eta_fixed + np.einsum("nr,nr->n", self.rows.Z, per_row)
 
     def _row_sum(self, derivs: list[np.ndarray], weight: np.ndarray | None,
                  offsets: list[Jet]) -> Jet:
@@ -362,7 +363,7 @@ def _boundary_score(values: _SiteEvaluator) -> np.ndarray:
     If it is negative semi-definite where the fixed effects are optimal, the
     boundary ``Sigma = 0`` is a local maximum: the fit is singular.
     """
-    rows, q = values.rows, values.layout.q
+    rows = values.rows
     a = float(values.scale_factor.val[0])
     _, d1, d2 = values.family.kernel_derivatives(rows.y, values.eta_fixed, 2)
     s = np.add.reduceat(a * d1[:, None] * rows.Z, rows.starts, axis=0)

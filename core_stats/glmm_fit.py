@@ -99,7 +99,8 @@ def starting_values(layout: ParameterLayout, family: Family, n: float, sum_y: fl
 
 
 def _log_cholesky_start(layout: ParameterLayout) -> np.ndarray:
-    return np.array([0.0 for _ in layout.cholesky_entries()]) if layout.random_effects else np.zeros(0)
+    """log-Cholesky of the identity: zeros (log 1 on the diagonal, 0 off it)."""
+    return np.zeros(layout.n_cov)
 
 
 def l2_penalty(layout: ParameterLayout, lam: float) -> Callable[[np.ndarray, bool], SummedTerms]:

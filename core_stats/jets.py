@@ -17,11 +17,11 @@ triangular solves, written out entry by entry.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Jet", "jet_cholesky", "jet_solve_upper_transposed", "jet_sum"]
+__all__ = ["Jet", "jet_cholesky", "jet_solve_upper_transposed", "jet_sum", "logsumexp_jets"]
 
 Number = float | np.ndarray
 
@@ -82,7 +82,8 @@ class Jet:
                 + outer + outer.transpose(0, 2, 1),
             )
         other = np.asarray(other, dtype=float)
-        return Jet(self.val * other, self.grad * other[..., None], self.hess * other[..., None, None])
+        return Jet(self.val * other, self.grad * other[..., None],
+                   self.hess * other[..., None, None])
 
     __rmul__ = __mul__
 
@@ -186,8 +187,3 @@ def jet_solve_upper_transposed(chol: Sequence[Sequence[Jet | None]], rhs: np.nda
             acc = acc - chol[k][r] * x[k]
         x[r] = chol[r][r].reciprocal() * acc
     return x  # type: ignore[return-value]
-
-
-def map_matrix(func: Callable[[Jet], Jet], matrix: Sequence[Sequence[Jet]]) -> list[list[Jet]]:
-    """Apply ``func`` to every entry of a jet matrix."""
-    return [[func(entry) for entry in row] for row in matrix]

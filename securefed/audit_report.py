@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from securefed.audit_log import EventKind, read_entries
+from securefed.audit_log import Entry, EventKind, read_entries
 from securefed.audit_verify import VerifyReport
 from securefed.canonical import decode_float
 from securefed.errors import InputError
@@ -115,6 +115,15 @@ def build_report(path: str | os.PathLike[str],
     entries = read_entries(path)
     if not entries or entries[0].kind is not EventKind.RUN_START:
         raise InputError(f"{path} does not start with RUN_START")
+    try:
+        return _summarise(str(path), entries, verification)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputError(f"{path} cannot be summarised ({type(err).__name__}: {err}); "
+                         "check it with: securefed audit verify") from None
+
+
+def _summarise(path: str, entries: list[Entry],
+               verification: VerifyReport | None) -> AuditReport:
     run = entries[0].payload
     sites = dict(run["sites"])
     releases: list[ReleaseLine] = []
@@ -159,7 +168,7 @@ def build_report(path: str | os.PathLike[str],
             countersigned_final=entries[-1].kind is EventKind.CHECKPOINT and site in final))
     layers = tuple(layer.get("name", "?") for layer in run["protection"].get("layers", []))
     return AuditReport(
-        log=str(path), run_id=run["run_id"], model=str(run["model"]),
+        log=path, run_id=run["run_id"], model=str(run["model"]),
         study_config_hash=run["study_config_hash"], protection=layers,
         budget={k: str(v) for k, v in run["budget"].items()}, entries=len(entries),
         rounds=len(rounds), results=tuple(results), sites=tuple(summaries),

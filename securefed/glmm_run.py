@@ -20,7 +20,10 @@ from core_stats.families import get_family
 from core_stats.glmm import ParameterLayout
 from core_stats.glmm_fit import GLMMEstimate, fit_glmm, starting_values
 from core_stats.inference import (
-    auc_from_histograms, covariance, information_criteria, random_effect_table,
+    auc_from_histograms,
+    covariance,
+    information_criteria,
+    random_effect_table,
     wald_fixed_effects,
 )
 from core_stats.optimize import NewtonStep, SummedTerms
@@ -161,7 +164,8 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
         fixed_names = tuple(fixed_names[j] for j in keep)
     layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
     keep_arg = keep if dropped_cols else None
-    start = starting_values(layout, family, n_obs, sum_y, sum_y2, xty[keep], xtx[np.ix_(keep, keep)])
+    start = starting_values(layout, family, n_obs, sum_y, sum_y2, xty[keep],
+                            xtx[np.ix_(keep, keep)])
 
     def evaluate(lay: ParameterLayout, theta: np.ndarray, derivatives: bool) -> SummedTerms:
         purpose = "glmm-terms" if derivatives else "glmm-loglik"

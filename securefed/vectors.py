@@ -26,7 +26,8 @@ def pack_terms(value: float, gradient: np.ndarray | None, hessian: np.ndarray | 
     return np.concatenate([[value], gradient, upper_triangle(hessian)])
 
 
-def unpack_terms(vector: np.ndarray, size: int) -> tuple[float, np.ndarray | None, np.ndarray | None]:
+def unpack_terms(vector: np.ndarray,
+                 size: int) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """Inverse of :func:`pack_terms` for a parameter vector of length ``size``."""
     if vector.shape[0] == 1:
         return float(vector[0]), None, None
