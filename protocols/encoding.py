@@ -95,7 +95,10 @@ class FixedPointEncoder:
         """
         if length < 1 or n_sites < 1:
             raise EncodingError("length and n_sites must be positive")
-        bound_array = np.broadcast_to(np.asarray(bounds, dtype=np.float64), (length,)).copy()
+        raw_bounds = np.asarray(bounds, dtype=np.float64)
+        if raw_bounds.shape not in ((), (length,)):
+            raise EncodingError(f"bounds must be a scalar or have shape ({length},)")
+        bound_array = np.broadcast_to(raw_bounds, (length,)).copy()
         if not np.all(np.isfinite(bound_array)) or np.any(bound_array <= 0):
             raise EncodingError("bounds must be finite and positive")
         if words is None:

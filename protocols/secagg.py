@@ -179,8 +179,7 @@ def secure_sum(
     server_identity = Ed25519PrivateKey.generate()
     server = SecAggServer(config, server_identity, roster)
     sites = {
-        u: SecAggSite(u, config, identities[u], roster, server_identity.public_key())
-        for u in order
+        u: SecAggSite(u, config, identities[u], roster, server_identity.public_key()) for u in order
     }
     clock = _Clock()
     sent = dict.fromkeys(order, 0)

@@ -106,8 +106,8 @@ class SecAggConfig:
     @property
     def t(self) -> int:
         """The Shamir threshold in force."""
-        return self.threshold if self.threshold is not None else default_threshold(
-            self.holder_count
+        return (
+            self.threshold if self.threshold is not None else default_threshold(self.holder_count)
         )
 
     @cached_property
@@ -117,9 +117,13 @@ class SecAggConfig:
             self.site_ids, self.neighbours, session_id=self.session_id, round_id=self.round_id
         )
 
+    @cached_property
+    def _holder_sets(self) -> dict[int, frozenset[int]]:
+        return {u: neighbours | {u} for u, neighbours in self.graph.items()}
+
     def holders(self, site: int) -> frozenset[int]:
         """H(u) = N(u) ∪ {u}: the sites holding shares of u's secrets."""
-        return self.graph[site] | {site}
+        return self._holder_sets[site]
 
     @cached_property
     def encoder(self) -> FixedPointEncoder:
@@ -130,7 +134,7 @@ class SecAggConfig:
 
     def consistency_payload(self, alive: Sequence[int]) -> bytes:
         """Bytes a site signs to confirm the set of sites whose inputs are counted."""
-        body = b"".join(int(u).to_bytes(8, "big") for u in sorted(alive))
+        body = np.sort(np.asarray(alive, dtype=np.int64)).astype(">i8").tobytes()
         return (
             b"securefed/secagg/v1/consistency"
             + len(self.session_id).to_bytes(1, "big")

@@ -152,8 +152,9 @@ class SecAggServer:
             raise InvalidMessage("message not from a registered site to the server")
         message.verify(self._roster[sender])
         body_type = _EXPECTED[self._stage]
-        message.header.expect(kind=body_type.KIND, session_id=self._config.session_id,
-                              round_id=self._config.round_id)
+        message.header.expect(
+            kind=body_type.KIND, session_id=self._config.session_id, round_id=self._config.round_id
+        )
         inbox = self._inbox[self._stage]
         if sender in inbox:
             raise ReplayError("second message from the same site in one stage")
@@ -165,8 +166,11 @@ class SecAggServer:
     def _check_body(self, sender: int, body: Body) -> None:
         config = self._config
         if isinstance(body, AdvertiseKeys):
-            seen = {k for m in self._inbox[self._stage].values()
-                    for k in (m.body.cipher_public, m.body.mask_public)}
+            seen = {
+                k
+                for m in self._inbox[self._stage].values()
+                for k in (m.body.cipher_public, m.body.mask_public)
+            }
             if {body.cipher_public, body.mask_public} & seen or (
                 body.cipher_public == body.mask_public
             ):
@@ -216,8 +220,15 @@ class SecAggServer:
         self._require(live, live, "advertised keys")
         inbox = self._inbox[ServerStage.COLLECT_KEYS]
         return {
-            u: self._send(KeyList(tuple(inbox[v].signed_bytes + inbox[v].signature
-                                        for v in sorted(live & self._config.holders(u)))), u)
+            u: self._send(
+                KeyList(
+                    tuple(
+                        inbox[v].signed_bytes + inbox[v].signature
+                        for v in sorted(live & self._config.holders(u))
+                    )
+                ),
+                u,
+            )
             for u in sorted(live)
         }
 
@@ -245,10 +256,11 @@ class SecAggServer:
         inbox = self._inbox[ServerStage.COLLECT_CONSISTENCY]
         out = {}
         for u in sorted(live):
-            signatures = tuple((v, inbox[v].body.signature)
-                               for v in sorted(live & self._config.holders(u)))
-            out[u] = self._send(UnmaskRequest(tuple(sorted(alive)), tuple(sorted(dropped)),
-                                              signatures), u)
+            signers = sorted(live & self._config.holders(u))[: self._config.t]
+            signatures = tuple((v, inbox[v].body.signature) for v in signers)
+            out[u] = self._send(
+                UnmaskRequest(tuple(sorted(alive)), tuple(sorted(dropped)), signatures), u
+            )
         return out
 
     def _after_collect_unmask(self, live: set[int]) -> dict[int, bytes]:
@@ -269,13 +281,13 @@ class SecAggServer:
                 seed = self._reconstruct(u, seed_shares)
                 total -= prg_words(seed, n_words)
             for v in sorted(dropped):
-                secret = AgreementKey.from_private_bytes(
-                    self._reconstruct(v, key_shares))
+                secret = AgreementKey.from_private_bytes(self._reconstruct(v, key_shares))
                 if secret.public_bytes != adverts[v].body.mask_public:
                     raise self._abort(f"reconstructed mask key of site {v} does not match")
                 for u in sorted(alive & config.graph[v]):
-                    seed = pair_key(config, secret, adverts[u].body.mask_public, v, u,
-                                    "pairwise-mask")
+                    seed = pair_key(
+                        config, secret, adverts[u].body.mask_public, v, u, "pairwise-mask"
+                    )
                     if u < v:
                         total -= prg_words(seed, n_words)
                     else:

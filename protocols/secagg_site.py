@@ -81,8 +81,9 @@ def share_aad(config: SecAggConfig, sender: int, recipient: int) -> bytes:
     )
 
 
-def pair_key(config: SecAggConfig, secret: AgreementKey, peer_public: bytes,
-             me: int, peer: int, purpose: str) -> bytes:
+def pair_key(
+    config: SecAggConfig, secret: AgreementKey, peer_public: bytes, me: int, peer: int, purpose: str
+) -> bytes:
     """HKDF of the X25519 secret between ``me`` and ``peer`` for one purpose."""
     return derive_key(
         secret.exchange(peer_public),
@@ -135,7 +136,9 @@ class SecAggSite:
         self._self_seed: bytes | None = None
         self._peer_keys: dict[int, AdvertiseKeys] = {}
         self._held: dict[int, tuple[Share, Share]] = {}
+        self._share_keys_by_peer: dict[int, bytes] = {}
         self._alive: tuple[int, ...] | None = None
+        self._advertisement = b""
         self.revealed: dict[int, str] = {}
 
     @property
@@ -165,6 +168,7 @@ class SecAggSite:
         self._cipher_key = self._mask_key = None
         self._self_seed = None
         self._held = {}
+        self._share_keys_by_peer = {}
 
     def _send(self, body: Body) -> bytes:
         return Message.build(
@@ -199,16 +203,18 @@ class SecAggSite:
         def action() -> bytes:
             self._cipher_key = AgreementKey.generate()
             self._mask_key = AgreementKey.generate()
-            return self._send(
+            self._advertisement = self._send(
                 AdvertiseKeys(self._cipher_key.public_bytes, self._mask_key.public_bytes)
             )
+            return self._advertisement
 
         return self._step(SiteStage.READY, SiteStage.ADVERTISED, action)
 
     def share_keys(self, key_list: bytes) -> bytes:
         """Round 1: check the holders' keys, Shamir-share b_u and s_sk_u, encrypt the shares."""
-        return self._step(SiteStage.ADVERTISED, SiteStage.KEYS_SHARED,
-                          lambda: self._share_keys(key_list))
+        return self._step(
+            SiteStage.ADVERTISED, SiteStage.KEYS_SHARED, lambda: self._share_keys(key_list)
+        )
 
     def _share_keys(self, key_list: bytes) -> bytes:
         body = self._receive(key_list, KeyList)
@@ -218,15 +224,23 @@ class SecAggSite:
             sender = advert.header.sender
             if sender not in self._holders or advert.header.recipient != SERVER_ID:
                 raise AbortError("key list contains a site outside this site's neighbourhood")
-            advert.verify(self._roster[sender])
-            advert.header.expect(kind=AdvertiseKeys.KIND, session_id=self._config.session_id,
-                                 round_id=self._config.round_id)
+            if sender == self.site_id:
+                if raw != self._advertisement:
+                    raise AbortError("key list does not carry this site's own keys")
+            else:
+                advert.verify(self._roster[sender])
+            advert.header.expect(
+                kind=AdvertiseKeys.KIND,
+                session_id=self._config.session_id,
+                round_id=self._config.round_id,
+            )
             if sender in keys:
                 raise AbortError("key list names a site twice")
             keys[sender] = advert.body
         mine = keys.get(self.site_id)
-        if mine is None or mine != AdvertiseKeys(self._cipher_key.public_bytes,
-                                                 self._mask_key.public_bytes):
+        if mine is None or mine != AdvertiseKeys(
+            self._cipher_key.public_bytes, self._mask_key.public_bytes
+        ):
             raise AbortError("key list does not carry this site's own keys")
         publics = [k.cipher_public for k in keys.values()] + [k.mask_public for k in keys.values()]
         if len(set(publics)) != len(publics):
@@ -247,27 +261,37 @@ class SecAggSite:
             plaintext = struct.pack(">qq", self.site_id, v) + b"".join(
                 s.value_bytes() for s in pair
             )
-            key = pair_key(self._config, self._cipher_key, keys[v].cipher_public,
-                           self.site_id, v, "share-encryption")
+            key = pair_key(
+                self._config,
+                self._cipher_key,
+                keys[v].cipher_public,
+                self.site_id,
+                v,
+                "share-encryption",
+            )
+            self._share_keys_by_peer[v] = key
             aad = share_aad(self._config, self.site_id, v)
             ciphertexts.append((v, seal(key, plaintext, aad)))
         return self._send(ShareKeys(tuple(ciphertexts)))
 
     def masked_input(self, share_bundle: bytes, values: np.ndarray) -> bytes:
         """Round 2: store received shares, encode ``values`` (checked first) and mask them."""
-        return self._step(SiteStage.KEYS_SHARED, SiteStage.INPUT_SENT,
-                          lambda: self._masked_input(share_bundle, values))
+        return self._step(
+            SiteStage.KEYS_SHARED,
+            SiteStage.INPUT_SENT,
+            lambda: self._masked_input(share_bundle, values),
+        )
 
     def _masked_input(self, share_bundle: bytes, values: np.ndarray) -> bytes:
         encoded = self._config.encoder.encode(values)
         body = self._receive(share_bundle, ShareBundle)
         me = self.site_id
         for sender, sealed in body.ciphertexts:
-            if sender == me or sender not in self._peer_keys:
+            if sender == me or sender not in self._share_keys_by_peer or sender in self._held:
                 raise AbortError("share bundle from a site that did not advertise keys")
-            key = pair_key(self._config, self._cipher_key, self._peer_keys[sender].cipher_public,
-                           me, sender, "share-encryption")
-            plaintext = open_sealed(key, sealed, share_aad(self._config, sender, me))
+            plaintext = open_sealed(
+                self._share_keys_by_peer[sender], sealed, share_aad(self._config, sender, me)
+            )
             if len(plaintext) != 16 + 2 * SHARE_BYTES or plaintext[:16] != struct.pack(
                 ">qq", sender, me
             ):
@@ -281,19 +305,24 @@ class SecAggSite:
         for v in sorted(self._held):
             if v == me:
                 continue
-            seed = pair_key(self._config, self._mask_key, self._peer_keys[v].mask_public,
-                            me, v, "pairwise-mask")
+            seed = pair_key(
+                self._config, self._mask_key, self._peer_keys[v].mask_public, me, v, "pairwise-mask"
+            )
             if v > me:
                 masked += prg_words(seed, encoded.size)
             else:
                 masked -= prg_words(seed, encoded.size)
         self._self_seed = None
+        self._share_keys_by_peer = {}
         return self._send(MaskedInput(masked))
 
     def sign_consistency(self, request: bytes) -> bytes:
         """Round 3: check U3 against this site's view and sign it."""
-        return self._step(SiteStage.INPUT_SENT, SiteStage.CONSISTENCY_SIGNED,
-                          lambda: self._sign_consistency(request))
+        return self._step(
+            SiteStage.INPUT_SENT,
+            SiteStage.CONSISTENCY_SIGNED,
+            lambda: self._sign_consistency(request),
+        )
 
     def _sign_consistency(self, request: bytes) -> bytes:
         alive = self._receive(request, ConsistencyRequest).alive
@@ -311,8 +340,9 @@ class SecAggSite:
 
     def unmask(self, request: bytes) -> bytes:
         """Round 4: reveal b-shares of alive holders-of-ours or key shares of dropped ones."""
-        return self._step(SiteStage.CONSISTENCY_SIGNED, SiteStage.DONE,
-                          lambda: self._unmask(request))
+        return self._step(
+            SiteStage.CONSISTENCY_SIGNED, SiteStage.DONE, lambda: self._unmask(request)
+        )
 
     def _unmask(self, request: bytes) -> bytes:
         body = self._receive(request, UnmaskRequest)

@@ -88,9 +88,11 @@ def split(secret: bytes, points: Sequence[int], threshold: int) -> dict[int, Sha
     shares: dict[int, Share] = {}
     for x in points:
         acc = 0
-        for c in reversed(coefficients):
-            acc = (acc * x + c) % PRIME
-        shares[x] = Share(x, acc)
+        for c in reversed(coefficients):  # Horner; reduce only when the value grows
+            acc = acc * x + c
+            if acc.bit_length() > 1024:
+                acc %= PRIME
+        shares[x] = Share(x, acc % PRIME)
     return shares
 
 

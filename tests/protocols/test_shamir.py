@@ -1,0 +1,122 @@
+"""Shamir t-of-n sharing: every t-subset reconstructs, t−1 shares say nothing, bad input refused."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+
+import pytest
+import sympy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocols.errors import InvalidMessage
+from protocols.shamir import PRIME, SHARE_BYTES, ShamirError, Share, combine, split
+
+
+def test_field_is_the_smallest_prime_above_2_256() -> None:
+    assert sympy.isprime(PRIME)
+    assert sympy.nextprime(2**256) == PRIME
+
+
+@pytest.mark.parametrize(("n", "t"), [(3, 2), (5, 3), (7, 5), (8, 8)])
+def test_every_t_subset_reconstructs(n: int, t: int) -> None:
+    secret = secrets.token_bytes(32)
+    shares = split(secret, list(range(1, n + 1)), t)
+    for subset in itertools.combinations(shares.values(), t):
+        assert combine(subset, t) == secret
+    assert combine(shares, t) == secret  # more than t shares: still the secret
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    secret=st.binary(min_size=32, max_size=32),
+    points=st.lists(st.integers(1, 2**62), min_size=2, max_size=12, unique=True),
+    data=st.data(),
+)
+def test_reconstruction_round_trip(secret: bytes, points: list[int], data: st.DataObject) -> None:
+    t = data.draw(st.integers(2, len(points)))
+    shares = list(split(secret, points, t).values())
+    chosen = data.draw(st.permutations(shares))[:t]
+    assert combine(chosen, t) == secret
+
+
+def test_t_minus_1_shares_do_not_determine_the_secret() -> None:
+    """For any t−1 shares and ANY candidate secret there is a consistent polynomial.
+
+    Interpolating the t−1 shares together with the point (0, s') for an arbitrary
+    s' yields a degree-(t−1) polynomial through all t−1 shares, so every secret is
+    equally consistent with what t−1 holders see (perfect secrecy).
+    """
+    t = 4
+    secret = secrets.token_bytes(32)
+    shares = list(split(secret, [1, 2, 3, 4, 5, 6], t).values())[: t - 1]
+    for candidate in (bytes(32), b"\xff" * 32, secrets.token_bytes(32)):
+        s = int.from_bytes(candidate, "big")
+        points = [(0, s)] + [(sh.x, sh.y) for sh in shares]
+        # Lagrange interpolation of the polynomial through `points`, evaluated at each share.
+        for sh in shares:
+            value = 0
+            for i, (xi, yi) in enumerate(points):
+                num, den = 1, 1
+                for j, (xj, _) in enumerate(points):
+                    if i != j:
+                        num = num * (sh.x - xj) % PRIME
+                        den = den * (xi - xj) % PRIME
+                value = (value + yi * num * pow(den, -1, PRIME)) % PRIME
+            assert value == sh.y
+    # and t−1 shares are refused outright
+    with pytest.raises(ShamirError):
+        combine(shares, t)
+
+
+def test_t_minus_1_shares_are_uniform_in_the_field() -> None:
+    """The top byte of a single share (t = 2) is spread over all 2^8 + 1 values."""
+    secret = bytes(32)
+    tops = {split(secret, [1, 2], 2)[1].y >> 248 for _ in range(2000)}
+    assert len(tops) > 200
+
+
+def test_duplicate_and_zero_indices_rejected() -> None:
+    secret = secrets.token_bytes(32)
+    with pytest.raises(ShamirError):
+        split(secret, [1, 2, 2], 2)
+    with pytest.raises(ShamirError):
+        split(secret, [0, 1, 2], 2)
+    with pytest.raises(ShamirError):
+        split(secret, [1, 2, PRIME], 2)
+    shares = list(split(secret, [1, 2, 3], 2).values())
+    with pytest.raises(ShamirError):
+        combine([shares[0], shares[0]], 2)
+    with pytest.raises(ShamirError):
+        combine([Share(0, 5), shares[1]], 2)
+
+
+def test_bad_thresholds_and_secret_sizes_rejected() -> None:
+    with pytest.raises(ShamirError):
+        split(secrets.token_bytes(32), [1, 2, 3], 1)
+    with pytest.raises(ShamirError):
+        split(secrets.token_bytes(32), [1, 2, 3], 4)
+    with pytest.raises(ShamirError):
+        split(secrets.token_bytes(31), [1, 2, 3], 2)
+    shares = list(split(secrets.token_bytes(32), [1, 2, 3], 3).values())
+    with pytest.raises(ShamirError):
+        combine(shares[:2], 3)
+
+
+def test_share_serialisation_round_trip_and_range_check() -> None:
+    share = split(secrets.token_bytes(32), [7, 8], 2)[7]
+    assert Share.from_value_bytes(7, share.value_bytes()) == share
+    assert len(share.value_bytes()) == SHARE_BYTES
+    with pytest.raises(InvalidMessage):
+        Share.from_value_bytes(7, PRIME.to_bytes(SHARE_BYTES, "big"))
+    with pytest.raises(InvalidMessage):
+        Share.from_value_bytes(7, bytes(32))
+
+
+def test_inconsistent_shares_detected_when_out_of_range() -> None:
+    # Secret 0; adding 1 to share 2 moves the reconstruction to λ_2 · 1 = −1 ≡ p − 1 ≥ 2^256.
+    shares = split(bytes(32), [1, 2], 2)
+    forged = [shares[1], Share(2, (shares[2].y + 1) % PRIME)]
+    with pytest.raises(ShamirError):
+        combine(forged, 2)
