@@ -38,14 +38,30 @@ def main(argv: list[str] | None = None) -> int:
         return int(done.exit_code or 0)
     except SystemExit as done:  # click usage errors
         return int(done.code or 0)
-    except Exception as err:  # noqa: BLE001 - click.UsageError and friends
-        import click
-
-        if isinstance(err, click.ClickException):
+    except Exception as err:
+        if _is_usage_error(err):
             err.show()
             return 2
         raise
     return 0
+
+
+def _is_usage_error(err: Exception) -> bool:
+    """A click usage error (typer may vendor its own click, so check both)."""
+    classes = []
+    try:
+        from typer._click.exceptions import ClickException as VendoredClickException
+
+        classes.append(VendoredClickException)
+    except ImportError:
+        pass
+    try:
+        from click import ClickException
+
+        classes.append(ClickException)
+    except ImportError:
+        pass
+    return isinstance(err, tuple(classes))
 
 
 if __name__ == "__main__":  # pragma: no cover

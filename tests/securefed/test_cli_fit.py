@@ -127,3 +127,11 @@ def test_bad_flags_exit_2(data_csv, capsys) -> None:
 def test_demo_runs_on_builtin_data(capsys) -> None:
     code, out, _ = _run(["demo", "--sites", "4", "--rows", "60", "--quiet"], capsys)
     assert code == 0 and "converged" in out
+
+
+def test_usage_errors_exit_2(data_csv, capsys) -> None:
+    code, _, err = _run(["fit", str(data_csv)], capsys)
+    assert code == 2 and "--formula" in err
+    code, _, err = _run(["fit", str(data_csv), "--formula", FORMULA, "--site-column",
+                         "hospital", "--nagq", "abc"], capsys)
+    assert code == 2 and "Traceback" not in err
