@@ -166,13 +166,19 @@ def _summarise(path: str, entries: list[Entry],
             delta_spent=_largest(spent.get("delta_spent", [])),
             rho_spent=_largest(spent.get("rho_spent", [])),
             countersigned_final=entries[-1].kind is EventKind.CHECKPOINT and site in final))
-    layers = tuple(layer.get("name", "?") for layer in run["protection"].get("layers", []))
+    layers = tuple(_layer_text(layer) for layer in run["protection"].get("layers", []))
     return AuditReport(
         log=path, run_id=run["run_id"], model=str(run["model"]),
         study_config_hash=run["study_config_hash"], protection=layers,
         budget={k: str(v) for k, v in run["budget"].items()}, entries=len(entries),
         rounds=len(rounds), results=tuple(results), sites=tuple(summaries),
         releases=tuple(releases), verification=verification)
+
+
+def _layer_text(layer: Mapping[str, Any]) -> str:
+    """``clip(bound=1.0)``: a layer's name and its logged parameters."""
+    params = ", ".join(f"{k}={v}" for k, v in sorted(layer.items()) if k != "name")
+    return f"{layer.get('name', '?')}({params})" if params else str(layer.get("name", "?"))
 
 
 def _spent(value: float | None, budget: str | None) -> str:
@@ -250,7 +256,7 @@ def _html_table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
                    for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table>{f'<tr>{head}</tr>' if headers else ''}{body}</table>"
 
 
 def _html(report: AuditReport) -> str:
@@ -276,7 +282,7 @@ def _html(report: AuditReport) -> str:
 federated analysis. Every line of that log is signed by the party that wrote it and
 chained to the line before, so that any change, deletion or reordering is detectable.</p>
 <p class="{'ok' if ok else 'bad'}"><b>Integrity check:</b> {html.escape(_status(report))}</p>
-<h2>The run</h2>{_html_table(["", ""], facts)}
+<h2>The run</h2>{_html_table([], facts)}
 <h2>Per hospital</h2>{_html_table(_HEADERS, _site_rows(report))}
 <h2>Every release</h2>{_html_table(["log entry", "site", "round", "kind", "shape",
                                      "values", "protection layers", "commitment (SHA-256)",

@@ -482,10 +482,15 @@ def test_html_report_is_self_contained_and_escaped(run: Run) -> None:
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "http" not in page and "<script" not in page
     assert "site-c" in page and "clip → dp_gaussian → encode → secagg" in page
+    assert "clip(bound=2.0) → dp_gaussian(sigma=0.75) → encode(bits=40) → secagg" in page
     items = read(run.log)
     assert items[2]["payload"]["release"]["commitment"] in page
-    tampered = build_report(run.log, None)
-    assert "not verified" in render_report(tampered, "html")
+    assert "not verified" in render_report(build_report(run.log, None), "html")
+    items = read(run.log)
+    del items[3]["payload"]["release"]["layers"]
+    write(run.log, items)
+    with pytest.raises(InputError, match="cannot be summarised"):
+        build_report(run.log)
 
 
 def test_no_private_key_material_in_any_artefact(run: Run, tmp_path: Path) -> None:
