@@ -12,17 +12,23 @@ every site recomputes its own neighbourhood and the server cannot steer a
 target site into a neighbourhood of colluders for a given session id (it
 could only grind session ids; see threat_model/secagg.md).
 
-Choice of k (:func:`recommended_neighbours`). Each site's secrets are shared
-among its holders H(u) = N(u) ∪ {u} (k + 1 sites) with threshold
-t = ⌊2(k + 1)/3⌋ + 1. With a fraction δ of sites dropping out and a fraction
-γ corrupted (colluding with the server), a union bound over the n sites
-requires, for statistical security parameter σ,
+Choice of k (:func:`recommended_neighbours`, after Bell et al. §3–4). Each
+site's secrets are shared among its holders H(u) = N(u) ∪ {u} (m = k + 1
+sites) with threshold t = ⌊2m/3⌋ + 1. With a fraction δ of sites dropping out
+and a fraction γ corrupted (colluding with the server), union bounds over the
+n sites give, for a statistical security parameter σ (privacy) and a
+correctness parameter η (liveness; a failure only aborts the round),
 
-    n · P[Binom(k+1, 1−δ) < t] ≤ 2^{−σ}   (every site recoverable)
-    n · P[Binom(k+1, γ) ≥ t]   ≤ 2^{−σ}   (no neighbourhood has t colluders)
+    n · P[Binom(m, γ) ≥ t]      ≤ 2^{−σ}   no neighbourhood holds t colluders
+    n · (γ + δ)^{k/2}           ≤ 2^{−σ}   no run of k/2 removed sites on the
+                                            ring, so the honest survivors stay
+                                            connected and only the full sum leaks
+    n · P[Binom(m, 1 − δ) < t]  ≤ 2^{−η}   every site's secrets recoverable
 
-and we return the smallest even k meeting both (binomial rather than the
+and we return the smallest even k meeting all three (binomial rather than the
 hypergeometric law of a random neighbourhood: conservative for γ, δ < 1/2).
+Defaults σ = 40, η = 20, γ = δ = 0.05 give k = 40, 42, 46 for n = 100, 500,
+1000: k grows like log n.
 """
 
 from __future__ import annotations
@@ -111,9 +117,14 @@ def neighbourhoods(
 
 
 def recommended_neighbours(
-    n_sites: int, *, dropout: float = 0.05, corrupt: float = 0.05, sigma: int = 40
+    n_sites: int,
+    *,
+    dropout: float = 0.05,
+    corrupt: float = 0.05,
+    sigma: int = 40,
+    eta: int = 20,
 ) -> int:
-    """Smallest even k meeting the two union bounds in the module docstring.
+    """Smallest even k meeting the three union bounds in the module docstring.
 
     Parameters
     ----------
@@ -124,19 +135,27 @@ def recommended_neighbours(
     corrupt : float
         Fraction γ of sites colluding with the server (γ < 2/3).
     sigma : int
-        Statistical security parameter σ (failure probability 2^{−σ}).
+        Statistical security parameter σ (privacy failure probability 2^{−σ}).
+    eta : int
+        Correctness parameter η (abort probability 2^{−η}).
 
     Returns
     -------
     int
         k, capped at n − 1 (the complete graph).
     """
-    target = 2.0**-sigma / n_sites
-    for k in range(2, n_sites, 2):
+    if not (0 <= dropout < 1 / 3 and 0 <= corrupt < 2 / 3 and dropout + corrupt < 1):
+        raise GraphError("need dropout < 1/3, corrupt < 2/3 and dropout + corrupt < 1")
+    for k in range(2, n_sites - 1, 2):
         holders = k + 1
         t = default_threshold(holders)
-        unrecoverable = binom.cdf(t - 1, holders, 1.0 - dropout)
-        colluding = binom.sf(t - 1, holders, corrupt)
-        if unrecoverable <= target and colluding <= target:
+        colluding = n_sites * binom.sf(t - 1, holders, corrupt)
+        disconnected = n_sites * (corrupt + dropout) ** (k / 2)
+        unrecoverable = n_sites * binom.cdf(t - 1, holders, 1.0 - dropout)
+        if (
+            colluding <= 2.0**-sigma
+            and disconnected <= 2.0**-sigma
+            and (unrecoverable <= 2.0**-eta)
+        ):
             return k
     return n_sites - 1

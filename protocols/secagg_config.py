@@ -16,7 +16,7 @@ import numpy as np
 
 from protocols.encoding import DEFAULT_TOLERANCE, FixedPointEncoder
 from protocols.errors import ProtocolError
-from protocols.graph import default_threshold, neighbourhoods
+from protocols.graph import GraphError, default_threshold, neighbourhoods
 
 __all__ = ["ConfigError", "SecAggConfig", "SERVER_ID", "MAX_SITE_ID"]
 
@@ -88,7 +88,10 @@ class SecAggConfig:
             raise ConfigError(
                 f"threshold {t} must exceed half of, and not exceed, the {holders} share holders"
             )
-        _ = self.graph  # fail now if no graph of this degree exists
+        try:
+            _ = self.graph  # fail now if no graph of this degree exists
+        except GraphError as exc:
+            raise ConfigError(str(exc)) from exc
         _ = self.encoder  # fail now on bad bounds
 
     @property
