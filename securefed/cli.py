@@ -17,10 +17,14 @@ def _register() -> None:
     """Attach the sub-command modules (once)."""
     if getattr(_register, "done", False):
         return
-    from securefed import cli_fit
+    from securefed import cli_bfi, cli_fit
+    from securefed.cli_audit import register as register_audit
 
     app.command("fit")(cli_fit.fit)
     app.command("demo")(cli_fit.demo)
+    app.command("bfi")(cli_bfi.bfi)
+    app.command("bfi-holdout")(cli_bfi.bfi_holdout)
+    register_audit(app)
     _register.done = True
 
 

@@ -1,0 +1,398 @@
+"""A federated BFI fit: standardise, fit locally, sum once, combine.
+
+Rounds: (optional) one sum of ``(n, sum x, sum x^2)`` for pooled
+standardisation; one sum of the layout's site vectors; for centre-specific
+parameters the shared estimate is then broadcast and every site computes its
+own centre estimate. Every released quantity is a sum over sites, except the
+centre-specific estimates, which are the output the consortium asked for.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from core_stats import bfi
+from core_stats.design import DesignError, fixed_design, parse_mixed_formula
+from core_stats.families import Family, get_family
+from core_stats.standardize import StandardizeLayout
+from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.coordinator import Coordinator
+from securefed.data import check_numeric_columns
+from securefed.errors import InputError
+
+__all__ = ["BFIOptions", "BFIReport", "run_bfi"]
+
+SCALE_TERM = bfi.SCALE_NAME
+
+
+@dataclass(frozen=True)
+class BFIOptions:
+    formula: str
+    family: str
+    site_column: str
+    lam: float = 0.01
+    intercept_lam: float | None = None
+    scale_lam: float | None = None
+    stratify: tuple[str, ...] = ()
+    center_covariate: str | None = None
+    center_covariate_kind: str = "categorical"
+    standardize: tuple[str, ...] = ()
+    compare_pooled: bool = False
+    heterogeneity: tuple[str, ...] = ()
+    level: float = 0.95
+
+
+@dataclass(frozen=True)
+class BFIReport:
+    """A BFI result with the run's bookkeeping; ``to_dict`` is the JSON contract."""
+
+    options: BFIOptions
+    fit: bfi.BFIFit
+    term_names: tuple[str, ...]
+    estimates: tuple[dict, ...]
+    n_sites: int
+    protection: str
+    pooled: tuple[dict, ...] | None = None
+    pooled_dispersion: float | None = None
+    heterogeneity: dict = field(default_factory=dict)
+    centre_regression: dict | None = None
+    standardization: dict | None = None
+    dropped_sites: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    bytes_sent_per_site: int = 0
+    rounds: int = 0
+    seconds: float = 0.0
+    site_thetas: dict = field(default_factory=dict, repr=False)  # site -> its parameter vector
+    pooled_site_thetas: dict = field(default_factory=dict, repr=False)
+    parameter_names: tuple[str, ...] = ()
+
+    def theta_for(self, site: str | None) -> np.ndarray:
+        """The parameter vector that predicts for ``site`` (shared when homogeneous)."""
+        if site is not None and str(site) in self.site_thetas:
+            return self.site_thetas[str(site)]
+        if self.options.stratify or self.options.center_covariate:
+            raise InputError(f"no centre-specific estimate for site {site!r}: predictions from "
+                             "a stratified fit need the rows' own site")
+        return self.fit.estimate
+
+    def to_dict(self) -> dict:
+        out = {
+            "estimates": list(self.estimates),
+            "dispersion": self.fit.dispersion,
+            "family": self.fit.family.name,
+            "lambda": self.options.lam,
+            "n_sites": self.n_sites,
+            "n_obs": self.fit.n_obs,
+            "formula": self.options.formula,
+            "stratify": list(self.options.stratify),
+            "center_covariate": self.options.center_covariate,
+            "protection": self.protection,
+            "dropped_sites": list(self.dropped_sites),
+            "warnings": list(self.warnings),
+            "rounds": self.rounds,
+            "bytes_sent_per_site": self.bytes_sent_per_site,
+            "seconds": self.seconds,
+        }
+        if self.pooled is not None:
+            out["pooled"] = {"estimates": list(self.pooled), "dispersion": self.pooled_dispersion}
+        if self.heterogeneity:
+            out["heterogeneity"] = self.heterogeneity
+        if self.centre_regression is not None:
+            out["centre_regression"] = self.centre_regression
+        if self.standardization is not None:
+            out["standardization"] = self.standardization
+        return out
+
+    def summary(self) -> str:
+        lines = [f"Bayesian Federated Inference ({self.fit.family.name}), {self.n_sites} sites, "
+                 f"protection: {self.protection}", f"Formula: {self.options.formula}",
+                 f"Prior precision lambda = {self.options.lam:g}", "",
+                 f"{'term':<28} {'estimate':>10} {'sd':>9} {'CI low':>9} {'CI high':>9}"
+                 + (f" {'pooled':>9}" if self.pooled else "")]
+        pooled = {row["term"]: row for row in self.pooled or ()}
+        for row in self.estimates:
+            text = (f"{row['term']:<28} {row['estimate']:10.4f} {row['sd']:9.4f} "
+                    f"{row['ci_low']:9.4f} {row['ci_high']:9.4f}")
+            if row["term"] in pooled:
+                text += f" {pooled[row['term']]['estimate']:9.4f}"
+            lines.append(text)
+        if self.fit.dispersion is not None:
+            lines.append(f"dispersion (sigma^2) = {self.fit.dispersion:.4f}")
+        for term, table in self.heterogeneity.items():
+            flagged = [r["label"] for r in table["leave_one_out"] if r["excludes_zero"]]
+            lines.append(f"heterogeneity of {term}: leave-one-out intervals exclude 0 for "
+                         f"{len(flagged)} of {self.n_sites} sites"
+                         + (f" ({', '.join(flagged)})" if flagged else ""))
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def _rows(names: tuple[str, ...], fit_like, sd, low, high) -> list[dict]:
+    return [{"term": n, "estimate": float(e), "sd": float(s), "ci_low": float(lo),
+             "ci_high": float(hi)} for n, e, s, lo, hi in zip(names, fit_like, sd, low, high,
+                                                            strict=True)]
+
+
+def _validate(frame: pd.DataFrame, opts: BFIOptions) -> tuple:
+    try:
+        formula = parse_mixed_formula(opts.formula, require_random=False)
+        family = get_family(opts.family)
+    except (DesignError, ValueError) as err:
+        raise InputError(str(err)) from None
+    if formula.group is not None:
+        raise InputError("BFI formulas have no random-effects term: drop the '(... | group)'")
+    if opts.lam <= 0:
+        raise InputError("--lambda must be positive for BFI (it is the prior precision)")
+    if opts.center_covariate_kind not in ("categorical", "continuous"):
+        raise InputError("--center-covariate-kind must be categorical or continuous")
+    from formulaic import Formula
+
+    variables = sorted(Formula(formula.fixed).required_variables)
+    columns = [formula.outcome, *variables, *opts.standardize]
+    if opts.center_covariate:
+        columns.append(opts.center_covariate)
+    for col in [opts.site_column, *columns]:
+        if col not in frame.columns:
+            raise InputError(f"column '{col}' is not in {frame.attrs.get('source', 'the data')}")
+    check_numeric_columns(frame, columns)
+    try:
+        family.check_outcome(frame[formula.outcome].to_numpy(dtype=float))
+    except ValueError as err:
+        raise InputError(f"outcome '{formula.outcome}': {err}") from None
+    return formula, family
+
+
+def _standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
+                 columns: tuple[str, ...]) -> dict:
+    layout = StandardizeLayout(len(columns))
+    total = coordinator.secure_sum(
+        "bfi-standardize", lambda site: layout.site_vector(
+            parts[site.name][list(columns)].to_numpy(dtype=float)))
+    std = layout.combine(total)
+    for name, part in parts.items():
+        parts[name] = part.assign(**dict(zip(columns, std.apply(
+            part[list(columns)].to_numpy(dtype=float)).T, strict=True)))
+    return {"columns": list(columns), "mean": std.mean.tolist(), "sd": std.sd.tolist()}
+
+
+def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *,
+            protection: ProtectedSum | None = None) -> BFIReport:
+    """BFI over the sites named by ``opts.site_column`` (see module docstring)."""
+    from securefed.site import Site
+
+    started = time.perf_counter()
+    formula, family = _validate(frame, opts)
+    parts = {str(k): v for k, v in frame.groupby(opts.site_column, sort=True)}
+    if len(parts) < 1:
+        raise InputError("no sites found")
+    coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection or PlaintextSum())
+    standardization = _standardize(coordinator, parts, opts.standardize) if opts.standardize \
+        else None
+    _, names = fixed_design(formula.fixed, frame.head(2))
+    designs = {n: fixed_design(formula.fixed, p)[0] for n, p in parts.items()}
+    outcome = {n: p[formula.outcome].to_numpy(dtype=float) for n, p in parts.items()}
+    intercept = names.index("(Intercept)") if "(Intercept)" in names else None
+    prior = bfi.prior_precision(len(names), family, lam=opts.lam, intercept_lam=opts.intercept_lam,
+                                scale_lam=opts.scale_lam, intercept_index=intercept)
+    locals_ = {}
+    for name in parts:
+        try:
+            locals_[name] = bfi.fit_map(designs[name], outcome[name], family, prior, names=names)
+        except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
+            raise InputError(f"site {name}: the local fit failed ({err})") from None
+    full_names = locals_[next(iter(locals_))].names
+    warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
+    fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names)
+    site_thetas = extra.pop("site_thetas")
+    pooled = pooled_disp = None
+    pooled_thetas: dict = {}
+    if opts.compare_pooled:
+        pooled_fit, pooled_thetas = _pooled(opts, family, names, full_names, designs, outcome,
+                                            parts, prior)
+        pooled = tuple(_rows(pooled_fit.names, pooled_fit.estimate, pooled_fit.sd,
+                             pooled_fit.lower, pooled_fit.upper))
+        pooled_disp = pooled_fit.dispersion
+    heterogeneity = _heterogeneity(opts, family, locals_, full_names) if opts.heterogeneity else {}
+    return BFIReport(
+        options=opts, fit=fit, term_names=tuple(r["term"] for r in estimates),
+        estimates=tuple(estimates), n_sites=len(parts), protection=coordinator.protection.name,
+        pooled=pooled, pooled_dispersion=pooled_disp, heterogeneity=heterogeneity,
+        centre_regression=extra.get("centre_regression"), standardization=standardization,
+        dropped_sites=tuple(coordinator.dropped), warnings=tuple(warnings),
+        bytes_sent_per_site=coordinator.mean_bytes_per_site(), rounds=coordinator.round_id,
+        seconds=time.perf_counter() - started, site_thetas=site_thetas,
+        parameter_names=full_names, pooled_site_thetas=pooled_thetas)
+
+
+def _site_groups(opts: BFIOptions, parts: dict) -> dict[str, str]:
+    """Which block of centre-specific columns each site uses in the pooled model."""
+    if opts.center_covariate and opts.center_covariate_kind == "categorical":
+        return {s: _level_label(opts.center_covariate, p[opts.center_covariate].iloc[0])
+                for s, p in parts.items()}
+    return {s: f"{opts.site_column}={s}" for s in parts}
+
+
+def _level_label(column: str, value) -> str:
+    return f"{column}={value:g}" if isinstance(value, int | float) else f"{column}={value}"
+
+
+def _pooled(opts, family, names, full_names, designs, outcome, parts, prior):
+    """The pooled MAP fit of the same model, with per-centre columns as dummies.
+
+    Centre-specific (or category-specific) coefficients become one column per
+    centre (category): ``x_j * 1[row in centre]``. Returns the fit and, per
+    site, its parameter vector in the local order (for prediction).
+    """
+    centre = _indices(opts, full_names)
+    if any(full_names[j] == SCALE_TERM for j in centre):
+        raise InputError("--compare-pooled cannot stratify the Gaussian scale: the pooled "
+                         "model has one residual SD")
+    if opts.center_covariate and opts.center_covariate_kind == "continuous":
+        centre = ()
+    group_of = _site_groups(opts, parts)
+    groups = sorted(set(group_of.values()), key=list(group_of.values()).index)
+    shared = [j for j in range(len(names)) if j not in centre]
+    pooled_names = [names[j] for j in shared]
+    sep = ":" if opts.center_covariate else ""
+    for j in centre:
+        pooled_names += [f"{names[j]}{sep}[{g}]" if not sep else f"{names[j]}{sep}{g}"
+                         for g in groups]
+    blocks, ys = [], []
+    for site in parts:
+        X = designs[site]
+        cols = [X[:, shared]]
+        for j in centre:
+            dummies = np.zeros((X.shape[0], len(groups)))
+            dummies[:, groups.index(group_of[site])] = X[:, j]
+            cols.append(dummies)
+        blocks.append(np.hstack(cols))
+        ys.append(outcome[site])
+    n_pooled = len(pooled_names)
+    pooled_prior = np.eye(n_pooled + (len(full_names) - len(names))) * 0.0
+    diag = np.diag(prior)
+    pooled_diag = [diag[j] for j in shared]
+    for j in centre:
+        pooled_diag += [diag[j]] * len(groups)
+    pooled_diag += list(diag[len(names):])
+    pooled_prior = np.diag(pooled_diag)
+    fit = bfi.fit_pooled(np.vstack(blocks), np.concatenate(ys), family, pooled_prior,
+                         names=tuple(pooled_names), level=opts.level)
+    thetas = {}
+    for site in parts:
+        theta = np.empty(len(full_names))
+        for j in range(len(names)):
+            if j in centre:
+                k = len(shared) + centre.index(j) * len(groups) + groups.index(group_of[site])
+            else:
+                k = shared.index(j)
+            theta[j] = fit.estimate[k]
+        theta[len(names):] = fit.estimate[n_pooled:]
+        thetas[site] = theta
+    return fit, thetas
+
+
+def _indices(opts: BFIOptions, names: tuple[str, ...]) -> tuple[int, ...]:
+    wanted = opts.stratify or (("(Intercept)",) if opts.center_covariate else ())
+    out = []
+    for term in wanted:
+        term = SCALE_TERM if term in ("sigma", "scale") else term
+        if term not in names:
+            raise InputError(f"--stratify {term!r}: not a parameter (choose from "
+                             f"{', '.join(names)})")
+        out.append(names.index(term))
+    return tuple(out)
+
+
+def _combine(coordinator: Coordinator, opts: BFIOptions, family: Family, locals_: dict,
+             parts: dict, names: tuple[str, ...]):
+    level = opts.level
+    centre = _indices(opts, names)
+    if opts.center_covariate and opts.center_covariate_kind == "categorical":
+        return _combine_categorical(coordinator, opts, family, locals_, parts, names, centre)
+    if not centre:
+        layout = bfi.HomogeneousLayout(names, family)
+        total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
+        fit = layout.combine(total, level=level)
+        thetas = {s: fit.estimate for s in locals_}
+        return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
+            {"site_thetas": thetas}
+    layout = bfi.CentreSpecificLayout(names, family, centre)
+    total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
+    fit = layout.combine(total, level=level)
+    centres = {n: layout.centre_estimate(locals_[n], fit) for n in locals_}
+    fit = fit.with_centres(tuple(centres.values()))
+    rows = _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper)
+    z = _z(level)
+    for site, est in centres.items():
+        for term, e, s in zip(est.names, est.estimate, est.sd, strict=True):
+            rows.append({"term": f"{term}[{opts.site_column}={site}]", "estimate": float(e),
+                         "sd": float(s), "ci_low": float(e - z * s), "ci_high": float(e + z * s)})
+    extra = {"site_thetas": {s: c.local_theta for s, c in centres.items()}}
+    if opts.center_covariate:  # continuous: regress the centre intercepts on it
+        first = est.names[0]
+        values = np.array([c.estimate[0] for c in centres.values()])
+        variances = np.array([c.covariance[0, 0] for c in centres.values()])
+        covariate = np.array([float(parts[n][opts.center_covariate].iloc[0]) for n in centres])
+        reg = bfi.regress_centre_effects(values, variances, covariate, level=level)
+        extra["centre_regression"] = {"parameter": first, "covariate": opts.center_covariate,
+                                      **_regression_dict(reg)}
+    return fit, rows, extra
+
+
+def _regression_dict(reg) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for k, v in vars(reg).items() if not k.startswith("_")}
+
+
+def _z(level: float) -> float:
+    from scipy import stats
+
+    return float(stats.norm.ppf(0.5 + level / 2.0))
+
+
+def _combine_categorical(coordinator, opts, family, locals_, parts, names, centre):
+    covariate = opts.center_covariate
+    values = {}
+    for site, part in parts.items():
+        column = part[covariate]
+        if column.nunique() != 1:
+            raise InputError(f"--center-covariate {covariate!r} must be constant within each "
+                             f"site; site {site} has {column.nunique()} values")
+        values[site] = column.iloc[0]
+    levels = sorted(set(values.values()))
+    labels = tuple(_level_label(covariate, v) for v in levels)
+    layout = bfi.CentreCovariateLayout(names, family, centre, labels)
+    rows_for = {s: bfi.categorical_row(levels.index(values[s]), len(levels)) for s in parts}
+    total = coordinator.secure_sum(
+        "bfi-terms", lambda s: layout.site_vector(locals_[s.name], rows_for[s.name]))
+    fit = layout.combine(total, level=opts.level)
+    thetas = {s: layout.site_theta(fit, rows_for[s]) for s in parts}
+    return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
+        {"site_thetas": thetas}
+
+
+def _heterogeneity(opts: BFIOptions, family: Family, locals_: dict,
+                   names: tuple[str, ...]) -> dict:
+    """Leave-one-out and pairwise difference intervals (paper section 3.2)."""
+    layout = bfi.HomogeneousLayout(names, family)
+    fits = list(locals_.values())
+    labels = list(locals_)
+    out = {}
+    for term in opts.heterogeneity:
+        if term not in names:
+            raise InputError(f"--heterogeneity {term!r}: not a parameter")
+        loo = bfi.leave_one_out_table(layout, fits, term, labels=labels, level=opts.level)
+        pairs = [bfi.centre_difference(locals_[a], locals_[b], term, level=opts.level,
+                                       label=f"{a} - {b}")
+                 for i, a in enumerate(labels) for b in labels[i + 1:]]
+        out[term] = {"leave_one_out": [_het(r) for r in loo], "pairwise": [_het(r) for r in pairs]}
+    return out
+
+
+def _het(row) -> dict:
+    return {"label": row.label, "estimate": row.estimate, "sd": row.sd, "ci_low": row.lower,
+            "ci_high": row.upper, "excludes_zero": row.excludes_zero}

@@ -1,0 +1,118 @@
+"""`securefed bfi` and `bfi-holdout` on the bundled Nurses and trauma data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from securefed.cli import main
+from securefed.data import builtin_path
+
+NURSES = str(builtin_path("Nurses"))
+TRAUMA = str(builtin_path("trauma"))
+NURSES_MODEL = ["--formula", "stress ~ age + gender + experien + wardtype", "--family",
+                "gaussian", "--site-column", "hospital", "--lambda", "0.01",
+                "--standardize", "age,experien,stress"]
+
+
+def _json(args: list[str], tmp_path: Path, capsys) -> dict:
+    out = tmp_path / "bfi.json"
+    assert main(["bfi", *args, "--json", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    return json.loads(out.read_text())
+
+
+def test_homogeneous_bfi_json_contract_and_paper_pooled_column(tmp_path, capsys) -> None:
+    result = _json([NURSES, *NURSES_MODEL, "--compare-pooled"], tmp_path, capsys)
+    for key in ("estimates", "dispersion", "family", "lambda", "n_sites", "pooled"):
+        assert key in result
+    assert result["n_sites"] == 25 and result["family"] == "gaussian"
+    row = result["estimates"][0]
+    assert set(row) == {"term", "estimate", "sd", "ci_low", "ci_high"}
+    pooled = {r["term"]: r for r in result["pooled"]["estimates"]}
+    # the paper's Table 1, "combined" column
+    for term, est, sd in [("(Intercept)", 0.332, 0.066), ("age", 0.233, 0.052),
+                          ("gender", -0.503, 0.068), ("experien", -0.352, 0.052),
+                          ("wardtype", 0.075, 0.060)]:
+        assert round(pooled[term]["estimate"], 3) == est
+        assert round(pooled[term]["sd"], 3) == sd
+    assert round(result["pooled"]["dispersion"], 3) == 0.907
+    bfi = {r["term"]: r["estimate"] for r in result["estimates"]}
+    assert bfi["wardtype"] == pytest.approx(-0.0104, abs=5e-4)
+    assert bfi["(Intercept)"] == pytest.approx(0.5215, abs=5e-4)
+
+
+def test_stratified_and_categorical_terms_name_their_centre(tmp_path, capsys) -> None:
+    strat = _json([NURSES, *NURSES_MODEL, "--stratify", "(Intercept)"], tmp_path, capsys)
+    terms = [r["term"] for r in strat["estimates"]]
+    assert "(Intercept)[hospital=1]" in terms and "(Intercept)[hospital=25]" in terms
+    assert "(Intercept)" not in terms
+    cat = _json([NURSES, *NURSES_MODEL, "--center-covariate", "hospsize", "--compare-pooled"],
+                tmp_path, capsys)
+    terms = [r["term"] for r in cat["estimates"]]
+    assert {"(Intercept):hospsize=0", "(Intercept):hospsize=1", "(Intercept):hospsize=2"} \
+        <= set(terms)
+    pooled = {r["term"]: r["estimate"] for r in cat["pooled"]["estimates"]}
+    # the paper's Table 2 (pooled with hospital size)
+    assert round(pooled["(Intercept):hospsize=1"], 2) == pytest.approx(0.45, abs=0.01)
+
+
+def test_continuous_centre_covariate_regresses_centre_intercepts(tmp_path, capsys) -> None:
+    frame = pd.read_csv(NURSES)
+    frame["beds"] = frame.hospsize * 100.0 + frame.hospital
+    path = tmp_path / "nurses_beds.csv"
+    frame.to_csv(path, index=False)
+    result = _json([str(path), *NURSES_MODEL, "--center-covariate", "beds",
+                    "--center-covariate-kind", "continuous"], tmp_path, capsys)
+    reg = result["centre_regression"]
+    assert reg["covariate"] == "beds" and len(reg["estimate"]) == 2
+    assert reg["estimate"][1] > 0  # larger hospitals, more stress (as hospsize shows)
+
+
+def test_heterogeneity_table_and_prediction(tmp_path, capsys) -> None:
+    result = _json([NURSES, *NURSES_MODEL, "--heterogeneity", "(Intercept)"], tmp_path, capsys)
+    table = result["heterogeneity"]["(Intercept)"]
+    assert len(table["leave_one_out"]) == 25 and len(table["pairwise"]) == 300
+    new = pd.read_csv(NURSES).head(20)
+    new_path = tmp_path / "new.csv"
+    new.to_csv(new_path, index=False)
+    preds = tmp_path / "pred.csv"
+    assert main(["bfi", NURSES, *NURSES_MODEL, "--stratify", "(Intercept)", "--predict",
+                 str(new_path), "--predictions-out", str(preds), "--quiet"]) == 0
+    out = pd.read_csv(preds)
+    assert len(out) == 20 and out.prediction.notna().all()
+
+
+def test_logistic_bfi_on_trauma_close_to_pooled(tmp_path, capsys) -> None:
+    result = _json([TRAUMA, "--formula", "mortality ~ age + sex + ISS + GCS", "--family",
+                    "binomial", "--site-column", "hospital", "--standardize", "age,ISS,GCS",
+                    "--compare-pooled"], tmp_path, capsys)
+    pooled = {r["term"]: r for r in result["pooled"]["estimates"]}
+    for row in result["estimates"]:
+        ref = pooled[row["term"]]
+        assert abs(row["estimate"] - ref["estimate"]) < 1.2 * ref["sd"]
+
+
+def test_bfi_holdout_writes_the_scatter(tmp_path, capsys) -> None:
+    png = tmp_path / "fig2.png"
+    code = main(["bfi-holdout", TRAUMA, "--formula", "mortality ~ age + ISS + GCS", "--family",
+                 "binomial", "--site-column", "hospital", "--repeats", "2", "--png", str(png)])
+    out = capsys.readouterr().out
+    assert code == 0 and png.stat().st_size > 10_000
+    assert "homogeneous" in out and "correlation" in out
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (["--formula", "stress ~ age + (1 | ward)"], "random-effects"),
+    (["--lambda", "0"], "positive"),
+    (["--stratify", "nonsense"], "not a parameter"),
+    (["--center-covariate", "age"], "constant within each site"),
+])
+def test_bfi_bad_input_exits_2(extra, fragment, capsys) -> None:
+    args = ["bfi", NURSES, *NURSES_MODEL, *extra, "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
