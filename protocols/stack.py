@@ -3,6 +3,20 @@
 A :class:`ProtectedSum` takes every live site's vector for one round and
 returns their sum, with who contributed and what it cost. The plaintext
 layer is the reference every other layer is tested against.
+
+Layers:
+
+* :class:`PlaintextSum` (``none``): the coordinator sees every vector.
+* :class:`SecAggSum` (``secagg``): double masking with Shamir dropout recovery
+  (:mod:`protocols.secagg`); the coordinator learns only the sum.
+* :class:`CkksSum` (``ckks``): sites fixed-point encode their vector into
+  ring words, split into 16-bit limbs, encrypt under a key holder's CKKS
+  public key; the coordinator adds ciphertexts with the public context and
+  the key holder decrypts only the sum. Limb sums are integers, so the result
+  is exact up to the same fixed-point quantisation as secure aggregation.
+
+Every value must lie within the declared ``bound`` (a public number, the
+same for all sites); a site refuses to release a value outside it.
 """
 
 from __future__ import annotations
@@ -13,9 +27,12 @@ from typing import Protocol
 
 import numpy as np
 
-from protocols.errors import InvalidMessage
+from protocols.errors import EncodingError, InvalidMessage
 
-__all__ = ["AggregateResult", "ProtectedSum", "PlaintextSum"]
+__all__ = ["AggregateResult", "ProtectedSum", "PlaintextSum", "SecAggSum", "CkksSum",
+           "DropPlan", "DEFAULT_BOUND"]
+
+DEFAULT_BOUND = 2.0**40  # public bound on |value| of any released coordinate (~1.1e12)
 
 
 @dataclass(frozen=True)
@@ -65,3 +82,114 @@ class PlaintextSum:
         for name in names:
             total += np.asarray(vectors[name], dtype=float)
         return AggregateResult(total, names, (), {n: 8 * length for n in names})
+
+
+@dataclass(frozen=True)
+class DropPlan:
+    """Simulated dropouts: ``sites`` vanish at ``phase`` of round ``round_id``."""
+
+    sites: tuple[str, ...]
+    phase: str  # a protocols.secagg.DropPhase value, e.g. "after-masked-input"
+    round_id: int = 1
+
+
+def _check_bound(vectors: Mapping[str, np.ndarray], bound: float) -> None:
+    for name, vec in vectors.items():
+        worst = float(np.max(np.abs(vec))) if len(vec) else 0.0
+        if worst > bound:
+            raise EncodingError(
+                f"site {name} would release a value of magnitude {worst:.3g}, above the "
+                f"declared bound {bound:.3g}: standardise the covariates or raise the bound")
+
+
+class SecAggSum:
+    """Secure aggregation (Bonawitz et al. 2017; SecAgg+ with ``neighbours``).
+
+    Site names are mapped to protocol ids by sorted order for the whole run.
+    Each round is a fresh protocol instance (fresh keys) bound to this run's
+    random session id and the round id.
+    """
+
+    name = "secagg"
+
+    def __init__(self, *, bound: float = DEFAULT_BOUND, neighbours: int | None = None,
+                 threshold: int | None = None, min_contributors: int = 3,
+                 drop: DropPlan | None = None) -> None:
+        import secrets
+
+        self.bound = float(bound)
+        self.neighbours = neighbours
+        self.threshold = threshold
+        self.min_contributors = min_contributors
+        self.drop = drop
+        self.session_id = secrets.token_bytes(16)
+        self._ids: dict[str, int] = {}
+
+    def _id(self, name: str) -> int:
+        if name not in self._ids:
+            self._ids[name] = len(self._ids) + 1
+        return self._ids[name]
+
+    def aggregate(self, vectors: Mapping[str, np.ndarray], *, round_id: int,
+                  purpose: str) -> AggregateResult:
+        from protocols.secagg import DropPhase, secure_sum
+
+        check_vectors(vectors)
+        _check_bound(vectors, self.bound)
+        for name in sorted(vectors):
+            self._id(name)
+        by_id = {self._ids[n]: np.asarray(vectors[n], dtype=float) for n in sorted(vectors)}
+        names = {v: k for k, v in self._ids.items()}
+        drop_sites: tuple[int, ...] = ()
+        phase = None
+        if self.drop is not None and self.drop.round_id == round_id:
+            drop_sites = tuple(self._ids[s] for s in self.drop.sites if s in vectors)
+            phase = DropPhase.from_cli(self.drop.phase) if drop_sites else None
+        result = secure_sum(by_id, bounds=self.bound, session_id=self.session_id,
+                            round_id=round_id, threshold=self.threshold,
+                            neighbours=self.neighbours, drop_sites=drop_sites, drop_phase=phase,
+                            min_contributors=self.min_contributors)
+        return AggregateResult(
+            result.total, tuple(names[u] for u in result.contributors),
+            tuple(names[u] for u in result.dropped),
+            {names[u]: b for u, b in result.bytes_sent_per_site.items()},
+            {"seconds_site": result.seconds_site, "seconds_server": result.seconds_server})
+
+
+class CkksSum:
+    """CKKS (TenSEAL) over fixed-point ring words: exact limb sums, one key holder.
+
+    The key holder is a separate party (in-process: a separate object the
+    coordinator cannot read); the coordinator holds only the public context.
+    """
+
+    name = "ckks"
+
+    def __init__(self, *, bound: float = DEFAULT_BOUND, min_contributors: int = 3) -> None:
+        from protocols.ckks import CkksKeyHolder
+
+        self.bound = float(bound)
+        self.min_contributors = min_contributors
+        self._key_holder = CkksKeyHolder.generate()
+        self.public_context = self._key_holder.public_context()
+
+    def aggregate(self, vectors: Mapping[str, np.ndarray], *, round_id: int,
+                  purpose: str) -> AggregateResult:
+        from protocols.ckks import add_ciphertexts, encrypt_ring_vector
+        from protocols.encoding import FixedPointEncoder
+        from protocols.errors import AbortError
+
+        length = check_vectors(vectors)
+        _check_bound(vectors, self.bound)
+        names = tuple(sorted(vectors))
+        if len(names) < self.min_contributors:
+            raise AbortError(f"{len(names)} contributors; at least {self.min_contributors} "
+                             "are needed for a released sum")
+        encoder = FixedPointEncoder.for_sum(self.bound, len(names), length)
+        ciphertexts = {n: encrypt_ring_vector(self.public_context, encoder.encode(vectors[n]),
+                                              ring_bits=64) for n in names}
+        aggregate = add_ciphertexts(self.public_context, list(ciphertexts.values()))
+        ring_sum = self._key_holder.decrypt_ring_sum(aggregate, encoder.n_words)
+        total = encoder.decode(ring_sum)
+        return AggregateResult(total, names, (), {n: c.nbytes for n, c in ciphertexts.items()},
+                               {"words": encoder.words})

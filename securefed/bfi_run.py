@@ -208,6 +208,11 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *,
     warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
     fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names)
     site_thetas = extra.pop("site_thetas")
+    live = [s.name for s in coordinator.live_sites]
+    if coordinator.dropped:
+        warnings.append("site(s) dropped out and were excluded: " + ", ".join(coordinator.dropped))
+        parts = {n: parts[n] for n in live}
+        locals_ = {n: locals_[n] for n in live}
     pooled = pooled_disp = None
     pooled_thetas: dict = {}
     if opts.compare_pooled:
@@ -219,7 +224,7 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *,
     heterogeneity = _heterogeneity(opts, family, locals_, full_names) if opts.heterogeneity else {}
     return BFIReport(
         options=opts, fit=fit, term_names=tuple(r["term"] for r in estimates),
-        estimates=tuple(estimates), n_sites=len(parts), protection=coordinator.protection.name,
+        estimates=tuple(estimates), n_sites=len(live), protection=coordinator.protection.name,
         pooled=pooled, pooled_dispersion=pooled_disp, heterogeneity=heterogeneity,
         centre_regression=extra.get("centre_regression"), standardization=standardization,
         dropped_sites=tuple(coordinator.dropped), warnings=tuple(warnings),
@@ -317,11 +322,12 @@ def _combine(coordinator: Coordinator, opts: BFIOptions, family: Family, locals_
         layout = bfi.HomogeneousLayout(names, family)
         total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
         fit = layout.combine(total, level=level)
-        thetas = {s: fit.estimate for s in locals_}
+        thetas = {s.name: fit.estimate for s in coordinator.live_sites}
         return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
             {"site_thetas": thetas}
     layout = bfi.CentreSpecificLayout(names, family, centre)
     total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
+    locals_ = {s.name: locals_[s.name] for s in coordinator.live_sites}
     fit = layout.combine(total, level=level)
     centres = {n: layout.centre_estimate(locals_[n], fit) for n in locals_}
     fit = fit.with_centres(tuple(centres.values()))
@@ -370,7 +376,7 @@ def _combine_categorical(coordinator, opts, family, locals_, parts, names, centr
     total = coordinator.secure_sum(
         "bfi-terms", lambda s: layout.site_vector(locals_[s.name], rows_for[s.name]))
     fit = layout.combine(total, level=opts.level)
-    thetas = {s: layout.site_theta(fit, rows_for[s]) for s in parts}
+    thetas = {s.name: layout.site_theta(fit, rows_for[s.name]) for s in coordinator.live_sites}
     return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
         {"site_thetas": thetas}
 

@@ -30,6 +30,7 @@ def _register() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script: user errors exit 2/3 with one line."""
+    from protocols.errors import ProtocolError
     from securefed.errors import BudgetExceededError, InputError
 
     _register()
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, BudgetExceededError) as err:
         typer.echo(f"error: {err}", err=True)
         return err.exit_code
+    except ProtocolError as err:
+        return _protocol_failure(err)
     except typer.Exit as done:
         return int(done.exit_code or 0)
     except SystemExit as done:  # click usage errors
@@ -48,6 +51,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise
     return 0
+
+
+def _protocol_failure(err: Exception) -> int:
+    """A protection layer refused or aborted: one line; exit 2 for bad values, 1 otherwise."""
+    from protocols.errors import AbortError, EncodingError, PrivacyBudgetExceeded
+
+    if isinstance(err, PrivacyBudgetExceeded):
+        typer.echo(f"error: privacy budget: {err}", err=True)
+        return 3
+    if isinstance(err, AbortError):
+        typer.echo(f"error: protocol aborted, nothing was released: {err}", err=True)
+        return 1
+    typer.echo(f"error: {err}", err=True)
+    return 2 if isinstance(err, EncodingError) else 1
 
 
 def _is_usage_error(err: Exception) -> bool:

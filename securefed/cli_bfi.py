@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
-from securefed.cli_fit import write_json
+from securefed.cli_fit import (
+    BOUND, DROP_PHASE, DROP_ROUND, DROP_SITES, NEIGHBOURS, PROTECT, THRESHOLD,
+    protection_options, write_json,
+)
 from securefed.errors import InputError
 
 
@@ -50,20 +53,28 @@ def bfi(
     predict: Path = typer.Option(None, "--predict", help="CSV of new rows to predict."),
     predictions_out: Path = typer.Option(None, "--predictions-out",
                                          help="Where to write the predictions (CSV)."),
-    protect: str = typer.Option("none", "--protect", help="Protection stack."),
+    protect: str = PROTECT,
+    secagg_neighbours: int = NEIGHBOURS,
+    secagg_threshold: int = THRESHOLD,
+    bound: float = BOUND,
+    drop_sites: str = DROP_SITES,
+    drop_phase: str = DROP_PHASE,
+    drop_round: int = DROP_ROUND,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Combine local MAP fits of a GLM in one shot (BFI)."""
     from securefed.bfi_run import run_bfi
     from securefed.data import read_table
-    from securefed.progress import protection_from_name
+    from securefed.protection import protection_for
 
     frame = read_table(data)
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity)
-    report = run_bfi(frame, opts, protection=protection_from_name(protect))
+    prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
+                              drop_phase, drop_round)
+    report = run_bfi(frame, opts, protection=protection_for(frame, site_column, prot))
     typer.echo(report.summary())
     if json_out is not None:
         write_json(json_out, report.to_dict())

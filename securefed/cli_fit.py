@@ -10,6 +10,24 @@ import typer
 from securefed.errors import InputError
 
 FORMULA_HELP = "Model formula, lme4 style: 'y ~ x1 + x2 + (1 | group)'."
+PROTECT = typer.Option("none", "--protect", help="Protection: none, secagg or ckks.")
+NEIGHBOURS = typer.Option(None, "--secagg-neighbours",
+                          help="SecAgg+: each site masks with k random neighbours.")
+THRESHOLD = typer.Option(None, "--secagg-threshold", help="Shamir threshold t (default 2n/3+1).")
+BOUND = typer.Option(2.0**40, "--bound", help="Public bound on any released value.")
+DROP_SITES = typer.Option(None, "--drop-sites", help="Simulate these sites dropping (e.g. 3,17).")
+DROP_PHASE = typer.Option(None, "--drop-phase", help="after-key-exchange, after-key-sharing, "
+                          "after-masked-input or during-unmask.")
+DROP_ROUND = typer.Option(1, "--drop-round", help="The round in which they drop.")
+
+
+def protection_options(protect, neighbours, threshold, bound, drop_sites, drop_phase,
+                       drop_round):
+    from securefed.protection import ProtectionOptions, parse_sites
+
+    return ProtectionOptions(protect=protect, neighbours=neighbours, threshold=threshold,
+                             bound=bound, drop_sites=parse_sites(drop_sites),
+                             drop_phase=drop_phase, drop_round=drop_round)
 
 
 def parse_grid(text: str | None) -> tuple[float, ...]:
@@ -38,7 +56,13 @@ def fit(
     lam: float = typer.Option(0.0, "--lambda", help="L2 penalty on non-intercept effects."),
     lambda_grid: str = typer.Option(None, "--lambda-grid", help="e.g. 0,1,2,5,10: choose lambda."),
     select: str = typer.Option("aic", "--select", help="aic, bic or heldout (with a grid)."),
-    protect: str = typer.Option("none", "--protect", help="Protection stack, e.g. none."),
+    protect: str = PROTECT,
+    secagg_neighbours: int = NEIGHBOURS,
+    secagg_threshold: int = THRESHOLD,
+    bound: float = BOUND,
+    drop_sites: str = DROP_SITES,
+    drop_phase: str = DROP_PHASE,
+    drop_round: int = DROP_ROUND,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     seed: int = typer.Option(None, "--seed", help="Seed for the validation split."),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
@@ -51,7 +75,9 @@ def fit(
     frame = read_table(data)
     opts = GLMMOptions(formula=formula, family=family, site_column=site_column, nagq=nagq,
                        lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed)
-    result = run_with_progress(frame, opts, protect=protect, quiet=quiet)
+    prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
+                              drop_phase, drop_round)
+    result = run_with_progress(frame, opts, protect=prot, quiet=quiet)
     typer.echo(result.summary())
     if json_out is not None:
         write_json(json_out, result.to_dict())
@@ -60,11 +86,11 @@ def fit(
 def demo(
     sites: int = typer.Option(12, "--sites", help="Number of synthetic hospitals."),
     rows: int = typer.Option(250, "--rows", help="Patients per hospital."),
-    protect: str = typer.Option("none", "--protect", help="Protection stack."),
+    protect: str = typer.Option("secagg", "--protect", help="Protection: none, secagg, ckks."),
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """Fit the built-in multi-hospital example (synthetic, seeded)."""
+    """Fit the built-in multi-hospital example (synthetic, seeded), securely aggregated."""
     from securefed.glmm_run import GLMMOptions
     from securefed.progress import run_with_progress
     from securefed.synthetic import make_hospitals
@@ -75,7 +101,8 @@ def demo(
     terms = " + ".join(f"x{j}" for j in range(2, 11))
     opts = GLMMOptions(formula=f"y ~ {terms} + (1 | hospital)", family="binomial",
                        site_column="hospital", nagq=5)
-    result = run_with_progress(frame, opts, protect=protect, quiet=quiet)
+    prot = protection_options(protect, None, None, 2.0**40, None, None, 1)
+    result = run_with_progress(frame, opts, protect=prot, quiet=quiet)
     typer.echo(result.summary())
     if json_out is not None:
         write_json(json_out, result.to_dict())

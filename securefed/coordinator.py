@@ -42,6 +42,7 @@ class Coordinator:
         self.bytes_sent: Counter[str] = Counter()
         self.dropped: list[str] = []
         self.rounds: list[RoundRecord] = []
+        self.site_set_version = 0
         self._on_round = on_round
 
     @property
@@ -49,20 +50,28 @@ class Coordinator:
         return [s for name, s in self._sites.items() if name not in self.dropped]
 
     def secure_sum(self, purpose: str, compute: Callable[[Site], np.ndarray]) -> np.ndarray:
-        """One round: every live site computes its vector; returns the protected sum."""
+        """One round: every live site computes its vector; returns the protected sum.
+
+        A site that drops out stays out for the rest of the run, and a round in
+        which any site dropped is run again with the survivors, so every sum
+        returned covers exactly the live sites (``site_set_version`` counts
+        the changes, so an iterative fit knows its objective changed).
+        """
         self.round_id += 1
         vectors = {site.name: np.asarray(compute(site), dtype=float) for site in self.live_sites}
         result = self.protection.aggregate(vectors, round_id=self.round_id, purpose=purpose)
         for name, count in result.bytes_sent_per_site.items():
             self.bytes_sent[name] += count
-        for name in result.dropped:
-            if name not in self.dropped:
-                self.dropped.append(name)
         record = RoundRecord(self.round_id, purpose, len(result.total), result.contributors,
                              result.dropped)
         self.rounds.append(record)
         if self._on_round is not None:
             self._on_round(record)
+        newly = [name for name in result.dropped if name not in self.dropped]
+        if newly:
+            self.dropped.extend(newly)
+            self.site_set_version += 1
+            return self.secure_sum(purpose, compute)
         return result.total
 
     def mean_bytes_per_site(self) -> int:

@@ -180,15 +180,23 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
 
     extra: dict = {}
     lam = opts.lam
+    fit_glmm_restarting = _restarting(coordinator)
     if opts.lambda_grid:
         prepare(keep_arg, opts.validation_fraction)
-        lam, extra = _select_lambda(opts, layout, start, evaluate, coordinator, on_step)
+        lam, extra = _select_lambda(opts, layout, start, evaluate, coordinator, on_step,
+                                    fit_glmm_restarting)
         prepare(keep_arg, 0.0)
     elif dropped_cols:
         prepare(keep_arg, 0.0)
-    estimate = fit_glmm(evaluate, layout, start, lam=lam, tol=opts.tol, on_step=on_step)
-    n_groups = sum(s.glmm_rows.n_groups for s in sites)
-    return _make_fit(opts, estimate, family, int(n_obs), n_groups, len(sites), coordinator,
+    estimate = fit_glmm_restarting(evaluate, layout, start, lam=lam, tol=opts.tol,
+                                   on_step=on_step)
+    live = coordinator.live_sites
+    n_groups = sum(s.glmm_rows.n_groups for s in live)
+    n_obs = sum(s.glmm_rows.n_rows for s in live) if coordinator.dropped else n_obs
+    if coordinator.dropped:
+        warnings.append("site(s) dropped out and were excluded from the fit: "
+                        + ", ".join(coordinator.dropped))
+    return _make_fit(opts, estimate, family, int(n_obs), n_groups, len(live), coordinator,
                      warnings, dropped_cols, extra, time.perf_counter() - started)
 
 
@@ -202,12 +210,43 @@ def _effective_df(est: GLMMEstimate) -> float:
     return float(np.trace(np.linalg.solve(info_pen, info)))
 
 
-def _select_lambda(opts, layout, start, evaluate, coordinator, on_step):
+class _SiteSetChanged(Exception):
+    def __init__(self, theta: np.ndarray) -> None:
+        self.theta = theta
+
+
+def _restarting(coordinator: Coordinator):
+    """``fit_glmm`` that restarts from the current point when a site drops out.
+
+    The objective is the sum over live sites; after a dropout the line
+    search's earlier values belong to another function, so Newton restarts.
+    """
+
+    def run(evaluate, layout, start, **kwargs) -> GLMMEstimate:
+        while True:
+            version = coordinator.site_set_version
+
+            def guarded(lay, theta, derivatives):
+                terms = evaluate(lay, theta, derivatives)
+                if coordinator.site_set_version != version:
+                    raise _SiteSetChanged(theta)
+                return terms
+
+            try:
+                return fit_glmm(guarded, layout, start, **kwargs)
+            except _SiteSetChanged as changed:
+                if len(changed.theta) == layout.size:
+                    start = changed.theta
+
+    return run
+
+
+def _select_lambda(opts, layout, start, evaluate, coordinator, on_step, fit_restarting):
     """Fit each lambda on training rows; score it on the held-out rows."""
     table = []
     best = None
     for lam in opts.lambda_grid:
-        est = fit_glmm(evaluate, layout, start, lam=lam, tol=opts.tol, on_step=on_step)
+        est = fit_restarting(evaluate, layout, start, lam=lam, tol=opts.tol, on_step=on_step)
         val = coordinator.secure_sum("validation-loglik",
                                      lambda s, e=est: s.validation_loglik_vector(e.layout, e.theta))
         df = _effective_df(est)

@@ -6,25 +6,16 @@ import pandas as pd
 
 from core_stats.optimize import NewtonStep
 from core_stats.results import GLMMFit
-from securefed.errors import InputError
 
 
-def protection_from_name(name: str):
-    """The protection stack named on the command line."""
-    from protocols.stack import PlaintextSum
-
-    layers = [part.strip().lower() for part in name.split(",") if part.strip()]
-    if layers in ([], ["none"]):
-        return PlaintextSum()
-    raise InputError(f"--protect {name!r} is not available: choose none")
-
-
-def run_with_progress(frame: pd.DataFrame, opts, *, protect: str, quiet: bool) -> GLMMFit:
+def run_with_progress(frame: pd.DataFrame, opts, *, protect, quiet: bool) -> GLMMFit:
+    """Run a GLMM fit, logging each Newton step to stderr unless ``quiet``."""
     from rich.console import Console
 
     from securefed.glmm_run import run_glmm
+    from securefed.protection import protection_for
 
-    protection = protection_from_name(protect)
+    protection = protection_for(frame, opts.site_column, protect)
     console = Console(stderr=True, quiet=quiet)
 
     def on_step(step: NewtonStep) -> None:

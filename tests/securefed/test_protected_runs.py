@@ -1,0 +1,106 @@
+"""Protected GLMM and BFI runs equal the plaintext runs (on the contributing sites)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from protocols.stack import CkksSum, DropPlan, SecAggSum
+from securefed.bfi_run import BFIOptions, run_bfi
+from securefed.cli import main
+from securefed.data import builtin_path
+from securefed.glmm_run import GLMMOptions, run_glmm
+from securefed.synthetic import make_hospitals
+
+NURSES = BFIOptions("stress ~ age + gender + experien + wardtype", "gaussian", "hospital",
+                    lam=0.01, standardize=("age", "experien", "stress"))
+
+
+@pytest.fixture(scope="module")
+def nurses() -> pd.DataFrame:
+    return pd.read_csv(builtin_path("Nurses"))
+
+
+@pytest.fixture(scope="module")
+def hospitals() -> pd.DataFrame:
+    return make_hospitals(n_sites=8, rows_per_site=120, seed=3)
+
+
+GLMM = GLMMOptions("y ~ x2 + x3 + x6 + x7 + (1 | hospital)", "binomial", "hospital", nagq=2)
+
+
+@pytest.mark.parametrize("layer", [SecAggSum, lambda: SecAggSum(neighbours=4), CkksSum])
+def test_protected_glmm_equals_plaintext(layer, hospitals) -> None:
+    plain = run_glmm(hospitals, GLMM)
+    protected = run_glmm(hospitals, GLMM, protection=layer())
+    np.testing.assert_allclose(protected.theta, plain.theta, atol=1e-8, rtol=0)
+    assert protected.loglik == pytest.approx(plain.loglik, abs=1e-8)
+    assert protected.rounds == plain.rounds
+    assert protected.bytes_sent_per_site > plain.bytes_sent_per_site
+
+
+@pytest.mark.parametrize("layer", [SecAggSum, CkksSum])
+def test_protected_bfi_equals_plaintext(layer, nurses) -> None:
+    plain = run_bfi(nurses, NURSES)
+    protected = run_bfi(nurses, NURSES, protection=layer())
+    np.testing.assert_allclose([r["estimate"] for r in protected.estimates],
+                               [r["estimate"] for r in plain.estimates], atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("phase", ["after-key-exchange", "after-key-sharing",
+                                   "after-masked-input", "during-unmask"])
+def test_bfi_dropouts_give_the_survivors_answer(phase, nurses) -> None:
+    opts = BFIOptions(NURSES.formula, "gaussian", "hospital", lam=0.01)
+    survivors = nurses[~nurses.hospital.isin([3, 17])]
+    expected = run_bfi(survivors, opts)
+    got = run_bfi(nurses, opts, protection=SecAggSum(drop=DropPlan(("3", "17"), phase)))
+    assert got.dropped_sites == ("3", "17") or set(got.dropped_sites) == {"3", "17"}
+    assert got.n_sites == 23
+    np.testing.assert_allclose([r["estimate"] for r in got.estimates],
+                               [r["estimate"] for r in expected.estimates], atol=1e-8, rtol=0)
+
+
+def test_glmm_dropout_mid_fit_continues_with_survivors(hospitals) -> None:
+    survivors = hospitals[hospitals.hospital != 5]
+    expected = run_glmm(survivors, GLMM)
+    got = run_glmm(hospitals, GLMM, protection=SecAggSum(
+        drop=DropPlan(("5",), "after-masked-input", round_id=3)))
+    assert got.dropped_sites == ("5",) and got.n_sites == 7 and got.converged
+    np.testing.assert_allclose(got.theta, expected.theta, atol=1e-7, rtol=0)
+    assert any("dropped" in w for w in got.warnings)
+
+
+def test_cli_secagg_with_dropouts_matches_plaintext_without_them(tmp_path, nurses, capsys):
+    import json
+
+    base = ["bfi", str(builtin_path("Nurses")), "--formula",
+            "stress ~ age + gender + experien + wardtype", "--site-column", "hospital", "--quiet"]
+    out = tmp_path / "secagg.json"
+    assert main([*base, "--protect", "secagg", "--drop-sites", "3,17", "--drop-phase",
+                 "after-masked-input", "--json", str(out)]) == 0
+    kept = tmp_path / "kept.csv"
+    nurses[~nurses.hospital.isin([3, 17])].to_csv(kept, index=False)
+    ref = tmp_path / "plain.json"
+    base[1] = str(kept)
+    assert main([*base, "--json", str(ref)]) == 0
+    got, want = json.loads(out.read_text()), json.loads(ref.read_text())
+    assert sorted(got["dropped_sites"]) == ["17", "3"]
+    np.testing.assert_allclose([r["estimate"] for r in got["estimates"]],
+                               [r["estimate"] for r in want["estimates"]], atol=1e-8, rtol=0)
+    capsys.readouterr()
+
+
+def test_too_many_dropouts_abort_with_one_line(capsys) -> None:
+    code = main(["bfi", str(builtin_path("trauma")), "--formula", "mortality ~ age + ISS",
+                 "--family", "binomial", "--site-column", "hospital", "--protect", "secagg",
+                 "--drop-sites", "1", "--drop-phase", "after-key-exchange", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "nothing was released" in err and len(err.strip().splitlines()) == 1
+
+
+def test_value_above_the_bound_is_refused(capsys) -> None:
+    code = main(["bfi", str(builtin_path("Nurses")), "--formula", "stress ~ age",
+                 "--site-column", "hospital", "--protect", "secagg", "--bound", "10", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "above the declared bound" in err
