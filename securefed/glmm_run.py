@@ -226,7 +226,7 @@ def _restarting(coordinator: Coordinator):
         while True:
             version = coordinator.site_set_version
 
-            def guarded(lay, theta, derivatives):
+            def guarded(lay, theta, derivatives, version=version):
                 terms = evaluate(lay, theta, derivatives)
                 if coordinator.site_set_version != version:
                     raise _SiteSetChanged(theta)

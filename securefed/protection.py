@@ -65,6 +65,7 @@ def build_protection(opts: ProtectionOptions, site_names: list[str]):
 def protection_for(frame, site_column: str, opts: ProtectionOptions):
     """Build the stack for the sites of ``frame`` (InputError if the column is missing)."""
     if site_column not in frame.columns:
-        raise InputError(f"column '{site_column}' is not in {frame.attrs.get('source', 'the data')}")
+        source = frame.attrs.get("source", "the data")
+        raise InputError(f"column '{site_column}' is not in {source}")
     names = sorted({str(v) for v in frame[site_column].dropna().unique()})
     return build_protection(opts, names)
