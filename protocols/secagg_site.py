@@ -258,9 +258,8 @@ class SecAggSite:
             if v == self.site_id:
                 self._held[v] = pair
                 continue
-            plaintext = struct.pack(">qq", self.site_id, v) + b"".join(
-                s.value_bytes() for s in pair
-            )
+            # Sender and recipient are bound by the associated data, not repeated inside.
+            plaintext = b"".join(s.value_bytes() for s in pair)
             key = pair_key(
                 self._config,
                 self._cipher_key,
@@ -292,13 +291,11 @@ class SecAggSite:
             plaintext = open_sealed(
                 self._share_keys_by_peer[sender], sealed, share_aad(self._config, sender, me)
             )
-            if len(plaintext) != 16 + 2 * SHARE_BYTES or plaintext[:16] != struct.pack(
-                ">qq", sender, me
-            ):
+            if len(plaintext) != 2 * SHARE_BYTES:
                 raise InvalidMessage("share plaintext malformed")
             self._held[sender] = (
-                Share.from_value_bytes(me + 1, plaintext[16 : 16 + SHARE_BYTES]),
-                Share.from_value_bytes(me + 1, plaintext[16 + SHARE_BYTES :]),
+                Share.from_value_bytes(me + 1, plaintext[:SHARE_BYTES]),
+                Share.from_value_bytes(me + 1, plaintext[SHARE_BYTES:]),
             )
         self._need(set(self._held), "shared keys")
         masked = encoded + prg_words(self._self_seed, encoded.size)
