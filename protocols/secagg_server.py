@@ -109,6 +109,8 @@ class SecAggServer:
         self._inbox: dict[ServerStage, dict[int, Message]] = {s: {} for s in _EXPECTED}
         self._sets: list[set[int]] = [set(config.site_ids)]  # U0 ⊇ U1 ⊇ … ⊇ U5
         self._outcome: AggregateOutcome | None = None
+        self._seen_keys: set[bytes] = set()
+        self._consistency_payload = b""
 
     @property
     def stage(self) -> ServerStage:
@@ -166,15 +168,10 @@ class SecAggServer:
     def _check_body(self, sender: int, body: Body) -> None:
         config = self._config
         if isinstance(body, AdvertiseKeys):
-            seen = {
-                k
-                for m in self._inbox[self._stage].values()
-                for k in (m.body.cipher_public, m.body.mask_public)
-            }
-            if {body.cipher_public, body.mask_public} & seen or (
-                body.cipher_public == body.mask_public
-            ):
+            keys = {body.cipher_public, body.mask_public}
+            if keys & self._seen_keys or len(keys) < 2:
                 raise InvalidMessage("public key already advertised")
+            self._seen_keys |= keys
         elif isinstance(body, ShareKeys):
             if {v for v, _ in body.ciphertexts} != self._sets[-1] & config.graph[sender]:
                 raise InvalidMessage("shares must go to exactly the sender's live neighbours")
@@ -182,8 +179,7 @@ class SecAggServer:
             if body.words.shape != (config.encoder.n_words,):
                 raise InvalidMessage("masked input has the wrong length")
         elif isinstance(body, ConsistencySignature):
-            payload = config.consistency_payload(sorted(self._sets[-1]))
-            verify(self._roster[sender], body.signature, payload)
+            verify(self._roster[sender], body.signature, self._consistency_payload)
         elif isinstance(body, UnmaskShares):
             alive, dropped = self._sets[3], self._sets[2] - self._sets[3]
             seeds = {v for v, _ in body.self_mask_shares}
@@ -248,6 +244,7 @@ class SecAggServer:
         dropped = self._sets[2] - live
         self._require(live, live | dropped, "sent masked inputs")
         request = ConsistencyRequest(tuple(sorted(live)))
+        self._consistency_payload = self._config.consistency_payload(request.alive)
         return {u: self._send(request, u) for u in sorted(live)}
 
     def _after_collect_consistency(self, live: set[int]) -> dict[int, bytes]:

@@ -25,11 +25,12 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from protocols.errors import AbortError, InvalidMessage, ProtocolError, StageError
+from protocols.errors import AbortError, InvalidMessage, StageError
 from protocols.primitives import (
     AgreementKey,
     derive_key,
@@ -139,12 +140,17 @@ class SecAggSite:
         self._share_keys_by_peer: dict[int, bytes] = {}
         self._alive: tuple[int, ...] | None = None
         self._advertisement = b""
-        self.revealed: dict[int, str] = {}
+        self._revealed: dict[int, str] = {}
 
     @property
     def stage(self) -> SiteStage:
         """The current stage."""
         return self._stage
+
+    @property
+    def revealed(self) -> Mapping[int, str]:
+        """Site id → the one kind of share revealed for it ("self-mask" or "mask-key")."""
+        return MappingProxyType(self._revealed)
 
     # ----------------------------------------------------------------- helpers
     def _step(self, expected: SiteStage, nxt: SiteStage, action: Callable[[], bytes]) -> bytes:
@@ -152,7 +158,7 @@ class SecAggSite:
             raise StageError(f"site {self.site_id} is {self._stage.value}, not {expected.value}")
         try:
             out = action()
-        except ProtocolError:
+        except Exception:  # fail closed: any error ends the round for this site
             self._abort()
             raise
         self._stage = nxt
@@ -363,8 +369,8 @@ class SecAggSite:
         for v in sorted(shared):
             if v in alive:
                 seed_shares.append((v, self._held[v][0].value_bytes()))
-                self.revealed[v] = "self-mask"
+                self._revealed[v] = "self-mask"
             else:
                 key_shares.append((v, self._held[v][1].value_bytes()))
-                self.revealed[v] = "mask-key"
+                self._revealed[v] = "mask-key"
         return self._send(UnmaskShares(tuple(seed_shares), tuple(key_shares)))
