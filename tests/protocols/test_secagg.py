@@ -128,6 +128,33 @@ def test_exactly_t_survivors_succeed_and_t_minus_1_abort(n: int, phase: DropPhas
         secure_sum(vectors, drop_sites=range(n - t + 1), **common)
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(4, 30),
+    phase=phases,
+    explicit=st.booleans(),
+    data=st.data(),
+)
+def test_threshold_boundary_random(n: int, phase: DropPhase, explicit: bool, data) -> None:
+    """With t survivors the round succeeds; with t − 1 it aborts (random n, t, phase, victims)."""
+    t = data.draw(st.integers(n // 2 + 1, n)) if explicit else default_threshold(n)
+    ids = data.draw(st.permutations(range(n)))
+    vectors = {u: np.full(3, u / n) for u in ids}
+    common = dict(
+        bounds=1.0,
+        session_id=SESSION,
+        round_id=5,
+        threshold=t,
+        drop_phase=phase,
+        min_contributors=min(3, t),
+    )
+    if t < n:
+        result = secure_sum(vectors, drop_sites=ids[: n - t], **common)
+        assert np.allclose(result.total, sum(vectors[u] for u in result.contributors))
+    with pytest.raises(AbortError):
+        secure_sum(vectors, drop_sites=ids[: n - t + 1], **common)
+
+
 @pytest.mark.parametrize("phase", list(DropPhase))
 def test_explicit_threshold_respected(phase: DropPhase) -> None:
     vectors = {u: np.full(3, float(u)) for u in range(9)}
