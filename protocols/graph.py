@@ -33,11 +33,11 @@ Defaults σ = 40, η = 20, γ = δ = 0.05 give k = 40, 42, 46 for n = 100, 500,
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import binom
 
 from protocols.errors import ProtocolError
 from protocols.primitives import hkdf_sha256, prg_words
@@ -48,6 +48,7 @@ __all__ = [
     "complete_graph",
     "harary_graph",
     "recommended_neighbours",
+    "binomial_upper_tail",
     "default_threshold",
 ]
 
@@ -116,6 +117,28 @@ def neighbourhoods(
     return harary_graph(site_ids, neighbours, session_id=session_id, round_id=round_id)
 
 
+def binomial_upper_tail(trials: int, probability: float, at_least: int) -> float:
+    """P[Binom(trials, probability) ≥ at_least], summed in log space (no scipy needed)."""
+    if at_least <= 0:
+        return 1.0
+    if at_least > trials or probability <= 0.0:
+        return 0.0
+    if probability >= 1.0:
+        return 1.0
+    log_p, log_q = math.log(probability), math.log1p(-probability)
+    log_norm = math.lgamma(trials + 1)
+    return math.fsum(
+        math.exp(
+            log_norm
+            - math.lgamma(j + 1)
+            - math.lgamma(trials - j + 1)
+            + j * log_p
+            + (trials - j) * log_q
+        )
+        for j in range(at_least, trials + 1)
+    )
+
+
 def recommended_neighbours(
     n_sites: int,
     *,
@@ -149,9 +172,10 @@ def recommended_neighbours(
     for k in range(2, n_sites - 1, 2):
         holders = k + 1
         t = default_threshold(holders)
-        colluding = n_sites * binom.sf(t - 1, holders, corrupt)
+        colluding = n_sites * binomial_upper_tail(holders, corrupt, t)
         disconnected = n_sites * (corrupt + dropout) ** (k / 2)
-        unrecoverable = n_sites * binom.cdf(t - 1, holders, 1.0 - dropout)
+        # fewer than t of m alive  ⇔  at least m − t + 1 of m dropped
+        unrecoverable = n_sites * binomial_upper_tail(holders, dropout, holders - t + 1)
         if (
             colluding <= 2.0**-sigma
             and disconnected <= 2.0**-sigma

@@ -7,10 +7,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import binom
 
 from protocols.errors import AbortError
 from protocols.graph import (
     GraphError,
+    binomial_upper_tail,
     complete_graph,
     default_threshold,
     harary_graph,
@@ -76,6 +78,22 @@ def test_recommended_degree_grows_like_log_n() -> None:
         recommended_neighbours(100, dropout=0.4)
     k = ks[1]
     assert default_threshold(k + 1) > (k + 1) / 2
+
+
+@pytest.mark.parametrize(
+    ("m", "p", "t"),
+    [
+        (47, 0.05, 32),
+        (47, 0.05, 16),
+        (10, 0.5, 5),
+        (200, 0.3, 1),
+        (5, 0.0, 1),
+        (5, 1.0, 5),
+        (5, 0.2, 0),
+    ],
+)
+def test_binomial_tail_matches_scipy(m: int, p: float, t: int) -> None:
+    assert binomial_upper_tail(m, p, t) == pytest.approx(binom.sf(t - 1, m, p), rel=1e-9, abs=0)
 
 
 def test_recommended_graph_survives_random_removals() -> None:
