@@ -15,6 +15,7 @@ __all__ = [
     "AbortError",
     "EncodingError",
     "PrivacyBudgetExceeded",
+    "DifferencingRefused",
 ]
 
 
@@ -44,3 +45,8 @@ class EncodingError(ProtocolError):
 
 class PrivacyBudgetExceeded(ProtocolError):
     """A release would exceed the privacy budget; nothing was released."""
+
+
+class DifferencingRefused(AbortError):
+    """The same query over a different set of sites: the difference of the two
+    sums would reveal the sites that differ, so it is never answered."""

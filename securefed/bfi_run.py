@@ -1,7 +1,8 @@
 """A federated BFI fit: standardise, fit locally, sum once, combine.
 
-Rounds: (optional) one sum of ``(n, sum x, sum x^2)`` for pooled
-standardisation; one sum of the layout's site vectors; for centre-specific
+Rounds: one sum of ``(n_l, 1)`` (rows and sites; the set-up round); (optional)
+one sum of ``(n, sum x, sum x^2)`` for pooled standardisation; one sum of the
+layout's site vectors; for centre-specific
 parameters the shared estimate is then broadcast and every site computes its
 own centre estimate. Every released quantity is a sum over sites, except the
 centre-specific estimates, which are the output the consortium asked for.
@@ -190,6 +191,10 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *,
     if len(parts) < 1:
         raise InputError("no sites found")
     coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection or PlaintextSum())
+    # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
+    # it takes no part in the sums the estimates are made of.
+    coordinator.secure_sum("bfi-count", lambda site: np.array([site.n_rows, 1.0]))
+    parts = {s.name: parts[s.name] for s in coordinator.live_sites}
     standardization = _standardize(coordinator, parts, opts.standardize) if opts.standardize \
         else None
     _, names = fixed_design(formula.fixed, frame.head(2))

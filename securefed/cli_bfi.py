@@ -7,8 +7,15 @@ from pathlib import Path
 import typer
 
 from securefed.cli_fit import (
-    BOUND, DROP_PHASE, DROP_ROUND, DROP_SITES, NEIGHBOURS, PROTECT, THRESHOLD,
-    protection_options, write_json,
+    BOUND,
+    DROP_PHASE,
+    DROP_ROUND,
+    DROP_SITES,
+    NEIGHBOURS,
+    PROTECT,
+    THRESHOLD,
+    protection_options,
+    write_json,
 )
 from securefed.errors import InputError
 

@@ -8,11 +8,12 @@ protection stack, and gets back their sum plus who contributed.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
 
+from protocols.errors import DifferencingRefused
 from protocols.stack import ProtectedSum
 from securefed.site import Site
 
@@ -43,20 +44,35 @@ class Coordinator:
         self.dropped: list[str] = []
         self.rounds: list[RoundRecord] = []
         self.site_set_version = 0
+        self._answers: dict[Hashable, tuple[frozenset[str], np.ndarray]] = {}
         self._on_round = on_round
 
     @property
     def live_sites(self) -> list[Site]:
         return [s for name, s in self._sites.items() if name not in self.dropped]
 
-    def secure_sum(self, purpose: str, compute: Callable[[Site], np.ndarray]) -> np.ndarray:
+    def secure_sum(self, purpose: str, compute: Callable[[Site], np.ndarray],
+                   key: Hashable | None = None) -> np.ndarray:
         """One round: every live site computes its vector; returns the protected sum.
 
-        A site that drops out stays out for the rest of the run, and a round in
-        which any site dropped is run again with the survivors, so every sum
-        returned covers exactly the live sites (``site_set_version`` counts
-        the changes, so an iterative fit knows its objective changed).
+        A site that drops out stays out for the rest of the run. The round's
+        sum is used as the protocol delivered it: it counts a dropped site
+        whose masked input had arrived. Rounds are never re-run without a site,
+        because two sums of the same query over site sets that differ by one
+        site reveal that site's vector. ``key`` names the query (purpose and
+        parameters): asked again over the same sites, the sum is returned
+        without a new round; over different sites, it is refused
+        (:class:`DifferencingRefused`). ``site_set_version`` counts dropouts,
+        so an iterative fit knows its objective changed.
         """
+        live = frozenset(s.name for s in self.live_sites)
+        if key is not None and key in self._answers:
+            sites, total = self._answers[key]
+            if sites == live:
+                return total.copy()
+            raise DifferencingRefused(
+                f"{purpose}: this query was answered over another set of sites; answering it "
+                "again would reveal the difference")
         self.round_id += 1
         vectors = {site.name: np.asarray(compute(site), dtype=float) for site in self.live_sites}
         result = self.protection.aggregate(vectors, round_id=self.round_id, purpose=purpose)
@@ -71,7 +87,8 @@ class Coordinator:
         if newly:
             self.dropped.extend(newly)
             self.site_set_version += 1
-            return self.secure_sum(purpose, compute)
+        if key is not None:
+            self._answers[key] = (frozenset(result.contributors), result.total.copy())
         return result.total
 
     def mean_bytes_per_site(self) -> int:

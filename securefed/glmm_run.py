@@ -169,8 +169,9 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
 
     def evaluate(lay: ParameterLayout, theta: np.ndarray, derivatives: bool) -> SummedTerms:
         purpose = "glmm-terms" if derivatives else "glmm-loglik"
-        total = coordinator.secure_sum(purpose, lambda s: s.glmm_terms_vector(lay, theta,
-                                                                               derivatives))
+        key = (purpose, lay.random_effects, split_state[0], np.asarray(theta).tobytes())
+        total = coordinator.secure_sum(
+            purpose, lambda s: s.glmm_terms_vector(lay, theta, derivatives), key=key)
         extra = None
         if derivatives and not lay.random_effects:
             total, extra = np.split(total, [len(total) - lay.q * (lay.q + 1) // 2])
@@ -180,12 +181,15 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
 
     extra: dict = {}
     lam = opts.lam
+    split_state = ["all rows"]  # which rows the sites use: part of every query's key
     fit_glmm_restarting = _restarting(coordinator)
     if opts.lambda_grid:
         prepare(keep_arg, opts.validation_fraction)
+        split_state[0] = "training rows"
         lam, extra = _select_lambda(opts, layout, start, evaluate, coordinator, on_step,
                                     fit_glmm_restarting)
         prepare(keep_arg, 0.0)
+        split_state[0] = "all rows"
     elif dropped_cols:
         prepare(keep_arg, 0.0)
     estimate = fit_glmm_restarting(evaluate, layout, start, lam=lam, tol=opts.tol,
@@ -211,44 +215,76 @@ def _effective_df(est: GLMMEstimate) -> float:
 
 
 class _SiteSetChanged(Exception):
-    def __init__(self, theta: np.ndarray) -> None:
-        self.theta = theta
+    def __init__(self, restart: np.ndarray) -> None:
+        self.restart = restart
+
+
+def _expand(layout: ParameterLayout, lay: ParameterLayout, theta: np.ndarray) -> np.ndarray:
+    """A point of ``layout`` from one of ``lay`` (the reduced, singular layout)."""
+    if lay.size == layout.size:
+        return np.asarray(theta, dtype=float).copy()
+    full = np.zeros(layout.size)
+    full[layout.beta] = theta[lay.beta]
+    full[layout.cov] = np.log(0.05)
+    if layout.has_dispersion:
+        full[layout.scale_index] = theta[lay.scale_index]
+    return full
 
 
 def _restarting(coordinator: Coordinator):
-    """``fit_glmm`` that restarts from the current point when a site drops out.
+    """``fit_glmm`` that restarts at a new point when a site drops out.
 
-    The objective is the sum over live sites; after a dropout the line
-    search's earlier values belong to another function, so Newton restarts.
+    After a dropout the objective (a sum over live sites) is another function,
+    so Newton restarts. It restarts at a point where no sum was taken yet: one
+    Newton step from the round that saw the dropout (or, after a value-only
+    round, halfway back to the last full round), so the coordinator never holds
+    two sums of the same query over different sites.
     """
 
     def run(evaluate, layout, start, **kwargs) -> GLMMEstimate:
         while True:
             version = coordinator.site_set_version
+            last_full: list[np.ndarray] = []
 
-            def guarded(lay, theta, derivatives, version=version):
+            def guarded(lay, theta, derivatives, version=version, last_full=last_full):
                 terms = evaluate(lay, theta, derivatives)
                 if coordinator.site_set_version != version:
-                    raise _SiteSetChanged(theta)
+                    raise _SiteSetChanged(_new_point(layout, lay, theta, terms, last_full))
+                if derivatives:
+                    last_full[:] = [_expand(layout, lay, theta)]
                 return terms
 
             try:
                 return fit_glmm(guarded, layout, start, **kwargs)
             except _SiteSetChanged as changed:
-                if len(changed.theta) == layout.size:
-                    start = changed.theta
+                start = changed.restart
 
     return run
+
+
+def _new_point(layout, lay, theta, terms: SummedTerms, last_full) -> np.ndarray:
+    here = _expand(layout, lay, theta)
+    if terms.gradient is not None:
+        from core_stats.optimize import ridge_solve
+
+        step, _ = ridge_solve(-terms.hessian, terms.gradient)
+        scale = max(1.0, float(np.max(np.abs(step))))
+        return _expand(layout, lay, np.asarray(theta) + step / scale)
+    if last_full:
+        return 0.5 * (here + last_full[0])
+    return here + 1e-3
 
 
 def _select_lambda(opts, layout, start, evaluate, coordinator, on_step, fit_restarting):
     """Fit each lambda on training rows; score it on the held-out rows."""
     table = []
     best = None
-    for lam in opts.lambda_grid:
+    for lam in opts.lambda_grid:  # each lambda starts where the previous one ended
         est = fit_restarting(evaluate, layout, start, lam=lam, tol=opts.tol, on_step=on_step)
-        val = coordinator.secure_sum("validation-loglik",
-                                     lambda s, e=est: s.validation_loglik_vector(e.layout, e.theta))
+        start = _expand(layout, est.layout, est.theta)
+        val = coordinator.secure_sum(
+            "validation-loglik", lambda s, e=est: s.validation_loglik_vector(e.layout, e.theta),
+            key=("validation-loglik", est.layout.random_effects, est.theta.tobytes()))
         df = _effective_df(est)
         loglik_val, n_val = float(val[0]), float(val[1])
         if n_val == 0:

@@ -104,3 +104,15 @@ def test_value_above_the_bound_is_refused(capsys) -> None:
                  "--site-column", "hospital", "--protect", "secagg", "--bound", "10", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "above the declared bound" in err
+
+
+def test_bfi_dropout_inside_the_sum_round_counts_the_site(nurses) -> None:
+    """After masked input the site's terms are in the sum (Bonawitz); re-running the
+    round without it would reveal its vector by difference, so it is not re-run."""
+    opts = BFIOptions(NURSES.formula, "gaussian", "hospital", lam=0.01)
+    everyone = run_bfi(nurses, opts)
+    got = run_bfi(nurses, opts, protection=SecAggSum(
+        drop=DropPlan(("3", "17"), "after-masked-input", round_id=2)))
+    assert set(got.dropped_sites) == {"3", "17"}
+    np.testing.assert_allclose([r["estimate"] for r in got.estimates],
+                               [r["estimate"] for r in everyone.estimates], atol=1e-8, rtol=0)
