@@ -11,7 +11,8 @@ centre-specific estimates, which are the output the consortium asked for.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from core_stats.design import DesignError, fixed_design, parse_mixed_formula
 from core_stats.families import Family, get_family
 from core_stats.standardize import StandardizeLayout
 from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
 from securefed.errors import InputError
@@ -180,8 +182,8 @@ def _standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
     return {"columns": list(columns), "mean": std.mean.tolist(), "sd": std.sd.tolist()}
 
 
-def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *,
-            protection: ProtectedSum | None = None) -> BFIReport:
+def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum | None = None,
+            audit_log: str | Path | None = None) -> BFIReport:
     """BFI over the sites named by ``opts.site_column`` (see module docstring)."""
     from securefed.site import Site
 
@@ -190,7 +192,12 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *,
     parts = {str(k): v for k, v in frame.groupby(opts.site_column, sort=True)}
     if len(parts) < 1:
         raise InputError("no sites found")
-    coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection or PlaintextSum())
+    protection = protection or PlaintextSum()
+    audit = None
+    if audit_log is not None:
+        audit = AuditTrail.start(audit_log, site_names=list(parts), model="bfi",
+                                 config=asdict(opts), protection=describe_protection(protection))
+    coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection, audit=audit)
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
     # it takes no part in the sums the estimates are made of.
     coordinator.secure_sum("bfi-count", lambda site: np.array([site.n_rows, 1.0]))
@@ -227,7 +234,7 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *,
                              pooled_fit.lower, pooled_fit.upper))
         pooled_disp = pooled_fit.dispersion
     heterogeneity = _heterogeneity(opts, family, locals_, full_names) if opts.heterogeneity else {}
-    return BFIReport(
+    report = BFIReport(
         options=opts, fit=fit, term_names=tuple(r["term"] for r in estimates),
         estimates=tuple(estimates), n_sites=len(live), protection=coordinator.protection.name,
         pooled=pooled, pooled_dispersion=pooled_disp, heterogeneity=heterogeneity,
@@ -236,6 +243,8 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *,
         bytes_sent_per_site=coordinator.mean_bytes_per_site(), rounds=coordinator.round_id,
         seconds=time.perf_counter() - started, site_thetas=site_thetas,
         parameter_names=full_names, pooled_site_thetas=pooled_thetas)
+    coordinator.finish_audit(report.to_dict(), "bfi")
+    return report
 
 
 def _site_groups(opts: BFIOptions, parts: dict) -> dict[str, str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from securefed.cli_fit import (
+    AUDIT_LOG,
     BOUND,
     DROP_PHASE,
     DROP_ROUND,
@@ -67,6 +68,7 @@ def bfi(
     drop_sites: str = DROP_SITES,
     drop_phase: str = DROP_PHASE,
     drop_round: int = DROP_ROUND,
+    audit_log: Path = AUDIT_LOG,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
@@ -81,7 +83,8 @@ def bfi(
                     heterogeneity)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
                               drop_phase, drop_round)
-    report = run_bfi(frame, opts, protection=protection_for(frame, site_column, prot))
+    report = run_bfi(frame, opts, protection=protection_for(frame, site_column, prot),
+                     audit_log=audit_log)
     typer.echo(report.summary())
     if json_out is not None:
         write_json(json_out, report.to_dict())

@@ -19,6 +19,8 @@ DROP_SITES = typer.Option(None, "--drop-sites", help="Simulate these sites dropp
 DROP_PHASE = typer.Option(None, "--drop-phase", help="after-key-exchange, after-key-sharing, "
                           "after-masked-input or during-unmask.")
 DROP_ROUND = typer.Option(1, "--drop-round", help="The round in which they drop.")
+AUDIT_LOG = typer.Option(None, "--audit-log", help="Write a signed audit trail here "
+                         "(plus per-site logs and a key registry beside it).")
 
 
 def protection_options(protect, neighbours, threshold, bound, drop_sites, drop_phase,
@@ -63,6 +65,7 @@ def fit(
     drop_sites: str = DROP_SITES,
     drop_phase: str = DROP_PHASE,
     drop_round: int = DROP_ROUND,
+    audit_log: Path = AUDIT_LOG,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     seed: int = typer.Option(None, "--seed", help="Seed for the validation split."),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
@@ -77,7 +80,7 @@ def fit(
                        lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
                               drop_phase, drop_round)
-    result = run_with_progress(frame, opts, protect=prot, quiet=quiet)
+    result = run_with_progress(frame, opts, protect=prot, quiet=quiet, audit_log=audit_log)
     typer.echo(result.summary())
     if json_out is not None:
         write_json(json_out, result.to_dict())

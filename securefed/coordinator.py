@@ -15,6 +15,7 @@ import numpy as np
 
 from protocols.errors import DifferencingRefused
 from protocols.stack import ProtectedSum
+from securefed.audit_trail import AuditTrail
 from securefed.site import Site
 
 __all__ = ["Coordinator", "RoundRecord"]
@@ -33,7 +34,8 @@ class Coordinator:
     """Drives rounds; keeps the list of live sites and the traffic count."""
 
     def __init__(self, sites: list[Site], protection: ProtectedSum,
-                 on_round: Callable[[RoundRecord], None] | None = None) -> None:
+                 on_round: Callable[[RoundRecord], None] | None = None,
+                 audit: AuditTrail | None = None) -> None:
         names = [s.name for s in sites]
         if len(set(names)) != len(names):
             raise ValueError("two sites have the same name")
@@ -46,6 +48,7 @@ class Coordinator:
         self.site_set_version = 0
         self._answers: dict[Hashable, tuple[frozenset[str], np.ndarray]] = {}
         self._on_round = on_round
+        self.audit = audit
 
     @property
     def live_sites(self) -> list[Site]:
@@ -75,7 +78,13 @@ class Coordinator:
                 "again would reveal the difference")
         self.round_id += 1
         vectors = {site.name: np.asarray(compute(site), dtype=float) for site in self.live_sites}
+        if self.audit is not None:
+            self.audit.round_spec(self.round_id, purpose, len(next(iter(vectors.values()))))
+            for name, vector in vectors.items():
+                self.audit.release(name, vector, self.round_id, purpose)
         result = self.protection.aggregate(vectors, round_id=self.round_id, purpose=purpose)
+        if self.audit is not None:
+            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped)
         for name, count in result.bytes_sent_per_site.items():
             self.bytes_sent[name] += count
         record = RoundRecord(self.round_id, purpose, len(result.total), result.contributors,
@@ -90,6 +99,11 @@ class Coordinator:
         if key is not None:
             self._answers[key] = (frozenset(result.contributors), result.total.copy())
         return result.total
+
+    def finish_audit(self, result: dict, kind: str) -> None:
+        """Log the result and a checkpoint countersigned by the surviving sites."""
+        if self.audit is not None:
+            self.audit.finish(result, kind, [s.name for s in self.live_sites])
 
     def mean_bytes_per_site(self) -> int:
         if not self.bytes_sent:

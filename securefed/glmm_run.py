@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ from core_stats.inference import (
 from core_stats.optimize import NewtonStep, SummedTerms
 from core_stats.results import GLMMFit
 from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
 from securefed.errors import InputError
@@ -127,7 +129,8 @@ def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
 
 
 def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum | None = None,
-             on_step: Callable[[NewtonStep], None] | None = None) -> GLMMFit:
+             on_step: Callable[[NewtonStep], None] | None = None,
+             audit_log: str | Path | None = None) -> GLMMFit:
     """Fit a GLMM federated over the sites named by ``opts.site_column``."""
     started = time.perf_counter()
     _check_options(opts)
@@ -144,7 +147,12 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
                             family, opts.nagq)
     rng = np.random.default_rng(opts.seed)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
-    coordinator = Coordinator(sites, protection or PlaintextSum())
+    protection = protection or PlaintextSum()
+    audit = None
+    if audit_log is not None:
+        audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
+                                 config=asdict(opts), protection=describe_protection(protection))
+    coordinator = Coordinator(sites, protection, audit=audit)
     warnings = [w for s in sites for w in s.warnings()]
 
     def prepare(keep: np.ndarray | None, fraction: float) -> None:
@@ -200,8 +208,10 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded from the fit: "
                         + ", ".join(coordinator.dropped))
-    return _make_fit(opts, estimate, family, int(n_obs), n_groups, len(live), coordinator,
-                     warnings, dropped_cols, extra, time.perf_counter() - started)
+    fit = _make_fit(opts, estimate, family, int(n_obs), n_groups, len(live), coordinator,
+                    warnings, dropped_cols, extra, time.perf_counter() - started)
+    coordinator.finish_audit(fit.to_dict(), "glmm")
+    return fit
 
 
 def _effective_df(est: GLMMEstimate) -> float:

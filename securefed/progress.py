@@ -8,7 +8,8 @@ from core_stats.optimize import NewtonStep
 from core_stats.results import GLMMFit
 
 
-def run_with_progress(frame: pd.DataFrame, opts, *, protect, quiet: bool) -> GLMMFit:
+def run_with_progress(frame: pd.DataFrame, opts, *, protect, quiet: bool,
+                      audit_log=None) -> GLMMFit:
     """Run a GLMM fit, logging each Newton step to stderr unless ``quiet``."""
     from rich.console import Console
 
@@ -23,4 +24,4 @@ def run_with_progress(frame: pd.DataFrame, opts, *, protect, quiet: bool) -> GLM
                     f"max |gradient| {step.max_abs_gradient:.2e}, step {step.max_abs_step:.2e}")
 
     with console.status("fitting (federated rounds)...", spinner="dots"):
-        return run_glmm(frame, opts, protection=protection, on_step=on_step)
+        return run_glmm(frame, opts, protection=protection, on_step=on_step, audit_log=audit_log)

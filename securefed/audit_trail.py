@@ -1,0 +1,156 @@
+"""The audit side of an in-process run: one coordinator log, one log per site.
+
+For ``--audit-log run.jsonl`` a run writes, next to it:
+
+* ``run.jsonl`` — the coordinator's signed, hash-chained log;
+* ``run.site-NAME.jsonl`` — each site's log of its own releases;
+* ``run.site-NAME.salts.jsonl`` — each site's private commitment salts (0600);
+* ``run.registry.json`` — the public keys of every party of this run.
+
+In-process, every party gets a fresh Ed25519 identity for the run (its
+private key is never written). Check the whole trail with::
+
+    securefed audit verify run.jsonl --keys run.registry.json --site-log run.site-A.jsonl ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from securefed.audit import (
+    AuditLog,
+    EventKind,
+    SiteLog,
+    read_entries,
+    run_start_payload,
+)
+from securefed.canonical import canonical_bytes
+from securefed.errors import InputError
+from securefed.keys import Identity, Registry, check_party_name
+
+__all__ = ["AuditTrail", "trail_paths"]
+
+COORDINATOR = "coordinator"
+
+
+def trail_paths(log_path: Path, site: str) -> tuple[Path, Path]:
+    """A site's log and salt file next to the coordinator's log."""
+    stem = log_path.with_suffix("")
+    return (stem.parent / f"{stem.name}.site-{site}.jsonl",
+            stem.parent / f"{stem.name}.site-{site}.salts.jsonl")
+
+
+class AuditTrail:
+    """Writes RUN_START, ROUND_SPEC, RELEASE, AGGREGATION, RESULT and CHECKPOINT."""
+
+    def __init__(self, path: Path, coordinator: Identity, sites: dict[str, SiteLog],
+                 registry: Registry, log: AuditLog, run_id: str, layers: list[dict],
+                 site_identities: dict[str, Identity]) -> None:
+        self.path = path
+        self._coordinator = coordinator
+        self._sites = sites
+        self._registry = registry
+        self._log = log
+        self.run_id = run_id
+        self._layers = layers
+        self._site_identities = site_identities
+
+    @classmethod
+    def start(cls, path: str | Path, *, site_names: Sequence[str], model: str,
+              config: Mapping[str, Any], protection: Mapping[str, Any]) -> AuditTrail:
+        """Create every file of the trail and log RUN_START (refuses to overwrite)."""
+        path = Path(path)
+        if not path.parent.exists():
+            raise InputError(f"cannot write the audit log: folder {path.parent} does not exist")
+        for name in site_names:
+            check_party_name(name)
+        registry_path = path.with_suffix(".registry.json")
+        targets = [path, registry_path] + [p for n in site_names for p in trail_paths(path, n)]
+        existing = [str(p) for p in targets if p.exists()]
+        if existing:
+            raise InputError(f"{existing[0]} exists; audit logs are never overwritten")
+        coordinator = Identity.generate(COORDINATOR)
+        identities = {n: Identity.generate(n) for n in site_names}
+        registry = Registry.of(coordinator, *identities.values())
+        registry.save(registry_path)
+        run_id = secrets.token_hex(16)
+        log = AuditLog.create(path)
+        layers = [_plain(dict(protection))]
+        config_hash = hashlib.sha256(canonical_bytes(_plain(dict(config)))).hexdigest()
+        log.append(EventKind.RUN_START, coordinator, run_start_payload(
+            run_id=run_id, study_config_hash=config_hash, model=model,
+            protection={"layers": layers}, registry=registry, sites=list(site_names),
+            budget={}))
+        sites = {}
+        for name in site_names:
+            log_path, salt_path = trail_paths(path, name)
+            sites[name] = SiteLog.create(log_path, identities[name], salt_path, run_id)
+        return cls(path, coordinator, sites, registry, log, run_id, layers, identities)
+
+    def round_spec(self, round_id: int, purpose: str, length: int) -> None:
+        spec = {"run_id": self.run_id, "round": round_id, "vector_kind": purpose,
+                "length": length, "layers": self._layers}
+        spec_hash = hashlib.sha256(canonical_bytes(spec)).hexdigest()
+        self._log.append(EventKind.ROUND_SPEC, self._coordinator, {**spec, "spec_hash": spec_hash})
+
+    def release(self, site: str, vector: np.ndarray, round_id: int, purpose: str) -> None:
+        """The site commits to and signs its release; the coordinator logs it."""
+        signed = self._sites[site].record_release(vector, round_id=round_id, vector_kind=purpose,
+                                                  layers=self._layers, privacy={})
+        self._log.append_release(self._coordinator, signed, self._registry)
+
+    def aggregation(self, round_id: int, purpose: str, contributors: Sequence[str],
+                    dropped: Sequence[str]) -> None:
+        self._log.append(EventKind.AGGREGATION, self._coordinator, {
+            "run_id": self.run_id, "round": round_id, "vector_kind": purpose,
+            "contributors": list(contributors), "dropouts": list(dropped),
+            "recovery": "dropped sites' masks reconstructed from Shamir shares" if dropped
+            else "none needed"})
+
+    def finish(self, result: Mapping[str, Any], kind: str, survivors: Sequence[str]) -> None:
+        """RESULT (hash of the result), then a checkpoint countersigned by survivors."""
+        digest = hashlib.sha256(canonical_bytes(_plain(dict(result)))).hexdigest()
+        self._log.append(EventKind.RESULT, self._coordinator, {
+            "run_id": self.run_id, "result_kind": kind, "result_hash": digest})
+        request = self._log.checkpoint_request()
+        entries = read_entries(self.path)
+        signatures = [self._sites[n].countersign(request, entries) for n in survivors]
+        self._log.append_checkpoint(self._coordinator, request, signatures, self._registry)
+
+    def parties(self) -> list[Identity]:
+        """Every identity of the run (to scan artefacts for their key material)."""
+        return [self._coordinator, *self._site_identities.values()]
+
+    def site_log_paths(self) -> list[Path]:
+        return [trail_paths(self.path, n)[0] for n in self._sites]
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like structure with floats as repr strings (canonical hashing)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return repr(float(value))
+    if isinstance(value, np.integer):
+        return int(value)
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+def describe_protection(protection) -> dict:
+    """The public parameters of a protection layer, for RUN_START."""
+    out: dict = {"name": protection.name}
+    for attr in ("bound", "neighbours", "threshold", "min_contributors"):
+        value = getattr(protection, attr, None)
+        if value is not None:
+            out[attr] = value
+    return out
