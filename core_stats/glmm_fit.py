@@ -13,7 +13,9 @@ which returns the sum over sites of each site's :func:`core_stats.glmm.site_term
   boundary is a local maximum and the fit is reported singular, as lme4 does,
   with ``sigma = 0`` and the GLM's estimates; otherwise the full fit resumes.
   A fit converging with an SD below ``1e-4`` (lme4's ``isSingular``
-  tolerance) is singular too.
+  tolerance) is singular too. With vector random effects (q > 1) a diagonal
+  of the relative Cholesky factor below ``1e-4`` stops the fit and reports it
+  singular and not converged, with advice to simplify the random-effect term.
 """
 
 from __future__ import annotations
@@ -128,6 +130,14 @@ def relative_sds(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
     return sds
 
 
+def relative_cholesky_diagonal(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
+    """Diagonal of Lambda (relative to the residual SD for Gaussian): lme4's theta test."""
+    diag = np.abs(np.diag(layout.lambda_matrix(theta)))
+    if layout.has_dispersion:
+        diag = diag / np.exp(theta[layout.scale_index])
+    return diag
+
+
 def _reduce(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
     reduced = layout.without_random_effects()
     out = np.zeros(reduced.size)
@@ -159,8 +169,15 @@ def fit_glmm(evaluate: Evaluate, layout: ParameterLayout, start: np.ndarray, *,
             return evaluate(lay, theta, derivatives) + penalty(theta, derivatives)
 
         def heading_to_boundary(theta: np.ndarray) -> str | None:
-            small = lay.q == 1 and relative_sds(lay, theta)[0] < BOUNDARY_WATCH
-            return "variance near zero" if watch and small else None
+            if not watch:
+                return None
+            if lay.q == 1:
+                return "variance near zero" if relative_sds(lay, theta)[0] < BOUNDARY_WATCH \
+                    else None
+            if np.min(relative_cholesky_diagonal(lay, theta)) < SINGULAR_TOL:
+                return ("the random-effect covariance is singular (a variance or a correlation "
+                        "at the boundary): simplify the random-effect term")
+            return None
 
         cap = np.full(lay.size, np.inf)
         cap[lay.cov] = MAX_LOG_SD_STEP
@@ -177,6 +194,9 @@ def fit_glmm(evaluate: Evaluate, layout: ParameterLayout, start: np.ndarray, *,
     full = run(layout, start, watch=layout.random_effects)
     if not layout.random_effects:
         return finish(layout, full, singular=False)
+    if layout.q > 1:
+        boundary = full.message.startswith("the random-effect covariance is singular")
+        return finish(layout, full, singular=boundary)
     near_zero = full.message == "variance near zero"
     tiny = full.converged and layout.q == 1 and relative_sds(layout, full.theta)[0] < SINGULAR_TOL
     if not (near_zero or tiny):

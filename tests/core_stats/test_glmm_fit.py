@@ -72,3 +72,21 @@ def test_collinear_column_is_dropped_with_a_warning() -> None:
     assert fit.dropped_columns == ("x3",)
     assert any("x3" in w for w in fit.warnings)
     assert [fe.term for fe in fit.fixed_effects] == ["(Intercept)", "x1", "x2"]
+
+
+@pytest.mark.parametrize(("seed", "singular", "sds"), [
+    (9, True, (0.93396, 0.09332)),   # lme4: isSingular TRUE, corr -1.000
+    (12, False, (0.89960, 0.17542)),  # lme4: corr 0.011
+])
+def test_slope_covariance_boundary_as_lme4_reports_it(seed, singular, sds) -> None:
+    """Reference values: lmer(y ~ x1 + x2 + (1 + x1 | patient), REML = FALSE) on the same data."""
+    frame = simulate_nested("gaussian", n_sites=4, groups_per_site=6, rows_per_group=8, sd=0.8,
+                            seed=seed)
+    fit = run_glmm(frame, GLMMOptions("y ~ x1 + x2 + (1 + x1 | patient)", "gaussian",
+                                      "hospital"))
+    assert fit.singular == singular
+    assert [round(r.sd, 3) for r in fit.random_effects[:2]] == [round(v, 3) for v in sds]
+    if singular:
+        assert not fit.converged and "simplify" in fit.message
+    else:
+        assert fit.converged
