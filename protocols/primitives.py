@@ -162,7 +162,18 @@ def chacha20_keystream(key: bytes, nonce16: bytes, n_bytes: int) -> bytes:
     little-endian initial block counter, the last 12 the RFC 8439 nonce.
     """
     encryptor = Cipher(algorithms.ChaCha20(key, nonce16), mode=None).encryptor()
-    return encryptor.update(bytes(n_bytes))
+    return encryptor.update(_zeros(n_bytes))
+
+
+_ZERO_BUFFER = bytes(1 << 16)
+
+
+def _zeros(n_bytes: int) -> memoryview:
+    """A read-only view of ``n_bytes`` zero bytes, reusing one shared buffer."""
+    global _ZERO_BUFFER
+    if len(_ZERO_BUFFER) < n_bytes:
+        _ZERO_BUFFER = bytes(n_bytes)
+    return memoryview(_ZERO_BUFFER)[:n_bytes]
 
 
 _PRG_NONCE = bytes(16)
@@ -173,7 +184,8 @@ def prg_words(seed: bytes, n_words: int) -> np.ndarray:
 
     PRG(seed) = ChaCha20(key = seed, counter = 0, nonce = 0) keystream read as
     little-endian uint64. Seeds are single-use (each is derived for one
-    session, round, purpose and pair), so the fixed nonce is safe.
+    session, round, purpose and pair), so the fixed nonce is safe. The array
+    is a read-only view of the keystream (no copy); add it into an accumulator.
     """
     if len(seed) != SEED_BYTES:
         raise ValueError("a PRG seed has 32 bytes")
