@@ -21,6 +21,7 @@ same for all sites); a site refuses to release a value outside it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -106,8 +107,9 @@ class SecAggSum:
     """Secure aggregation (Bonawitz et al. 2017; SecAgg+ with ``neighbours``).
 
     Site names are mapped to protocol ids by sorted order for the whole run.
-    Each round is a fresh protocol instance (fresh keys) bound to this run's
-    random session id and the round id.
+    Each round is a fresh protocol instance (fresh keys) bound to the round id
+    and to a session id derived from this run's random id and the round's
+    purpose, so no message of one kind of release can pass for another.
     """
 
     name = "secagg"
@@ -145,7 +147,8 @@ class SecAggSum:
         if self.drop is not None and self.drop.round_id == round_id:
             drop_sites = tuple(self._ids[s] for s in self.drop.sites if s in vectors)
             phase = DropPhase.from_cli(self.drop.phase) if drop_sites else None
-        result = secure_sum(by_id, bounds=self.bound, session_id=self.session_id,
+        session = hashlib.sha256(self.session_id + purpose.encode()).digest()[:16]
+        result = secure_sum(by_id, bounds=self.bound, session_id=session,
                             round_id=round_id, threshold=self.threshold,
                             neighbours=self.neighbours, drop_sites=drop_sites, drop_phase=phase,
                             min_contributors=self.min_contributors)
