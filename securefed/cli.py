@@ -25,6 +25,7 @@ def _register() -> None:
     app.command("bfi")(cli_bfi.bfi)
     app.command("bfi-holdout")(cli_bfi.bfi_holdout)
     register_audit(app)
+    __import__("securefed.cli_study").cli_study.register(app)
     _register.done = True
 
 

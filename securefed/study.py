@@ -1,0 +1,510 @@
+"""Study files: one TOML file names the model, the protection and every site's data.
+
+:func:`load_study` parses and checks the whole file before anything runs; every
+problem is an :class:`~securefed.errors.InputError` whose message starts with
+``FILE line N:`` (tomllib gives no line numbers for meaning, so the lines of
+section headers and ``key =`` lines are found by scanning the text).
+:func:`run_study` reads the site files, adds the ``site`` column, runs every
+site in-process and writes ``result.json``, ``summary.txt`` and the audit trail;
+it reports progress through callbacks (the CLI draws them with rich). The
+format is documented in ``docs/study_file.md``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from securefed.bfi_run import BFIOptions
+from securefed.errors import InputError
+from securefed.glmm_run import SELECT_CHOICES, GLMMOptions
+from securefed.protection import AVAILABLE, DROP_PHASES, ProtectionOptions
+
+__all__ = ["SITE_COLUMN", "SiteSpec", "Study", "load_study"]
+
+SITE_COLUMN = "site"
+KINDS = ("glmm", "bfi")
+FAMILIES = ("binomial", "poisson", "gaussian")
+SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number"}
+GLMM_KEYS = {"nagq": "int", "lambda_grid": "list[number]", "select": "str", "seed": "int",
+             "validation_fraction": "number"}
+BFI_KEYS = {"intercept_lambda": "number", "scale_lambda": "number", "stratify": "list[str]",
+            "center_covariate": "str", "center_covariate_kind": "str",
+            "standardize": "list[str]", "compare_pooled": "bool", "heterogeneity": "list[str]"}
+PROTECTION_KEYS = {"layers": "list[str]", "neighbours": "int", "threshold": "int",
+                   "bound": "number", "drop_sites": "list[str]", "drop_phase": "str",
+                   "drop_round": "int"}
+SITE_KEYS = {"name": "str", "data": "str"}
+OUTPUT_KEYS = {"dir": "str"}
+TOP_KEYS = {"title": "str", "model": "table", "protection": "table", "sites": "tables",
+            "output": "table"}
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\[\]#]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)\s*=")
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """One ``[[sites]]`` entry: its name, its data file (resolved) and its line."""
+
+    name: str
+    data: Path
+    data_as_written: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Study:
+    """A checked study file: everything a run needs, plus lines for later messages."""
+
+    path: Path
+    kind: str
+    options: GLMMOptions | BFIOptions
+    protection: ProtectionOptions
+    layers: tuple[str, ...]
+    sites: tuple[SiteSpec, ...]
+    output_dir: Path
+    title: str = ""
+    required_columns: tuple[tuple[str, str, int], ...] = ()  # column, where named, line
+    output_line: int = 1
+    protection_line: int = 1
+
+    def fail(self, line: int, message: str) -> NoReturn:
+        """Raise the InputError ``FILE line N: message``."""
+        raise InputError(f"{self.path} line {line}: {message}")
+
+
+class _Lines:
+    """Line numbers of section headers and keys, found by scanning the TOML text."""
+
+    def __init__(self, text: str) -> None:
+        self.headers: dict[tuple[str, int], int] = {}
+        self.keys: dict[tuple[str, int, str], int] = {}
+        section, index, counts, open_string = "", 0, {}, None
+        for number, raw in enumerate(text.splitlines(), 1):
+            if open_string is not None:
+                if open_string in raw:
+                    open_string = None
+                continue
+            header = _HEADER.match(raw)
+            if header:
+                section = header[2].strip().strip("\"'")
+                index = counts.get(section, 0) if header[1] == "[[" else 0
+                counts[section] = index + 1
+                self.headers.setdefault((section, index), number)
+                continue
+            key = _KEY.match(raw)
+            if key:
+                self.keys.setdefault((section, index, key[1].strip("\"'")), number)
+                rest = raw[key.end():]
+                open_string = next((q for q in ('"""', "'''") if rest.count(q) == 1), None)
+
+    def header(self, section: str, index: int = 0) -> int:
+        return self.headers.get((section, index), 1)
+
+    def key(self, section: str, index: int, key: str) -> int:
+        """The line of ``key =`` in that section, else of a ``[section.key]`` header."""
+        table = (f"{section}.{key}" if section else key, 0)
+        return self.keys.get((section, index, key),
+                             self.headers.get(table, self.header(section, index)))
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    checks = {
+        "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool), "number": number,
+        "list[str]": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "list[number]": lambda v: isinstance(v, list) and all(number(x) for x in v),
+        "table": lambda v: isinstance(v, dict),
+        "tables": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+    }
+    return checks[kind](value)
+
+
+_TYPE_WORDS = {"str": "a string in quotes", "bool": "true or false", "int": "a whole number",
+               "number": "a number", "list[str]": 'a list of strings, e.g. ["age"]',
+               "list[number]": "a list of numbers, e.g. [0, 1, 2]",
+               "table": "a section such as [model]", "tables": "[[sites]] entries"}
+
+
+def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+class _Parser:
+    def __init__(self, path: Path, text: str, doc: dict) -> None:
+        self.path, self.doc, self.lines = path, doc, _Lines(text)
+
+    def fail(self, line: int, message: str) -> NoReturn:
+        raise InputError(f"{self.path} line {line}: {message}")
+
+    def table(self, table: dict, schema: dict[str, str], section: str, index: int = 0,
+              known_elsewhere: dict[str, str] | None = None) -> dict:
+        """Check keys and types of one table; unknown keys get a did-you-mean."""
+        label = f"[{section}]" if section else "the top level"
+        for key, value in table.items():
+            line = self.lines.key(section, index, key)
+            if key not in schema:
+                if known_elsewhere and key in known_elsewhere:
+                    self.fail(line, f"'{key}' is {known_elsewhere[key]}")
+                self.fail(line, f"unknown key '{key}' in {label}{_suggest(key, tuple(schema))}")
+            if not _type_ok(value, schema[key]):
+                self.fail(line, f"'{key}' in {label} must be {_TYPE_WORDS[schema[key]]}")
+        return table
+
+    def study(self) -> Study:
+        doc = self.table(self.doc, TOP_KEYS, "")
+        for name, what in (("model", "[model] section"), ("sites", "[[sites]] entries")):
+            if name not in doc:
+                self.fail(1, f"the study has no {what}")
+        sites = self.sites(doc["sites"])
+        kind, options, columns = self.model(doc["model"])
+        prot, layers = self.protection(doc.get("protection", {}), [s.name for s in sites])
+        output = self.table(doc.get("output", {}), OUTPUT_KEYS, "output")
+        out_dir = (self.path.parent / output.get("dir", "out")).resolve()
+        return Study(self.path, kind, options, prot, layers, tuple(sites), out_dir,
+                     doc.get("title", ""), columns, self.lines.key("output", 0, "dir"),
+                     self.lines.header("protection"))
+
+    def model(self, model: dict) -> tuple[str, GLMMOptions | BFIOptions, tuple]:
+        header = self.lines.header("model")
+        at = lambda key: self.lines.key("model", 0, key)  # noqa: E731
+        self.table(model, {**SHARED_KEYS, **GLMM_KEYS, **BFI_KEYS}, "model")
+        kind = model.get("kind")
+        if kind not in KINDS:
+            where = at("kind") if kind is not None else header
+            self.fail(where, "[model] needs kind = \"glmm\" or \"bfi\"" if kind is None else
+                      f"unknown model kind '{kind}': use glmm or bfi{_suggest(kind, KINDS)}")
+        other, other_kind = (BFI_KEYS, "bfi") if kind == "glmm" else (GLMM_KEYS, "glmm")
+        note = {k: f"a {other_kind} option; this model's kind is \"{kind}\"" for k in other}
+        self.table(model, {**SHARED_KEYS, **(GLMM_KEYS if kind == "glmm" else BFI_KEYS)},
+                   "model", known_elsewhere=note)
+        for key in ("formula", "family"):
+            if key not in model:
+                self.fail(header, f"[model] has no {key}")
+        family = model["family"]
+        if family.lower() not in FAMILIES:
+            self.fail(at("family"), f"unknown family '{family}': choose one of "
+                      f"{', '.join(FAMILIES)}{_suggest(family.lower(), FAMILIES)}")
+        columns = self.formula_columns(model["formula"], kind, at("formula"))
+        if kind == "glmm":
+            return kind, self.glmm_options(model, at), columns
+        bfi = self.bfi_options(model, at)
+        named = [(c, key) for key in ("standardize",) for c in bfi.standardize]
+        if bfi.center_covariate:
+            named.append((bfi.center_covariate, "center_covariate"))
+        return kind, bfi, columns + tuple((c, k, at(k)) for c, k in named)
+
+    def formula_columns(self, formula: str, kind: str, line: int) -> tuple:
+        from formulaic import Formula
+
+        from core_stats.design import DesignError, parse_mixed_formula
+
+        try:
+            parsed = parse_mixed_formula(formula, require_random=kind == "glmm")
+            if kind == "bfi" and parsed.group is not None:
+                raise DesignError("BFI formulas have no random-effects term: drop the "
+                                  "'(... | group)'")
+            names = set(Formula(parsed.fixed).required_variables)
+            if parsed.random:
+                names |= set(Formula(parsed.random).required_variables) | {parsed.group}
+        except Exception as err:  # DesignError or a formulaic parse error
+            self.fail(line, f"formula: {str(err).splitlines()[0]}")
+        names = sorted(n for n in names | {parsed.outcome} if n != SITE_COLUMN)
+        return tuple((n, "formula", line) for n in names)
+
+    def glmm_options(self, m: dict, at) -> GLMMOptions:
+        if not 1 <= m.get("nagq", 1) <= 25:
+            self.fail(at("nagq"), f"nagq {m['nagq']} is out of range: use 1 (Laplace) to 25")
+        for key in ("lambda", "lambda_grid"):
+            if any(v < 0 for v in _as_list(m.get(key, 0))):
+                self.fail(at(key), f"{key} must be zero or positive")
+        if m.get("select", "aic") not in SELECT_CHOICES:
+            self.fail(at("select"), f"select '{m['select']}': choose aic, bic or heldout")
+        if "select" in m and not m.get("lambda_grid"):
+            self.fail(at("select"), "select chooses lambda from a lambda_grid: add lambda_grid")
+        if not 0 < m.get("validation_fraction", 0.3) < 1:
+            self.fail(at("validation_fraction"), "validation_fraction must be between 0 and 1")
+        return GLMMOptions(formula=m["formula"], family=m["family"].lower(),
+                           site_column=SITE_COLUMN, nagq=m.get("nagq", 1),
+                           lam=float(m.get("lambda", 0.0)),
+                           lambda_grid=tuple(float(v) for v in m.get("lambda_grid", ())),
+                           select=m.get("select", "aic"), seed=m.get("seed"),
+                           validation_fraction=float(m.get("validation_fraction", 0.3)))
+
+    def bfi_options(self, m: dict, at) -> BFIOptions:
+        for key in ("lambda", "intercept_lambda", "scale_lambda"):
+            if key in m and m[key] <= 0:
+                self.fail(at(key), f"{key} must be positive for BFI (it is a prior precision)")
+        kind = m.get("center_covariate_kind", "categorical")
+        if kind not in ("categorical", "continuous"):
+            self.fail(at("center_covariate_kind"), "center_covariate_kind must be categorical "
+                      "or continuous")
+        opt = lambda key: m.get(key)  # noqa: E731
+        return BFIOptions(formula=m["formula"], family=m["family"].lower(),
+                          site_column=SITE_COLUMN, lam=float(m.get("lambda", 0.01)),
+                          intercept_lam=opt("intercept_lambda"), scale_lam=opt("scale_lambda"),
+                          stratify=tuple(m.get("stratify", ())),
+                          center_covariate=opt("center_covariate"), center_covariate_kind=kind,
+                          standardize=tuple(m.get("standardize", ())),
+                          compare_pooled=m.get("compare_pooled", False),
+                          heterogeneity=tuple(m.get("heterogeneity", ())))
+
+    def sites(self, entries: list[dict]) -> list[SiteSpec]:
+        from securefed.keys import check_party_name
+
+        if not entries:
+            self.fail(self.lines.key("", 0, "sites"), "the study lists no sites")
+        seen: dict[str, int] = {}
+        files: dict[Path, tuple[str, int]] = {}
+        specs = []
+        for index, entry in enumerate(entries):
+            self.table(entry, SITE_KEYS, "sites", index)
+            header = self.lines.header("sites", index)
+            for key in ("name", "data"):
+                if key not in entry:
+                    self.fail(header, f"this [[sites]] entry has no {key}")
+            name, name_line = entry["name"], self.lines.key("sites", index, "name")
+            try:
+                check_party_name(name)
+            except InputError as err:
+                self.fail(name_line, f"site name: {err}")
+            if name in seen:
+                self.fail(name_line, f"site '{name}' is listed twice (first at line {seen[name]})")
+            seen[name] = name_line
+            data_line = self.lines.key("sites", index, "data")
+            data = (self.path.parent / entry["data"]).resolve()
+            if not data.is_file():
+                what = "is a folder" if data.is_dir() else "does not exist"
+                self.fail(data_line, f"data file {entry['data']} of site '{name}' {what} "
+                          f"(looked for {data})")
+            if data in files:
+                self.fail(data_line, f"site '{name}' uses the same data file as site "
+                          f"'{files[data][0]}' (line {files[data][1]})")
+            files[data] = (name, data_line)
+            specs.append(SiteSpec(name, data, entry["data"], data_line))
+        return specs
+
+    def protection(self, prot: dict, sites: list[str]) -> tuple[ProtectionOptions, tuple]:
+        self.table(prot, PROTECTION_KEYS, "protection")
+        at = lambda key: self.lines.key("protection", 0, key)  # noqa: E731
+        layers = tuple(v.strip().lower() for v in prot.get("layers", ["none"])) or ("none",)
+        for layer in layers:
+            if layer not in AVAILABLE:
+                self.fail(at("layers"), f"unknown protection layer '{layer}': choose one of "
+                          f"{', '.join(AVAILABLE)}{_suggest(layer, AVAILABLE)}")
+        if len(layers) > 1:
+            self.fail(at("layers"), "give one protection layer (none, secagg or ckks); "
+                      "stacking layers is not available yet")
+        layer, n = layers[0], len(sites)
+        secagg_only = ("neighbours", "threshold", "drop_sites", "drop_phase", "drop_round")
+        for key in secagg_only:
+            if key in prot and layer != "secagg":
+                self.fail(at(key), f"'{key}' applies to secure aggregation: set "
+                          f"layers = [\"secagg\"]")
+        if layer != "none" and n < 3:
+            self.fail(at("layers"), f"{layer} needs at least 3 sites; the study has {n}")
+        if prot.get("bound", 1.0) <= 0:
+            self.fail(at("bound"), "bound must be positive")
+        k = prot.get("neighbours")
+        if k is not None and not 2 <= k < n:
+            self.fail(at("neighbours"), f"neighbours {k} is impossible with {n} sites: it must "
+                      f"be at least 2 and below {n}")
+        holders = n if k is None or k >= n - 1 else k + 1
+        t = prot.get("threshold")
+        if t is not None and not (t >= 2 and holders / 2 < t <= holders):
+            self.fail(at("threshold"), f"threshold {t} is impossible with {n} sites "
+                      f"({holders} share holders per site): it must be at least 2, more than "
+                      f"{holders / 2:g} and at most {holders}")
+        drops = tuple(prot.get("drop_sites", ()))
+        for name in drops:
+            if name not in sites:
+                self.fail(at("drop_sites"), f"drop_sites: no site named '{name}'"
+                          f"{_suggest(name, sites)}")
+        phase = prot.get("drop_phase")
+        if (drops or phase) and phase not in DROP_PHASES:
+            self.fail(at("drop_phase") if phase else at("drop_sites"),
+                      "drop_sites needs drop_phase, one of " + ", ".join(DROP_PHASES))
+        if phase and not drops:
+            self.fail(at("drop_phase"), "drop_phase needs drop_sites")
+        from protocols.stack import DEFAULT_BOUND
+
+        return ProtectionOptions(protect=layer, neighbours=k, threshold=t,
+                                 bound=float(prot.get("bound", DEFAULT_BOUND)), drop_sites=drops,
+                                 drop_phase=phase, drop_round=prot.get("drop_round", 1)), layers
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def load_study(path: str | Path) -> Study:
+    """Parse and check a study file; every problem raises InputError naming its line.
+
+    Parameters
+    ----------
+    path : str or Path
+        The TOML study file. Site data paths and the output folder are relative to it.
+
+    Returns
+    -------
+    Study
+        The checked study; data files exist, but their columns are checked when loaded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"cannot read study file {path}: "
+                         f"{'it is a folder' if path.is_dir() else 'no such file'}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"cannot read study file {path}: {err}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise InputError(f"{path}: not valid TOML: {str(err).splitlines()[0]}") from None
+    return _Parser(path, text, doc).study()
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """What :func:`run_study` wrote: the result dict (as in result.json) and the files."""
+
+    result: dict
+    summary: str
+    files: tuple[Path, ...]
+    audit_log: Path
+    site_logs: tuple[Path, ...]
+
+
+class _Announcing:
+    """A protection layer that reports each finished round; otherwise the layer itself."""
+
+    def __init__(self, inner: Any, on_round: Any) -> None:
+        self._inner, self._on_round, self.name = inner, on_round, inner.name
+
+    def aggregate(self, vectors, *, round_id: int, purpose: str):
+        result = self._inner.aggregate(vectors, round_id=round_id, purpose=purpose)
+        self._on_round(round_id, purpose, len(result.contributors), tuple(result.dropped))
+        return result
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.__dict__["_inner"], attr)
+
+
+def load_sites(study: Study, on_site: Any = None):
+    """Concatenate the site files with ``site`` = the site's name (columns checked)."""
+    import pandas as pd
+
+    from securefed.data import read_table
+
+    parts = []
+    for spec in study.sites:
+        part = read_table(spec.data)
+        if SITE_COLUMN in part.columns:
+            study.fail(spec.line, f"{spec.data_as_written} already has a column '{SITE_COLUMN}'; "
+                       "the study adds it from the site names: rename that column")
+        for column, where, line in study.required_columns:
+            if column not in part.columns:
+                shown = ", ".join(map(str, part.columns[:12]))
+                study.fail(line, f"column '{column}' (in {where}) is not in "
+                           f"{spec.data_as_written} of site '{spec.name}' (its columns: {shown})")
+        parts.append(part.assign(**{SITE_COLUMN: spec.name}))
+        if on_site is not None:
+            on_site(spec.name, len(part))
+    frame = pd.concat(parts, ignore_index=True)
+    frame.attrs["source"] = f"the site files of {study.path}"
+    return frame
+
+
+def _trail(study: Study) -> tuple[Path, list[Path]]:
+    """The audit files a run will write; InputError if any exists (never overwritten)."""
+    from securefed.audit_trail import trail_paths
+
+    log = study.output_dir / "audit.jsonl"
+    files = [log, log.with_suffix(".registry.json")]
+    files += [p for s in study.sites for p in trail_paths(log, s.name)]
+    for path in files:
+        if path.exists():
+            study.fail(study.output_line, f"{path} exists; audit logs are never overwritten: "
+                       "remove the old output or choose another [output] dir")
+    return log, files
+
+
+def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
+              on_step: Any = None) -> StudyRun:
+    """Load every site, fit the model over them in-process, write the outputs.
+
+    Parameters
+    ----------
+    study : Study
+        From :func:`load_study`.
+    on_site, on_round, on_step : callable, optional
+        Progress callbacks: ``on_site(name, rows)`` after a site file is read,
+        ``on_round(round_id, purpose, contributors, dropped)`` after each protected
+        sum, ``on_step(NewtonStep)`` after each GLMM Newton step.
+
+    Returns
+    -------
+    StudyRun
+        ``result`` is the model's JSON contract plus ``model``, ``study`` and
+        ``timings`` (seconds for loading, fitting and writing).
+    """
+    import json
+    import time
+
+    from securefed.protection import build_protection
+
+    started = time.perf_counter()
+    audit_log, _ = _trail(study)
+    frame = load_sites(study, on_site)
+    try:
+        protection = build_protection(study.protection, sorted(s.name for s in study.sites))
+    except InputError as err:
+        study.fail(study.protection_line, str(err))
+    if on_round is not None:
+        protection = _Announcing(protection, on_round)
+    loaded = time.perf_counter()
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    if study.kind == "glmm":
+        from securefed.glmm_run import run_glmm
+
+        fit = run_glmm(frame, study.options, protection=protection, on_step=on_step,
+                       audit_log=audit_log)
+    else:
+        from securefed.bfi_run import run_bfi
+
+        fit = run_bfi(frame, study.options, protection=protection, audit_log=audit_log)
+    fitted = time.perf_counter()
+    site_logs = tuple(study.output_dir / f"audit.site-{s.name}.jsonl" for s in study.sites)
+    result = fit.to_dict()
+    result["model"] = study.kind
+    result["study"] = {
+        "file": str(study.path), "title": study.title,
+        "sites": [{"name": s.name, "data": s.data_as_written,
+                   "rows": int((frame[SITE_COLUMN] == s.name).sum())} for s in study.sites],
+        "protection": {"layers": list(study.layers), "neighbours": study.protection.neighbours,
+                       "threshold": study.protection.threshold,
+                       "bound": study.protection.bound},
+        "audit_log": audit_log.name, "site_logs": [p.name for p in site_logs],
+        "registry": audit_log.with_suffix(".registry.json").name,
+    }
+    summary = fit.summary()
+    summary_path, result_path = study.output_dir / "summary.txt", study.output_dir / "result.json"
+    try:
+        summary_path.write_text(summary + "\n", encoding="utf-8")
+        result["timings"] = {"loading": loaded - started, "fitting": fitted - loaded,
+                             "writing": time.perf_counter() - fitted}
+        result_path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n",
+                               encoding="utf-8")
+    except OSError as err:
+        raise InputError(f"cannot write to {study.output_dir}: {err.strerror}") from None
+    return StudyRun(result, summary, (result_path, summary_path), audit_log, site_logs)

@@ -1,0 +1,137 @@
+"""`securefed report`: an HTML page whose images are real PNG files beside it.
+
+No browser is needed: the page is parsed with ``html.parser``; every ``<img src>``
+must be a relative path to a valid PNG, and the coefficient table has one row
+per term. ``docs/check_report_renders.sh`` takes a headless-Chromium screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from securefed.bfi_run import BFIOptions, run_bfi
+from securefed.cli import main
+from securefed.data import builtin_path
+from securefed.glmm_run import GLMMOptions, run_glmm
+from securefed.synthetic import make_hospitals
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _Page(HTMLParser):
+    """Collects image sources and the body rows of each table by id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.rows: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._in_body = False
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs) -> None:
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "table":
+            self._table = attrs.get("id", "")
+            self.rows.setdefault(self._table, [])
+        elif tag == "tbody":
+            self._in_body = True
+        elif tag == "tr" and self._in_body:
+            self.rows[self._table].append([])
+        elif tag == "td" and self._in_body:
+            self._cell = []
+
+    def handle_endtag(self, tag) -> None:
+        if tag == "tbody":
+            self._in_body = False
+        elif tag == "td" and self._cell is not None:
+            self.rows[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _check_page(html_path: Path, n_figures: int) -> _Page:
+    page = _Page()
+    page.feed(html_path.read_text(encoding="utf-8"))
+    assert len(page.images) == n_figures
+    for src in page.images:
+        assert not src.startswith(("/", "http", "data:")), src
+        image = html_path.parent / src
+        data = image.read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000, src
+    return page
+
+
+def _report(result: dict, tmp_path: Path, capsys, name: str) -> Path:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(result))
+    out = tmp_path / "report" / f"{name}.html"
+    assert main(["report", str(path), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    return out
+
+
+def test_glmm_report_has_table_forest_and_trace(tmp_path, capsys) -> None:
+    fit = run_glmm(make_hospitals(4, 80, seed=3), GLMMOptions(
+        "y ~ x2 + x6 + x7 + (1 | hospital)", "binomial", "hospital"))
+    out = _report(fit.to_dict(), tmp_path, capsys, "glmm")
+    page = _check_page(out, 2)  # forest + convergence trace
+    terms = [row[0] for row in page.rows["coefficients"]]
+    assert terms == ["(Intercept)", "x2", "x6", "x7"]
+    assert (out.parent / "glmm_trace.png").is_file()
+    assert len(page.rows["random-effects"]) == 1
+    protection = dict(r[:2] for r in page.rows["protection"])
+    assert protection["layers"] == "none" and protection["rounds"] == str(fit.rounds)
+
+
+def test_bfi_report_with_pooled_comparison_from_a_study(tmp_path, capsys) -> None:
+    trauma = pd.read_csv(builtin_path("trauma"))
+    lines = ['[model]', 'kind = "bfi"', 'formula = "mortality ~ age + ISS"',
+             'family = "binomial"', "compare_pooled = true"]
+    for key, part in trauma.groupby("hospital"):
+        part.to_csv(tmp_path / f"h{key}.csv", index=False)
+        lines += ["[[sites]]", f'name = "h{key}"', f'data = "h{key}.csv"']
+    (tmp_path / "study.toml").write_text("\n".join(lines) + "\n")
+    assert main(["run", str(tmp_path / "study.toml"), "--quiet"]) == 0
+    result = tmp_path / "out" / "result.json"
+    out = tmp_path / "bfi.html"
+    assert main(["report", str(result), "--out", str(out)]) == 0
+    page = _check_page(out, 2)  # forest + BFI vs pooled scatter
+    assert [r[0] for r in page.rows["coefficients"]] == ["(Intercept)", "age", "ISS"]
+    assert [r[0] for r in page.rows["pooled"]] == ["(Intercept)", "age", "ISS"]
+    assert {r[0] for r in page.rows["timings"]} == {"loading", "fitting", "writing"}
+
+
+def test_bfi_report_without_pooled_has_only_the_forest_plot(tmp_path, capsys) -> None:
+    nurses = pd.read_csv(builtin_path("Nurses"))
+    report = run_bfi(nurses, BFIOptions("stress ~ age + gender", "gaussian", "hospital"))
+    out = _report(report.to_dict(), tmp_path, capsys, "nurses")
+    page = _check_page(out, 1)
+    terms = [r[0] for r in page.rows["coefficients"]]
+    assert terms == [row["term"] for row in report.estimates] and "pooled" not in page.rows
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (None, "no such file"),
+    ("{not json", "is not JSON"),
+    ('{"formula": "y ~ x"}', "is not a securefed result"),
+    ('{"estimates": [{"estimate": 1.0}]}', "need 'term' and 'estimate'"),
+])
+def test_bad_result_files_exit_2_with_one_line(tmp_path, capsys, content, fragment) -> None:
+    path = tmp_path / "result.json"
+    if content is not None:
+        path.write_text(content)
+    code = main(["report", str(path), "--out", str(tmp_path / "r.html")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and fragment in err and "\n" not in err
+    assert not (tmp_path / "r.html").exists()
