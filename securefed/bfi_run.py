@@ -26,6 +26,7 @@ from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
 from securefed.errors import InputError
+from securefed.plausibility import BFIGuard, check_bfi_count
 
 __all__ = ["BFIOptions", "BFIReport", "run_bfi"]
 
@@ -170,11 +171,12 @@ def _validate(frame: pd.DataFrame, opts: BFIOptions) -> tuple:
 
 
 def _standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
-                 columns: tuple[str, ...]) -> dict:
+                 columns: tuple[str, ...], guard: BFIGuard) -> dict:
     layout = StandardizeLayout(len(columns))
     total = coordinator.secure_sum(
         "bfi-standardize", lambda site: layout.site_vector(
             parts[site.name][list(columns)].to_numpy(dtype=float)))
+    guard.standardize(total, coordinator)
     std = layout.combine(total)
     for name, part in parts.items():
         parts[name] = part.assign(**dict(zip(columns, std.apply(
@@ -200,16 +202,18 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
     coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection, audit=audit)
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
     # it takes no part in the sums the estimates are made of.
-    coordinator.secure_sum("bfi-count", lambda site: np.array([site.n_rows, 1.0]))
+    counted = coordinator.secure_sum("bfi-count", lambda site: np.array([site.n_rows, 1.0]))
+    count = check_bfi_count(counted, coordinator)
     parts = {s.name: parts[s.name] for s in coordinator.live_sites}
-    standardization = _standardize(coordinator, parts, opts.standardize) if opts.standardize \
-        else None
     _, names = fixed_design(formula.fixed, frame.head(2))
-    designs = {n: fixed_design(formula.fixed, p)[0] for n, p in parts.items()}
-    outcome = {n: p[formula.outcome].to_numpy(dtype=float) for n, p in parts.items()}
     intercept = names.index("(Intercept)") if "(Intercept)" in names else None
     prior = bfi.prior_precision(len(names), family, lam=opts.lam, intercept_lam=opts.intercept_lam,
                                 scale_lam=opts.scale_lam, intercept_index=intercept)
+    guard = BFIGuard(count, prior, family)
+    standardization = _standardize(coordinator, parts, opts.standardize, guard) \
+        if opts.standardize else None
+    designs = {n: fixed_design(formula.fixed, p)[0] for n, p in parts.items()}
+    outcome = {n: p[formula.outcome].to_numpy(dtype=float) for n, p in parts.items()}
     locals_ = {}
     for name in parts:
         try:
@@ -218,7 +222,8 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
             raise InputError(f"site {name}: the local fit failed ({err})") from None
     full_names = locals_[next(iter(locals_))].names
     warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
-    fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names)
+    fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names,
+                                     guard)
     site_thetas = extra.pop("site_thetas")
     live = [s.name for s in coordinator.live_sites]
     if coordinator.dropped:
@@ -327,20 +332,23 @@ def _indices(opts: BFIOptions, names: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def _combine(coordinator: Coordinator, opts: BFIOptions, family: Family, locals_: dict,
-             parts: dict, names: tuple[str, ...]):
+             parts: dict, names: tuple[str, ...], guard: BFIGuard):
     level = opts.level
     centre = _indices(opts, names)
     if opts.center_covariate and opts.center_covariate_kind == "categorical":
-        return _combine_categorical(coordinator, opts, family, locals_, parts, names, centre)
+        return _combine_categorical(coordinator, opts, family, locals_, parts, names, centre,
+                                    guard)
     if not centre:
         layout = bfi.HomogeneousLayout(names, family)
         total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
+        guard.terms(total, coordinator, layout)
         fit = layout.combine(total, level=level)
         thetas = {s.name: fit.estimate for s in coordinator.live_sites}
         return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
             {"site_thetas": thetas}
     layout = bfi.CentreSpecificLayout(names, family, centre)
     total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
+    guard.terms(total, coordinator, layout)
     locals_ = {s.name: locals_[s.name] for s in coordinator.live_sites}
     fit = layout.combine(total, level=level)
     centres = {n: layout.centre_estimate(locals_[n], fit) for n in locals_}
@@ -374,7 +382,7 @@ def _z(level: float) -> float:
     return float(stats.norm.ppf(0.5 + level / 2.0))
 
 
-def _combine_categorical(coordinator, opts, family, locals_, parts, names, centre):
+def _combine_categorical(coordinator, opts, family, locals_, parts, names, centre, guard):
     covariate = opts.center_covariate
     values = {}
     for site, part in parts.items():
@@ -389,6 +397,7 @@ def _combine_categorical(coordinator, opts, family, locals_, parts, names, centr
     rows_for = {s: bfi.categorical_row(levels.index(values[s]), len(levels)) for s in parts}
     total = coordinator.secure_sum(
         "bfi-terms", lambda s: layout.site_vector(locals_[s.name], rows_for[s.name]))
+    guard.terms(total, coordinator, layout)
     fit = layout.combine(total, level=opts.level)
     thetas = {s.name: layout.site_theta(fit, rows_for[s.name]) for s in coordinator.live_sites}
     return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \

@@ -34,6 +34,12 @@ from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
 from securefed.errors import InputError
+from securefed.plausibility import (
+    check_design_summary,
+    check_glmm_terms,
+    check_validation_histograms,
+    check_validation_loglik,
+)
 from securefed.site import GLMMSiteDesign, Site
 from securefed.vectors import from_upper_triangle, unpack_terms
 
@@ -162,6 +168,7 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
     prepare(None, 0.0)
     p = len(fixed_names)
     summary = coordinator.secure_sum("design-summary", lambda s: s.design_summary_vector())
+    checked = check_design_summary(summary, coordinator, family=family, fixed_names=fixed_names)
     n_obs, sum_y, sum_y2 = summary[:3]
     xty, xtx = summary[3:3 + p], from_upper_triangle(summary[3 + p:], p)
     dropped_idx = _collinear_columns(xtx)
@@ -172,6 +179,7 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
         fixed_names = tuple(fixed_names[j] for j in keep)
     layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
     keep_arg = keep if dropped_cols else None
+    reference = checked.restricted(keep)
     start = starting_values(layout, family, n_obs, sum_y, sum_y2, xty[keep],
                             xtx[np.ix_(keep, keep)])
 
@@ -180,6 +188,7 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
         key = (purpose, lay.random_effects, split_state[0], np.asarray(theta).tobytes())
         total = coordinator.secure_sum(
             purpose, lambda s: s.glmm_terms_vector(lay, theta, derivatives), key=key)
+        check_glmm_terms(total, reference, lay, theta, derivatives, opts.nagq, purpose=purpose)
         extra = None
         if derivatives and not lay.random_effects:
             total, extra = np.split(total, [len(total) - lay.q * (lay.q + 1) // 2])
@@ -195,7 +204,7 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
         prepare(keep_arg, opts.validation_fraction)
         split_state[0] = "training rows"
         lam, extra = _select_lambda(opts, layout, start, evaluate, coordinator, on_step,
-                                    fit_glmm_restarting)
+                                    fit_glmm_restarting, reference)
         prepare(keep_arg, 0.0)
         split_state[0] = "all rows"
     elif dropped_cols:
@@ -285,7 +294,8 @@ def _new_point(layout, lay, theta, terms: SummedTerms, last_full) -> np.ndarray:
     return here + 1e-3
 
 
-def _select_lambda(opts, layout, start, evaluate, coordinator, on_step, fit_restarting):
+def _select_lambda(opts, layout, start, evaluate, coordinator, on_step, fit_restarting,
+                   reference):
     """Fit each lambda on training rows; score it on the held-out rows."""
     table = []
     best = None
@@ -295,6 +305,7 @@ def _select_lambda(opts, layout, start, evaluate, coordinator, on_step, fit_rest
         val = coordinator.secure_sum(
             "validation-loglik", lambda s, e=est: s.validation_loglik_vector(e.layout, e.theta),
             key=("validation-loglik", est.layout.random_effects, est.theta.tobytes()))
+        check_validation_loglik(val, reference, est.layout, est.theta)
         df = _effective_df(est)
         loglik_val, n_val = float(val[0]), float(val[1])
         if n_val == 0:
@@ -311,6 +322,7 @@ def _select_lambda(opts, layout, start, evaluate, coordinator, on_step, fit_rest
     if get_family(opts.family).name == "binomial":
         hist = coordinator.secure_sum(
             "validation-auc", lambda s: s.validation_histograms(est.layout, est.theta, AUC_BINS))
+        check_validation_histograms(hist, reference)
         extra["auc_validation"] = auc_from_histograms(hist[:AUC_BINS], hist[AUC_BINS:])
     return lam, extra
 
