@@ -131,6 +131,7 @@ def _trace(trace: list[dict], path: Path) -> None:
     bottom.semilogy(steps, grads, "o-", color="#d62728")
     bottom.set_ylabel("max |gradient|")
     bottom.set_xlabel("Newton step")
+    bottom.xaxis.get_major_locator().set_params(integer=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
