@@ -526,7 +526,9 @@ class CoordinateScaling:
 
     From public bounds :math:`|x_j| \\le B_j` (the same at every site),
     :math:`f_j = 2^{t - \\lceil \\log_2 B_j \\rceil}` maps each coordinate to
-    :math:`|f_j x_j| \\le 2^t`. Powers of two make scaling and unscaling exact,
+    :math:`|f_j x_j| \\le 2^t`. Powers of two make scaling and unscaling exact
+    (for normal floats: a subnormal value below 2.2e-308 can underflow when
+    :math:`f_j < 1`),
     and the released error of a sum of n sites becomes
     :math:`|e_j| \\le n\\,2^{-r-1} / f_j \\le n B_j 2^{-(r+t)}`, i.e.
     :math:`n B_j 2^{-36} \\approx 1.5\\times10^{-11}\\, n B_j` with the defaults
