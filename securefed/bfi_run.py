@@ -41,6 +41,7 @@ class BFIOptions:
     lam: float = 0.01
     intercept_lam: float | None = None
     scale_lam: float | None = None
+    combined_lam: float | None = None  # the combined-data prior; None: the sites' prior
     stratify: tuple[str, ...] = ()
     center_covariate: str | None = None
     center_covariate_kind: str = "categorical"
@@ -209,6 +210,13 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
     intercept = names.index("(Intercept)") if "(Intercept)" in names else None
     prior = bfi.prior_precision(len(names), family, lam=opts.lam, intercept_lam=opts.intercept_lam,
                                 scale_lam=opts.scale_lam, intercept_index=intercept)
+    combined = None
+    if opts.combined_lam is not None:
+        if opts.combined_lam <= 0:
+            raise InputError("--combined-lambda must be positive")
+        combined = bfi.prior_precision(len(names), family, lam=opts.combined_lam,
+                                       intercept_lam=opts.intercept_lam,
+                                       scale_lam=opts.scale_lam, intercept_index=intercept)
     guard = BFIGuard(count, prior, family)
     standardization = _standardize(coordinator, parts, opts.standardize, guard) \
         if opts.standardize else None
@@ -223,7 +231,7 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
     full_names = locals_[next(iter(locals_))].names
     warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
     fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names,
-                                     guard)
+                                     guard, combined)
     site_thetas = extra.pop("site_thetas")
     live = [s.name for s in coordinator.live_sites]
     if coordinator.dropped:
@@ -234,7 +242,7 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
     pooled_thetas: dict = {}
     if opts.compare_pooled:
         pooled_fit, pooled_thetas = _pooled(opts, family, names, full_names, designs, outcome,
-                                            parts, prior)
+                                            parts, prior if combined is None else combined)
         pooled = tuple(_rows(pooled_fit.names, pooled_fit.estimate, pooled_fit.sd,
                              pooled_fit.lower, pooled_fit.upper))
         pooled_disp = pooled_fit.dispersion
@@ -332,17 +340,19 @@ def _indices(opts: BFIOptions, names: tuple[str, ...]) -> tuple[int, ...]:
 
 
 def _combine(coordinator: Coordinator, opts: BFIOptions, family: Family, locals_: dict,
-             parts: dict, names: tuple[str, ...], guard: BFIGuard):
+             parts: dict, names: tuple[str, ...], guard: BFIGuard,
+             combined: np.ndarray | None = None):
+    """Sum the layout's site vectors and combine (``combined``: the combined-data prior)."""
     level = opts.level
     centre = _indices(opts, names)
     if opts.center_covariate and opts.center_covariate_kind == "categorical":
         return _combine_categorical(coordinator, opts, family, locals_, parts, names, centre,
-                                    guard)
+                                    guard, combined)
     if not centre:
         layout = bfi.HomogeneousLayout(names, family)
         total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
         guard.terms(total, coordinator, layout)
-        fit = layout.combine(total, level=level)
+        fit = layout.combine(total, combined_prior=combined, level=level)
         thetas = {s.name: fit.estimate for s in coordinator.live_sites}
         return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
             {"site_thetas": thetas}
@@ -350,7 +360,9 @@ def _combine(coordinator: Coordinator, opts: BFIOptions, family: Family, locals_
     total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
     guard.terms(total, coordinator, layout)
     locals_ = {s.name: locals_[s.name] for s in coordinator.live_sites}
-    fit = layout.combine(total, level=level)
+    shared = list(layout.shared_params)
+    fit = layout.combine(total, level=level, combined_prior=None if combined is None
+                         else combined[np.ix_(shared, shared)])
     centres = {n: layout.centre_estimate(locals_[n], fit) for n in locals_}
     fit = fit.with_centres(tuple(centres.values()))
     rows = _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper)
@@ -382,7 +394,8 @@ def _z(level: float) -> float:
     return float(stats.norm.ppf(0.5 + level / 2.0))
 
 
-def _combine_categorical(coordinator, opts, family, locals_, parts, names, centre, guard):
+def _combine_categorical(coordinator, opts, family, locals_, parts, names, centre, guard,
+                         combined=None):
     covariate = opts.center_covariate
     values = {}
     for site, part in parts.items():
@@ -398,7 +411,8 @@ def _combine_categorical(coordinator, opts, family, locals_, parts, names, centr
     total = coordinator.secure_sum(
         "bfi-terms", lambda s: layout.site_vector(locals_[s.name], rows_for[s.name]))
     guard.terms(total, coordinator, layout)
-    fit = layout.combine(total, level=opts.level)
+    fit = layout.combine(total, level=opts.level, combined_prior=None if combined is None
+                         else layout.default_prior(combined))
     thetas = {s.name: layout.site_theta(fit, rows_for[s.name]) for s in coordinator.live_sites}
     return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
         {"site_thetas": thetas}

@@ -27,11 +27,12 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 def _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
              center_covariate, center_covariate_kind, standardize, compare_pooled=False,
-             heterogeneity=None):
+             heterogeneity=None, combined_lambda=None):
     from securefed.bfi_run import BFIOptions
 
     return BFIOptions(formula=formula, family=family, site_column=site_column, lam=lam,
                       intercept_lam=intercept_lambda, scale_lam=scale_lambda,
+                      combined_lam=combined_lambda,
                       stratify=_names(stratify), center_covariate=center_covariate,
                       center_covariate_kind=center_covariate_kind,
                       standardize=_names(standardize), compare_pooled=compare_pooled,
@@ -46,6 +47,8 @@ def bfi(
     lam: float = typer.Option(0.01, "--lambda", help="Prior precision of every parameter."),
     intercept_lambda: float = typer.Option(None, "--intercept-lambda"),
     scale_lambda: float = typer.Option(None, "--scale-lambda", help="Prior on log sigma."),
+    combined_lambda: float = typer.Option(None, "--combined-lambda", help="Prior precision "
+                                          "for the combined data (default: the sites')."),
     stratify: str = typer.Option(None, "--stratify", help="Centre-specific terms, e.g. "
                                  "'(Intercept)',age or sigma."),
     center_covariate: str = typer.Option(None, "--center-covariate",
@@ -80,7 +83,7 @@ def bfi(
     frame = read_table(data)
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
-                    heterogeneity)
+                    heterogeneity, combined_lambda)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
                               drop_phase, drop_round)
     report = run_bfi(frame, opts, protection=protection_for(frame, site_column, prot),
