@@ -309,6 +309,15 @@ observed_information_se <- function(negll, par, names_beta) {
          se_log_sd = sqrt(V[p + 1, p + 1]))
 }
 
+## converged: optimizer code 0, no warnings, and no lme4 convergence
+## messages; lme4's informational "boundary (singular) fit" message does not
+## count (singularity is reported separately in `singular`).
+lme4_converged <- function(conv, warns) {
+    msgs <- as.character(unlist(conv$lme4$messages))
+    msgs <- msgs[!grepl("^boundary \\(singular\\) fit", msgs)]
+    identical(as.integer(conv$opt), 0L) && length(msgs) == 0L && length(warns) == 0L
+}
+
 glmer_record <- function(formula, data, family, K, y, trials, group_column, tight = TRUE) {
     cw <- capture_warnings(glmer(formula, data = data, family = family, nAGQ = K))
     fit <- cw$value
@@ -346,8 +355,7 @@ glmer_record <- function(formula, data, family, K, y, trials, group_column, tigh
         df = attr(logLik(fit), "df"),
         deviance_lme4 = deviance(fit),
         singular = singular,
-        converged = identical(as.integer(conv$opt), 0L) && length(conv$lme4$messages) == 0L &&
-            length(cw$warnings) == 0L,
+        converged = lme4_converged(conv, cw$warnings),
         optimizer = I(fit@optinfo$optimizer),
         optimizer_code = conv$opt,
         optimizer_message = fit@optinfo$message,
@@ -398,11 +406,20 @@ glmer_record <- function(formula, data, family, K, y, trials, group_column, tigh
             loglik = as.numeric(logLik(ft)),
             loglik_full = marginal_loglik(family, y, trials, drop(X %*% bt), grp, sdt, K),
             singular = isSingular(ft),
-            converged = identical(as.integer(ct_conv$opt), 0L) &&
-                length(ct_conv$lme4$messages) == 0L && length(ct$warnings) == 0L,
+            converged = lme4_converged(ct_conv, ct$warnings),
             warnings = I(unique(c(ct$warnings, as.character(unlist(ct_conv$lme4$messages)),
                                   sct$warnings))),
             seconds = ct$seconds
+        )
+    }
+    ## singular fit: the sigma = 0 boundary model is the plain GLM
+    if (singular || sd_b <= 1e-4) {
+        gfit <- glm(lme4::nobars(formula), data = data, family = family)
+        rec$boundary_glm <- list(
+            fixef = named(coef(gfit)),
+            se = named(sqrt(diag(vcov(gfit)))),
+            loglik = as.numeric(logLik(gfit)),
+            note = "glm() without the random effect: the sd = 0 limit of the model"
         )
     }
     ## polished optimum of our own full-constant objective, with observed-
@@ -493,8 +510,7 @@ lmer_record <- function(formula, data, y, group_column) {
         bic = BIC(fit),
         df = attr(logLik(fit), "df"),
         singular = isSingular(fit),
-        converged = identical(as.integer(conv$opt), 0L) && length(conv$lme4$messages) == 0L &&
-            length(cw$warnings) == 0L,
+        converged = lme4_converged(conv, cw$warnings),
         optimizer = I(fit@optinfo$optimizer),
         optimizer_code = conv$opt,
         optimizer_message = fit@optinfo$message,
