@@ -93,6 +93,8 @@ class RefusalReason(enum.Enum):
     BAD_MESSAGE = "BAD_MESSAGE"
     REPLAY = "REPLAY"
     STAGE = "STAGE"
+    ABORT = "ABORT"  # the protocol aborted (e.g. fewer than t survivors): nothing released
+    IMPLAUSIBLE = "IMPLAUSIBLE"  # a decoded aggregate failed a plausibility check: refused
 
 
 #: Keys every payload of a kind must have (more keys are allowed).

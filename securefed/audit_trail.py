@@ -113,15 +113,25 @@ class AuditTrail:
             "recovery": "dropped sites' masks reconstructed from Shamir shares" if dropped
             else "none needed"})
 
+    def refusal(self, round_id: int, reason: str, detail: str) -> None:
+        """Log a refused or aborted round (``reason``: a RefusalReason name)."""
+        self._log.append(EventKind.REFUSAL, self._coordinator, {
+            "run_id": self.run_id, "round": round_id, "site": COORDINATOR, "reason": reason,
+            "detail": detail[:500]})
+
+    def close(self, survivors: Sequence[str]) -> None:
+        """End the log with a checkpoint countersigned by ``survivors``."""
+        request = self._log.checkpoint_request()
+        entries = read_entries(self.path)
+        signatures = [self._sites[n].countersign(request, entries) for n in survivors]
+        self._log.append_checkpoint(self._coordinator, request, signatures, self._registry)
+
     def finish(self, result: Mapping[str, Any], kind: str, survivors: Sequence[str]) -> None:
         """RESULT (hash of the result), then a checkpoint countersigned by survivors."""
         digest = hashlib.sha256(canonical_bytes(_plain(dict(result)))).hexdigest()
         self._log.append(EventKind.RESULT, self._coordinator, {
             "run_id": self.run_id, "result_kind": kind, "result_hash": digest})
-        request = self._log.checkpoint_request()
-        entries = read_entries(self.path)
-        signatures = [self._sites[n].countersign(request, entries) for n in survivors]
-        self._log.append_checkpoint(self._coordinator, request, signatures, self._registry)
+        self.close(survivors)
 
     def parties(self) -> list[Identity]:
         """Every identity of the run (to scan artefacts for their key material)."""

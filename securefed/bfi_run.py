@@ -21,6 +21,7 @@ from core_stats import bfi
 from core_stats.design import DesignError, fixed_design, parse_mixed_formula
 from core_stats.families import Family, get_family
 from core_stats.standardize import StandardizeLayout
+from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
@@ -187,7 +188,21 @@ def _standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
 
 def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum | None = None,
             audit_log: str | Path | None = None) -> BFIReport:
-    """BFI over the sites named by ``opts.site_column`` (see module docstring)."""
+    """BFI over the sites named by ``opts.site_column`` (see module docstring).
+
+    A protocol abort or a refused aggregate is logged (REFUSAL, then a
+    countersigned checkpoint) before the error propagates.
+    """
+    created: list[Coordinator] = []
+    try:
+        return _run_bfi(frame, opts, protection, audit_log, created)
+    except ProtocolError as err:
+        if created:
+            created[0].abort_audit(err)
+        raise
+
+
+def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
     from securefed.site import Site
 
     started = time.perf_counter()
@@ -201,6 +216,7 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
         audit = AuditTrail.start(audit_log, site_names=list(parts), model="bfi",
                                  config=asdict(opts), protection=describe_protection(protection))
     coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection, audit=audit)
+    created.append(coordinator)
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
     # it takes no part in the sums the estimates are made of.
     counted = coordinator.secure_sum("bfi-count", lambda site: np.array([site.n_rows, 1.0]))

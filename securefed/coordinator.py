@@ -100,6 +100,16 @@ class Coordinator:
             self._answers[key] = (frozenset(result.contributors), result.total.copy())
         return result.total
 
+    def abort_audit(self, error: Exception) -> None:
+        """Log why the run stopped (REFUSAL) and close the log with a checkpoint."""
+        if self.audit is None:
+            return
+        from securefed.plausibility import ImplausibleAggregate
+
+        reason = "IMPLAUSIBLE" if isinstance(error, ImplausibleAggregate) else "ABORT"
+        self.audit.refusal(self.round_id, reason, str(error))
+        self.audit.close([s.name for s in self.live_sites])
+
     def finish_audit(self, result: dict, kind: str) -> None:
         """Log the result and a checkpoint countersigned by the surviving sites."""
         if self.audit is not None:

@@ -29,6 +29,7 @@ from core_stats.inference import (
 )
 from core_stats.optimize import NewtonStep, SummedTerms
 from core_stats.results import GLMMFit
+from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
@@ -137,7 +138,21 @@ def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
 def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum | None = None,
              on_step: Callable[[NewtonStep], None] | None = None,
              audit_log: str | Path | None = None) -> GLMMFit:
-    """Fit a GLMM federated over the sites named by ``opts.site_column``."""
+    """Fit a GLMM federated over the sites named by ``opts.site_column``.
+
+    A protocol abort or a refused aggregate is logged (REFUSAL, then a
+    countersigned checkpoint) before the error propagates.
+    """
+    created: list[Coordinator] = []
+    try:
+        return _run_glmm(frame, opts, protection, on_step, audit_log, created)
+    except ProtocolError as err:
+        if created:
+            created[0].abort_audit(err)
+        raise
+
+
+def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     started = time.perf_counter()
     _check_options(opts)
     formula, family = _check_frame(frame, opts)
@@ -159,6 +174,7 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
                                  config=asdict(opts), protection=describe_protection(protection))
     coordinator = Coordinator(sites, protection, audit=audit)
+    created.append(coordinator)
     warnings = [w for s in sites for w in s.warnings()]
 
     def prepare(keep: np.ndarray | None, fraction: float) -> None:

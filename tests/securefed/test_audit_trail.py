@@ -82,3 +82,19 @@ def test_an_existing_trail_is_never_overwritten(tmp_path) -> None:
     with pytest.raises(InputError, match="never overwritten"):
         AuditTrail.start(tmp_path / "run.jsonl", site_names=["a", "b", "c"], model="m",
                          config={}, protection={"name": "none"})
+
+
+def test_an_aborted_run_logs_the_refusal_and_still_verifies(tmp_path, capsys) -> None:
+    from securefed.audit import read_entries
+
+    code = main(["bfi", str(builtin_path("trauma")), "--formula", "mortality ~ age + ISS",
+                 "--family", "binomial", "--site-column", "hospital", "--protect", "secagg",
+                 "--drop-sites", "1", "--drop-phase", "after-key-exchange", "--audit-log",
+                 str(tmp_path / "run.jsonl"), "--quiet"])
+    capsys.readouterr()
+    assert code == 1
+    kinds = [e.kind.value for e in read_entries(tmp_path / "run.jsonl")]
+    assert kinds[-2:] == ["REFUSAL", "CHECKPOINT"] and "RESULT" not in kinds
+    refusal = read_entries(tmp_path / "run.jsonl")[-2].payload
+    assert refusal["reason"] == "ABORT" and "fewer than" in refusal["detail"]
+    assert _verify(tmp_path).ok

@@ -64,7 +64,8 @@ def marginal_loglik(family, y, eta0, group, sd, nodes) -> float:
 
     def h(b: np.ndarray) -> np.ndarray:
         ll = cond_terms(family, y, eta0 + b[g])[0]
-        return np.bincount(g, ll, n_groups) - 0.5 * (b / sd) ** 2 - math.log(sd) - 0.5 * math.log(2 * math.pi)
+        prior = -0.5 * (b / sd) ** 2 - math.log(sd) - 0.5 * math.log(2 * math.pi)
+        return np.bincount(g, ll, n_groups) + prior
 
     b = np.zeros(n_groups)
     for _ in range(200):
@@ -84,9 +85,11 @@ def marginal_loglik(family, y, eta0, group, sd, nodes) -> float:
             break
     hess = np.bincount(g, cond_terms(family, y, eta0 + b[g])[2], n_groups) + 1 / sd**2
     z, w = np.polynomial.hermite.hermgauss(nodes)
-    vals = np.stack([math.log(wk) + h(b + math.sqrt(2) * zk / np.sqrt(hess)) + zk**2 for zk, wk in zip(z, w)], 1)
+    vals = np.stack([math.log(wk) + h(b + math.sqrt(2) * zk / np.sqrt(hess)) + zk**2
+                     for zk, wk in zip(z, w, strict=True)], 1)
     top = vals.max(1)
-    return float(np.sum(0.5 * math.log(2) - 0.5 * np.log(hess) + top + np.log(np.exp(vals - top[:, None]).sum(1))))
+    lse = top + np.log(np.exp(vals - top[:, None]).sum(1))
+    return float(np.sum(0.5 * math.log(2) - 0.5 * np.log(hess) + lse))
 
 
 def gaussian_loglik(y, mu, group, sd, sigma) -> float:
@@ -131,13 +134,15 @@ def check(path: Path) -> list[str]:
             expected = 0.0 if nodes == 1 else fit["loglik_saturated"]
             tol = 1e-3 if nodes == 1 else 1e-5
             if abs(fit["loglik_full_minus_loglik"] - expected) > tol:
-                problems.append(f"{key}: loglik_full - loglik = {fit['loglik_full_minus_loglik']!r}, expected {expected!r}")
+                problems.append(f"{key}: loglik_full - loglik = "
+                                f"{fit['loglik_full_minus_loglik']!r}, expected {expected!r}")
         polished = fit.get("polished")
         if polished:
             beta_p = np.array([polished["fixef"][t] for t in names])
             ours_p = marginal_loglik(family, y, X @ beta_p, group, polished["sd_random"], nodes)
             if abs(ours_p - polished["loglik_full"]) > 1e-7:
-                problems.append(f"{key}: polished loglik_full {polished['loglik_full']!r} vs numpy {ours_p!r}")
+                problems.append(f"{key}: polished loglik_full {polished['loglik_full']!r} "
+                                f"vs numpy {ours_p!r}")
             if polished["loglik_full"] < fit["loglik_full"] - 1e-9:
                 problems.append(f"{key}: polished optimum worse than lme4's")
     return problems
