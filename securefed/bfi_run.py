@@ -72,6 +72,7 @@ class BFIReport:
     bytes_sent_per_site: int = 0
     rounds: int = 0
     seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
     site_thetas: dict = field(default_factory=dict, repr=False)  # site -> its parameter vector
     pooled_site_thetas: dict = field(default_factory=dict, repr=False)
     parameter_names: tuple[str, ...] = ()
@@ -102,6 +103,7 @@ class BFIReport:
             "rounds": self.rounds,
             "bytes_sent_per_site": self.bytes_sent_per_site,
             "seconds": self.seconds,
+            "timings": self.timings,
         }
         if self.pooled is not None:
             out["pooled"] = {"estimates": list(self.pooled), "dispersion": self.pooled_dispersion}
@@ -271,6 +273,7 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
         dropped_sites=tuple(coordinator.dropped), warnings=tuple(warnings),
         bytes_sent_per_site=coordinator.mean_bytes_per_site(), rounds=coordinator.round_id,
         seconds=time.perf_counter() - started, site_thetas=site_thetas,
+        timings=coordinator.timings(time.perf_counter() - started),
         parameter_names=full_names, pooled_site_thetas=pooled_thetas)
     coordinator.finish_audit(report.to_dict(), "bfi")
     return report

@@ -7,6 +7,7 @@ protection stack, and gets back their sum plus who contributed.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ class Coordinator:
         self.dropped: list[str] = []
         self.rounds: list[RoundRecord] = []
         self.site_set_version = 0
+        self.seconds: Counter[str] = Counter()
         self._answers: dict[Hashable, tuple[frozenset[str], np.ndarray]] = {}
         self._on_round = on_round
         self.audit = audit
@@ -77,12 +79,20 @@ class Coordinator:
                 f"{purpose}: this query was answered over another set of sites; answering it "
                 "again would reveal the difference")
         self.round_id += 1
+        started = time.perf_counter()
         vectors = {site.name: np.asarray(compute(site), dtype=float) for site in self.live_sites}
+        self.seconds["sites_statistics"] += time.perf_counter() - started
         if self.audit is not None:
             self.audit.round_spec(self.round_id, purpose, len(next(iter(vectors.values()))))
             for name, vector in vectors.items():
                 self.audit.release(name, vector, self.round_id, purpose)
+        started = time.perf_counter()
         result = self.protection.aggregate(vectors, round_id=self.round_id, purpose=purpose)
+        self.seconds["protection_total"] += time.perf_counter() - started
+        for key in ("seconds_site", "seconds_server"):
+            if key in result.details:
+                self.seconds["protection_" + key.removeprefix("seconds_")] += \
+                    float(result.details[key])
         if self.audit is not None:
             self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped)
         for name, count in result.bytes_sent_per_site.items():
@@ -114,6 +124,14 @@ class Coordinator:
         """Log the result and a checkpoint countersigned by the surviving sites."""
         if self.audit is not None:
             self.audit.finish(result, kind, [s.name for s in self.live_sites])
+
+    def timings(self, total_seconds: float) -> dict[str, float]:
+        """Seconds per stage: sites' statistics, protection (site and server side), rest."""
+        out = {k: round(v, 6) for k, v in sorted(self.seconds.items())}
+        spent = self.seconds["sites_statistics"] + self.seconds["protection_total"]
+        out["coordinator_statistics_and_io"] = round(max(total_seconds - spent, 0.0), 6)
+        out["total"] = round(total_seconds, 6)
+        return out
 
     def mean_bytes_per_site(self) -> int:
         if not self.bytes_sent:

@@ -233,8 +233,10 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded from the fit: "
                         + ", ".join(coordinator.dropped))
+    seconds = time.perf_counter() - started
+    extra["timings"] = coordinator.timings(seconds)
     fit = _make_fit(opts, estimate, family, int(n_obs), n_groups, len(live), coordinator,
-                    warnings, dropped_cols, extra, time.perf_counter() - started)
+                    warnings, dropped_cols, extra, seconds)
     coordinator.finish_audit(fit.to_dict(), "glmm")
     return fit
 

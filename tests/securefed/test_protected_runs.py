@@ -116,3 +116,11 @@ def test_bfi_dropout_inside_the_sum_round_counts_the_site(nurses) -> None:
     assert set(got.dropped_sites) == {"3", "17"}
     np.testing.assert_allclose([r["estimate"] for r in got.estimates],
                                [r["estimate"] for r in everyone.estimates], atol=1e-8, rtol=0)
+
+
+def test_results_report_seconds_per_stage(hospitals) -> None:
+    fit = run_glmm(hospitals, GLMM, protection=SecAggSum())
+    timings = fit.to_dict()["timings"]
+    for key in ("sites_statistics", "protection_site", "protection_server", "total"):
+        assert timings[key] >= 0
+    assert timings["sites_statistics"] + timings["protection_total"] <= timings["total"] + 1e-6
