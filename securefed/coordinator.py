@@ -89,10 +89,9 @@ class Coordinator:
         started = time.perf_counter()
         result = self.protection.aggregate(vectors, round_id=self.round_id, purpose=purpose)
         self.seconds["protection_total"] += time.perf_counter() - started
-        for key in ("seconds_site", "seconds_server"):
-            if key in result.details:
-                self.seconds["protection_" + key.removeprefix("seconds_")] += \
-                    float(result.details[key])
+        for side in ("site", "server"):
+            if f"seconds_{side}" in result.details:
+                self.seconds[f"protection_{side}"] += float(result.details[f"seconds_{side}"])
         if self.audit is not None:
             self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped)
         for name, count in result.bytes_sent_per_site.items():

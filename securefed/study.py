@@ -501,8 +501,8 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
     summary_path, result_path = study.output_dir / "summary.txt", study.output_dir / "result.json"
     try:
         summary_path.write_text(summary + "\n", encoding="utf-8")
-        result["timings"] = {"loading": loaded - started, "fitting": fitted - loaded,
-                             "writing": time.perf_counter() - fitted}
+        result["timings"] = {**result.get("timings", {}), "loading": loaded - started,
+                             "fitting": fitted - loaded, "writing": time.perf_counter() - fitted}
         result_path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n",
                                encoding="utf-8")
     except OSError as err:
