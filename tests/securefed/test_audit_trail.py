@@ -98,3 +98,39 @@ def test_an_aborted_run_logs_the_refusal_and_still_verifies(tmp_path, capsys) ->
     refusal = read_entries(tmp_path / "run.jsonl")[-2].payload
     assert refusal["reason"] == "ABORT" and "fewer than" in refusal["detail"]
     assert _verify(tmp_path).ok
+
+
+def test_every_artefact_of_a_protected_run_is_free_of_secrets(tmp_path, monkeypatch, capsys):
+    """fit --protect secagg --audit-log --json, then report: scan all files for every
+    private key of the run (raw, hex, base64, PEM) and every commitment salt outside
+    the sites' own salt files."""
+    import json
+
+    from securefed import audit_trail
+    from securefed.keys import Identity
+
+    made: list[Identity] = []
+    original = Identity.generate.__func__
+
+    def recording(cls, name):
+        identity = original(cls, name)
+        made.append(identity)
+        return identity
+
+    monkeypatch.setattr(audit_trail.Identity, "generate", classmethod(recording))
+    data = tmp_path / "trauma.csv"
+    pd.read_csv(builtin_path("trauma")).to_csv(data, index=False)
+    assert main(["fit", str(data), "--formula", "mortality ~ age + GCS + (1 | hospital)",
+                 "--site-column", "hospital", "--protect", "secagg", "--audit-log",
+                 str(tmp_path / "run.jsonl"), "--json", str(tmp_path / "result.json"),
+                 "--quiet"]) == 0
+    assert main(["report", str(tmp_path / "result.json"), "--out",
+                 str(tmp_path / "report.html")]) == 0
+    capsys.readouterr()
+    assert len(made) == 4  # coordinator and three hospitals
+    salt_files = sorted(tmp_path.glob("*.salts.jsonl"))
+    salts = [bytes.fromhex(json.loads(line)["salt"])
+             for f in salt_files for line in f.read_text().splitlines()]
+    assert salts
+    findings = scan_for_secrets([tmp_path], made, salts=salts, salt_files=salt_files)
+    assert findings == []
