@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["Jet", "jet_cholesky", "jet_solve_upper_transposed", "jet_sum", "logsumexp_jets"]
+__all__ = ["Jet", "jet_cholesky", "jet_solve_upper_transposed", "logsumexp_jets"]
 
 Number = float | np.ndarray
 
@@ -126,14 +126,6 @@ class Jet:
     def total(self) -> tuple[float, np.ndarray, np.ndarray]:
         """Sum over the batch: ``(value, gradient, Hessian)`` as plain arrays."""
         return float(self.val.sum()), self.grad.sum(axis=0), self.hess.sum(axis=0)
-
-
-def jet_sum(jets: Sequence[Jet]) -> Jet:
-    """Elementwise sum of a non-empty sequence of jets."""
-    out = jets[0]
-    for jet in jets[1:]:
-        out = out + jet
-    return out
 
 
 def logsumexp_jets(terms: Sequence[Jet]) -> Jet:
