@@ -63,8 +63,10 @@ __all__ = [
     "CkksKeyHolder",
     "CoordinateScaling",
     "context_fingerprint",
+    "public_context_params",
     "encrypt_vector",
     "encrypt_ring_vector",
+    "check_ciphertext",
     "add_ciphertexts",
 ]
 
@@ -259,6 +261,19 @@ def _load_public_context(public_context: bytes) -> _PublicContext:
     return _PublicContext(context, _params_of(context), context_fingerprint(public_context))
 
 
+def public_context_params(public_context: bytes) -> CkksParams:
+    """Vet a serialised public context and return its parameters.
+
+    Raises
+    ------
+    CkksMismatch
+        Not a TenSEAL context, or one with a secret, Galois or relinearisation key.
+    CkksParameterError
+        Parameters outside the HE-standard rules of :class:`CkksParams`.
+    """
+    return _load_public_context(public_context).params
+
+
 def _check_vector(values: ArrayLike) -> NDArray[np.float64]:
     array = np.asarray(values, dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
@@ -369,6 +384,48 @@ def _slot_total(n_values: int, kind: PayloadKind, ring_bits: int, limb_bits: int
     return n_values * -(-ring_bits // limb_bits)
 
 
+def _check_layout(
+    public: _PublicContext, ciphertext: CkksCiphertext, layout: tuple[int, PayloadKind, int, int]
+) -> list[int]:
+    """Fingerprint, (length, kind, ring bits, limb bits) and chunk count; returns chunk sizes."""
+    if ciphertext.fingerprint != public.fingerprint:
+        raise CkksMismatch("ciphertext was made under a different public context")
+    if (ciphertext.n_values, ciphertext.kind, ciphertext.ring_bits, ciphertext.limb_bits) != layout:
+        raise CkksMismatch("ciphertexts differ in length or payload kind")
+    sizes = _chunk_sizes(_slot_total(*layout), public.params.slot_count)
+    if len(ciphertext.chunks) != len(sizes):
+        raise CkksMismatch("ciphertext has the wrong number of chunks")
+    return sizes
+
+
+def check_ciphertext(
+    public_context: bytes,
+    ciphertext: CkksCiphertext,
+    *,
+    n_values: int,
+    kind: PayloadKind,
+    ring_bits: int = 0,
+    limb_bits: int = 0,
+) -> None:
+    """Check one received ciphertext before accepting it (coordinator side).
+
+    It must carry this context's fingerprint and the expected layout, and
+    every chunk must parse as a fresh ciphertext (size 2, first level, scale
+    :math:`2^s`) of this context's parameters with the expected slot count, so
+    a ciphertext made under other parameters but relabelled with our
+    fingerprint is caught here, before it can spoil a sum.
+
+    Raises
+    ------
+    CkksMismatch
+        Any difference.
+    """
+    public = _load_public_context(public_context)
+    sizes = _check_layout(public, ciphertext, (n_values, kind, ring_bits, limb_bits))
+    for chunk, size in zip(ciphertext.chunks, sizes, strict=True):
+        _load_chunk(public, chunk, size)
+
+
 def add_ciphertexts(public_context: bytes, ciphertexts: Sequence[CkksCiphertext]) -> CkksAggregate:
     """Sum ciphertexts homomorphically (coordinator side, public context only).
 
@@ -382,14 +439,9 @@ def add_ciphertexts(public_context: bytes, ciphertexts: Sequence[CkksCiphertext]
     public = _load_public_context(public_context)
     head = ciphertexts[0]
     layout = (head.n_values, head.kind, head.ring_bits, head.limb_bits)
-    sizes = _chunk_sizes(_slot_total(*layout), public.params.slot_count)
-    for ct in ciphertexts:
-        if ct.fingerprint != public.fingerprint:
-            raise CkksMismatch("ciphertext was made under a different public context")
-        if (ct.n_values, ct.kind, ct.ring_bits, ct.limb_bits) != layout:
-            raise CkksMismatch("ciphertexts differ in length or payload kind")
-        if len(ct.chunks) != len(sizes):
-            raise CkksMismatch("ciphertext has the wrong number of chunks")
+    sizes = _check_layout(public, head, layout)
+    for ct in ciphertexts[1:]:
+        _check_layout(public, ct, layout)
     if head.kind is PayloadKind.RING_LIMBS and (
         math.log2(len(ciphertexts)) + head.limb_bits > _MAX_LIMB_SUM_BITS
     ):

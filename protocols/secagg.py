@@ -9,6 +9,8 @@ out at any phase. The released total is
     Σ_{u ∈ contributors} x_u,   |error| ≤ n · 2^{−f−1} + ½ ulp   (see protocols.encoding)
 
 where the contributors are the sites whose masked input reached the server.
+With ``ckks_context`` the masked inputs travel as CKKS ciphertexts and only
+their sum is decrypted, by the key holder (``protocols.stack_secagg_ckks``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import enum
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +28,9 @@ from protocols.errors import EncodingError
 from protocols.secagg_config import ConfigError, SecAggConfig
 from protocols.secagg_server import SecAggServer
 from protocols.secagg_site import SecAggSite
+
+if TYPE_CHECKING:
+    from protocols.ckks import CkksAggregate
 
 __all__ = ["DropPhase", "SecureSumResult", "secure_sum"]
 
@@ -119,6 +125,8 @@ def secure_sum(
     drop_sites: Collection[int] = (),
     drop_phase: DropPhase | None = None,
     min_contributors: int = 3,
+    ckks_context: bytes | None = None,
+    decrypt_masked_total: Callable[[CkksAggregate], np.ndarray] | None = None,
 ) -> SecureSumResult:
     """Securely sum one float vector per site; the server learns only the total.
 
@@ -142,6 +150,10 @@ def secure_sum(
         Sites that vanish, and when.
     min_contributors : int
         Smallest number of inputs a released sum may contain.
+    ckks_context, decrypt_masked_total
+        Both or neither: a CKKS public context under which sites send their
+        masked inputs, and the key holder's decryption of their sum (see
+        :class:`~protocols.secagg_server.SecAggServer`).
 
     Returns
     -------
@@ -170,6 +182,7 @@ def secure_sum(
         threshold=threshold,
         neighbours=neighbours,
         min_contributors=min_contributors,
+        ckks_context=ckks_context,
     )
     if identities is None:
         identities = {u: Ed25519PrivateKey.generate() for u in order}
@@ -177,7 +190,9 @@ def secure_sum(
         raise ConfigError("identities must cover exactly the sites of this round")
     roster = {u: identities[u].public_key() for u in order}
     server_identity = Ed25519PrivateKey.generate()
-    server = SecAggServer(config, server_identity, roster)
+    server = SecAggServer(
+        config, server_identity, roster, decrypt_masked_total=decrypt_masked_total
+    )
     sites = {
         u: SecAggSite(u, config, identities[u], roster, server_identity.public_key()) for u in order
     }

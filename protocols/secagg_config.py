@@ -18,10 +18,12 @@ from protocols.encoding import DEFAULT_TOLERANCE, FixedPointEncoder
 from protocols.errors import ProtocolError
 from protocols.graph import GraphError, default_threshold, neighbourhoods
 
-__all__ = ["ConfigError", "SecAggConfig", "SERVER_ID", "MAX_SITE_ID"]
+__all__ = ["ConfigError", "SecAggConfig", "SERVER_ID", "MAX_SITE_ID", "CKKS_LIMB_BITS"]
 
 SERVER_ID = -1
 MAX_SITE_ID = 2**62
+#: Masked words travel under CKKS as 16-bit limbs (four slots per 64-bit word).
+CKKS_LIMB_BITS = 16
 
 
 class ConfigError(ProtocolError, ValueError):
@@ -51,6 +53,11 @@ class SecAggConfig:
         Smallest number of inputs a released sum may contain.
     tolerance
         Target quantisation error of the decoded sum (chooses 1 or 2 words).
+    ckks_context
+        A CKKS key holder's serialised public context, or None. When set,
+        sites send their masked words y_u only as CKKS ciphertexts under it
+        (:class:`~protocols.secagg_messages.EncryptedMaskedInput`), the server
+        adds them and the key holder decrypts only Σ y_u.
     """
 
     session_id: bytes
@@ -62,6 +69,7 @@ class SecAggConfig:
     neighbours: int | None = None
     min_contributors: int = 3
     tolerance: float = field(default=DEFAULT_TOLERANCE)
+    ckks_context: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         ids = tuple(int(u) for u in self.site_ids)
@@ -93,6 +101,10 @@ class SecAggConfig:
         except GraphError as exc:
             raise ConfigError(str(exc)) from exc
         _ = self.encoder  # fail now on bad bounds
+        if self.ckks_context is not None:
+            from protocols.ckks import public_context_params
+
+            public_context_params(self.ckks_context)  # fail now on a bad or private context
 
     @property
     def n_sites(self) -> int:

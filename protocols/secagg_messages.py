@@ -17,13 +17,16 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocols.errors import InvalidMessage, ReplayError, StageError
 from protocols.primitives import SIGNATURE_BYTES, sign, verify
+
+if TYPE_CHECKING:  # protocols.ckks loads TenSEAL: imported only where ciphertexts are used
+    from protocols.ckks import CkksCiphertext
 
 __all__ = [
     "MessageKind",
@@ -34,6 +37,7 @@ __all__ = [
     "ShareKeys",
     "ShareBundle",
     "MaskedInput",
+    "EncryptedMaskedInput",
     "ConsistencyRequest",
     "ConsistencySignature",
     "UnmaskRequest",
@@ -46,7 +50,8 @@ _MAX_ITEMS = 1 << 24
 
 
 class MessageKind(enum.Enum):
-    """The nine messages of a round, in protocol order."""
+    """The messages of a round, in protocol order (ENCRYPTED_MASKED_INPUT replaces
+    MASKED_INPUT when the round runs under CKKS)."""
 
     ADVERTISE_KEYS = 1
     KEY_LIST = 2
@@ -57,6 +62,7 @@ class MessageKind(enum.Enum):
     CONSISTENCY_SIGNATURE = 7
     UNMASK_REQUEST = 8
     UNMASK_SHARES = 9
+    ENCRYPTED_MASKED_INPUT = 10
 
 
 class _Writer:
@@ -255,6 +261,52 @@ class MaskedInput:
         return cls(np.frombuffer(raw, dtype="<u8").astype(np.uint64))
 
 
+_FINGERPRINT_BYTES = 32
+
+
+@dataclass(frozen=True, eq=False)
+class EncryptedMaskedInput:
+    """Round 2 under CKKS, site → server: y_u as a CKKS ciphertext of its ring limbs.
+
+    ``ciphertext`` is a :class:`~protocols.ckks.CkksCiphertext` of kind
+    RING_LIMBS (:func:`~protocols.ckks.encrypt_ring_vector` of the masked
+    words). On the wire: context fingerprint (32 bytes) ‖ number of words ‖
+    ring bits ‖ limb bits ‖ the serialised chunks; the site's signature over
+    the whole message is what makes the (malleable) ciphertext tamper-evident.
+    """
+
+    KIND: ClassVar[MessageKind] = MessageKind.ENCRYPTED_MASKED_INPUT
+    ciphertext: CkksCiphertext
+
+    def write(self, writer: _Writer) -> None:
+        from protocols.ckks import PayloadKind
+
+        ct = self.ciphertext
+        if ct.kind is not PayloadKind.RING_LIMBS:
+            raise InvalidMessage("an encrypted masked input holds ring limbs")
+        writer.blob(bytes.fromhex(ct.fingerprint))
+        writer.i64(ct.n_values)
+        writer.u32(ct.ring_bits)
+        writer.u32(ct.limb_bits)
+        writer.blobs(ct.chunks)
+
+    @classmethod
+    def read(cls, reader: _Reader) -> EncryptedMaskedInput:
+        from protocols.ckks import CkksCiphertext, PayloadKind
+
+        fingerprint, n_values = reader.blob(), reader.i64()
+        ring_bits, limb_bits, chunks = reader.u32(), reader.u32(), reader.blobs()
+        if len(fingerprint) != _FINGERPRINT_BYTES:
+            raise InvalidMessage("a context fingerprint has 32 bytes")
+        if n_values < 1 or not 1 <= ring_bits <= 64 or not 1 <= limb_bits <= 24 or not chunks:
+            raise InvalidMessage("encrypted masked input has an impossible layout")
+        return cls(
+            CkksCiphertext(
+                fingerprint.hex(), n_values, PayloadKind.RING_LIMBS, chunks, ring_bits, limb_bits
+            )
+        )
+
+
 @dataclass(frozen=True)
 class ConsistencyRequest:
     """Round 3, server → site: the set U3 of sites whose masked inputs arrived."""
@@ -327,6 +379,7 @@ Body = (
     | ShareKeys
     | ShareBundle
     | MaskedInput
+    | EncryptedMaskedInput
     | ConsistencyRequest
     | ConsistencySignature
     | UnmaskRequest
@@ -340,6 +393,7 @@ _BODIES: dict[MessageKind, type] = {
         ShareKeys,
         ShareBundle,
         MaskedInput,
+        EncryptedMaskedInput,
         ConsistencyRequest,
         ConsistencySignature,
         UnmaskRequest,

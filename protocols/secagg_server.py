@@ -11,25 +11,33 @@ send to each site for the next step. The server never sees an unmasked input:
 
 with sign(u, v) = +1 if u < v else −1, b_u rebuilt from t shares held by
 H(u), and s_uv recomputed from the reconstructed s_sk_v of each dropped v.
+
+Under CKKS (``config.ckks_context``) the server never holds a single y_u:
+sites send CKKS ciphertexts of y_u, the server checks each against the
+public context on arrival, adds those of U3 and hands the encrypted sum to
+the key holder (``decrypt_masked_total``), which returns Σ_{u∈U3} y_u; the
+unmasking above is unchanged.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from protocols.errors import AbortError, InvalidMessage, ReplayError, StageError
+from protocols.errors import AbortError, InvalidMessage, ProtocolError, ReplayError, StageError
 from protocols.primitives import AgreementKey, prg_words, verify
-from protocols.secagg_config import SERVER_ID, SecAggConfig
+from protocols.secagg_config import CKKS_LIMB_BITS, SERVER_ID, ConfigError, SecAggConfig
 from protocols.secagg_messages import (
     AdvertiseKeys,
     Body,
     ConsistencyRequest,
     ConsistencySignature,
+    EncryptedMaskedInput,
     KeyList,
     MaskedInput,
     Message,
@@ -40,6 +48,9 @@ from protocols.secagg_messages import (
 )
 from protocols.secagg_site import pair_key
 from protocols.shamir import ShamirError, Share, combine
+
+if TYPE_CHECKING:
+    from protocols.ckks import CkksAggregate
 
 __all__ = ["ServerStage", "SecAggServer", "AggregateOutcome"]
 
@@ -92,6 +103,10 @@ class SecAggServer:
         The server's signing key (sites hold its public half).
     roster : Mapping[int, Ed25519PublicKey]
         Registered identity keys of the sites.
+    decrypt_masked_total : callable, optional
+        Required exactly when ``config.ckks_context`` is set: the key holder's
+        decryption of the encrypted Σ_{u∈U3} y_u to uint64 words (a round trip
+        to the key holder; the server holds only the public context).
     """
 
     def __init__(
@@ -99,9 +114,17 @@ class SecAggServer:
         config: SecAggConfig,
         identity: Ed25519PrivateKey,
         roster: Mapping[int, Ed25519PublicKey],
+        *,
+        decrypt_masked_total: Callable[[CkksAggregate], np.ndarray] | None = None,
     ) -> None:
         if set(roster) != set(config.site_ids):
             raise AbortError("roster does not match the round's sites")
+        if (config.ckks_context is None) != (decrypt_masked_total is None):
+            raise ConfigError("a CKKS round needs the key holder's decryption, and only it does")
+        self._decrypt_masked_total = decrypt_masked_total
+        self._expected = dict(_EXPECTED)
+        if config.ckks_context is not None:
+            self._expected[ServerStage.COLLECT_INPUTS] = EncryptedMaskedInput
         self._config = config
         self._identity = identity
         self._roster = dict(roster)
@@ -146,14 +169,14 @@ class SecAggServer:
         InvalidMessage, ReplayError, StageError
             Bad signature or format, other session/round or duplicate, wrong stage.
         """
-        if self._stage not in _EXPECTED:
+        if self._stage not in self._expected:
             raise StageError(f"server is {self._stage.value} and takes no messages")
         message = Message.parse(data)
         sender = message.header.sender
         if sender not in self._roster or message.header.recipient != SERVER_ID:
             raise InvalidMessage("message not from a registered site to the server")
         message.verify(self._roster[sender])
-        body_type = _EXPECTED[self._stage]
+        body_type = self._expected[self._stage]
         message.header.expect(
             kind=body_type.KIND, session_id=self._config.session_id, round_id=self._config.round_id
         )
@@ -178,6 +201,17 @@ class SecAggServer:
         elif isinstance(body, MaskedInput):
             if body.words.shape != (config.encoder.n_words,):
                 raise InvalidMessage("masked input has the wrong length")
+        elif isinstance(body, EncryptedMaskedInput):
+            from protocols.ckks import PayloadKind, check_ciphertext
+
+            check_ciphertext(  # CkksMismatch (an InvalidMessage) on any difference
+                config.ckks_context,
+                body.ciphertext,
+                n_values=config.encoder.n_words,
+                kind=PayloadKind.RING_LIMBS,
+                ring_bits=64,
+                limb_bits=CKKS_LIMB_BITS,
+            )
         elif isinstance(body, ConsistencySignature):
             verify(self._roster[sender], body.signature, self._consistency_payload)
         elif isinstance(body, UnmaskShares):
@@ -197,7 +231,7 @@ class SecAggServer:
             Some holder set has fewer than t live members, or fewer than
             ``min_contributors`` inputs arrived. Nothing is released.
         """
-        if self._stage not in _EXPECTED:
+        if self._stage not in self._expected:
             raise StageError(f"server is {self._stage.value}")
         stage = self._stage
         live = set(self._inbox[stage])
@@ -266,11 +300,8 @@ class SecAggServer:
         self._require(live, alive | dropped, "answered the unmask request")
         responses = self._inbox[ServerStage.COLLECT_UNMASK]
         adverts = self._inbox[ServerStage.COLLECT_KEYS]
-        inputs = self._inbox[ServerStage.COLLECT_INPUTS]
         n_words = config.encoder.n_words
-        total = np.zeros(n_words, dtype=np.uint64)
-        for u in sorted(alive):
-            total += inputs[u].body.words
+        total = self._masked_total(sorted(alive))
         seed_shares = self._index(responses, "self_mask_shares")
         key_shares = self._index(responses, "key_shares")
         try:
@@ -295,6 +326,28 @@ class SecAggServer:
             config.encoder.decode(total), tuple(sorted(alive)), tuple(sorted(dropped))
         )
         return {}
+
+    def _masked_total(self, alive: list[int]) -> np.ndarray:
+        """Σ_{u∈U3} y_u in Z_{2^64}: added in the clear, or under CKKS and decrypted."""
+        inputs = self._inbox[ServerStage.COLLECT_INPUTS]
+        n_words = self._config.encoder.n_words
+        if self._decrypt_masked_total is None:
+            total = np.zeros(n_words, dtype=np.uint64)
+            for u in alive:
+                total += inputs[u].body.words
+            return total
+        from protocols.ckks import add_ciphertexts
+
+        try:
+            aggregate = add_ciphertexts(
+                self._config.ckks_context, [inputs[u].body.ciphertext for u in alive]
+            )
+            total = np.asarray(self._decrypt_masked_total(aggregate))
+        except ProtocolError as exc:
+            raise self._abort("the key holder did not decrypt the masked sum") from exc
+        if total.dtype != np.uint64 or total.shape != (n_words,):
+            raise self._abort("the key holder returned a masked sum of the wrong size")
+        return total.copy()
 
     @staticmethod
     def _index(responses: Mapping[int, Message], field: str) -> dict[int, list[Share]]:

@@ -17,7 +17,9 @@ Masked input (u's holders H(u) = N(u) ∪ {u}, U2 the holders that shared keys):
     y_u = q(x_u) + PRG(b_u) + Σ_{v ∈ U2∩N(u), v > u} PRG(s_uv) − Σ_{v ∈ U2∩N(u), v < u} PRG(s_uv)
 
 in Z_{2^64}^{w·d}, with s_uv = HKDF(X25519(s_sk_u, s_pk_v), info = session,
-round, "pairwise-mask", min, max).
+round, "pairwise-mask", min, max). When the round names a CKKS public context
+(``config.ckks_context``), y_u leaves the site only encrypted under it, as
+16-bit limbs (:class:`EncryptedMaskedInput`).
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from protocols.primitives import (
     sign,
     verify,
 )
-from protocols.secagg_config import SERVER_ID, SecAggConfig
+from protocols.secagg_config import CKKS_LIMB_BITS, SERVER_ID, SecAggConfig
 from protocols.secagg_messages import (
     AdvertiseKeys,
     Body,
     ConsistencyRequest,
     ConsistencySignature,
+    EncryptedMaskedInput,
     KeyList,
     MaskedInput,
     Message,
@@ -317,7 +320,18 @@ class SecAggSite:
                 masked -= prg_words(seed, encoded.size)
         self._self_seed = None
         self._share_keys_by_peer = {}
-        return self._send(MaskedInput(masked))
+        return self._send(self._input_body(masked))
+
+    def _input_body(self, masked: np.ndarray) -> MaskedInput | EncryptedMaskedInput:
+        if self._config.ckks_context is None:
+            return MaskedInput(masked)
+        from protocols.ckks import encrypt_ring_vector
+
+        return EncryptedMaskedInput(
+            encrypt_ring_vector(
+                self._config.ckks_context, masked, ring_bits=64, limb_bits=CKKS_LIMB_BITS
+            )
+        )
 
     def sign_consistency(self, request: bytes) -> bytes:
         """Round 3: check U3 against this site's view and sign it."""
