@@ -42,6 +42,11 @@ class ParameterLayout:
 
     ``random_effects=False`` fixes ``Lambda = 0`` (a singular fit: the model
     is then the GLM) and drops the covariance parameters from ``theta``.
+    ``zero_columns`` fixes those columns of ``Lambda`` at 0 and drops them
+    from ``theta`` (a rank-deficient covariance on the boundary);
+    ``linear_columns`` keeps those columns' diagonal entries on the linear
+    scale instead of the log scale, so ``theta`` can sit exactly on the
+    boundary ``Lambda_kk = 0`` (for the score test there).
     """
 
     fixed_names: tuple[str, ...]
@@ -49,6 +54,8 @@ class ParameterLayout:
     group: str
     has_dispersion: bool
     random_effects: bool = True
+    zero_columns: tuple[int, ...] = ()
+    linear_columns: tuple[int, ...] = ()
 
     @property
     def p(self) -> int:
@@ -60,7 +67,7 @@ class ParameterLayout:
 
     @property
     def n_cov(self) -> int:
-        return self.q * (self.q + 1) // 2 if self.random_effects else 0
+        return len(self.cholesky_entries()) if self.random_effects else 0
 
     @property
     def size(self) -> int:
@@ -80,13 +87,18 @@ class ParameterLayout:
 
     def cholesky_entries(self) -> list[tuple[int, int]]:
         """(row, col) of each covariance parameter, column by column (lme4's order)."""
-        return [(r, c) for c in range(self.q) for r in range(c, self.q)]
+        return [(r, c) for c in range(self.q) if c not in self.zero_columns
+                for r in range(c, self.q)]
+
+    def log_scale(self, r: int, c: int) -> bool:
+        """Whether ``theta`` holds ``log Lambda_rc`` (diagonal entries) or ``Lambda_rc``."""
+        return r == c and c not in self.linear_columns
 
     def parameter_names(self) -> tuple[str, ...]:
         names = list(self.fixed_names)
         if self.random_effects:
             for r, c in self.cholesky_entries():
-                kind = "log_chol" if r == c else "chol"
+                kind = "log_chol" if self.log_scale(r, c) else "chol"
                 names.append(f"{kind}[{self.random_names[r]},{self.random_names[c]}]|{self.group}")
         if self.has_dispersion:
             names.append("log_sigma_residual")
@@ -101,7 +113,7 @@ class ParameterLayout:
         lam = np.zeros((self.q, self.q))
         if self.random_effects:
             for value, (r, c) in zip(theta[self.cov], self.cholesky_entries(), strict=True):
-                lam[r, c] = np.exp(value) if r == c else value
+                lam[r, c] = np.exp(value) if self.log_scale(r, c) else value
         return lam
 
 
@@ -116,6 +128,8 @@ class SiteTerms:
     n_groups: int
     modes: np.ndarray = field(repr=False)  # conditional modes u_hat (G x q); stay at the site
     boundary_score: np.ndarray | None = None  # q x q, only when Lambda is fixed at 0
+    group_gradients: np.ndarray | None = field(default=None, repr=False)  # G x P (per_group)
+    group_hessians: np.ndarray | None = field(default=None, repr=False)  # G x P x P (per_group)
 
 
 def gauss_hermite_rule(n_nodes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +175,7 @@ class _SiteEvaluator:
         if layout.random_effects:
             for k, (r, c) in enumerate(layout.cholesky_entries()):
                 jet = self._param(layout.p + k)
-                lam[r][c] = jet.exp() if r == c else jet
+                lam[r][c] = jet.exp() if layout.log_scale(r, c) else jet
         return lam
 
     def _scale_factor_jet(self) -> Jet:
@@ -295,7 +309,7 @@ def _find_modes(values: _SiteEvaluator, start: np.ndarray, tol: float = 1e-11,
 
 def site_terms(rows: GroupedRows, family: Family, layout: ParameterLayout, theta: np.ndarray,
                nagq: int = 1, start_modes: np.ndarray | None = None,
-               derivatives: bool = True) -> SiteTerms:
+               derivatives: bool = True, per_group: bool = False) -> SiteTerms:
     """One site's marginal log-likelihood (adaptive GH, ``nagq`` nodes) and derivatives.
 
     Parameters
@@ -315,6 +329,9 @@ def site_terms(rows: GroupedRows, family: Family, layout: ParameterLayout, theta
     derivatives : bool
         False returns the value only (gradient and Hessian empty), for
         line-search rounds that release only the log-likelihood.
+    per_group : bool
+        Also return each group's gradient and Hessian (their sums are the
+        site's), for releases that bound one group's contribution.
     """
     theta = np.asarray(theta, dtype=float)
     if theta.shape != (layout.size,):
@@ -350,8 +367,13 @@ def site_terms(rows: GroupedRows, family: Family, layout: ParameterLayout, theta
     marginal = logsumexp_jets(terms) - log_det_chol + 0.5 * q * np.log(2.0)
     value, grad, hess = marginal.total()
     boundary = None if layout.random_effects else _boundary_score(values)
+    groups = {}
+    if per_group and P:
+        groups = {"group_gradients": marginal.grad.copy(),
+                  "group_hessians": 0.5 * (marginal.hess + marginal.hess.transpose(0, 2, 1))}
     return SiteTerms(loglik=value, gradient=grad, hessian=0.5 * (hess + hess.T),
-                     n_rows=rows.n_rows, n_groups=G, modes=u_hat, boundary_score=boundary)
+                     n_rows=rows.n_rows, n_groups=G, modes=u_hat, boundary_score=boundary,
+                     **groups)
 
 
 def _boundary_score(values: _SiteEvaluator) -> np.ndarray:
