@@ -7,8 +7,9 @@ raw library objects and a reviewer can audit the crypto in one screen:
 * X25519 key agreement (RFC 7748) — :class:`AgreementKey`;
 * HKDF-SHA256 (RFC 5869) with an ``info`` that binds session, round, purpose
   and the pair of sites — :func:`hkdf_sha256`, :func:`derive_key`;
-* ChaCha20 (RFC 8439) as the PRG that expands a 32-byte seed into uint64 mask
-  words — :func:`prg_words`;
+* AES-256-CTR (NIST SP 800-38A) as the PRG that expands a 32-byte seed into
+  uint64 mask words — :func:`prg_words`; :func:`chacha20_keystream` (RFC 8439)
+  for the DP noise source;
 * ChaCha20-Poly1305 AEAD for encrypted Shamir shares — :func:`seal`, :func:`open_sealed`;
 * Ed25519 signatures (RFC 8032) — :func:`sign` (``cryptography``) and
   :func:`verify` (PyNaCl/libsodium).
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
@@ -176,21 +177,26 @@ def _zeros(n_bytes: int) -> memoryview:
     return memoryview(_ZERO_BUFFER)[:n_bytes]
 
 
-_PRG_NONCE = bytes(16)
+_PRG_NONCE = bytes(12)
 
 
 def prg_words(seed: bytes, n_words: int) -> np.ndarray:
     """Expand a 32-byte seed into ``n_words`` uniform uint64 words.
 
-    PRG(seed) = ChaCha20(key = seed, counter = 0, nonce = 0) keystream read as
-    little-endian uint64. Seeds are single-use (each is derived for one
-    session, round, purpose and pair), so the fixed nonce is safe. The array
-    is a read-only view of the keystream (no copy); add it into an accumulator.
+    PRG(seed) = the AES-256-CTR keystream for key = seed and initial counter
+    block 0^96 ‖ 2, read as little-endian uint64 words. It is computed as the
+    AES-256-GCM encryption of zero bytes under nonce 0^96 (GCM encrypts with
+    exactly that counter stream, NIST SP 800-38D §7.1), the tag discarded:
+    ``cryptography`` sets up an AEAD key in about 2 µs against about 9 µs for
+    a raw ``Cipher`` context, and with one fresh key per ~20 KB mask the key
+    setup would otherwise dominate (``benchmarks/secagg_bench.py``). Seeds
+    are single-use (each is derived for one session, round, purpose and
+    pair), so the fixed nonce is safe. The array is a read-only view.
     """
     if len(seed) != SEED_BYTES:
         raise ValueError("a PRG seed has 32 bytes")
-    stream = chacha20_keystream(seed, _PRG_NONCE, 8 * n_words)
-    return np.frombuffer(stream, dtype="<u8").astype(np.uint64, copy=False)
+    sealed = AESGCM(seed).encrypt(_PRG_NONCE, _zeros(8 * n_words), None)
+    return np.frombuffer(sealed, dtype="<u8", count=n_words)
 
 
 def seal(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:

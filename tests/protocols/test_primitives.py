@@ -176,12 +176,25 @@ def test_chacha20_rfc8439(
         assert bytes(p ^ s for p, s in zip(plaintext, stream, strict=True)).hex() == expected
 
 
-def test_prg_words_is_the_chacha20_keystream_as_little_endian_uint64() -> None:
-    words = prg_words(bytes(32), 8)
-    expected = bytes.fromhex(CHACHA20_VECTORS[2].values[3])
+def test_prg_words_is_the_gcm_spec_aes256_ctr_keystream() -> None:
+    # McGrew & Viega, "The Galois/Counter Mode of Operation", test case 14:
+    # AES-256, K = 0, IV = 0^96, P = 0^128 -> C = cea7403d4d606b6e074ec5d3baf39d18.
+    words = prg_words(bytes(32), 2)
     assert words.dtype == np.uint64
-    assert words.tobytes() == np.frombuffer(expected, dtype="<u8").astype(np.uint64).tobytes()
-    assert np.array_equal(prg_words(bytes(32), 3), words[:3])
+    assert words.tobytes().hex() == "cea7403d4d606b6e074ec5d3baf39d18"
+    assert np.array_equal(prg_words(bytes(32), 1), words[:1])
+
+
+@pytest.mark.parametrize("n_words", [1, 7, 2550, 10_001])
+def test_prg_words_equals_aes256_ctr_from_counter_block_2(n_words: int) -> None:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    seed = bytes(range(100, 132))
+    counter_block = bytes(12) + (2).to_bytes(4, "big")
+    stream = Cipher(algorithms.AES(seed), modes.CTR(counter_block)).encryptor().update(
+        bytes(8 * n_words))
+    assert prg_words(seed, n_words).tobytes() == stream
+    assert prg_words(seed, n_words).tobytes() != prg_words(bytes(32), n_words).tobytes()
 
 
 def test_derive_key_binds_session_round_purpose_and_pair() -> None:
