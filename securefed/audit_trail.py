@@ -99,10 +99,11 @@ class AuditTrail:
         spec_hash = hashlib.sha256(canonical_bytes(spec)).hexdigest()
         self._log.append(EventKind.ROUND_SPEC, self._coordinator, {**spec, "spec_hash": spec_hash})
 
-    def release(self, site: str, vector: np.ndarray, round_id: int, purpose: str) -> None:
+    def release(self, site: str, vector: np.ndarray, round_id: int, purpose: str,
+                privacy: Mapping[str, float] | None = None) -> None:
         """The site commits to and signs its release; the coordinator logs it."""
         signed = self._sites[site].record_release(vector, round_id=round_id, vector_kind=purpose,
-                                                  layers=self._layers, privacy={})
+                                                  layers=self._layers, privacy=privacy or {})
         self._log.append_release(self._coordinator, signed, self._registry)
 
     def aggregation(self, round_id: int, purpose: str, contributors: Sequence[str],

@@ -28,8 +28,12 @@ from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
 from securefed.errors import InputError
 from securefed.plausibility import BFIGuard, check_bfi_count
+from securefed.privacy import DpQuery
+from securefed.vectors import from_upper_triangle as from_upper
 
 __all__ = ["BFIOptions", "BFIReport", "run_bfi"]
+
+_DERIVED = DpQuery.derived("BFI terms from the sites' noisy local fits")
 
 SCALE_TERM = bfi.SCALE_NAME
 
@@ -76,6 +80,7 @@ class BFIReport:
     site_thetas: dict = field(default_factory=dict, repr=False)  # site -> its parameter vector
     pooled_site_thetas: dict = field(default_factory=dict, repr=False)
     parameter_names: tuple[str, ...] = ()
+    privacy: dict | None = None
 
     def theta_for(self, site: str | None) -> np.ndarray:
         """The parameter vector that predicts for ``site`` (shared when homogeneous)."""
@@ -113,6 +118,8 @@ class BFIReport:
             out["centre_regression"] = self.centre_regression
         if self.standardization is not None:
             out["standardization"] = self.standardization
+        if self.privacy is not None:
+            out["privacy"] = self.privacy
         return out
 
     def summary(self) -> str:
@@ -221,8 +228,13 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
     created.append(coordinator)
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
     # it takes no part in the sums the estimates are made of.
-    counted = coordinator.secure_sum("bfi-count", lambda site: np.array([site.n_rows, 1.0]))
-    count = check_bfi_count(counted, coordinator)
+    privacy = coordinator.privacy
+    if privacy is not None:
+        _check_dp(opts, family)
+    counted = coordinator.secure_sum(
+        "bfi-count", lambda site: np.array([site.n_rows, 1.0]),
+        dp=None if privacy is None else DpQuery("row count", 1.0, 0.05 * privacy.options.run_rho))
+    count = check_bfi_count(counted, coordinator) if privacy is None else None
     parts = {s.name: parts[s.name] for s in coordinator.live_sites}
     _, names = fixed_design(formula.fixed, frame.head(2))
     intercept = names.index("(Intercept)") if "(Intercept)" in names else None
@@ -235,19 +247,24 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
         combined = bfi.prior_precision(len(names), family, lam=opts.combined_lam,
                                        intercept_lam=opts.intercept_lam,
                                        scale_lam=opts.scale_lam, intercept_index=intercept)
-    guard = BFIGuard(count, prior, family)
+    guard = BFIGuard(count, prior, family) if privacy is None else _Unchecked()
     standardization = _standardize(coordinator, parts, opts.standardize, guard) \
         if opts.standardize else None
     designs = {n: fixed_design(formula.fixed, p)[0] for n, p in parts.items()}
     outcome = {n: p[formula.outcome].to_numpy(dtype=float) for n, p in parts.items()}
-    locals_ = {}
-    for name in parts:
-        try:
-            locals_[name] = bfi.fit_map(designs[name], outcome[name], family, prior, names=names)
-        except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
-            raise InputError(f"site {name}: the local fit failed ({err})") from None
+    if privacy is None:
+        locals_ = {}
+        for name in parts:
+            try:
+                locals_[name] = bfi.fit_map(designs[name], outcome[name], family, prior,
+                                            names=names)
+            except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
+                raise InputError(f"site {name}: the local fit failed ({err})") from None
+        warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
+    else:
+        locals_ = _dp_local_fits(coordinator, designs, outcome, prior, names)
+        warnings = []  # exact site sizes are not private
     full_names = locals_[next(iter(locals_))].names
-    warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
     fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names,
                                      guard, combined)
     site_thetas = extra.pop("site_thetas")
@@ -274,9 +291,66 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
         bytes_sent_per_site=coordinator.mean_bytes_per_site(), rounds=coordinator.round_id,
         seconds=time.perf_counter() - started, site_thetas=site_thetas,
         timings=coordinator.timings(time.perf_counter() - started),
-        parameter_names=full_names, pooled_site_thetas=pooled_thetas)
+        parameter_names=full_names, pooled_site_thetas=pooled_thetas,
+        privacy=None if privacy is None else privacy.report())
     coordinator.finish_audit(report.to_dict(), "bfi")
     return report
+
+
+class _Unchecked:
+    """Under DP the sums are noisy: the exact-arithmetic plausibility checks do not apply."""
+
+    def terms(self, *args, **kwargs) -> None:
+        return None
+
+
+def _check_dp(opts: BFIOptions, family: Family) -> None:
+    if family.name != "gaussian":
+        raise InputError("BFI under differential privacy is available for the gaussian family "
+                         "(local fits from noisy sufficient statistics); for binomial or "
+                         "poisson outcomes use 'securefed fit' with --protect ...,dp")
+    if opts.standardize:
+        raise InputError("--standardize is not available with dp: its sums need public "
+                         "covariate ranges; standardise the data before the run")
+    if opts.compare_pooled:
+        raise InputError("--compare-pooled releases a non-private pooled fit: run it "
+                         "separately, without dp")
+
+
+def _dp_local_fits(coordinator: Coordinator, designs: dict, outcome: dict, prior: np.ndarray,
+                   names: tuple[str, ...]) -> dict:
+    """Each site noises its clipped sufficient statistics and fits from them, locally.
+
+    The noisy statistics never leave the site; the BFI terms it then releases
+    are a function of them only (post-processing), so they cost no more budget.
+    """
+    from core_stats.bfi_stats import fit_map_gaussian_stats
+    from securefed.dp_statistics import summary_query, summary_vector
+    from securefed.glmm_dp import positive_definite
+
+    privacy = coordinator.privacy
+    dp = privacy.options
+    bound = dp.outcome_scale("gaussian")
+    live = [s.name for s in coordinator.live_sites]
+    stats = {n: summary_vector(designs[n], outcome[n], dp.clip, bound, "gaussian")
+             for n in live}
+    query = summary_query("sufficient statistics (kept at the site)", dp.clip, bound,
+                          0.95 * dp.run_rho)
+    noisy = privacy.apply(stats, query, coordinator.round_id + 1, local=True)
+    noise = float(np.max(privacy.sum_noise_sd(1)))
+    p = len(names)
+    locals_ = {}
+    for name, vec in noisy.items():
+        n, yy, xy = max(vec[0], p + 2.0), max(vec[2], 0.0), vec[3:3 + p]
+        xx = positive_definite(from_upper(vec[3 + p:-2], p), noise / (3.0 * np.sqrt(p)))
+        try:
+            locals_[name] = fit_map_gaussian_stats(n, yy, xy, xx, prior, names=names,
+                                                   rss_floor=3.0 * noise)
+        except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
+            raise InputError(f"site {name}: the local fit from noisy statistics failed "
+                             f"({err}); a larger --epsilon or smaller --dp-clip helps") from None
+    privacy.clipped_records = float(sum(v[-2] for v in noisy.values()))
+    return locals_
 
 
 def _site_groups(opts: BFIOptions, parts: dict) -> dict[str, str]:
@@ -369,14 +443,16 @@ def _combine(coordinator: Coordinator, opts: BFIOptions, family: Family, locals_
                                     guard, combined)
     if not centre:
         layout = bfi.HomogeneousLayout(names, family)
-        total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
+        total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]),
+                                       dp=_DERIVED)
         guard.terms(total, coordinator, layout)
         fit = layout.combine(total, combined_prior=combined, level=level)
         thetas = {s.name: fit.estimate for s in coordinator.live_sites}
         return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
             {"site_thetas": thetas}
     layout = bfi.CentreSpecificLayout(names, family, centre)
-    total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]))
+    total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]),
+                                   dp=_DERIVED)
     guard.terms(total, coordinator, layout)
     locals_ = {s.name: locals_[s.name] for s in coordinator.live_sites}
     shared = list(layout.shared_params)
@@ -428,7 +504,8 @@ def _combine_categorical(coordinator, opts, family, locals_, parts, names, centr
     layout = bfi.CentreCovariateLayout(names, family, centre, labels)
     rows_for = {s: bfi.categorical_row(levels.index(values[s]), len(levels)) for s in parts}
     total = coordinator.secure_sum(
-        "bfi-terms", lambda s: layout.site_vector(locals_[s.name], rows_for[s.name]))
+        "bfi-terms", lambda s: layout.site_vector(locals_[s.name], rows_for[s.name]),
+        dp=_DERIVED)
     guard.terms(total, coordinator, layout)
     fit = layout.combine(total, level=opts.level, combined_prior=None if combined is None
                          else layout.default_prior(combined))

@@ -9,12 +9,20 @@ import typer
 from securefed.cli_fit import (
     AUDIT_LOG,
     BOUND,
+    DELTA,
+    DP_CLIP,
+    DP_MIN_CONTRIBUTORS,
+    DP_OUTCOME_BOUND,
+    DP_RUN_EPSILON,
     DROP_PHASE,
     DROP_ROUND,
     DROP_SITES,
+    EPSILON,
     NEIGHBOURS,
+    PRIVACY_LEDGER,
     PROTECT,
     THRESHOLD,
+    dp_options,
     protection_options,
     write_json,
 )
@@ -71,6 +79,13 @@ def bfi(
     drop_sites: str = DROP_SITES,
     drop_phase: str = DROP_PHASE,
     drop_round: int = DROP_ROUND,
+    epsilon: float = EPSILON,
+    delta: float = DELTA,
+    dp_clip: float = DP_CLIP,
+    dp_outcome_bound: float = DP_OUTCOME_BOUND,
+    dp_run_epsilon: float = DP_RUN_EPSILON,
+    dp_min_contributors: int = DP_MIN_CONTRIBUTORS,
+    privacy_ledger: Path = PRIVACY_LEDGER,
     audit_log: Path = AUDIT_LOG,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     quiet: bool = typer.Option(False, "--quiet"),
@@ -84,9 +99,11 @@ def bfi(
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity, combined_lambda)
+    dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, 3, 8.0,
+                    dp_min_contributors, privacy_ledger)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
-                              drop_phase, drop_round)
-    report = run_bfi(frame, opts, protection=protection_for(frame, site_column, prot),
+                              drop_phase, drop_round, dp)
+    report = run_bfi(frame, opts, protection=protection_for(frame, site_column, prot, family),
                      audit_log=audit_log)
     typer.echo(report.summary())
     if json_out is not None:

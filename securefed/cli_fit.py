@@ -10,7 +10,8 @@ import typer
 from securefed.errors import InputError
 
 FORMULA_HELP = "Model formula, lme4 style: 'y ~ x1 + x2 + (1 | group)'."
-PROTECT = typer.Option("none", "--protect", help="Protection: none, secagg or ckks.")
+PROTECT = typer.Option("none", "--protect", help="Protection layers, comma-separated: none, "
+                       "secagg or ckks, plus dp (e.g. secagg,dp).")
 NEIGHBOURS = typer.Option(None, "--secagg-neighbours",
                           help="SecAgg+: each site masks with k random neighbours.")
 THRESHOLD = typer.Option(None, "--secagg-threshold", help="Shamir threshold t (default 2n/3+1).")
@@ -19,17 +20,49 @@ DROP_SITES = typer.Option(None, "--drop-sites", help="Simulate these sites dropp
 DROP_PHASE = typer.Option(None, "--drop-phase", help="after-key-exchange, after-key-sharing, "
                           "after-masked-input or during-unmask.")
 DROP_ROUND = typer.Option(1, "--drop-round", help="The round in which they drop.")
+EPSILON = typer.Option(None, "--epsilon", help="DP: each site's privacy budget epsilon.")
+DELTA = typer.Option(1e-6, "--delta", help="DP: each site's delta.")
+DP_CLIP = typer.Option(None, "--dp-clip", help="DP: L2 bound R on one record's covariate "
+                       "vector (intercept included); longer rows are scaled down to it.")
+DP_OUTCOME_BOUND = typer.Option(None, "--dp-outcome-bound",
+                                help="DP: bound B on |outcome| (gaussian, poisson).")
+DP_RUN_EPSILON = typer.Option(None, "--dp-run-epsilon",
+                              help="DP: what this run may spend (default: the whole budget).")
+DP_ROUNDS = typer.Option(3, "--dp-rounds", help="DP: Newton rounds of a GLMM fit.")
+DP_GROUP_CLIP = typer.Option(8.0, "--dp-group-clip", help="DP: bound on one group's GLMM "
+                             "terms, in records (see docs/privacy.md).")
+DP_MIN_CONTRIBUTORS = typer.Option(None, "--dp-min-contributors", help="DP: smallest number "
+                                   "of sites a noisy sum may hold (default 2n/3+1).")
+PRIVACY_LEDGER = typer.Option(None, "--privacy-ledger", help="DP: folder of the sites' "
+                              "persistent privacy ledgers (earlier runs count).")
 AUDIT_LOG = typer.Option(None, "--audit-log", help="Write a signed audit trail here "
                          "(plus per-site logs and a key registry beside it).")
 
 
 def protection_options(protect, neighbours, threshold, bound, drop_sites, drop_phase,
-                       drop_round):
+                       drop_round, dp=None):
     from securefed.protection import ProtectionOptions, parse_sites
 
     return ProtectionOptions(protect=protect, neighbours=neighbours, threshold=threshold,
                              bound=bound, drop_sites=parse_sites(drop_sites),
-                             drop_phase=drop_phase, drop_round=drop_round)
+                             drop_phase=drop_phase, drop_round=drop_round, dp=dp)
+
+
+def dp_options(epsilon, delta, clip, outcome_bound, run_epsilon, rounds, group_clip,
+               min_contributors, ledger):
+    """DPOptions from the --epsilon/--dp-* flags; None when no budget was given."""
+    from securefed.privacy import DPOptions
+
+    if epsilon is None:
+        given = [flag for flag, value in (("--dp-clip", clip), ("--dp-outcome-bound",
+                 outcome_bound), ("--dp-run-epsilon", run_epsilon), ("--privacy-ledger", ledger))
+                 if value is not None]
+        if given:
+            raise InputError(f"{given[0]} needs a privacy budget: add --epsilon E")
+        return None
+    return DPOptions(epsilon=epsilon, delta=delta, clip=clip, outcome_bound=outcome_bound,
+                     run_epsilon=run_epsilon, rounds=rounds, group_clip=group_clip,
+                     min_contributors=min_contributors, ledger_dir=ledger)
 
 
 def parse_grid(text: str | None) -> tuple[float, ...]:
@@ -65,6 +98,15 @@ def fit(
     drop_sites: str = DROP_SITES,
     drop_phase: str = DROP_PHASE,
     drop_round: int = DROP_ROUND,
+    epsilon: float = EPSILON,
+    delta: float = DELTA,
+    dp_clip: float = DP_CLIP,
+    dp_outcome_bound: float = DP_OUTCOME_BOUND,
+    dp_run_epsilon: float = DP_RUN_EPSILON,
+    dp_rounds: int = DP_ROUNDS,
+    dp_group_clip: float = DP_GROUP_CLIP,
+    dp_min_contributors: int = DP_MIN_CONTRIBUTORS,
+    privacy_ledger: Path = PRIVACY_LEDGER,
     audit_log: Path = AUDIT_LOG,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     seed: int = typer.Option(None, "--seed", help="Seed for the validation split."),
@@ -78,8 +120,10 @@ def fit(
     frame = read_table(data)
     opts = GLMMOptions(formula=formula, family=family, site_column=site_column, nagq=nagq,
                        lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed)
+    dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, dp_rounds,
+                    dp_group_clip, dp_min_contributors, privacy_ledger)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
-                              drop_phase, drop_round)
+                              drop_phase, drop_round, dp)
     result = run_with_progress(frame, opts, protect=prot, quiet=quiet, audit_log=audit_log)
     typer.echo(result.summary())
     if json_out is not None:

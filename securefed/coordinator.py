@@ -17,6 +17,7 @@ import numpy as np
 from protocols.errors import DifferencingRefused
 from protocols.stack import ProtectedSum
 from securefed.audit_trail import AuditTrail
+from securefed.privacy import DpQuery, PrivacyGuard
 from securefed.site import Site
 
 __all__ = ["Coordinator", "RoundRecord"]
@@ -53,11 +54,16 @@ class Coordinator:
         self.audit = audit
 
     @property
+    def privacy(self) -> PrivacyGuard | None:
+        """The DP step of the protection stack, if any."""
+        return getattr(self.protection, "privacy", None)
+
+    @property
     def live_sites(self) -> list[Site]:
         return [s for name, s in self._sites.items() if name not in self.dropped]
 
     def secure_sum(self, purpose: str, compute: Callable[[Site], np.ndarray],
-                   key: Hashable | None = None) -> np.ndarray:
+                   key: Hashable | None = None, dp: DpQuery | None = None) -> np.ndarray:
         """One round: every live site computes its vector; returns the protected sum.
 
         A site that drops out stays out for the rest of the run. The round's
@@ -69,6 +75,11 @@ class Coordinator:
         without a new round; over different sites, it is refused
         (:class:`DifferencingRefused`). ``site_set_version`` counts dropouts,
         so an iterative fit knows its objective changed.
+
+        Under differential privacy (``protection.privacy``) every release
+        needs ``dp`` (its sensitivity and budget): each site's ledger is
+        charged and its noise added before the vector is logged or sent; a
+        release over any site's budget raises before anything leaves.
         """
         live = frozenset(s.name for s in self.live_sites)
         if key is not None and key in self._answers:
@@ -82,10 +93,16 @@ class Coordinator:
         started = time.perf_counter()
         vectors = {site.name: np.asarray(compute(site), dtype=float) for site in self.live_sites}
         self.seconds["sites_statistics"] += time.perf_counter() - started
+        privacy = self.privacy
+        if privacy is not None:
+            started = time.perf_counter()
+            vectors = privacy.apply(vectors, dp, self.round_id)
+            self.seconds["privacy_noise"] += time.perf_counter() - started
         if self.audit is not None:
             self.audit.round_spec(self.round_id, purpose, len(next(iter(vectors.values()))))
             for name, vector in vectors.items():
-                self.audit.release(name, vector, self.round_id, purpose)
+                fields = privacy.privacy_fields(name) if privacy is not None else None
+                self.audit.release(name, vector, self.round_id, purpose, fields)
         started = time.perf_counter()
         result = self.protection.aggregate(vectors, round_id=self.round_id, purpose=purpose)
         self.seconds["protection_total"] += time.perf_counter() - started
@@ -113,9 +130,11 @@ class Coordinator:
         """Log why the run stopped (REFUSAL) and close the log with a checkpoint."""
         if self.audit is None:
             return
+        from protocols.errors import PrivacyBudgetExceeded
         from securefed.plausibility import ImplausibleAggregate
 
-        reason = "IMPLAUSIBLE" if isinstance(error, ImplausibleAggregate) else "ABORT"
+        reason = ("IMPLAUSIBLE" if isinstance(error, ImplausibleAggregate)
+                  else "BUDGET" if isinstance(error, PrivacyBudgetExceeded) else "ABORT")
         self.audit.refusal(self.round_id, reason, str(error))
         self.audit.close([s.name for s in self.live_sites])
 
@@ -127,7 +146,8 @@ class Coordinator:
     def timings(self, total_seconds: float) -> dict[str, float]:
         """Seconds per stage: sites' statistics, protection (site and server side), rest."""
         out = {k: round(v, 6) for k, v in sorted(self.seconds.items())}
-        spent = self.seconds["sites_statistics"] + self.seconds["protection_total"]
+        spent = (self.seconds["sites_statistics"] + self.seconds["protection_total"]
+                 + self.seconds["privacy_noise"])
         out["coordinator_statistics_and_io"] = round(max(total_seconds - spent, 0.0), 6)
         out["total"] = round(total_seconds, 6)
         return out

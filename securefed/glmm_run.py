@@ -182,6 +182,9 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
             site.prepare_glmm(design, keep, fraction, child)
 
     prepare(None, 0.0)
+    if coordinator.privacy is not None:
+        return _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names,
+                            warnings, on_step, started)
     p = len(fixed_names)
     summary = coordinator.secure_sum("design-summary", lambda s: s.design_summary_vector())
     checked = check_design_summary(summary, coordinator, family=family, fixed_names=fixed_names)
@@ -237,6 +240,31 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     extra["timings"] = coordinator.timings(seconds)
     fit = _make_fit(opts, estimate, family, int(n_obs), n_groups, len(live), coordinator,
                     warnings, dropped_cols, extra, seconds)
+    coordinator.finish_audit(fit.to_dict(), "glmm")
+    return fit
+
+
+def _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names, warnings,
+                 on_step, started) -> GLMMFit:
+    """The budgeted DP fit (:mod:`securefed.glmm_dp`); plausibility checks assume exact sums."""
+    from securefed.glmm_dp import fit_glmm_dp
+
+    if opts.lambda_grid or opts.lam:
+        raise InputError("--lambda and --lambda-grid are not available with differential "
+                         "privacy (each validation sum would spend budget)")
+    dp = coordinator.privacy.options
+    warnings = []  # the plaintext warnings name exact site sizes, which DP must not release
+    layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
+    estimate, n_obs, n_groups = fit_glmm_dp(coordinator, layout, family, dp, on_step)
+    live = coordinator.live_sites
+    if coordinator.dropped:
+        warnings.append("site(s) dropped out and were excluded from the fit: "
+                        + ", ".join(coordinator.dropped))
+    seconds = time.perf_counter() - started
+    extra = {"timings": coordinator.timings(seconds), "privacy": coordinator.privacy.report()}
+    fit = _make_fit(opts, estimate, family, int(round(n_obs)), int(round(n_groups)), len(live),
+                    coordinator,
+                    warnings, (), extra, seconds)
     coordinator.finish_audit(fit.to_dict(), "glmm")
     return fit
 

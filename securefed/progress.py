@@ -16,11 +16,11 @@ def run_with_progress(frame: pd.DataFrame, opts, *, protect, quiet: bool,
     from securefed.glmm_run import run_glmm
     from securefed.protection import protection_for
 
-    protection = protection_for(frame, opts.site_column, protect)
+    protection = protection_for(frame, opts.site_column, protect, opts.family)
     console = Console(stderr=True, quiet=quiet)
 
     def on_step(step: NewtonStep) -> None:
-        console.log(f"Newton step {step.iteration}: logLik {step.value:.6f}, "
+        console.log(f"Newton step {step.iteration}: logLik {step.value:.6f}, "  # nan under DP
                     f"max |gradient| {step.max_abs_gradient:.2e}, step {step.max_abs_step:.2e}")
 
     with console.status("fitting (federated rounds)...", spinner="dots"):

@@ -91,6 +91,27 @@ class Site:
         return np.concatenate([[rows.n_rows, rows.y.sum(), rows.y @ rows.y], rows.X.T @ rows.y,
                                upper_triangle(rows.X.T @ rows.X)])
 
+    def dp_summary_vector(self, clip: float, outcome_bound: float) -> np.ndarray:
+        """The design summary over clipped records, plus their count (see dp_statistics)."""
+        from securefed.dp_statistics import summary_vector
+
+        rows = self._require_rows()
+        return summary_vector(rows.X, rows.y, clip, outcome_bound, self._design.family.name,
+                              rows.n_groups)
+
+    def dp_terms_vector(self, layout: ParameterLayout, theta: np.ndarray,
+                        units: tuple[int, int], hessian: bool = True) -> np.ndarray:
+        """``[gradient, upper(Hessian)]`` (or the gradient) with each group's part clipped."""
+        from securefed.dp_statistics import clipped_terms_vector
+
+        rows = self._require_rows()
+        key = (layout.random_effects, layout.q)
+        vector, modes = clipped_terms_vector(rows, self._design.family, layout, theta,
+                                             self._design.nagq, units, self._modes.get(key),
+                                             hessian)
+        self._modes[key] = modes
+        return vector
+
     def glmm_terms_vector(self, layout: ParameterLayout, theta: np.ndarray,
                           derivatives: bool) -> np.ndarray:
         """``[l, grad, upper(Hessian)]`` (or ``[l]``) of this site's marginal log-lik."""

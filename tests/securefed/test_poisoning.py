@@ -320,7 +320,7 @@ def _poison_bfi(monkeypatch, attack: Attack) -> None:
     honest = bfi_run.Coordinator
 
     class Crafting(honest):
-        def secure_sum(self, purpose, compute, key=None):
+        def secure_sum(self, purpose, compute, key=None, dp=None):
             if purpose == attack.purpose:
                 inner = compute
 
@@ -328,7 +328,7 @@ def _poison_bfi(monkeypatch, attack: Attack) -> None:
                     vector = np.asarray(inner(site), dtype=float)
                     return attack.tamper(vector, None, None) if site.name == TARGET \
                         else vector
-            return super().secure_sum(purpose, compute, key=key)
+            return super().secure_sum(purpose, compute, key=key, dp=dp)
 
     monkeypatch.setattr(bfi_run, "Coordinator", Crafting)
 
