@@ -1,0 +1,213 @@
+"""Remote site calls: what the coordinator asks a site to compute, as data.
+
+The in-process coordinator hands every live site a closure such as
+``lambda s: s.glmm_terms_vector(layout, theta, True)``. Over a network the
+closure cannot travel, so it is applied to a :class:`RecordingSite`, which
+records the one whitelisted :class:`~securefed.site.Site` method it calls as a
+:class:`SiteCall` (method name and keyword arguments). The call travels as
+strict JSON (:mod:`securefed.transport.codec`, never pickle) and the site runs
+it against its own :class:`~securefed.site.Site` (:func:`apply_call`).
+
+Two kinds of method are callable remotely:
+
+* setup calls (:data:`SETUP_METHODS`) change the site's state and release
+  nothing, e.g. ``prepare_glmm``;
+* release calls (:data:`RELEASE_METHODS`) return one flat float vector, a term
+  of a sum over sites.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from core_stats.families import Family, get_family
+from core_stats.glmm import ParameterLayout
+from securefed.site import GLMMSiteDesign, Site
+from securefed.transport.codec import (
+    CodecError,
+    decode_value,
+    encode_value,
+    parse_json,
+    register_dataclass,
+)
+
+__all__ = ["SiteCall", "RecordingSite", "RemoteCallError", "SETUP_METHODS", "RELEASE_METHODS",
+           "record_call", "apply_call"]
+
+SETUP_METHODS = frozenset({"prepare_glmm"})
+RELEASE_METHODS = frozenset({"design_summary_vector", "glmm_terms_vector",
+                             "validation_loglik_vector", "validation_histograms"})
+
+
+class RemoteCallError(ValueError):
+    """A compute closure or a received call is not a whitelisted site call."""
+
+
+@dataclass(frozen=True, eq=False)
+class SiteCall:
+    """One whitelisted :class:`Site` method with its keyword arguments."""
+
+    method: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in SETUP_METHODS | RELEASE_METHODS:
+            raise RemoteCallError(f"Site.{self.method} is not callable remotely")
+        bound = _bind(self.method, (), dict(self.kwargs))
+        object.__setattr__(self, "kwargs", dict(bound.arguments))
+
+    @property
+    def releases(self) -> bool:
+        """True for a call that returns a vector (a term of a sum)."""
+        return self.method in RELEASE_METHODS
+
+    def to_json(self) -> str:
+        """Canonical JSON text of the call (:class:`CodecError` if an argument cannot travel)."""
+        return json.dumps({"method": self.method,
+                           "kwargs": {k: encode_value(v) for k, v in self.kwargs.items()}},
+                          allow_nan=False, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SiteCall:
+        """Parse and check a received call; :class:`RemoteCallError` or :class:`CodecError`."""
+        data = parse_json(text)
+        if not isinstance(data, dict) or set(data) != {"method", "kwargs"} or not isinstance(
+                data["method"], str) or not isinstance(data["kwargs"], dict):
+            raise RemoteCallError('a site call must be {"method": str, "kwargs": {...}}')
+        return cls(data["method"], {k: decode_value(v) for k, v in data["kwargs"].items()})
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SiteCall) and self.to_json() == other.to_json()
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+    def __repr__(self) -> str:
+        return f"SiteCall({self.method!r}, {sorted(self.kwargs)})"
+
+
+def _bind(method: str, args: tuple, kwargs: dict[str, Any]) -> inspect.BoundArguments:
+    signature = inspect.signature(getattr(Site, method))
+    try:
+        bound = signature.bind(None, *args, **kwargs)
+    except TypeError as exc:
+        raise RemoteCallError(f"bad arguments for Site.{method}: {exc}") from None
+    bound.apply_defaults()
+    bound.arguments.pop("self")
+    return bound
+
+
+class RecordingSite:
+    """Stands in for a :class:`Site`: a whitelisted method call returns a :class:`SiteCall`.
+
+    Only ``name`` and the whitelisted methods exist; any other attribute
+    raises :class:`RemoteCallError`, because it would read site data at the
+    coordinator.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = str(name)
+
+    def __getattr__(self, attr: str) -> Callable[..., SiteCall]:
+        if attr.startswith("__") or attr not in SETUP_METHODS | RELEASE_METHODS:
+            raise RemoteCallError(
+                f"the compute closure reads Site.{attr}, which is not callable remotely "
+                f"(whitelist: {', '.join(sorted(SETUP_METHODS | RELEASE_METHODS))})")
+
+        def record(*args: Any, **kwargs: Any) -> SiteCall:
+            return SiteCall(attr, dict(_bind(attr, args, kwargs).arguments))
+
+        return record
+
+    def __repr__(self) -> str:
+        return f"RecordingSite({self.name!r})"
+
+
+def record_call(compute: Callable[[Any], Any], site_names: list[str] | tuple[str, ...]) -> SiteCall:
+    """The one :class:`SiteCall` that ``compute`` makes for every site in ``site_names``.
+
+    Raises :class:`RemoteCallError` if the closure does anything but return one
+    whitelisted call, or asks different sites different things.
+    """
+    calls = []
+    for name in site_names:
+        call = compute(RecordingSite(name))
+        if not isinstance(call, SiteCall):
+            raise RemoteCallError("the compute closure must return exactly one site call, "
+                                  f"not {type(call).__name__} computed at the coordinator")
+        calls.append(call)
+    if not calls:
+        raise RemoteCallError("no sites to call")
+    if any(c != calls[0] for c in calls[1:]):
+        raise RemoteCallError("the compute closure asks different sites different things")
+    calls[0].to_json()  # fail here, at the coordinator, if an argument cannot travel
+    return calls[0]
+
+
+def apply_call(site: Site, call: SiteCall) -> np.ndarray | None:
+    """Run ``call`` on ``site``: a float vector for a release call, None for setup."""
+    result = getattr(site, call.method)(**call.kwargs)
+    if not call.releases:
+        return None
+    return np.asarray(result, dtype=float)
+
+
+# ----------------------------------------------------------------- registry
+def _design_fields(design: GLMMSiteDesign) -> dict[str, Any]:
+    spec = design.fixed_spec
+    if getattr(spec, "transform_state", {}):
+        raise CodecError("stateful transforms in the fixed formula cannot travel to a site yet")
+    state = {}
+    for name, (kind, detail) in getattr(spec, "encoder_state", {}).items():
+        if kind.value == "numerical" and not detail:
+            state[name] = ("numerical", [])
+        elif kind.value == "categorical" and _plain_treatment(detail):
+            state[name] = ("categorical", list(detail["categories"]))
+        else:
+            raise CodecError(f"the encoding of {name!r} in the fixed formula cannot travel")
+    return {"outcome": design.outcome, "fixed_formula": str(getattr(spec, "formula", spec)),
+            "encoder_state": state, "random_rhs": design.random_rhs, "group": design.group,
+            "family": design.family.name, "nagq": design.nagq}
+
+
+def _plain_treatment(detail: Mapping[str, Any]) -> bool:
+    from formulaic.transforms.contrasts import TreatmentContrasts
+
+    contrasts = detail.get("contrasts")
+    return (set(detail) == {"categories", "contrasts"}
+            and type(getattr(contrasts, "contrasts", None)) is TreatmentContrasts
+            and repr(contrasts.contrasts.base) == "UNSET"
+            and list(contrasts.levels) == list(detail["categories"]))
+
+
+def _design_from_fields(fields: dict[str, Any]) -> GLMMSiteDesign:
+    from formulaic import ModelSpec
+    from formulaic.parser.types.factor import Factor
+    from formulaic.transforms.contrasts import ContrastsState, TreatmentContrasts
+
+    state = {}
+    for name, (kind, levels) in dict(fields.pop("encoder_state")).items():
+        if kind == "numerical":
+            state[name] = (Factor.Kind.NUMERICAL, {})
+        elif kind == "categorical":
+            levels = list(levels)
+            state[name] = (Factor.Kind.CATEGORICAL, {
+                "categories": levels,
+                "contrasts": ContrastsState(contrasts=TreatmentContrasts(), levels=levels)})
+        else:
+            raise CodecError(f"unknown factor kind {kind!r}")
+    spec = ModelSpec(formula=fields.pop("fixed_formula"), encoder_state=state)
+    return GLMMSiteDesign(fixed_spec=spec, family=get_family(fields.pop("family")), **fields)
+
+
+register_dataclass("core_stats.glmm.ParameterLayout", ParameterLayout)
+register_dataclass("core_stats.families.Family", Family, lambda f: {"name": f.name},
+                   lambda fields: get_family(fields["name"]))
+register_dataclass("securefed.site.GLMMSiteDesign", GLMMSiteDesign, _design_fields,
+                   _design_from_fields)

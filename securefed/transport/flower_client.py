@@ -1,0 +1,180 @@
+"""A site's Flower ClientApp: its ``Site`` and its half of secure aggregation.
+
+The SuperNode's node config says who the site is and where its files are::
+
+    flower-supernode ... --node-config 'site-name="A" data-path="/data/a.csv"
+        identity-key="/keys/A.key" registry="/keys/registry.json"'
+
+* ``data-path``: the site's rows (CSV); they never leave this process.
+* ``identity-key``: the site's Ed25519 signing key (``securefed keygen``, mode 0600).
+* ``registry``: the consortium's public keys, the coordinator's included; the
+  site trusts only these, never keys sent by the coordinator.
+
+Flower starts a fresh process for every message, so everything that must last
+between messages is kept in ``Context.state`` (held by the site's own
+SuperNode): the setup calls to replay on the freshly loaded ``Site``, and the
+current round's secure-aggregation state (:mod:`securefed.transport.secagg_state`).
+Vectors are produced only by :func:`securefed.transport.release.release`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from securefed.transport.flower_wire import RECORD, RoundParams, Stage
+
+__all__ = ["client_app", "handle"]
+
+client_app = ClientApp()
+_STATE = "securefed"
+_ERROR_CHARS = 300
+
+
+@client_app.query("securefed")
+def handle(message: Message, context: Context) -> Message:
+    """Serve one stage; any failure is answered with a one-line ``error``."""
+    request = message.content[RECORD]
+    try:
+        reply = _serve(Stage(str(request["stage"])), request, context)
+    except Exception as exc:  # a refusal travels back as data; the run goes on
+        reply = {"error": f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]}
+    return Message(RecordDict({RECORD: ConfigRecord(reply)}), reply_to=message)
+
+
+def _state(context: Context) -> ConfigRecord:
+    if _STATE not in context.state.config_records:
+        context.state.config_records[_STATE] = ConfigRecord({"setup": [""]})
+    return context.state.config_records[_STATE]
+
+
+def _serve(stage: Stage, request: ConfigRecord, context: Context) -> dict:
+    if stage is Stage.OPEN:
+        setup = [str(t) for t in request["setup"]] if "setup" in request else []
+        return _open(RoundParams.from_json(str(request["round"])), str(request["call"]), setup,
+                     context)
+    return _step(stage, str(request["round_key"]), bytes(request["payload"]), context)
+
+
+def _node(context: Context, key: str) -> str:
+    try:
+        return str(context.node_config[key])
+    except KeyError:
+        raise KeyError(f"node config has no {key!r}") from None
+
+
+def _load_site(context: Context):
+    """This site's ``Site`` with every setup call so far applied again."""
+    import pandas as pd
+
+    from securefed.site import Site
+    from securefed.transport.calls import SiteCall, apply_call
+
+    site = Site(_node(context, "site-name"), pd.read_csv(Path(_node(context, "data-path"))))
+    for text in _state(context)["setup"]:
+        if text:
+            apply_call(site, SiteCall.from_json(text))
+    return site
+
+
+def _keep_setup(texts: list[str], context: Context) -> None:
+    """Remember setup calls; each replaces an earlier call of the same method."""
+    from securefed.transport.calls import RemoteCallError, SiteCall
+
+    state = _state(context)
+    kept = [t for t in state["setup"] if t]
+    for text in texts:
+        call = SiteCall.from_json(text)
+        if call.releases:
+            raise RemoteCallError(f"Site.{call.method} releases a vector; it is not setup")
+        kept = [t for t in kept if SiteCall.from_json(t).method != call.method] + [text]
+    state["setup"] = [""] + kept
+
+
+def _identity(context: Context):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from securefed.keys import Identity, Registry, public_key_from_hex
+
+    name = _node(context, "site-name")
+    identity = Identity.load(_node(context, "identity-key"), name)
+    registry = Registry.load(_node(context, "registry"))
+    if registry.public_key_hex(name) != identity.public_key_hex:
+        raise ValueError(f"the identity key is not the one registered for {name!r}")
+    private = Ed25519PrivateKey.from_private_bytes(identity.export_private_key_raw())
+    return private, registry, public_key_from_hex
+
+
+def _keys(params: RoundParams, context: Context):
+    from securefed.keys import COORDINATOR
+
+    private, registry, parse = _identity(context)
+    roster = {uid: parse(registry.public_key_hex(name)) for name, uid in params.sites.items()}
+    return private, roster, parse(registry.public_key_hex(COORDINATOR))
+
+
+def _open(params: RoundParams, call_text: str, setup: list[str], context: Context) -> dict:
+    from protocols.errors import EncodingError
+    from protocols.secagg_site import SecAggSite
+    from securefed.transport.calls import SiteCall
+    from securefed.transport.release import release
+    from securefed.transport.secagg_state import export_site
+
+    name = _node(context, "site-name")
+    if name not in params.sites:
+        raise ValueError(f"site {name!r} is not in this round")
+    _keep_setup(setup, context)
+    vector = release(_load_site(context), SiteCall.from_json(call_text), params.round_id,
+                     params.purpose)
+    if params.layer == "none":
+        return {"vector": vector.astype("<f8").tobytes()}
+    if len(vector) and float(np.max(np.abs(vector))) > params.bound:
+        raise EncodingError(f"a value is above the declared bound {params.bound:.3g}: "
+                            "standardise the covariates or raise the bound")
+    private, roster, server_key = _keys(params, context)
+    site = SecAggSite(params.sites[name], params.config(len(vector)), private, roster,
+                      server_key)
+    advert = site.advertise_keys()
+    state = _state(context)
+    state["round"] = params.to_json()
+    state["length"] = len(vector)
+    state["vector"] = vector.astype("<f8").tobytes()
+    state["secagg"] = export_site(site)
+    return {"length": len(vector), "payload": advert}
+
+
+def _step(stage: Stage, key: str, payload: bytes, context: Context) -> dict:
+    from protocols.secagg_site import SiteStage
+    from securefed.transport.secagg_state import export_site, restore_site
+
+    state = _state(context)
+    if "round" not in state or RoundParams.from_json(str(state["round"])).key != key:
+        raise ValueError(f"no open round {key} at this site")
+    params = RoundParams.from_json(str(state["round"]))
+    private, roster, server_key = _keys(params, context)
+    site = restore_site(bytes(state["secagg"]), params.sites[_node(context, "site-name")],
+                        params.config(int(state["length"])), private, roster, server_key)
+    try:
+        if stage is Stage.SHARE_KEYS:
+            out = site.share_keys(payload)
+        elif stage is Stage.MASKED_INPUT:
+            vector = np.frombuffer(bytes(state["vector"]), dtype="<f8")
+            out = site.masked_input(payload, vector)
+            state["vector"] = b""
+        elif stage is Stage.CONSISTENCY:
+            out = site.sign_consistency(payload)
+        elif stage is Stage.UNMASK:
+            out = site.unmask(payload)
+        else:
+            raise ValueError(f"stage {stage.value} is not a protocol step")
+    finally:
+        if site.stage in (SiteStage.DONE, SiteStage.ABORTED):
+            for field in ("round", "length", "vector", "secagg"):
+                if field in state:
+                    del state[field]
+        else:
+            state["secagg"] = export_site(site)
+    return {"payload": out}

@@ -1,0 +1,258 @@
+"""The coordinator's side over Flower: one protected sum per call, inside a ServerApp.
+
+:class:`FlowerEngine` does over Flower messages exactly what
+:func:`protocols.secagg.secure_sum` does in-process: it drives a
+:class:`~protocols.secagg_server.SecAggServer` and exchanges only its bytes
+with each site's ClientApp (:mod:`securefed.transport.flower_client`), one
+message exchange per protocol stage (:mod:`securefed.transport.flower_wire`).
+
+A stage closes when every asked site has answered, or ``grace`` seconds after
+the first answer, or after ``stage`` seconds; a site that has not answered by
+then has dropped out and the protocol's recovery takes over. Replies are
+pulled only for the current stage's message ids, so a late reply to an
+earlier stage or round is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from protocols.errors import ProtocolError
+from protocols.stack import AggregateResult
+from securefed.keys import Registry, public_key_from_hex
+from securefed.transport.calls import RemoteCallError, SiteCall
+from securefed.transport.flower_wire import MESSAGE_TYPE, RECORD, RoundParams, Stage
+
+__all__ = ["FlowerEngine", "StageTimeouts", "SiteRefused"]
+
+Observer = Callable[[Stage, tuple[str, ...]], None]
+
+
+class SiteRefused(ProtocolError):
+    """A site could not compute what the round asked (nothing was released)."""
+
+
+@dataclass(frozen=True)
+class StageTimeouts:
+    """How long one stage waits: ``stage`` at most, ``grace`` after the first reply."""
+
+    stage: float = 300.0
+    grace: float = 60.0
+    poll: float = 0.1
+
+
+@dataclass
+class _Exchange:
+    replies: dict[str, ConfigRecord] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+class FlowerEngine:
+    """Runs protected sums over the sites' ClientApps.
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The ServerApp's grid.
+    identity : Ed25519PrivateKey
+        The coordinator's signing key (registered as ``"coordinator"``).
+    registry : Registry
+        The consortium's public keys; a SuperNode is a site if it was
+        registered (``flwr supernode register --name``) under a name found here.
+    protection : object
+        A ``protocols.stack`` layer whose parameters this engine uses:
+        ``SecAggSum`` (``bound``, ``neighbours``, ``threshold``,
+        ``min_contributors``) or ``PlaintextSum``.
+    timeouts : StageTimeouts
+    observer : callable, optional
+        Called as ``observer(stage, sites_that_answered)`` after each stage.
+    """
+
+    def __init__(self, grid: Grid, identity: Ed25519PrivateKey, registry: Registry,
+                 protection: object, timeouts: StageTimeouts = StageTimeouts(),
+                 observer: Observer | None = None) -> None:
+        layer = getattr(protection, "name", None)
+        if layer not in ("secagg", "none"):
+            raise ValueError(f"protection {layer!r} does not run over Flower yet "
+                             "(available: secagg, none)")
+        self._grid = grid
+        self._identity = identity
+        self._registry = registry
+        self._protection = protection
+        self._layer = layer
+        self._session = secrets.token_bytes(16)
+        self.timeouts = timeouts
+        self.observer = observer
+        self._setup: list[str] = []
+        self._ids = {name: uid for uid, name in enumerate(sorted(registry.parties), start=1)}
+
+    # ------------------------------------------------------------- sites
+    def sites(self) -> dict[str, int]:
+        """Site name → Flower node id of every connected SuperNode registered as a site."""
+        nodes = {}
+        for node in self._grid.get_nodes():
+            name = str(node.name)
+            if name in self._registry and name != "coordinator":
+                nodes[name] = int(node.node_id)
+        return nodes
+
+    def wait_for_sites(self, names: Iterable[str], timeout: float = 60.0) -> dict[str, int]:
+        """Block until every site in ``names`` is connected; TimeoutError otherwise."""
+        wanted = set(names)
+        deadline = time.monotonic() + timeout
+        while not wanted <= set(nodes := self.sites()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sites not connected: {sorted(wanted - set(nodes))}")
+            time.sleep(self.timeouts.poll)
+        return nodes
+
+    # ------------------------------------------------------------ rounds
+    def setup(self, call: SiteCall) -> None:
+        """Queue a setup call; every site applies it before computing its next vector.
+
+        It travels with the next round's first message, so setup costs no
+        message exchange of its own; a site that cannot apply it refuses
+        that round (:class:`SiteRefused`).
+        """
+        if call.releases:
+            raise RemoteCallError(f"Site.{call.method} releases a vector: use run_round")
+        self._setup.append(call.to_json())
+
+    def run_round(self, round_id: int, purpose: str, call: SiteCall,
+                  site_names: Iterable[str]) -> AggregateResult:
+        """One protected sum of ``call``'s vector over ``site_names``.
+
+        Returns the sum over the contributors (sites whose input is in it);
+        ``dropped`` lists the asked sites that missed a stage.
+
+        Raises
+        ------
+        SiteRefused
+            A site could not compute its vector (bad call, bound, non-finite).
+        AbortError
+            Too few sites left for the protocol; nothing is released.
+        """
+        if not call.releases:
+            raise RemoteCallError(f"Site.{call.method} releases nothing: use setup")
+        names = sorted(site_names)
+        params = self._params(round_id, purpose, names)
+        request = {"round": params.to_json(), "call": call.to_json()}
+        if self._setup:
+            request["setup"] = list(self._setup)
+        opened = self._exchange(Stage.OPEN, dict.fromkeys(names, request))
+        self._setup.clear()
+        if opened.errors:
+            raise SiteRefused("; ".join(f"{n}: {e}" for n, e in sorted(opened.errors.items())))
+        if self._layer == "none":
+            return self._plain_sum(names, opened)
+        return self._secagg(params, names, opened)
+
+    def _params(self, round_id: int, purpose: str, names: list[str]) -> RoundParams:
+        unknown = [n for n in names if n not in self._ids]
+        if unknown:
+            raise ValueError(f"sites not in the registry: {unknown}")
+        protection = self._protection
+        session = hashlib.sha256(self._session + purpose.encode()).digest()[:16]
+        return RoundParams(self._layer, session, round_id, purpose,
+                           {n: self._ids[n] for n in names},
+                           float(getattr(protection, "bound", 0.0)),
+                           getattr(protection, "threshold", None),
+                           getattr(protection, "neighbours", None),
+                           int(getattr(protection, "min_contributors", 1)))
+
+    def _plain_sum(self, names: list[str], opened: _Exchange) -> AggregateResult:
+        vectors = {n: np.frombuffer(bytes(r["vector"]), dtype="<f8")
+                   for n, r in opened.replies.items()}
+        from protocols.stack import PlaintextSum
+
+        result = PlaintextSum().aggregate(vectors, round_id=0, purpose="")
+        dropped = tuple(n for n in names if n not in vectors)
+        return AggregateResult(result.total, result.contributors, dropped,
+                               {n: 8 * len(v) for n, v in vectors.items()})
+
+    def _secagg(self, params: RoundParams, names: list[str], opened: _Exchange) -> AggregateResult:
+        from protocols.secagg_server import SecAggServer
+
+        lengths = {int(r["length"]) for r in opened.replies.values()}
+        if len(lengths) != 1:
+            raise SiteRefused(f"sites computed vectors of different lengths {sorted(lengths)}")
+        roster = {uid: public_key_from_hex(self._registry.public_key_hex(n))
+                  for n, uid in params.sites.items()}
+        server = SecAggServer(params.config(lengths.pop()), self._identity, roster)
+        by_id = {uid: n for n, uid in params.sites.items()}
+        sent = dict.fromkeys(names, 0)
+        seconds = 0.0
+        replies = opened.replies
+        for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK,
+                      None):
+            started = time.perf_counter()
+            for name, reply in sorted(replies.items()):
+                payload = bytes(reply["payload"])
+                try:
+                    server.receive(payload)
+                    sent[name] += len(payload)
+                except ProtocolError:
+                    pass  # an invalid message counts as no message: that site has dropped
+            outgoing = server.advance()  # AbortError propagates: nothing released
+            seconds += time.perf_counter() - started
+            if stage is None:
+                break
+            exchange = self._exchange(stage, {
+                by_id[uid]: {"round_key": params.key, "payload": data}
+                for uid, data in outgoing.items()})
+            replies = exchange.replies
+        outcome = server.outcome
+        contributors = tuple(sorted(by_id[u] for u in outcome.contributors))
+        answered_all = set(replies)
+        dropped = tuple(n for n in names if n not in answered_all)
+        return AggregateResult(outcome.total, contributors, dropped, sent,
+                               {"seconds_server": seconds})
+
+    # ---------------------------------------------------------- messages
+    def _exchange(self, stage: Stage, contents: Mapping[str, dict]) -> _Exchange:
+        """Send one message per site, collect the replies of this stage only."""
+        nodes = self.sites()
+        result = _Exchange()
+        messages = []
+        for name, content in contents.items():
+            if name not in nodes:
+                result.errors[name] = "not connected"
+                continue
+            record = ConfigRecord({"stage": stage.value, **content})
+            messages.append(Message(RecordDict({RECORD: record}), dst_node_id=nodes[name],
+                                    message_type=MESSAGE_TYPE,
+                                    ttl=self.timeouts.stage + 60.0))
+        names_by_node = {node: name for name, node in nodes.items()}
+        pending = set(self._grid.push_messages(messages)) if messages else set()
+        started = time.monotonic()
+        first_reply: float | None = None
+        while pending:
+            for reply in self._grid.pull_messages(list(pending)):
+                pending.discard(reply.metadata.reply_to_message_id)
+                name = names_by_node.get(reply.metadata.src_node_id)
+                if name is None:
+                    continue
+                first_reply = first_reply or time.monotonic()
+                if reply.has_error():
+                    result.errors[name] = str(reply.error.reason)
+                elif "error" in reply.content[RECORD]:
+                    result.errors[name] = str(reply.content[RECORD]["error"])
+                else:
+                    result.replies[name] = reply.content[RECORD]
+            now = time.monotonic()
+            if not pending or now - started > self.timeouts.stage or (
+                    first_reply is not None and now - first_reply > self.timeouts.grace):
+                break
+            time.sleep(self.timeouts.poll)
+        if self.observer is not None:
+            self.observer(stage, tuple(sorted(result.replies)))
+        return result

@@ -1,0 +1,102 @@
+"""What the coordinator's ServerApp and a site's ClientApp put in Flower messages.
+
+Every message is a Flower ``query.securefed`` message whose ``RecordDict``
+holds one ``ConfigRecord`` named ``securefed``. Protocol bytes travel as
+``bytes`` values in it, untouched; Flower carries them over TLS between
+authenticated SuperNodes and the SuperLink.
+
+======================  =======================================  ==========================
+stage                   coordinator → site                       site → coordinator
+======================  =======================================  ==========================
+``open``                ``round`` (public round parameters,      ``length`` and ``payload``
+                        JSON), ``call`` (a release call) and     (AdvertiseKeys bytes), or
+                        ``setup`` (setup calls to apply first)   ``vector`` (layer ``none``)
+``share_keys``          ``payload`` (KeyList bytes)              ``payload`` (ShareKeys)
+``masked_input``        ``payload`` (ShareBundle bytes)          ``payload`` (MaskedInput)
+``consistency``         ``payload`` (ConsistencyRequest bytes)   ``payload`` (signature)
+``unmask``              ``payload`` (UnmaskRequest bytes)        ``payload`` (UnmaskShares)
+======================  =======================================  ==========================
+
+Every request after ``open`` names its round (``round_key``); a site answers
+a request it cannot serve with ``error`` (one line) instead of a payload.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+
+__all__ = ["Stage", "RoundParams", "RECORD", "MESSAGE_TYPE", "round_key"]
+
+RECORD = "securefed"
+MESSAGE_TYPE = "query.securefed"
+
+
+class Stage(enum.Enum):
+    """One message exchange between the coordinator and the live sites."""
+
+    OPEN = "open"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
+    UNMASK = "unmask"
+
+
+def round_key(session_id: bytes, round_id: int) -> str:
+    """The name of one protocol instance: session and round."""
+    return f"{session_id.hex()}:{round_id}"
+
+
+@dataclass(frozen=True)
+class RoundParams:
+    """The public parameters of one round, as every site must see them.
+
+    ``sites`` maps each site name of the round to its protocol id; ``layer``
+    is ``"secagg"`` or ``"none"``.
+    """
+
+    layer: str
+    session_id: bytes
+    round_id: int
+    purpose: str
+    sites: dict[str, int]
+    bound: float
+    threshold: int | None = None
+    neighbours: int | None = None
+    min_contributors: int = 3
+
+    @property
+    def key(self) -> str:
+        return round_key(self.session_id, self.round_id)
+
+    def to_json(self) -> str:
+        return json.dumps({"layer": self.layer, "session_id": self.session_id.hex(),
+                           "round_id": self.round_id, "purpose": self.purpose,
+                           "sites": self.sites, "bound": self.bound,
+                           "threshold": self.threshold, "neighbours": self.neighbours,
+                           "min_contributors": self.min_contributors}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RoundParams:
+        data = json.loads(text)
+        if data["layer"] not in ("secagg", "none"):
+            raise ValueError(f"unknown protection layer {data['layer']!r}")
+        sites = {str(name): int(uid) for name, uid in data["sites"].items()}
+        if len(set(sites.values())) != len(sites):
+            raise ValueError("two sites share a protocol id")
+        return cls(data["layer"], bytes.fromhex(data["session_id"]), int(data["round_id"]),
+                   str(data["purpose"]), sites, float(data["bound"]),
+                   None if data["threshold"] is None else int(data["threshold"]),
+                   None if data["neighbours"] is None else int(data["neighbours"]),
+                   int(data["min_contributors"]))
+
+    def config(self, vector_length: int):
+        """The :class:`~protocols.secagg_config.SecAggConfig` both sides build."""
+        from protocols.secagg_config import SecAggConfig
+
+        return SecAggConfig(session_id=self.session_id, round_id=self.round_id,
+                            site_ids=tuple(sorted(self.sites.values())),
+                            vector_length=vector_length, bounds=self.bound,
+                            threshold=self.threshold, neighbours=self.neighbours,
+                            min_contributors=self.min_contributors)

@@ -1,0 +1,245 @@
+"""A real Flower federation on 127.0.0.1: TLS, SuperNode authentication, five sites.
+
+``federation`` (module scope) makes a CA and certificates, SuperNode keys and
+securefed identities in a temporary directory, writes each site's rows to its
+own CSV, starts a SuperLink and one SuperNode per site as separate process
+groups on free ports, and registers each SuperNode's key under its site name.
+``federation.run(steps)`` submits the test ServerApp with ``flwr run`` and
+returns what it wrote. Every process is killed at teardown; any failure is
+reported with the tail of every process's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from securefed.keys import Identity, Registry
+from securefed.transport.pki import write_ca_and_server, write_node_key
+
+SITES = ("A", "B", "C", "D", "E")
+REPO = Path(__file__).resolve().parents[3]
+BOUND = 2.0**40
+APP_PYPROJECT = """\
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "securefed-flower-test"
+version = "1.0.0"
+description = "securefed Flower deployment test"
+license = "MIT"
+dependencies = ["flwr>=1.41"]
+
+[tool.flwr.app]
+publisher = "securefed"
+
+[tool.flwr.app.components]
+serverapp = "flower_test_app:server_app"
+clientapp = "securefed.transport.flower_client:client_app"
+
+[tool.flwr.app.config]
+scenario = ""
+result = ""
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def site_frames(seed: int = 7) -> dict[str, pd.DataFrame]:
+    """Binomial random-intercept data: 8 groups of 6 rows per site."""
+    rng = np.random.default_rng(seed)
+    frames = {}
+    for k, name in enumerate(SITES):
+        groups = np.repeat([f"{name}{g}" for g in range(8)], 6)
+        x1, x2 = rng.normal(size=48), rng.normal(size=48) + 0.2 * k
+        b = np.repeat(rng.normal(scale=0.8, size=8), 6)
+        p = 1 / (1 + np.exp(-(-0.3 + 0.7 * x1 - 0.4 * x2 + b)))
+        frames[name] = pd.DataFrame({"y": (rng.random(48) < p).astype(float), "x1": x1,
+                                     "x2": x2, "group": groups})
+    return frames
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@dataclass
+class Federation:
+    root: Path
+    env: dict[str, str]
+    app_dir: Path
+    scenario_base: dict
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: dict[str, Path] = field(default_factory=dict)
+    runs: int = 0
+
+    def start(self, name: str, args: list[str], home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        log = self.root / "logs" / f"{name}.log"
+        log.parent.mkdir(exist_ok=True)
+        env = {**self.env, "FLWR_HOME": str(home)}
+        with open(log, "wb") as out:
+            self.procs[name] = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                                env=env, start_new_session=True)
+        self.logs[name] = log
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+        return subprocess.run(["flwr", *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=self.app_dir)
+
+    def report(self, lines: int = 40) -> str:
+        parts = []
+        for name, log in self.logs.items():
+            proc = self.procs.get(name)
+            state = "running" if proc and proc.poll() is None else f"exit {proc.returncode}"
+            text = log.read_text(errors="replace").splitlines()[-lines:] if log.exists() else []
+            parts.append(f"----- {name} ({state}): {log}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    def fail(self, why: str) -> None:
+        pytest.fail(f"{why}\n{self.report()}", pytrace=False)
+
+    def run(self, steps: list[dict], timeout: float = 400.0) -> dict:
+        """Submit the test ServerApp with ``steps``; its JSON report."""
+        self.runs += 1
+        scenario = self.root / f"scenario{self.runs}.json"
+        result = self.root / f"result{self.runs}.json"
+        scenario.write_text(json.dumps({**self.scenario_base, "steps": steps}))
+        done = self.flwr("run", ".", "local", "--run-config",
+                         f'scenario="{scenario}" result="{result}"')
+        if done.returncode != 0:
+            self.fail(f"flwr run failed:\n{done.stdout}\n{done.stderr}")
+        deadline = time.monotonic() + timeout
+        while not result.exists():
+            if time.monotonic() > deadline:
+                self.fail(f"the ServerApp wrote no result within {timeout} s")
+            if self.procs["superlink"].poll() is not None:
+                self.fail("the SuperLink exited")
+            time.sleep(0.5)
+        report = json.loads(result.read_text())
+        if "error" in report:
+            self.fail(f"the ServerApp failed: {report['error']}\n{report['traceback']}")
+        return report
+
+    def pgid(self, site: str) -> int:
+        return self.procs[site].pid
+
+    def stop_all(self) -> None:
+        pids = []
+        for proc in self.procs.values():
+            pids += [proc.pid, *_descendants(proc.pid)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _register(fed: Federation, public_keys: dict[str, Path]) -> None:
+    """``flwr supernode register KEY --name SITE`` for every site, in parallel, with retries."""
+    deadline = time.monotonic() + 90
+    todo = dict(public_keys)
+    while todo:
+        running = {name: subprocess.Popen(
+            ["flwr", "supernode", "register", str(key), "local", "--name", name],
+            env=fed.env, cwd=fed.app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True) for name, key in todo.items()}
+        for name, proc in running.items():
+            output = proc.communicate(timeout=60)[0]
+            if proc.returncode == 0:
+                del todo[name]
+            elif time.monotonic() > deadline or fed.procs["superlink"].poll() is not None:
+                fed.fail(f"could not register SuperNode {name}:\n{output}")
+        if todo:
+            time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    if shutil.which("flower-superlink") is None:
+        pytest.fail("flwr is not installed: pip install -e '.[test]'")
+    root = tmp_path_factory.mktemp("flower")
+    pki = write_ca_and_server(root / "pki", ["127.0.0.1", "localhost"])
+    keys = root / "keys"
+    keys.mkdir()
+    parties = [Identity.generate("coordinator"), *(Identity.generate(s) for s in SITES)]
+    for party in parties:
+        party.save_private_key(keys / f"{party.name}.key")
+    Registry.of(*parties).save(keys / "registry.json")
+    data = root / "data"
+    data.mkdir()
+    for name, frame in site_frames().items():
+        frame.to_csv(data / f"{name}.csv", index=False)
+    app_dir = root / "app"
+    app_dir.mkdir()
+    (app_dir / "pyproject.toml").write_text(APP_PYPROJECT)
+    shutil.copy(Path(__file__).with_name("flower_test_app.py"), app_dir)
+    port = free_port()
+    operator_home = root / "operator"
+    operator_home.mkdir()
+    (operator_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "127.0.0.1:{port}"\n'
+        f'root-certificates = "{pki["ca"]}"\n')
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "FLWR_HOME": str(operator_home),
+           "PYTHONPATH": str(REPO)}
+    fed = Federation(root, env, app_dir, {
+        "coordinator_key": str(keys / "coordinator.key"),
+        "registry": str(keys / "registry.json"), "sites": list(SITES), "bound": BOUND,
+        "timeouts": {"stage": 120.0, "grace": 10.0, "poll": 0.05}})
+    try:
+        fed.start("superlink", [
+            "flower-superlink", "--ssl-ca-certfile", str(pki["ca"]),
+            "--ssl-certfile", str(pki["cert"]), "--ssl-keyfile", str(pki["key"]),
+            "--enable-supernode-auth", "--disable-runtime-dependency-installation",
+            "--host", "127.0.0.1", "--port", str(port)], root / "superlink-home")
+        node_keys = {name: write_node_key(root / "pki", name) for name in SITES}
+        _register(fed, {name: public for name, (_, public) in node_keys.items()})
+        for name, (private, _) in node_keys.items():
+            node_config = (f'site-name="{name}" data-path="{data / f"{name}.csv"}" '
+                           f'identity-key="{keys / f"{name}.key"}" '
+                           f'registry="{keys / "registry.json"}"')
+            fed.start(name, [
+                "flower-supernode", "--root-certificates", str(pki["ca"]),
+                "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key",
+                str(private), "--port", str(free_port()), "--node-config", node_config],
+                root / f"home-{name}")
+        yield fed
+    finally:
+        fed.stop_all()
