@@ -24,6 +24,7 @@ def _register() -> None:
     app.command("demo")(cli_fit.demo)
     app.command("bfi")(cli_bfi.bfi)
     app.command("bfi-holdout")(cli_bfi.bfi_holdout)
+    app.command("privacy-curve")(__import__("securefed.cli_privacy").cli_privacy.privacy_curve)
     register_audit(app)
     __import__("securefed.cli_study").cli_study.register(app)
     _register.done = True

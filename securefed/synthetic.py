@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["TRUE_COEFFICIENTS", "make_hospitals"]
+__all__ = ["TRUE_COEFFICIENTS", "make_hospitals", "make_clustered"]
 
 TRUE_COEFFICIENTS = {
     "(Intercept)": -1.5, "x2": 0.1, "x3": -0.5, "x4": -0.3, "x5": 0.4,
@@ -38,4 +38,26 @@ def make_hospitals(n_sites: int = 12, rows_per_site: int = 250, sd: float = 1.0,
     frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(2, 11)])
     frame.insert(0, "hospital", hospital)
     frame["y"] = y
+    return frame
+
+
+def make_clustered(n_sites: int = 12, clusters_per_site: int = 50, rows_per_cluster: int = 5,
+                   sd: float = 1.0, seed: int = 2024) -> pd.DataFrame:
+    """Like :func:`make_hospitals`, but the random intercept belongs to small clusters
+    (e.g. a patient's repeated visits) nested in the hospitals: column ``cluster``."""
+    if min(n_sites, clusters_per_site, rows_per_cluster) < 1:
+        raise ValueError("need at least one site, cluster and row")
+    rng = np.random.default_rng(seed)
+    n_clusters = n_sites * clusters_per_site
+    n = n_clusters * rows_per_cluster
+    cluster = np.repeat(np.arange(n_clusters), rows_per_cluster)
+    X = np.hstack([rng.binomial(1, 0.5, size=(n, 4)).astype(float),
+                   rng.uniform(-1.0, 1.5, size=(n, 5))])
+    beta = np.array(list(TRUE_COEFFICIENTS.values())[1:])
+    b = rng.normal(0.0, sd, size=n_clusters)
+    eta = TRUE_COEFFICIENTS["(Intercept)"] + X @ beta + b[cluster]
+    frame = pd.DataFrame(X, columns=[f"x{j}" for j in range(2, 11)])
+    frame.insert(0, "cluster", cluster)
+    frame.insert(0, "hospital", cluster // clusters_per_site + 1)
+    frame["y"] = rng.binomial(1, 1.0 / (1.0 + np.exp(-eta)))
     return frame

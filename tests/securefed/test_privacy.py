@@ -216,3 +216,25 @@ def test_cli_requires_dp_clip(tmp_path, capsys) -> None:
                  "--protect", "secagg,dp", "--epsilon", "1"])
     assert code == 2
     assert "--dp-clip" in capsys.readouterr().err
+
+
+def test_privacy_curve_command_writes_csv_and_png(tmp_path) -> None:
+    out = tmp_path / "curve"
+    code = main(["privacy-curve", "--out", str(out), "--models", "bfi", "--epsilons", "8,inf",
+                 "--repeats", "1", "--quiet"])
+    assert code == 0
+    summary = pd.read_csv(out / "privacy_curve.csv")
+    assert list(summary["epsilon"]) == [8.0, math.inf]
+    assert summary.loc[1, "rmse_in_se"] == 0.0 and summary.loc[1, "coverage"] == 1.0
+    assert summary.loc[0, "rmse_in_se"] > 0.0
+    assert (out / "privacy_curve.png").stat().st_size > 10_000
+    assert main(["privacy-curve", "--out", str(out), "--models", "lasso"]) == 2
+
+
+def test_clustered_generator_nests_clusters_in_hospitals() -> None:
+    from securefed.synthetic import make_clustered
+
+    frame = make_clustered(3, 4, 2, seed=1)
+    assert len(frame) == 24
+    assert (frame.groupby("cluster")["hospital"].nunique() == 1).all()
+    assert frame["hospital"].nunique() == 3
