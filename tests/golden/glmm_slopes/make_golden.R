@@ -2,7 +2,9 @@
 ## securefed's federated GLMM (METHODS.md §1, q = 1 and q = 2).
 ##
 ## Run from the repository root:
-##     Rscript tests/golden/glmm_slopes/make_golden.R
+##     Rscript tests/golden/glmm_slopes/make_golden.R [regular] [boundary]
+## (both parts by default; "boundary" alone writes only the section-7 cases:
+## covariances on the boundary, i.e. singular fits)
 ##
 ## Writes, into tests/golden/glmm_slopes/:
 ##     data/<name>.csv   the exact data each model is fitted on (numeric only)
@@ -242,8 +244,11 @@ lmer_record <- function(formula, data, group_column) {
         -gaussian_marginal_loglik(y, X, Z, grp, par[1:p], from_log_chol(par[p + seq_len(q * (q + 1) / 2)], q),
                                   exp(par[length(par)]))
     }
-    par0 <- c(unname(beta), log_chol(Sigma), log(sig))
-    V <- solve(numDeriv_hessian(negll, par0))
+    ## a singular Sigma (a boundary fit) has no log-Cholesky point and no observed information
+    lc <- tryCatch(log_chol(Sigma), error = function(e) NULL)
+    par0 <- if (is.null(lc)) NULL else c(unname(beta), lc, log(sig))
+    V <- if (is.null(lc)) matrix(NA, p + length(Sigma), p + length(Sigma)) else
+        solve(numDeriv_hessian(negll, par0))
     conv <- fit@optinfo$conv
     c(list(
         fixef = named(beta),
@@ -253,7 +258,7 @@ lmer_record <- function(formula, data, group_column) {
       list(
         sigma_residual = sig,
         theta = unname(getME(fit, "theta")),
-        log_cholesky = par0[-seq_len(p)],
+        log_cholesky = if (is.null(par0)) NA else par0[-seq_len(p)],
         loglik = as.numeric(logLik(fit)),
         loglik_full = ll_full,
         loglik_full_minus_loglik = ll_full - as.numeric(logLik(fit)),
@@ -367,7 +372,8 @@ write_case <- function(name, formula, family, group_column, site_column, data, f
     fdata <- data
     fdata[[group_column]] <- factor(fdata[[group_column]])
     message(sprintf("[%s] glmmTMB", name))
-    tmb <- glmmtmb_record(formula, fdata, family, group_column)
+    tmb <- tryCatch(glmmtmb_record(formula, fdata, family, group_column),
+                    error = function(e) list(error = conditionMessage(e)))
     js <- c(list(
         dataset = paste0(name, ".csv"),
         dataset_path = file.path("data", paste0(name, ".csv")),
@@ -423,6 +429,12 @@ glmm_case <- function(name, formula, family, data, group_column, site_column, ex
     }
     write_case(name, formula, family, group_column, site_column, data, fits, extra)
 }
+
+PARTS <- commandArgs(trailingOnly = TRUE)
+if (length(PARTS) == 0L) PARTS <- c("regular", "boundary")
+stopifnot(all(PARTS %in% c("regular", "boundary")))
+
+if ("regular" %in% PARTS) {
 
 ## ---------------------------------------------------------------------------
 ## 1. sleepstudy, (1 + Days | Subject), site = Subject
@@ -556,5 +568,102 @@ glmm_case("poisson_slopes", y ~ x + (1 + x | patient), "poisson", pois, "patient
 pois_so <- write_csv_exact(pois, "poisson_slope_only")
 glmm_case("poisson_slope_only", y ~ x + (0 + x | patient), "poisson", pois_so, "patient", "site",
           list(source = "the data of poisson_slopes"), nagq = c(1L, 5L))
+
+}  # regular
+
+## ---------------------------------------------------------------------------
+## 7. Boundary (singular) fits: a correlation at +-1, Sigma = 0, an intercept
+##    variance that lme4 puts at 0, and a rank-2 covariance with q = 3
+## ---------------------------------------------------------------------------
+## Each case takes the first seed from 1 on whose default lme4 fit has the
+## stated boundary (its rule is stored in seed_rule; seeds_tried lists the
+## others). Groups g = 1..G, sites of 5 groups, x = round(rnorm, 6),
+## x2 = round(runif(-1, 1), 6), (b0, b1) ~ N(0, Sigma(sds, corr)),
+## eta = 0.2 + 0.5 x + b0 + b1 x (+ 0.3 x2 + b2 x2, b2 = 0, for q = 3).
+
+simulate_boundary <- function(seed, family, n_groups, n_rows, sds, corr, sigma = 1, q3 = FALSE) {
+    set.seed(seed)
+    n <- n_groups * n_rows
+    g <- rep(seq_len(n_groups), each = n_rows)
+    x <- round(rnorm(n), 6)
+    x2 <- round(runif(n, -1, 1), 6)
+    Sigma <- diag(sds, 2) %*% matrix(c(1, corr, corr, 1), 2) %*% diag(sds, 2)
+    b <- matrix(rnorm(n_groups * 2), n_groups, 2) %*% chol(Sigma + diag(1e-300, 2))
+    eta <- 0.2 + 0.5 * x + b[g, 1] + b[g, 2] * x + if (q3) 0.3 * x2 else 0
+    y <- switch(family, gaussian = eta + rnorm(n, 0, sigma), poisson = rpois(n, exp(eta)),
+                binomial = rbinom(n, 1, plogis(eta)))
+    data.frame(site = (g - 1L) %/% 5L + 1L, g = g, x = x, x2 = x2, y = y)
+}
+
+default_theta <- function(data, family, formula) {
+    data$g <- factor(data$g)
+    fit <- suppressWarnings(suppressMessages(
+        if (family == "gaussian") lmer(formula, data = data, REML = FALSE)
+        else glmer(formula, data = data, family = family)))
+    unname(getME(fit, "theta"))
+}
+
+first_seed <- function(accept, family, formula, ...) {
+    tried <- list()
+    for (seed in 1:50) {
+        theta <- default_theta(simulate_boundary(seed, family, ...), family, formula)
+        tried[[as.character(seed)]] <- I(theta)
+        if (accept(theta)) return(list(seed = seed, tried = tried))
+    }
+    stop("no seed in 1..50 meets the rule")
+}
+
+boundary_case <- function(name, formula, family, rule_text, accept, ..., restarts = FALSE) {
+    found <- first_seed(accept, family, formula, ...)
+    data <- write_csv_exact(simulate_boundary(found$seed, family, ...), name)
+    extra <- list(source = sprintf("simulate_boundary(seed, \"%s\", %s) in make_golden.R",
+                                   family, paste(deparse(list(...)), collapse = "")),
+                  seed = found$seed, seed_rule = rule_text, seeds_tried = found$tried)
+    if (family == "gaussian") {
+        gaussian_case(name, formula, data, "g", "site", extra)
+        return(invisible())
+    }
+    if (restarts) {
+        ## lme4 from other starting points: Nelder-Mead, and bobyqa started in the
+        ## rank-1 region (Lambda_11 = 0.05, Lambda_21 = +-SD of x, Lambda_22 = 0.05)
+        fdata <- data
+        fdata$g <- factor(fdata$g)
+        sd_x <- attr(VarCorr(suppressWarnings(suppressMessages(
+            glmer(formula, data = fdata, family = family))))$g, "stddev")[2]
+        controls <- list(
+            nelder_mead = list(control = glmerControl(optimizer = "Nelder_Mead")),
+            start_plus = list(start = list(theta = c(0.05, sd_x, 0.05))),
+            start_minus = list(start = list(theta = c(0.05, -sd_x, 0.05))))
+        extra$restarts <- lapply(controls, function(args) {
+            cw <- capture_warnings(do.call(glmer, c(list(formula, data = fdata, family = family),
+                                                    args)))
+            c(list(theta = unname(getME(cw$value, "theta")),
+                   loglik = as.numeric(logLik(cw$value))),
+              varcorr_record(VarCorr(cw$value)$g),
+              list(fixef = named(fixef(cw$value)), warnings = I(cw$warnings)))
+        })
+    }
+    glmm_case(name, formula, family, data, "g", "site", extra)
+}
+
+if ("boundary" %in% PARTS) {
+    boundary_case("gaussian_corr_boundary", y ~ x + (1 + x | g), "gaussian",
+                  "lmer theta[3] == 0 (correlation +-1) and theta[1] > 0.1",
+                  function(th) th[3] == 0 && th[1] > 0.1,
+                  n_groups = 30L, n_rows = 8L, sds = c(0.8, 0.3), corr = 0.9, sigma = 0.7)
+    boundary_case("binomial_zero_covariance", y ~ x + (1 + x | g), "binomial",
+                  "glmer max |theta| < 1e-6 (Sigma = 0)",
+                  function(th) max(abs(th)) < 1e-6,
+                  n_groups = 30L, n_rows = 10L, sds = c(0, 0), corr = 0)
+    boundary_case("poisson_intercept_boundary", y ~ x + (1 + x | g), "poisson",
+                  "glmer theta[1] < 1e-8 (intercept SD at 0) and theta[3] > 0.1",
+                  function(th) th[1] < 1e-8 && th[3] > 0.1,
+                  n_groups = 40L, n_rows = 8L, sds = c(0, 0.5), corr = 0, restarts = TRUE)
+    boundary_case("gaussian_q3_boundary", y ~ x + x2 + (1 + x + x2 | g), "gaussian",
+                  "lmer theta[6] == 0 (rank-2 covariance)",
+                  function(th) th[6] == 0,
+                  n_groups = 40L, n_rows = 10L, sds = c(0.7, 0.4), corr = 0.5, sigma = 1,
+                  q3 = TRUE)
+}
 
 message("done")
