@@ -1,4 +1,5 @@
-"""Vector random effects (random slopes) against lme4, brute-force integration and theta.
+"""Vector random effects (random slopes) against lme4, brute-force integration and theta;
+covariances on the boundary (singular fits); rounds.
 
 Goldens: tests/golden/glmm_slopes (``make_golden.R``; schema and findings in
 its README.md). lme4 allows nAGQ > 1 only for one scalar random effect, so
@@ -95,7 +96,23 @@ def test_matches_lme4(name: str, key: str) -> None:
     assert fit.bic == pytest.approx(-2 * fit.loglik + math.log(fit.n_obs) * ref["df"], abs=1e-9)
     if key == "nagq1":
         assert abs(fit.aic - ref["aic"]) <= 0.04 and abs(fit.bic - ref["bic"]) <= 0.04
-    assert fit.rounds <= 25
+    assert fit.rounds <= ROUNDS[name, key]
+
+
+# Rounds (design summary + Newton rounds) measured on these problems; before start
+# values from X'X, relative steps on off-diagonals, derivatives at every trial point
+# and the quadratic-convergence stop they were, in the order below: 11, 11, 8, 16, 20,
+# 6, 6; the boundary fits 30, 26, 39, 19 and 266, none of them converged. README.md
+# in the goldens' folder has the table.
+ROUNDS = {
+    ("sleepstudy_slopes", "nagq1"): 6, ("sleepstudy_nested", "nagq1"): 6,
+    ("sleepstudy_slope_only", "nagq1"): 5, ("binomial_longitudinal", "nagq1"): 12,
+    ("poisson_slopes", "nagq1"): 6, ("poisson_slope_only", "nagq1"): 5,
+    ("poisson_slope_only", "nagq5"): 5,
+    ("binomial_longitudinal_singular", "nagq1"): 10, ("gaussian_corr_boundary", "nagq1"): 11,
+    ("gaussian_q3_boundary", "nagq1"): 11, ("binomial_zero_covariance", "nagq1"): 13,
+    ("poisson_intercept_boundary", "nagq1"): 21,
+}
 
 
 TIGHT = [case for case in REGULAR if "tight" in _spec(case[0])["fits"][case[1]]]
@@ -133,7 +150,7 @@ def test_singular_correlation_is_reported_like_lme4() -> None:
     ref = _spec("binomial_longitudinal_singular")["fits"]["nagq1"]
     assert ref["singular"] and ref["correlation"] > 0.9999
     fit = _fit("binomial_longitudinal_singular", "nagq1")
-    assert fit.singular
+    assert fit.singular and fit.converged, fit.message
     ours = {fe.term: fe for fe in fit.fixed_effects}
     for term, beta in ref["fixef"].items():
         assert abs(ours[term].estimate - beta) <= 1e-3 * (1 + abs(beta)), term
@@ -143,6 +160,97 @@ def test_singular_correlation_is_reported_like_lme4() -> None:
     assert fit.correlations[0].correlation > 0.999
     assert abs(fit.loglik - ref["loglik"]) <= 0.02
     assert fit.loglik >= ref["tight"]["loglik"] - 1e-6
+
+
+# --------------------------------------------------------------------------
+# Covariances on the boundary: converged singular fits
+# --------------------------------------------------------------------------
+
+BOUNDARY = ["binomial_longitudinal_singular", "gaussian_corr_boundary", "gaussian_q3_boundary",
+            "binomial_zero_covariance"]
+
+
+def _sigma(fit: GLMMFit) -> np.ndarray:
+    """The random-effect covariance from the reported SDs and correlations."""
+    sds = [re.sd for re in fit.random_effects if re.group != "Residual"]
+    names = [re.term for re in fit.random_effects if re.group != "Residual"]
+    sigma = np.diag(np.square(sds))
+    for corr in fit.correlations:
+        i, j = names.index(corr.term1), names.index(corr.term2)
+        sigma[i, j] = sigma[j, i] = corr.correlation * sds[i] * sds[j]
+    return sigma
+
+
+@pytest.mark.parametrize("name", BOUNDARY)
+def test_boundary_fit_converges_singular_like_lme4(name: str) -> None:
+    """lme4 ends on the boundary (a Cholesky diagonal 0); so do we, converged."""
+    ref = _spec(name)["fits"]["nagq1"]
+    assert ref["singular"]
+    fit = _fit(name, "nagq1")
+    assert fit.converged and fit.singular, fit.message
+    ours = {fe.term: fe for fe in fit.fixed_effects}
+    for term, beta in ref["fixef"].items():
+        assert abs(ours[term].estimate - beta) <= 1e-3 * (1 + abs(beta)), term
+        assert ours[term].std_error == pytest.approx(ref["se"][term], rel=0.02), term
+    sigma, lme4_sigma = _sigma(fit), np.array(ref["covariance"], dtype=float)
+    sds, lme4_sds = np.sqrt(np.diag(sigma)), np.sqrt(np.diag(lme4_sigma))
+    assert np.all(np.abs(sds - lme4_sds) <= 0.01 + 0.02 * lme4_sds), (sds, lme4_sds)
+    assert np.abs(sigma - lme4_sigma).max() <= 0.01 + 0.02 * np.abs(lme4_sigma).max()
+    # rank-deficient: the smallest eigenvalue is 0 (lme4's is at most its tolerance)
+    assert np.linalg.eigvalsh(sigma)[0] <= 1e-10 * max(1.0, sigma.max())
+    if ref["sigma_residual"] is not None:
+        (resid,) = [re for re in fit.random_effects if re.group == "Residual"]
+        assert resid.sd == pytest.approx(ref["sigma_residual"], rel=1e-3)
+    best = max(ref["loglik_full"], ref.get("tight", {}).get("loglik", -np.inf))
+    assert abs(fit.loglik - ref["loglik_full"]) <= 0.02
+    assert fit.loglik >= best - 1e-6  # at least as high as lme4's best
+
+
+def test_lme4_intercept_variance_at_zero_is_not_a_maximum() -> None:
+    """lme4 puts the intercept SD at 0; we find a higher optimum (correlation -1), as lme4
+    restarted elsewhere and glmmTMB do, and the score test at lme4's point shows why."""
+    spec = _spec("poisson_intercept_boundary")
+    ref = spec["fits"]["nagq1"]
+    assert ref["singular"] and ref["sd_random"]["(Intercept)"] < 1e-8
+    fit = _fit("poisson_intercept_boundary", "nagq1")
+    assert fit.converged and fit.singular, fit.message
+    restarted = max(spec["restarts"].values(), key=lambda r: r["loglik"])
+    assert fit.loglik > ref["loglik"] + 0.01  # lme4's default fit stopped 0.022 lower
+    assert restarted["loglik"] - 1e-4 <= fit.loglik <= restarted["loglik"] + 1e-4
+    tmb = spec["glmmtmb"]
+    _check_against(fit, tmb, beta_tol=1e-4, se_rel=0.01, sd_abs=1e-4, sd_rel=1e-3,
+                   corr_tol=2e-4, ll_tol=1e-5, loglik=tmb["loglik"])
+    assert fit.correlations[0].correlation == -1.0
+
+    # lme4's point, refactored with the intercept's Cholesky column 0 (same Sigma), with
+    # that column present on the linear scale: the curvature there has a positive
+    # eigenvalue, so moving off the face raises the log-likelihood.
+    frame = pd.read_csv(GOLDEN / spec["dataset_path"])
+    X = np.column_stack([np.ones(len(frame)), frame.x])
+    rows = grouped_rows(frame.y.to_numpy(float), X, X.copy(), frame.g.to_numpy())
+    probe = ParameterLayout(("(Intercept)", "x"), ("(Intercept)", "x"), "g", False,
+                            linear_columns=(0,))
+    _, lam21, lam22 = ref["theta"]
+    at = np.array([*ref["fixef"].values(), 0.0, 0.0, 0.5 * math.log(lam21**2 + lam22**2)])
+    terms = site_terms(rows, get_family("poisson"), probe, at)
+    block = terms.hessian[2:4, 2:4]
+    values, vectors = np.linalg.eigh(block)
+    assert values[-1] > 1.0 and np.abs(terms.gradient[2:4]).max() < 1e-8
+    moved = at.copy()
+    moved[2:4] += 0.02 * vectors[:, -1] * np.sign(vectors[0, -1])
+    higher = site_terms(rows, get_family("poisson"), probe, moved, derivatives=False).loglik
+    assert higher > terms.loglik + 0.5 * 0.02**2 * values[-1] * 0.5
+
+
+def test_boundary_fit_is_the_same_federated_and_pooled() -> None:
+    spec = _spec("gaussian_corr_boundary")
+    frame = pd.read_csv(GOLDEN / spec["dataset_path"])
+    pooled = run_glmm(frame.assign(one=0), GLMMOptions(spec["formula"], "gaussian", "one"))
+    federated = _fit("gaussian_corr_boundary", "nagq1")
+    assert pooled.n_sites == 1 and federated.n_sites == 6
+    assert pooled.singular and pooled.converged
+    assert np.allclose(pooled.theta, federated.theta, rtol=1e-8, atol=1e-8)
+    assert pooled.loglik == pytest.approx(federated.loglik, abs=1e-8)
 
 
 # --------------------------------------------------------------------------
@@ -302,3 +410,83 @@ def test_q2_agq_converges_to_brute_force_integral(family: str) -> None:
                                              groups[groups == g]), fam, layout, theta,
                                 nagq=nagq, derivatives=False).loglik for g in range(3))
         assert total == pytest.approx(single, abs=1e-10)
+
+
+# --------------------------------------------------------------------------
+# Layouts on the boundary: exact derivatives, and the score test's curvature
+# --------------------------------------------------------------------------
+
+def _q3_site(family: str):
+    rng = np.random.default_rng(11)
+    n_groups, n_rows = 5, 9
+    groups = np.repeat(np.arange(n_groups), n_rows)
+    X = np.column_stack([np.ones(n_groups * n_rows), rng.normal(size=(n_groups * n_rows, 2))])
+    b = rng.normal(0, 0.5, size=(n_groups, 3))
+    eta = X @ np.array([0.2, 0.4, -0.3]) + np.einsum("nr,nr->n", X, b[groups])
+    if family == "binomial":
+        y = (rng.uniform(size=eta.size) < 1 / (1 + np.exp(-eta))).astype(float)
+    else:
+        y = eta + rng.normal(0, 0.6, size=eta.size)
+    rows = grouped_rows(y, X, X.copy(), groups)
+    return rows, get_family(family)
+
+
+def _central_differences(function, theta: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """Jacobian of a scalar or vector function by central differences (a column each)."""
+    columns = [np.atleast_1d(function(theta + eps * e)) - np.atleast_1d(function(theta - eps * e))
+               for e in np.eye(theta.size)]
+    return np.stack(columns, axis=-1) / (2 * eps)
+
+
+LAYOUT_VARIANTS = [  # (zero columns, linear columns) of Lambda, q = 3
+    ((2,), ()), ((1,), ()), ((1, 2), ()), ((), (2,)), ((), (0,)), ((2,), (0,)), ((), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("family", ["binomial", "gaussian"])
+@pytest.mark.parametrize(("zero", "linear"), LAYOUT_VARIANTS)
+def test_boundary_layouts_have_exact_derivatives(family: str, zero, linear) -> None:
+    rows, fam = _q3_site(family)
+    names = ("(Intercept)", "x1", "x2")
+    layout = ParameterLayout(names, names, "g", fam.has_dispersion, zero_columns=zero,
+                             linear_columns=linear)
+    theta = np.random.default_rng(3).normal(0, 0.3, size=layout.size)
+    nagq = 2 if family == "binomial" and len(zero) == 2 else 1
+    terms = site_terms(rows, fam, layout, theta, nagq=nagq)
+    fd_grad = _central_differences(
+        lambda t: site_terms(rows, fam, layout, t, nagq=nagq, derivatives=False).loglik, theta)[0]
+    fd_hess = _central_differences(
+        lambda t: site_terms(rows, fam, layout, t, nagq=nagq).gradient, theta)
+    assert np.max(np.abs(terms.gradient - fd_grad)) < 1e-6 * (1.0 + np.abs(fd_grad).max())
+    assert np.max(np.abs(terms.hessian - fd_hess)) < 1e-6 * (1.0 + np.abs(fd_hess).max())
+    # the layout means what it says: Lambda has the zero columns, log or linear diagonals
+    lam = layout.lambda_matrix(theta)
+    assert not lam[:, list(zero)].any()
+    for k, (r, c) in enumerate(layout.cholesky_entries()):
+        expected = theta[layout.p + k]
+        assert lam[r, c] == (math.exp(expected) if r == c and c not in linear else expected)
+
+
+@pytest.mark.parametrize("nagq", [1, 3])
+def test_zero_columns_curvature_is_twice_the_score_of_sigma(nagq: int) -> None:
+    """With every column of Lambda at 0 (linear scale), the log-likelihood is even in each
+    column: no gradient and no cross terms there, and the Hessian block of column k is
+    2 dl/dSigma[k:, k:] -- the boundary score the GLM layout releases."""
+    rows, fam = _q3_site("binomial")
+    names = ("(Intercept)", "x1", "x2")
+    full = ParameterLayout(names, names, "g", False)
+    probe = ParameterLayout(names, names, "g", False, linear_columns=(0, 1, 2))
+    beta = np.array([0.1, 0.3, -0.2])
+    terms = site_terms(rows, fam, probe, np.concatenate([beta, np.zeros(6)]), nagq=nagq)
+    score = site_terms(rows, fam, full.without_random_effects(), beta, nagq=nagq).boundary_score
+    glm = site_terms(rows, fam, full.without_random_effects(), beta, nagq=nagq)
+    assert terms.loglik == pytest.approx(glm.loglik, abs=1e-10)
+    assert np.allclose(terms.gradient[:3], glm.gradient, atol=1e-10)
+    assert np.abs(terms.gradient[3:]).max() < 1e-12
+    assert np.abs(terms.hessian[:3, 3:]).max() < 1e-12
+    blocks = {0: [3, 4, 5], 1: [6, 7], 2: [8]}  # entries of columns 0, 1, 2
+    for k, index in blocks.items():
+        assert np.allclose(terms.hessian[np.ix_(index, index)], 2 * score[k:, k:], atol=1e-9)
+        for other, other_index in blocks.items():
+            if other != k:
+                assert np.abs(terms.hessian[np.ix_(index, other_index)]).max() < 1e-12
