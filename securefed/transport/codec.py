@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CodecError", "encode_value", "decode_value", "dumps", "loads", "parse_json",
-           "register_dataclass"]
+__all__ = ["CodecError", "encode_value", "decode_value", "parse_json", "register_dataclass"]
 
 _DTYPES = {"<f8": np.float64, "<i8": np.int64, "<i4": np.int32, "|b1": np.bool_}
 _MAX_DEPTH = 32
@@ -199,12 +198,6 @@ def _decode_generator(spec: Any) -> np.random.Generator:
     return np.random.Generator(bit_generator)
 
 
-def dumps(value: Any) -> str:
-    """``encode_value`` then canonical JSON text (no NaN, sorted keys)."""
-    return json.dumps(encode_value(value), allow_nan=False, sort_keys=True,
-                      separators=(",", ":"))
-
-
 def parse_json(text: str | bytes) -> Any:
     """Parse JSON text, rejecting NaN/Infinity literals (:class:`CodecError`)."""
 
@@ -216,7 +209,3 @@ def parse_json(text: str | bytes) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CodecError(f"a call is not valid JSON: {exc}") from None
 
-
-def loads(text: str | bytes) -> Any:
-    """:func:`parse_json` then :func:`decode_value`."""
-    return decode_value(parse_json(text))

@@ -54,6 +54,8 @@ class StageTimeouts:
 class _Exchange:
     replies: dict[str, ConfigRecord] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0  # from sending to the stage's close
+    spread: float = 0.0  # from the first reply to the last
 
 
 class FlowerEngine:
@@ -93,6 +95,8 @@ class FlowerEngine:
         self.timeouts = timeouts
         self.observer = observer
         self._setup: list[str] = []
+        #: (stage, seconds, spread of the replies) of every exchange so far
+        self.stage_log: list[tuple[str, float, float]] = []
         self._ids = {name: uid for uid, name in enumerate(sorted(registry.parties), start=1)}
 
     # ------------------------------------------------------------- sites
@@ -235,13 +239,15 @@ class FlowerEngine:
         pending = set(self._grid.push_messages(messages)) if messages else set()
         started = time.monotonic()
         first_reply: float | None = None
+        last_reply = started
         while pending:
             for reply in self._grid.pull_messages(list(pending)):
                 pending.discard(reply.metadata.reply_to_message_id)
                 name = names_by_node.get(reply.metadata.src_node_id)
                 if name is None:
                     continue
-                first_reply = first_reply or time.monotonic()
+                last_reply = time.monotonic()
+                first_reply = first_reply or last_reply
                 if reply.has_error():
                     result.errors[name] = str(reply.error.reason)
                 elif "error" in reply.content[RECORD]:
@@ -253,6 +259,9 @@ class FlowerEngine:
                     first_reply is not None and now - first_reply > self.timeouts.grace):
                 break
             time.sleep(self.timeouts.poll)
+        result.seconds = time.monotonic() - started
+        result.spread = last_reply - (first_reply or last_reply)
+        self.stage_log.append((stage.value, round(result.seconds, 2), round(result.spread, 2)))
         if self.observer is not None:
             self.observer(stage, tuple(sorted(result.replies)))
         return result

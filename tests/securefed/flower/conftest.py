@@ -222,7 +222,7 @@ def federation(tmp_path_factory):
     fed = Federation(root, env, app_dir, {
         "coordinator_key": str(keys / "coordinator.key"),
         "registry": str(keys / "registry.json"), "sites": list(SITES), "bound": BOUND,
-        "timeouts": {"stage": 120.0, "grace": 10.0, "poll": 0.05}})
+        "timeouts": {"stage": 120.0, "grace": 20.0, "poll": 0.05}})
     try:
         fed.start("superlink", [
             "flower-superlink", "--ssl-ca-certfile", str(pki["ca"]),

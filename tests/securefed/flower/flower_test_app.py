@@ -61,6 +61,7 @@ def _run(grid: Grid, scenario: dict, results: list[dict]) -> None:
             engine.observer = None
             live = [s for s in live if s not in result.dropped]
             results.append({"kind": "sum", "total": result.total.tolist(),
+                            "stages": engine.stage_log[-5:],
                             "contributors": list(result.contributors),
                             "dropped": list(result.dropped),
                             "bytes": dict(result.bytes_sent_per_site)})

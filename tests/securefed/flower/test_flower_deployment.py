@@ -89,7 +89,8 @@ def flower_run(federation, frames):
                        "pgid": federation.pgid("D")}},
     ]
     report = federation.run(steps)
-    print("step seconds:", [round(r["seconds"], 1) for r in report["results"]])
+    for step in report["results"]:
+        print(f"{step['kind']}: {step['seconds']:.1f} s", step.get("stages", ""))
     return [r for r in report["results"] if r["kind"] == "sum"]
 
 
