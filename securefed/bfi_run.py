@@ -262,7 +262,7 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
                 raise InputError(f"site {name}: the local fit failed ({err})") from None
         warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
     else:
-        locals_ = _dp_local_fits(coordinator, designs, outcome, prior, names)
+        locals_ = _dp_local_fits(coordinator, designs, outcome, prior, names, family)
         warnings = []  # exact site sizes are not private
     full_names = locals_[next(iter(locals_))].names
     fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names,
@@ -305,9 +305,9 @@ class _Unchecked:
 
 
 def _check_dp(opts: BFIOptions, family: Family) -> None:
-    if family.name != "gaussian":
-        raise InputError("BFI under differential privacy is available for the gaussian family "
-                         "(local fits from noisy sufficient statistics); for binomial or "
+    if family.name == "poisson":
+        raise InputError("BFI under differential privacy is available for the gaussian and "
+                         "binomial families (local fits from noisy sufficient statistics); for "
                          "poisson outcomes use 'securefed fit' with --protect ...,dp")
     if opts.standardize:
         raise InputError("--standardize is not available with dp: its sums need public "
@@ -318,21 +318,25 @@ def _check_dp(opts: BFIOptions, family: Family) -> None:
 
 
 def _dp_local_fits(coordinator: Coordinator, designs: dict, outcome: dict, prior: np.ndarray,
-                   names: tuple[str, ...]) -> dict:
+                   names: tuple[str, ...], family: Family) -> dict:
     """Each site noises its clipped sufficient statistics and fits from them, locally.
 
     The noisy statistics never leave the site; the BFI terms it then releases
     are a function of them only (post-processing), so they cost no more budget.
+    Gaussian fits are exact given the sums; binomial fits use the PASS-GLM
+    quadratic approximation (:mod:`core_stats.bfi_stats`).
     """
-    from core_stats.bfi_stats import fit_map_gaussian_stats
+    from core_stats.bfi_stats import fit_map_binomial_stats, fit_map_gaussian_stats
     from securefed.dp_statistics import summary_query, summary_vector
     from securefed.glmm_dp import positive_definite
 
+    if family.name == "binomial" and "(Intercept)" not in names:
+        raise InputError("binomial BFI under dp needs an intercept in the formula")
     privacy = coordinator.privacy
     dp = privacy.options
-    bound = dp.outcome_scale("gaussian")
+    bound = dp.outcome_scale(family.name)
     live = [s.name for s in coordinator.live_sites]
-    stats = {n: summary_vector(designs[n], outcome[n], dp.clip, bound, "gaussian")
+    stats = {n: summary_vector(designs[n], outcome[n], dp.clip, bound, family.name)
              for n in live}
     query = summary_query("sufficient statistics (kept at the site)", dp.clip, bound,
                           0.95 * dp.run_rho)
@@ -344,8 +348,12 @@ def _dp_local_fits(coordinator: Coordinator, designs: dict, outcome: dict, prior
         n, yy, xy = max(vec[0], p + 2.0), max(vec[2], 0.0), vec[3:3 + p]
         xx = positive_definite(from_upper(vec[3 + p:-2], p), noise / (3.0 * np.sqrt(p)))
         try:
-            locals_[name] = fit_map_gaussian_stats(n, yy, xy, xx, prior, names=names,
-                                                   rss_floor=3.0 * noise)
+            if family.name == "gaussian":
+                locals_[name] = fit_map_gaussian_stats(n, yy, xy, xx, prior, names=names,
+                                                       rss_floor=3.0 * noise)
+            else:
+                locals_[name] = fit_map_binomial_stats(n, xy, xx, prior, names=names,
+                                                       intercept=names.index("(Intercept)"))
         except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
             raise InputError(f"site {name}: the local fit from noisy statistics failed "
                              f"({err}); a larger --epsilon or smaller --dp-clip helps") from None

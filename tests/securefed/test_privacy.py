@@ -238,3 +238,36 @@ def test_clustered_generator_nests_clusters_in_hospitals() -> None:
     assert len(frame) == 24
     assert (frame.groupby("cluster")["hospital"].nunique() == 1).all()
     assert frame["hospital"].nunique() == 3
+
+
+def test_pass_glm_binomial_map_from_sums_approximates_the_row_fit() -> None:
+    from core_stats.bfi_stats import LOGISTIC_QUADRATIC, fit_map_binomial_stats
+
+    assert LOGISTIC_QUADRATIC[1] == pytest.approx(0.5)
+    assert -0.125 < LOGISTIC_QUADRATIC[2] < -0.11  # a little flatter than the Taylor term -1/8
+    rng = np.random.default_rng(4)
+    X = np.column_stack([np.ones(4000), rng.normal(0, 0.7, size=(4000, 2))])
+    y = rng.binomial(1, 1 / (1 + np.exp(-(X @ [-0.3, 0.5, -0.4])))).astype(float)
+    prior = np.eye(3) * 0.1
+    rows = fit_map(X, y, get_family("binomial"), prior, names=["(Intercept)", "a", "b"])
+    stats = fit_map_binomial_stats(4000, X.T @ y, X.T @ X, prior,
+                                   names=("(Intercept)", "a", "b"), intercept=0)
+    # small effects: the quadratic approximation is within 15% of the exact MAP
+    assert np.allclose(stats.theta, rows.theta, rtol=0.15, atol=0.03)
+    assert np.all(np.linalg.eigvalsh(stats.curvature) > 0)
+
+
+def test_binomial_bfi_under_dp_runs_and_poisson_is_refused() -> None:
+    rng = np.random.default_rng(8)
+    frame = pd.DataFrame({"site": np.repeat(np.arange(1, 5), 300), "x": rng.normal(0, 0.7, 1200)})
+    frame["y"] = rng.binomial(1, 1 / (1 + np.exp(-(0.2 + 0.6 * frame.x))))
+    sites = [str(s) for s in range(1, 5)]
+    opts = BFIOptions(formula="y ~ x", family="binomial", site_column="site", lam=0.1)
+    plain = [e["estimate"] for e in run_bfi(frame, opts).to_dict()["estimates"]]
+    private = run_bfi(frame, opts, protection=_stack("secagg,dp", sites, epsilon=1e7))
+    got = [e["estimate"] for e in private.to_dict()["estimates"]]
+    assert np.allclose(got, plain, rtol=0.15, atol=0.05)
+    frame["y"] = rng.poisson(2.0, 1200)
+    with pytest.raises(InputError, match="poisson"):
+        run_bfi(frame, BFIOptions(formula="y ~ x", family="poisson", site_column="site"),
+                protection=_stack("secagg,dp", sites, "poisson", outcome_bound=10.0))
