@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,9 +156,15 @@ class Federation:
         return self.procs[site].pid
 
     def stop_all(self) -> None:
+        """SIGKILL every process group started here and every descendant (some detach)."""
         pids = []
         for proc in self.procs.values():
             pids += [proc.pid, *_descendants(proc.pid)]
+        for proc in self.procs.values():  # orphans (e.g. an executor whose node exited)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGCONT)
@@ -192,7 +199,8 @@ def _register(fed: Federation, public_keys: dict[str, Path]) -> None:
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
-    if shutil.which("flower-superlink") is None:
+    if not (Path(sys.executable).parent / "flower-superlink").exists() and shutil.which(
+            "flower-superlink") is None:
         pytest.fail("flwr is not installed: pip install -e '.[test]'")
     root = tmp_path_factory.mktemp("flower")
     pki = write_ca_and_server(root / "pki", ["127.0.0.1", "localhost"])
@@ -218,11 +226,12 @@ def federation(tmp_path_factory):
         f'root-certificates = "{pki["ca"]}"\n')
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05", "FLWR_HOME": str(operator_home),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO),
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
     fed = Federation(root, env, app_dir, {
         "coordinator_key": str(keys / "coordinator.key"),
         "registry": str(keys / "registry.json"), "sites": list(SITES), "bound": BOUND,
-        "timeouts": {"stage": 120.0, "grace": 20.0, "poll": 0.05}})
+        "timeouts": {"stage": 120.0, "grace": 20.0, "poll": 0.05}, "settle": 3.0})
     try:
         fed.start("superlink", [
             "flower-superlink", "--ssl-ca-certfile", str(pki["ca"]),
@@ -240,6 +249,13 @@ def federation(tmp_path_factory):
                 "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key",
                 str(private), "--port", str(free_port()), "--node-config", node_config],
                 root / f"home-{name}")
+        # an unregistered SuperNode with a valid CA and site A's data and keys
+        intruder, _ = write_node_key(root / "pki", "intruder")
+        fed.start("intruder", [
+            "flower-supernode", "--root-certificates", str(pki["ca"]),
+            "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key", str(intruder),
+            "--max-retries", "2", "--port", str(free_port()), "--node-config",
+            node_config.replace('"E"', '"A"')], root / "home-intruder")
         yield fed
     finally:
         fed.stop_all()

@@ -50,6 +50,9 @@ def _run(grid: Grid, scenario: dict, results: list[dict]) -> None:
         SecAggSum(bound=scenario["bound"]), StageTimeouts(**scenario["timeouts"]))
     live = list(scenario["sites"])
     engine.wait_for_sites(live)
+    time.sleep(scenario.get("settle", 0.0))
+    results.append({"kind": "nodes", "seconds": 0.0,
+                    "nodes": sorted(str(node.name) for node in grid.get_nodes())})
     for step in scenario["steps"]:
         started = time.perf_counter()
         if step["kind"] == "sum":

@@ -91,7 +91,7 @@ def flower_run(federation, frames):
     report = federation.run(steps)
     for step in report["results"]:
         print(f"{step['kind']}: {step['seconds']:.1f} s", step.get("stages", ""))
-    return [r for r in report["results"] if r["kind"] == "sum"]
+    return [r for r in report["results"] if r["kind"] == "sum"], report["results"][0]["nodes"]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,15 @@ def reference(frames):
     return in_process(frames)
 
 
+def test_only_registered_supernodes_join(federation, flower_run):
+    _, nodes = flower_run
+    assert nodes == sorted(SITES)  # the intruder (valid TLS, unregistered key) is not a node
+    log = federation.logs["intruder"].read_text(errors="replace")
+    assert "SuperNode ID" not in log, log[-2000:]
+
+
 def test_design_summary_with_a_site_frozen_after_key_sharing(flower_run, reference):
+    flower_run, _ = flower_run
     total, contributors, dropped = reference[0]
     assert flower_run[0]["contributors"] == list(contributors) == ["A", "B", "C", "D"]
     assert flower_run[0]["dropped"] == list(dropped) == ["E"]
@@ -108,6 +116,7 @@ def test_design_summary_with_a_site_frozen_after_key_sharing(flower_run, referen
 
 
 def test_glmm_terms_with_a_site_killed_after_masked_input(flower_run, reference, frames):
+    flower_run, _ = flower_run
     total, contributors, dropped = reference[1]
     # D's input counts (it died after sending it); E, dropped in round 1, is not
     # asked again, and its late masked input for round 1 is in no sum.
