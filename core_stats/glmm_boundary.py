@@ -34,7 +34,7 @@ from core_stats.glmm import ParameterLayout
 from core_stats.optimize import SummedTerms
 
 __all__ = ["Rejected", "collapse_measures", "face_after", "factor_with_zero_columns",
-           "glm_curvature", "negative_semidefinite", "point_on", "probe_objective",
+           "glm_curvature", "lifted", "negative_semidefinite", "point_on", "probe_objective",
            "zero_columns", "zero_entries"]
 
 Terms = Callable[[ParameterLayout, np.ndarray, bool], SummedTerms]
@@ -65,6 +65,7 @@ class Rejected:
     layout: ParameterLayout  # the face
     theta: np.ndarray
     curvature: np.ndarray  # Hessian in zero_entries(layout), on the linear scale, at 0
+    value: float  # the objective there
 
     def escapable_from(self, lay: ParameterLayout) -> bool:
         """Whether ``lay`` can leave this face uphill: its curvature in the columns that
@@ -84,6 +85,18 @@ class Rejected:
             if change[c, c] < 0:
                 change[:, c] = -change[:, c]
         return change
+
+
+def lifted(rejected: Rejected, lay: ParameterLayout, floor: float) -> np.ndarray:
+    """A point of ``lay`` (a layout without zero columns) just off the rejected face: its
+    optimum with ``Lambda`` moved by ``floor`` along the ascent direction, every
+    Cholesky diagonal at least ``floor``."""
+    face = rejected.layout
+    lam = face.lambda_matrix(rejected.theta) + floor * rejected.ascent()
+    factor = factor_with_zero_columns(lam @ lam.T, ())
+    diagonal = np.diag_indices(lay.q)
+    factor[diagonal] = np.maximum(factor[diagonal], floor)
+    return point_on(lay, rejected.theta, face, factor)
 
 
 def glm_curvature(lay: ParameterLayout, score: np.ndarray) -> np.ndarray:

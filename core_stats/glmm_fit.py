@@ -44,6 +44,7 @@ from core_stats.glmm_boundary import (
     face_after,
     factor_with_zero_columns,
     glm_curvature,
+    lifted,
     negative_semidefinite,
     point_on,
     probe_objective,
@@ -287,19 +288,35 @@ class _Fitter:
                 return self.finish(lay, replace(res, converged=False, message=STUCK),
                                    singular=True)
             found = self.boundary(lay, res.theta, column, face)
-            if isinstance(found, Rejected):
-                self.rejected[face] = found
-                found = self.other_face(lay, column, found)
             if isinstance(found, GLMMEstimate):
                 return found
-            theta0 = res.theta  # resume: the rejected face is left uphill
+            self.rejected[face] = found
+            other = self.other_face(lay, column, found)
+            if isinstance(other, GLMMEstimate):
+                return other
+            theta0 = self.resume_point(lay, res, [found, other])
         if not lay.zero_columns:
             tiny = res.converged and np.min(relative_cholesky_diagonal(lay, res.theta)) \
                 < SINGULAR_TOL
             return self.finish(lay, res, singular=bool(tiny))
         if res.converged and not negative_semidefinite(res.terms.extra):
-            return Rejected(lay, res.theta, res.terms.extra)
+            return Rejected(lay, res.theta, res.terms.extra, res.terms.value)
         return self.finish(lay, res, singular=True)
+
+    def resume_point(self, lay: ParameterLayout, res: NewtonResult,
+                     rejected: list[Rejected | None]) -> np.ndarray:
+        """Where ``lay``'s fit resumes after the faces it headed to were rejected: where it
+        stopped, or (full layout) just off the best rejected optimum, if that is higher.
+
+        Near a face the full layout's coordinates are ill-conditioned (a tiny
+        Cholesky diagonal leaves the entries below it nearly free), and the
+        rejected optimum is usually much nearer the answer than where the fit
+        turned to the face; its ascent direction says which way to leave it."""
+        best = max((r for r in rejected if r is not None), key=lambda r: r.value, default=None)
+        if lay.zero_columns or best is None or best.value <= res.terms.value:
+            return res.theta
+        unit = np.exp(best.theta[best.layout.scale_index]) if lay.has_dispersion else 1.0
+        return lifted(best, lay, BOUNDARY_WATCH * unit)
 
     def heading(self, lay: ParameterLayout, theta: np.ndarray
                 ) -> tuple[int, tuple[int, ...]] | None:
@@ -324,13 +341,13 @@ class _Fitter:
             res = self.run(glm, _reduce(lay, theta))
             if res.converged and _boundary_is_maximum(res.terms):
                 return self.finish(glm, res, singular=True)
-            return Rejected(glm, res.theta, glm_curvature(glm, res.terms.extra))
+            return Rejected(glm, res.theta, glm_curvature(glm, res.terms.extra), res.terms.value)
         reduced = replace(lay, zero_columns=face)
         factor = face_after(lay, theta, column)[1]
         return self.vector(reduced, point_on(reduced, theta, lay, factor))
 
     def other_face(self, lay: ParameterLayout, column: int,
-                   rejected: Rejected) -> GLMMEstimate | None:
+                   rejected: Rejected) -> GLMMEstimate | Rejected | None:
         """After the face that ``column`` led to was rejected, the face with ``lay``'s last
         free column at 0 instead.
 
@@ -359,7 +376,6 @@ class _Fitter:
         found = self.vector(other, point_on(other, rejected.theta, face, factor))
         if isinstance(found, Rejected):
             self.rejected[zero] = found
-            return None
         return found
 
 

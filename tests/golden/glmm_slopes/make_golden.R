@@ -664,6 +664,14 @@ if ("boundary" %in% PARTS) {
                   function(th) th[6] == 0,
                   n_groups = 40L, n_rows = 10L, sds = c(0.7, 0.4), corr = 0.5, sigma = 1,
                   q3 = TRUE)
+    ## A q = 3 Poisson fit near two boundaries (a Cholesky diagonal of 0.013, a
+    ## correlation of -0.999): lme4's default fit stops short with a convergence
+    ## warning. The data were simulated with numpy (README.md: generator and seed),
+    ## so this case reads its CSV instead of writing it.
+    near <- read.csv(file.path(data_dir, "poisson_q3_near_boundary.csv"))
+    glmm_case("poisson_q3_near_boundary", y ~ x + x2 + (1 + x + x2 | g), "poisson", near, "g",
+              "site", list(source = paste("numpy: np.random.default_rng(5031); see README.md",
+                                          "in this folder")))
 }
 
 message("done")
