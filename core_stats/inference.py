@@ -102,7 +102,8 @@ def random_effect_table(layout: ParameterLayout, theta: np.ndarray, cov_theta: n
     if layout.random_effects:
         phi = theta[layout.cov]
         cov_phi = cov_theta[layout.cov, layout.cov]
-        log_sd, fisher = _sd_and_corr_jets(layout, phi)
+        with np.errstate(divide="ignore", invalid="ignore"):  # SD 0 or correlation ±1
+            log_sd, fisher = _sd_and_corr_jets(layout, phi)
         for r, jet in enumerate(log_sd):
             g = jet.grad[0]
             se = float(np.sqrt(g @ cov_phi @ g))

@@ -117,7 +117,10 @@ class GLMMFit:
         status = "converged" if self.converged else f"NOT converged: {self.message}"
         lines += ["", f"Rounds: {self.rounds} ({self.iterations} Newton steps), {status}"]
         if self.singular:
-            lines.append("boundary (singular) fit: the random-effect variance is estimated as 0")
+            lines.append("boundary (singular) fit: the random-effect variance is estimated as 0"
+                         if len(self.random_effects) <= 1 + (self.family == "gaussian") else
+                         "boundary (singular) fit: the random-effect covariance is singular "
+                         "(a variance at 0 or a correlation at ±1)")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 

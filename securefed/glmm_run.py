@@ -204,7 +204,7 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
 
     def evaluate(lay: ParameterLayout, theta: np.ndarray, derivatives: bool) -> SummedTerms:
         purpose = "glmm-terms" if derivatives else "glmm-loglik"
-        key = (purpose, lay.random_effects, split_state[0], np.asarray(theta).tobytes())
+        key = (purpose, lay, split_state[0], np.asarray(theta).tobytes())
         total = coordinator.secure_sum(
             purpose, lambda s: s.glmm_terms_vector(lay, theta, derivatives), key=key)
         check_glmm_terms(total, reference, lay, theta, derivatives, opts.nagq, purpose=purpose)
@@ -285,14 +285,19 @@ class _SiteSetChanged(Exception):
 
 
 def _expand(layout: ParameterLayout, lay: ParameterLayout, theta: np.ndarray) -> np.ndarray:
-    """A point of ``layout`` from one of ``lay`` (the reduced, singular layout)."""
-    if lay.size == layout.size:
+    """A point of ``layout`` from one of ``lay`` (a boundary face, its probe, or the GLM)."""
+    if lay == layout:
         return np.asarray(theta, dtype=float).copy()
+    lam = lay.lambda_matrix(theta)
+    unit = float(np.exp(theta[lay.scale_index])) if lay.has_dispersion else 1.0
+    diagonal = np.diag_indices(layout.q)
+    lam[diagonal] = np.maximum(np.abs(lam[diagonal]), 0.05 * unit)
     full = np.zeros(layout.size)
     full[layout.beta] = theta[lay.beta]
-    full[layout.cov] = np.log(0.05)
     if layout.has_dispersion:
         full[layout.scale_index] = theta[lay.scale_index]
+    full[layout.cov] = [np.log(lam[r, c]) if r == c else lam[r, c]
+                        for r, c in layout.cholesky_entries()]
     return full
 
 
