@@ -124,3 +124,24 @@ def test_results_report_seconds_per_stage(hospitals) -> None:
     for key in ("sites_statistics", "protection_site", "protection_server", "total"):
         assert timings[key] >= 0
     assert timings["sites_statistics"] + timings["protection_total"] <= timings["total"] + 1e-6
+
+
+@pytest.mark.parametrize("protect", ["secagg", "ckks", "secagg,ckks"])
+def test_random_slope_glmm_under_protection_equals_plaintext(protect: str) -> None:
+    from securefed.glmm_run import GLMMOptions, run_glmm
+    from securefed.protection import ProtectionOptions, build_protection
+
+    rng = np.random.default_rng(21)
+    n_groups, per = 80, 8
+    group = np.repeat(np.arange(n_groups), per)
+    x = rng.normal(size=n_groups * per)
+    b = rng.normal(0, [1.0, 0.8], size=(n_groups, 2))
+    eta = -0.3 + 0.7 * x + b[group, 0] + b[group, 1] * x
+    frame = pd.DataFrame({"x": x, "g": group, "site": group % 4 + 1,
+                          "y": rng.binomial(1, 1 / (1 + np.exp(-eta)))})
+    opts = GLMMOptions(formula="y ~ x + (1 + x | g)", family="binomial", site_column="site")
+    plain = run_glmm(frame, opts)
+    stack = build_protection(ProtectionOptions(protect=protect), ["1", "2", "3", "4"])
+    fit = run_glmm(frame, opts, protection=stack)
+    assert np.allclose(fit.theta, plain.theta, atol=1e-8)
+    assert len(plain.theta) == 2 + 3
