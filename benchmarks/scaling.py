@@ -30,7 +30,8 @@ BFI: logistic ``y ~ x1 + ... + xp``, lambda = 0.01, plaintext.
 
 Axes from the base point (3 sites, the fewest secure aggregation takes;
 1000 rows per site; p = 10): rows per site 10^3 -> 10^6; covariates
-5 -> 50; sites 2 -> 1000 (secagg from 3); and a q = 2 line along the sites
+5 -> 50 (at 10,000 rows per site, so per-row work shows); sites 2 -> 1000
+(secagg from 3); and a q = 2 line along the sites
 axis (10 -> 1000, plaintext). The log-log slope of CPU time and of ``fit_mb``
 against the axis value is fitted per axis and method by least squares.
 """
@@ -51,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 BASE = {"sites": 3, "rows": 1000, "p": 10, "q": 1}
+P_AXIS_ROWS = 10_000
 METHODS = ("glmm", "glmm+secagg", "bfi")
 STAGES = ("sites_statistics", "protection_total", "rest")
 TIMEOUT = 900
@@ -72,6 +74,8 @@ def grid(quick: bool) -> list[dict]:
             methods = ("glmm",) if axis == "sites_q2" else METHODS
             if axis == "sites_q2":
                 shape["q"] = 2
+            if axis == "p":
+                shape["rows"] = P_AXIS_ROWS  # enough rows that per-row work, not overhead, counts
             for method in methods:
                 if method == "glmm+secagg" and shape["sites"] < 3:
                     continue  # secure aggregation needs at least 3 sites
@@ -196,7 +200,7 @@ def _top_slope(part: pd.DataFrame) -> float:
     return float(np.polyfit(np.log(top.value.astype(float)), np.log(top.cpu_seconds), 1)[0])
 
 
-AXIS_TITLES = {"rows": "rows per site (3 sites, p = 10)", "p": "covariates (3 sites x 1000)",
+AXIS_TITLES = {"rows": "rows per site (3 sites, p = 10)", "p": "covariates (3 sites x 10,000)",
                "sites": "sites (1000 rows each, p = 10)",
                "sites_q2": "sites, random slope q = 2 (1000 rows each)"}
 
@@ -235,7 +239,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-COLUMNS = ["axis", "value", "method", "graph", "repeats", "rounds", "seconds", "cpu_seconds",
+COLUMNS = ["axis", "value", "method", "graph", "repeats", "rounds", "converged", "seconds",
+           "cpu_seconds",
            "sites_statistics", "protection_total", "rest", "peak_mb", "fit_mb", "error"]
 SLOPE_COLS = ["axis", "method", "points", "from", "to", "time_slope", "time_slope_top",
               "memory_slope", "cpu_at_largest", "dominant_at_largest", "share_at_largest"]
@@ -310,7 +315,8 @@ def write(table: pd.DataFrame, out: Path) -> None:
     plot(table, out / "scaling.png")
     bench.write_snippet(out, "scaling", [
         f"**Scaling (generated).** `nice -n 10 python benchmarks/scaling.py` ({ran}; every "
-        "point in its own process; base 3 sites × 1000 rows, p = 10, Laplace; all points in "
+        "point in its own process; base 3 sites × 1000 rows, p = 10 (p axis at 10,000 rows), "
+        "Laplace; all points in "
         "`benchmarks/results/scaling.md`, with the slope table). Log-log slopes of CPU time "
         "and of memory above the data, and the stage that takes the most wall time at each "
         "axis' largest point:",
