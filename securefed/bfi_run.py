@@ -34,6 +34,9 @@ from securefed.vectors import from_upper_triangle as from_upper
 __all__ = ["BFIOptions", "BFIReport", "run_bfi"]
 
 _DERIVED = DpQuery.derived("BFI terms from the sites' noisy local fits")
+# Shares of a BFI run's zCDP budget (standardisation only when asked for; the
+# sufficient statistics get the rest).
+DP_SHARES = {"count": 0.05, "standardize": 0.15}
 
 SCALE_TERM = bfi.SCALE_NAME
 
@@ -183,16 +186,45 @@ def _validate(frame: pd.DataFrame, opts: BFIOptions) -> tuple:
 
 def _standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
                  columns: tuple[str, ...], guard: BFIGuard) -> dict:
-    layout = StandardizeLayout(len(columns))
-    total = coordinator.secure_sum(
-        "bfi-standardize", lambda site: layout.site_vector(
-            parts[site.name][list(columns)].to_numpy(dtype=float)))
-    guard.standardize(total, coordinator)
-    std = layout.combine(total)
+    privacy = coordinator.privacy
+    if privacy is None:
+        layout = StandardizeLayout(len(columns))
+        total = coordinator.secure_sum(
+            "bfi-standardize", lambda site: layout.site_vector(
+                parts[site.name][list(columns)].to_numpy(dtype=float)))
+        guard.standardize(total, coordinator)
+        std = layout.combine(total)
+    else:
+        std = _dp_standardize(coordinator, parts, columns)
     for name, part in parts.items():
         parts[name] = part.assign(**dict(zip(columns, std.apply(
             part[list(columns)].to_numpy(dtype=float)).T, strict=True)))
     return {"columns": list(columns), "mean": std.mean.tolist(), "sd": std.sd.tolist()}
+
+
+def _dp_standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
+                    columns: tuple[str, ...]):
+    """Standardisation sums under DP (Δ: :mod:`securefed.dp_statistics`).
+
+    Noisy variances are floored at ``(h/100)²`` and means kept inside the range.
+    """
+    from core_stats.standardize import Standardization
+    from securefed.dp_statistics import standardize_sensitivity, standardize_vector
+
+    privacy = coordinator.privacy
+    ranges = privacy.options.standardize_range_for(columns)
+    low, high = (np.array([r[i] for r in ranges]) for i in (0, 1))
+    centre, half = (low + high) / 2.0, (high - low) / 2.0
+    total = coordinator.secure_sum(
+        "bfi-standardize", lambda site: standardize_vector(
+            parts[site.name][list(columns)].to_numpy(dtype=float), low, high),
+        dp=DpQuery("standardisation sums", standardize_sensitivity(low, high),
+                   DP_SHARES["standardize"] * privacy.options.run_rho))
+    m = len(columns)
+    n = max(float(total[0]), 2.0)
+    s1, s2 = total[1:1 + m], total[1 + m:]
+    var = np.maximum((s2 - s1**2 / n) / (n - 1.0), (half / 100.0) ** 2)
+    return Standardization(int(round(n)), np.clip(centre + s1 / n, low, high), np.sqrt(var))
 
 
 def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum | None = None,
@@ -230,10 +262,11 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
     # it takes no part in the sums the estimates are made of.
     privacy = coordinator.privacy
     if privacy is not None:
-        _check_dp(opts, family)
+        _check_dp(opts, family, privacy.options)
     counted = coordinator.secure_sum(
         "bfi-count", lambda site: np.array([site.n_rows, 1.0]),
-        dp=None if privacy is None else DpQuery("row count", 1.0, 0.05 * privacy.options.run_rho))
+        dp=None if privacy is None else DpQuery("row count", 1.0,
+                                                DP_SHARES["count"] * privacy.options.run_rho))
     count = check_bfi_count(counted, coordinator) if privacy is None else None
     parts = {s.name: parts[s.name] for s in coordinator.live_sites}
     _, names = fixed_design(formula.fixed, frame.head(2))
@@ -262,7 +295,8 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
                 raise InputError(f"site {name}: the local fit failed ({err})") from None
         warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
     else:
-        locals_ = _dp_local_fits(coordinator, designs, outcome, prior, names, family)
+        locals_ = _dp_local_fits(coordinator, designs, outcome, prior, names, family,
+                                 bool(opts.standardize))
         warnings = []  # exact site sizes are not private
     full_names = locals_[next(iter(locals_))].names
     fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names,
@@ -304,21 +338,20 @@ class _Unchecked:
         return None
 
 
-def _check_dp(opts: BFIOptions, family: Family) -> None:
+def _check_dp(opts: BFIOptions, family: Family, dp) -> None:
     if family.name == "poisson":
         raise InputError("BFI under differential privacy is available for the gaussian and "
                          "binomial families (local fits from noisy sufficient statistics); for "
                          "poisson outcomes use 'securefed fit' with --protect ...,dp")
     if opts.standardize:
-        raise InputError("--standardize is not available with dp: its sums need public "
-                         "covariate ranges; standardise the data before the run")
+        dp.standardize_range_for(opts.standardize)  # InputError naming the flag if missing
     if opts.compare_pooled:
         raise InputError("--compare-pooled releases a non-private pooled fit: run it "
                          "separately, without dp")
 
 
 def _dp_local_fits(coordinator: Coordinator, designs: dict, outcome: dict, prior: np.ndarray,
-                   names: tuple[str, ...], family: Family) -> dict:
+                   names: tuple[str, ...], family: Family, standardized: bool) -> dict:
     """Each site noises its clipped sufficient statistics and fits from them, locally.
 
     The noisy statistics never leave the site; the BFI terms it then releases
@@ -327,8 +360,7 @@ def _dp_local_fits(coordinator: Coordinator, designs: dict, outcome: dict, prior
     quadratic approximation (:mod:`core_stats.bfi_stats`).
     """
     from core_stats.bfi_stats import fit_map_binomial_stats, fit_map_gaussian_stats
-    from securefed.dp_statistics import summary_query, summary_vector
-    from securefed.glmm_dp import positive_definite
+    from securefed.dp_statistics import positive_definite, summary_query, summary_vector
 
     if family.name == "binomial" and "(Intercept)" not in names:
         raise InputError("binomial BFI under dp needs an intercept in the formula")
@@ -338,15 +370,16 @@ def _dp_local_fits(coordinator: Coordinator, designs: dict, outcome: dict, prior
     live = [s.name for s in coordinator.live_sites]
     stats = {n: summary_vector(designs[n], outcome[n], dp.clip, bound, family.name)
              for n in live}
+    spent = DP_SHARES["count"] + (DP_SHARES["standardize"] if standardized else 0.0)
     query = summary_query("sufficient statistics (kept at the site)", dp.clip, bound,
-                          0.95 * dp.run_rho)
+                          (1.0 - spent) * dp.run_rho)
     noisy = privacy.apply(stats, query, coordinator.round_id + 1, local=True)
     noise = float(np.max(privacy.sum_noise_sd(1)))
     p = len(names)
     locals_ = {}
     for name, vec in noisy.items():
         n, yy, xy = max(vec[0], p + 2.0), max(vec[2], 0.0), vec[3:3 + p]
-        xx = positive_definite(from_upper(vec[3 + p:-2], p), noise / (3.0 * np.sqrt(p)))
+        xx = positive_definite(from_upper(vec[3 + p:-2], p), noise)
         try:
             if family.name == "gaussian":
                 locals_[name] = fit_map_gaussian_stats(n, yy, xy, xx, prior, names=names,

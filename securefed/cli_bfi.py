@@ -85,6 +85,9 @@ def bfi(
     dp_outcome_bound: float = DP_OUTCOME_BOUND,
     dp_run_epsilon: float = DP_RUN_EPSILON,
     dp_min_contributors: int = DP_MIN_CONTRIBUTORS,
+    dp_standardize_range: str = typer.Option(
+        None, "--dp-standardize-range", help="DP: public range of each --standardize column, "
+        "e.g. age=18:70,experien=0:50 (values are clipped to it)."),
     privacy_ledger: Path = PRIVACY_LEDGER,
     audit_log: Path = AUDIT_LOG,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
@@ -100,7 +103,7 @@ def bfi(
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity, combined_lambda)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, 3, 8.0,
-                    dp_min_contributors, privacy_ledger)
+                    dp_min_contributors, privacy_ledger, dp_standardize_range)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
                               drop_phase, drop_round, dp)
     report = run_bfi(frame, opts, protection=protection_for(frame, site_column, prot, family),

@@ -48,21 +48,38 @@ def protection_options(protect, neighbours, threshold, bound, drop_sites, drop_p
                              drop_phase=drop_phase, drop_round=drop_round, dp=dp)
 
 
+def parse_ranges(text: str | None) -> tuple[tuple[str, float, float], ...]:
+    """``"age=18:70,experien=0:50"`` to ``(("age", 18.0, 70.0), ...)`` (InputError otherwise)."""
+    out = []
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        try:
+            name, span = part.split("=")
+            low, high = (float(v) for v in span.split(":"))
+        except ValueError:
+            raise InputError(f"--dp-standardize-range {part.strip()!r}: write COLUMN=LOW:HIGH, "
+                             "comma-separated") from None
+        out.append((name.strip(), low, high))
+    return tuple(out)
+
+
 def dp_options(epsilon, delta, clip, outcome_bound, run_epsilon, rounds, group_clip,
-               min_contributors, ledger):
+               min_contributors, ledger, standardize_ranges=None):
     """DPOptions from the --epsilon/--dp-* flags; None when no budget was given."""
     from securefed.privacy import DPOptions
 
     if epsilon is None:
         given = [flag for flag, value in (("--dp-clip", clip), ("--dp-outcome-bound",
-                 outcome_bound), ("--dp-run-epsilon", run_epsilon), ("--privacy-ledger", ledger))
-                 if value is not None]
+                 outcome_bound), ("--dp-run-epsilon", run_epsilon), ("--privacy-ledger", ledger),
+                 ("--dp-standardize-range", standardize_ranges)) if value is not None]
         if given:
             raise InputError(f"{given[0]} needs a privacy budget: add --epsilon E")
         return None
     return DPOptions(epsilon=epsilon, delta=delta, clip=clip, outcome_bound=outcome_bound,
                      run_epsilon=run_epsilon, rounds=rounds, group_clip=group_clip,
-                     min_contributors=min_contributors, ledger_dir=ledger)
+                     min_contributors=min_contributors, ledger_dir=ledger,
+                     standardize_ranges=parse_ranges(standardize_ranges))
 
 
 def parse_grid(text: str | None) -> tuple[float, ...]:

@@ -26,6 +26,11 @@ GLMM Newton round
 
 BFI count
     ``[n, 1]``: Δ = 1.
+
+Standardisation sums (BFI ``--standardize``)
+    raw values clipped to their declared public ranges ``[lo, hi]`` and centred
+    at ``c = (lo + hi)/2``: one record adds ``[1, x − c, (x − c)²]`` with
+    ``|x − c| ≤ h = (hi − lo)/2``, so ``Δ² = 1 + Σ_j (h_j² + h_j⁴)``.
 """
 
 from __future__ import annotations
@@ -40,8 +45,26 @@ from core_stats.glmm import ParameterLayout, site_terms
 from securefed.privacy import DpQuery
 from securefed.vectors import upper_triangle
 
-__all__ = ["clip_records", "summary_vector", "summary_sensitivity", "summary_query",
-           "group_clip_units", "clipped_terms_vector", "terms_query"]
+__all__ = ["positive_definite", "noise_floor", "clip_records", "summary_vector",
+           "summary_sensitivity", "summary_query", "group_clip_units", "clipped_terms_vector",
+           "terms_query", "standardize_vector", "standardize_sensitivity"]
+
+
+def noise_floor(noise_sd: float, size: int) -> float:
+    """``3 σ √size``: how far (with high probability) noise moves any eigenvalue of a
+    noisy ``size × size`` sum of outer products."""
+    return 3.0 * noise_sd * math.sqrt(size)
+
+
+def positive_definite(matrix: np.ndarray, floor: float) -> np.ndarray:
+    """The symmetric part of ``matrix`` with its eigenvalues raised to at least ``floor``.
+
+    A noisy sum of outer products can have eigenvalues near or below zero; raising
+    them damps the directions the data do not inform instead of inverting them.
+    """
+    sym = 0.5 * (matrix + matrix.T)
+    values, vectors = np.linalg.eigh(sym)
+    return (vectors * np.maximum(values, max(floor, 1e-12))) @ vectors.T
 
 
 def clip_records(X: np.ndarray, y: np.ndarray, clip: float, outcome_bound: float,
@@ -114,3 +137,18 @@ def terms_query(purpose: str, layout: ParameterLayout, units: tuple[int, int],
     log2_units = np.concatenate([np.full(P, units[0]),
                                  np.full(P * (P + 1) // 2 if hessian else 0, units[1])])
     return DpQuery(purpose, 2.0, rho, log2_units.astype(np.int64))
+
+
+def standardize_vector(X: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """``[n, Σ(x − c), Σ(x − c)²]`` per column over values clipped to ``[low, high]``."""
+    from core_stats.standardize import StandardizeLayout
+
+    centre = (np.asarray(low) + np.asarray(high)) / 2.0
+    layout = StandardizeLayout(len(centre), tuple(centre))
+    return layout.site_vector(np.clip(np.asarray(X, dtype=float), low, high))
+
+
+def standardize_sensitivity(low: np.ndarray, high: np.ndarray) -> float:
+    """Δ₂ of :func:`standardize_vector` for add/remove one record."""
+    half = (np.asarray(high, dtype=float) - np.asarray(low, dtype=float)) / 2.0
+    return float(np.sqrt(1.0 + np.sum(half**2 + half**4)))

@@ -74,6 +74,16 @@ class DPOptions:
     min_contributors: int | None = None
     ledger_dir: Path | None = None
     start_share: float = 0.25
+    standardize_ranges: tuple[tuple[str, float, float], ...] = ()
+
+    def standardize_range_for(self, columns) -> list[tuple[float, float]]:
+        """The declared public ``(low, high)`` of each column to standardise."""
+        known = {name: (low, high) for name, low, high in self.standardize_ranges}
+        missing = [c for c in columns if c not in known]
+        if missing:
+            raise InputError(f"--standardize under dp needs the public range of "
+                             f"'{missing[0]}': --dp-standardize-range {missing[0]}=LOW:HIGH")
+        return [known[c] for c in columns]
 
     def check(self, family: str) -> None:
         """InputError naming the flag for anything missing or out of range."""
@@ -98,6 +108,9 @@ class DPOptions:
             raise InputError("--dp-rounds must be between 1 and 50")
         if not self.group_clip > 0:
             raise InputError("--dp-group-clip must be positive")
+        for name, low, high in self.standardize_ranges:
+            if not (math.isfinite(low) and math.isfinite(high) and low < high):
+                raise InputError(f"--dp-standardize-range {name}: give LOW:HIGH with LOW < HIGH")
 
     def outcome_scale(self, family: str) -> float:
         """B: the bound on |y| (1 for the binomial family)."""

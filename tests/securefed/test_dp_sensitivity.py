@@ -118,3 +118,21 @@ def test_group_clip_units_are_powers_of_two_above_the_record_bounds() -> None:
     g_units, h_units = group_clip_units(layout, 3.0, 1.0, group_clip=8.0)
     assert 2.0**g_units >= 8 * 3.0 > 2.0 ** (g_units - 1)
     assert 2.0**h_units >= 8 * 9.0 > 2.0 ** (h_units - 1)
+
+
+def test_standardisation_sums_move_by_at_most_delta() -> None:
+    from securefed.dp_statistics import standardize_sensitivity, standardize_vector
+
+    rng = np.random.default_rng(2)
+    low, high = np.array([18.0, 0.0]), np.array([70.0, 50.0])
+    delta = standardize_sensitivity(low, high)
+    worst = 0.0
+    for _ in range(20):
+        X = np.column_stack([rng.uniform(10, 80, 30), rng.uniform(-5, 60, 30)])
+        base = standardize_vector(X, low, high)
+        for new in ([18.0, 0.0], [70.0, 50.0], [1e4, -1e4], [44.0, 25.0], X[0]):
+            added = standardize_vector(np.vstack([X, new]), low, high)
+            worst = max(worst, float(np.linalg.norm(added - base)))
+        worst = max(worst, float(np.linalg.norm(standardize_vector(X[1:], low, high) - base)))
+    assert worst <= delta * (1 + 1e-12)
+    assert worst >= 0.99 * delta  # a record at a corner of the ranges attains it

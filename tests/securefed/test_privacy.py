@@ -271,3 +271,40 @@ def test_binomial_bfi_under_dp_runs_and_poisson_is_refused() -> None:
     with pytest.raises(InputError, match="poisson"):
         run_bfi(frame, BFIOptions(formula="y ~ x", family="poisson", site_column="site"),
                 protection=_stack("secagg,dp", sites, "poisson", outcome_bound=10.0))
+
+
+def test_bfi_standardisation_under_dp_uses_declared_ranges(tmp_path, capsys) -> None:
+    rng = np.random.default_rng(9)
+    frame = pd.DataFrame({"site": np.repeat(np.arange(1, 5), 200),
+                          "age": rng.uniform(20, 65, 800)})
+    frame["y"] = 1.0 + 0.03 * frame.age + rng.normal(0, 0.5, 800)
+    sites = [str(s) for s in range(1, 5)]
+    opts = BFIOptions(formula="y ~ age", family="gaussian", site_column="site", lam=0.1,
+                      standardize=("age",))
+    plain = run_bfi(frame, opts).to_dict()
+    stack = _stack("secagg,dp", sites, "gaussian", epsilon=1e7, clip=4.0, outcome_bound=4.0,
+                   standardize_ranges=(("age", 18.0, 70.0),))
+    private = run_bfi(frame, opts, protection=stack).to_dict()
+    assert np.allclose(private["standardization"]["mean"], plain["standardization"]["mean"],
+                       rtol=1e-4)
+    assert np.allclose(private["standardization"]["sd"], plain["standardization"]["sd"],
+                       rtol=1e-3)
+    got = [e["estimate"] for e in private["estimates"]]
+    assert np.allclose(got, [e["estimate"] for e in plain["estimates"]], atol=0.02)
+    assert [r["purpose"] for r in private["privacy"]["releases"]][:2] == [
+        "row count", "standardisation sums"]
+    with pytest.raises(InputError, match="--dp-standardize-range age=LOW:HIGH"):
+        run_bfi(frame, opts, protection=_stack("secagg,dp", sites, "gaussian",
+                                               outcome_bound=4.0))
+    data = tmp_path / "d.csv"
+    frame.to_csv(data, index=False)
+    code = main(["bfi", str(data), "--formula", "y ~ age", "--family", "gaussian",
+                 "--site-column", "site", "--standardize", "age", "--protect", "secagg,dp",
+                 "--epsilon", "4", "--dp-clip", "3", "--dp-outcome-bound", "4",
+                 "--dp-standardize-range", "age=18:70", "--quiet"])
+    assert code == 0
+    assert main(["bfi", str(data), "--formula", "y ~ age", "--family", "gaussian",
+                 "--site-column", "site", "--standardize", "age", "--protect", "secagg,dp",
+                 "--epsilon", "4", "--dp-clip", "3", "--dp-outcome-bound", "4",
+                 "--dp-standardize-range", "age:18-70"]) == 2
+    assert "COLUMN=LOW:HIGH" in capsys.readouterr().err
