@@ -33,7 +33,13 @@ from core_stats.glmm import ParameterLayout
 from core_stats.glmm_fit import GLMMEstimate, starting_values
 from core_stats.optimize import NewtonStep, SummedTerms, ridge_solve
 from securefed.coordinator import Coordinator
-from securefed.dp_statistics import group_clip_units, summary_query, terms_query
+from securefed.dp_statistics import (
+    group_clip_units,
+    noise_floor,
+    positive_definite,
+    summary_query,
+    terms_query,
+)
 from securefed.privacy import DPOptions
 from securefed.vectors import from_upper_triangle
 
@@ -42,19 +48,6 @@ __all__ = ["fit_glmm_dp", "MIN_LOG_SD"]
 MIN_LOG_SD = np.log(1e-3)  # log-Cholesky diagonals are kept above this
 MAX_STEP = 1.0
 MAX_START = 5.0  # |start beta| on the link scale (noisy sums can suggest absurd ones)
-
-
-def positive_definite(matrix: np.ndarray, noise_sd: float) -> np.ndarray:
-    """The symmetric matrix with eigenvalues raised to at least ``3 · noise_sd · √size``.
-
-    A noisy sum of outer products can have eigenvalues near or below zero;
-    ``3 σ √size`` bounds (with high probability) how far noise moves any
-    eigenvalue, so directions the data do not inform are damped, not inverted.
-    """
-    sym = 0.5 * (matrix + matrix.T)
-    values, vectors = np.linalg.eigh(sym)
-    lowest = max(3.0 * noise_sd * np.sqrt(matrix.shape[0]), 1e-12)
-    return (vectors * np.maximum(values, lowest)) @ vectors.T
 
 
 def fit_glmm_dp(coordinator: Coordinator, layout: ParameterLayout, family: Family,
@@ -74,7 +67,7 @@ def fit_glmm_dp(coordinator: Coordinator, layout: ParameterLayout, family: Famil
     n_obs = max(float(summary[0]), p + 2.0)
     xty = summary[3:3 + p]
     noise = float(np.max(guard.sum_noise_sd(len(coordinator.rounds[-1].contributors))))
-    xtx = positive_definite(from_upper_triangle(summary[3 + p:-2], p), noise)
+    xtx = positive_definite(from_upper_triangle(summary[3 + p:-2], p), noise_floor(noise, p))
     guard.clipped_records = float(summary[-2])
     n_groups = max(float(summary[-1]), 1.0)
     theta = starting_values(layout, family, n_obs, float(summary[1]), float(summary[2]),
@@ -91,7 +84,8 @@ def fit_glmm_dp(coordinator: Coordinator, layout: ParameterLayout, family: Famil
         gradient = total[:layout.size]
         noise = guard.sum_noise_sd(len(coordinator.rounds[-1].contributors))
         released = from_upper_triangle(total[layout.size:], layout.size)
-        damped = positive_definite(-released, float(np.max(noise[layout.size:])))
+        damped = positive_definite(-released, noise_floor(float(np.max(noise[layout.size:])),
+                                                          layout.size))
         information = _information(-released, damped)
         step, ridge = ridge_solve(damped, gradient)
         step = step / max(1.0, float(np.max(np.abs(step))) / MAX_STEP)
