@@ -184,7 +184,7 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     prepare(None, 0.0)
     if coordinator.privacy is not None:
         return _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names,
-                            warnings, on_step, started)
+                            on_step, started)
     p = len(fixed_names)
     summary = coordinator.secure_sum("design-summary", lambda s: s.design_summary_vector())
     checked = check_design_summary(summary, coordinator, family=family, fixed_names=fixed_names)
@@ -244,8 +244,8 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     return fit
 
 
-def _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names, warnings,
-                 on_step, started) -> GLMMFit:
+def _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names, on_step,
+                 started) -> GLMMFit:
     """The budgeted DP fit (:mod:`securefed.glmm_dp`); plausibility checks assume exact sums."""
     from securefed.glmm_dp import fit_glmm_dp
 
@@ -253,7 +253,7 @@ def _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names, 
         raise InputError("--lambda and --lambda-grid are not available with differential "
                          "privacy (each validation sum would spend budget)")
     dp = coordinator.privacy.options
-    warnings = []  # the plaintext warnings name exact site sizes, which DP must not release
+    warnings = []  # not the plaintext warnings: they name exact site sizes, which DP hides
     layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
     estimate, n_obs, n_groups = fit_glmm_dp(coordinator, layout, family, dp, on_step)
     live = coordinator.live_sites
@@ -263,8 +263,7 @@ def _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names, 
     seconds = time.perf_counter() - started
     extra = {"timings": coordinator.timings(seconds), "privacy": coordinator.privacy.report()}
     fit = _make_fit(opts, estimate, family, int(round(n_obs)), int(round(n_groups)), len(live),
-                    coordinator,
-                    warnings, (), extra, seconds)
+                    coordinator, warnings, (), extra, seconds)
     coordinator.finish_audit(fit.to_dict(), "glmm")
     return fit
 

@@ -292,10 +292,6 @@ class PrivacyGuard:
                     f"{epsilon:g} and {ledger.epsilon_spent:.4g} is already spent. Nothing was "
                     "released.")
 
-    @property
-    def name(self) -> str:
-        return "dp"
-
     def apply(self, vectors: Mapping[str, np.ndarray], query: DpQuery | None,
               round_id: int, *, local: bool = False) -> dict[str, np.ndarray]:
         """Charge every site's ledger (all or none), then return the noisy vectors.
