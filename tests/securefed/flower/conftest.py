@@ -1,11 +1,13 @@
 """A real Flower federation on 127.0.0.1: TLS, SuperNode authentication, five sites.
 
-``federation`` (module scope) makes a CA and certificates, SuperNode keys and
-securefed identities in a temporary directory, writes each site's rows to its
-own CSV, starts a SuperLink and one SuperNode per site as separate process
-groups on free ports, and registers each SuperNode's key under its site name.
-``federation.run(steps)`` submits the test ServerApp with ``flwr run`` and
-returns what it wrote. Every process is killed at teardown; any failure is
+``federation`` (session scope: every Flower test shares it) makes a CA and
+certificates, SuperNode keys and securefed identities in a temporary
+directory, writes each site's rows to its own CSV, starts a SuperLink and one
+SuperNode per site as separate process groups on free ports, and registers
+each SuperNode's key under its site name. ``federation.run(steps)`` submits
+the test ServerApp with ``flwr run`` and returns what it wrote. The sites'
+SuperNodes run through ``fast_supernode.py`` (the stock CLI with a 0.1 s idle
+poll instead of 3 s). Every process is killed at teardown; any failure is
 reported with the tail of every process's log.
 """
 
@@ -32,6 +34,7 @@ from securefed.transport.pki import write_ca_and_server, write_node_key
 SITES = ("A", "B", "C", "D", "E")
 REPO = Path(__file__).resolve().parents[3]
 BOUND = 2.0**40
+FAST_SUPERNODE = Path(__file__).with_name("fast_supernode.py")
 APP_PYPROJECT = """\
 [build-system]
 requires = ["hatchling"]
@@ -197,7 +200,7 @@ def _register(fed: Federation, public_keys: dict[str, Path]) -> None:
             time.sleep(1)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def federation(tmp_path_factory):
     if not (Path(sys.executable).parent / "flower-superlink").exists() and shutil.which(
             "flower-superlink") is None:
@@ -245,7 +248,7 @@ def federation(tmp_path_factory):
                            f'identity-key="{keys / f"{name}.key"}" '
                            f'registry="{keys / "registry.json"}"')
             fed.start(name, [
-                "flower-supernode", "--root-certificates", str(pki["ca"]),
+                sys.executable, str(FAST_SUPERNODE), "--root-certificates", str(pki["ca"]),
                 "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key",
                 str(private), "--port", str(free_port()), "--node-config", node_config],
                 root / f"home-{name}")
