@@ -8,7 +8,10 @@ For ``--audit-log run.jsonl`` a run writes, next to it:
 * ``run.registry.json`` — the public keys of every party of this run.
 
 In-process, every party gets a fresh Ed25519 identity for the run (its
-private key is never written). Check the whole trail with::
+private key is never written). Over a transport (:meth:`AuditTrail.start_remote`)
+the parties use their consortium identities: each site writes its own log and
+salts on its own disk and sends the coordinator only its signed release
+records and its checkpoint countersignature. Check the whole trail with::
 
     securefed audit verify run.jsonl --keys run.registry.json --site-log run.site-A.jsonl ...
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from securefed.audit import (
     read_entries,
     run_start_payload,
 )
+from securefed.audit_log import CheckpointRequest, Countersignature, SignedRelease
 from securefed.canonical import canonical_bytes
 from securefed.errors import InputError
 from securefed.keys import Identity, Registry, check_party_name
@@ -37,6 +41,8 @@ from securefed.keys import Identity, Registry, check_party_name
 __all__ = ["AuditTrail", "trail_paths"]
 
 COORDINATOR = "coordinator"
+#: ``countersign(request, coordinator_log_lines, site_names)`` → the sites' countersignatures
+Countersigner = Callable[[CheckpointRequest, list[str], Sequence[str]], list[Countersignature]]
 
 
 def trail_paths(log_path: Path, site: str) -> tuple[Path, Path]:
@@ -51,8 +57,10 @@ class AuditTrail:
 
     def __init__(self, path: Path, coordinator: Identity, sites: dict[str, SiteLog],
                  registry: Registry, log: AuditLog, run_id: str, layers: list[dict],
-                 site_identities: dict[str, Identity]) -> None:
+                 site_identities: dict[str, Identity],
+                 countersign: Countersigner | None = None) -> None:
         self.path = path
+        self._countersign = countersign
         self._coordinator = coordinator
         self._sites = sites
         self._registry = registry
@@ -93,6 +101,45 @@ class AuditTrail:
             sites[name] = SiteLog.create(log_path, identities[name], salt_path, run_id)
         return cls(path, coordinator, sites, registry, log, run_id, layers, identities)
 
+    @classmethod
+    def start_remote(cls, path: str | Path, *, coordinator: Identity, registry: Registry,
+                     site_names: Sequence[str], model: str, config: Mapping[str, Any],
+                     protection: Mapping[str, Any], countersign: Countersigner) -> AuditTrail:
+        """The coordinator's log of a run whose sites keep their own logs remotely.
+
+        ``registry`` holds the consortium's keys (the coordinator's and every
+        site's); it is copied next to the log for ``securefed audit verify``.
+        ``countersign`` asks the surviving sites to countersign a checkpoint.
+        """
+        path = Path(path)
+        if not path.parent.exists():
+            raise InputError(f"cannot write the audit log: folder {path.parent} does not exist")
+        registry_path = path.with_suffix(".registry.json")
+        for target in (path, registry_path):
+            if target.exists():
+                raise InputError(f"{target} exists; audit logs are never overwritten")
+        if registry.public_key_hex(COORDINATOR) != coordinator.public_key_hex:
+            raise InputError("the coordinator key is not the one in the registry")
+        registry.save(registry_path)
+        run_id = secrets.token_hex(16)
+        log = AuditLog.create(path)
+        layers = [_plain(dict(protection))]
+        config_hash = hashlib.sha256(canonical_bytes(_plain(dict(config)))).hexdigest()
+        log.append(EventKind.RUN_START, coordinator, run_start_payload(
+            run_id=run_id, study_config_hash=config_hash, model=model,
+            protection={"layers": layers}, registry=registry, sites=list(site_names),
+            budget={}))
+        return cls(path, coordinator, {}, registry, log, run_id, layers, {}, countersign)
+
+    def remote_context(self) -> dict:
+        """What a remote site needs to log its release in this run."""
+        return {"run_id": self.run_id, "layers": self._layers}
+
+    def remote_release(self, payload: Mapping[str, Any]) -> None:
+        """Log a remote site's signed release record (InvalidMessage if it does not verify)."""
+        self._log.append_release(self._coordinator, SignedRelease.from_payload(payload),
+                                 self._registry)
+
     def round_spec(self, round_id: int, purpose: str, length: int) -> None:
         spec = {"run_id": self.run_id, "round": round_id, "vector_kind": purpose,
                 "length": length, "layers": self._layers}
@@ -123,8 +170,12 @@ class AuditTrail:
     def close(self, survivors: Sequence[str]) -> None:
         """End the log with a checkpoint countersigned by ``survivors``."""
         request = self._log.checkpoint_request()
-        entries = read_entries(self.path)
-        signatures = [self._sites[n].countersign(request, entries) for n in survivors]
+        if self._countersign is not None:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            signatures = self._countersign(request, lines, list(survivors))
+        else:
+            entries = read_entries(self.path)
+            signatures = [self._sites[n].countersign(request, entries) for n in survivors]
         self._log.append_checkpoint(self._coordinator, request, signatures, self._registry)
 
     def finish(self, result: Mapping[str, Any], kind: str, survivors: Sequence[str]) -> None:

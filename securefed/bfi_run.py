@@ -31,7 +31,7 @@ from securefed.plausibility import BFIGuard, check_bfi_count
 from securefed.privacy import DpQuery
 from securefed.vectors import from_upper_triangle as from_upper
 
-__all__ = ["BFIOptions", "BFIReport", "run_bfi"]
+__all__ = ["BFIOptions", "BFIReport", "run_bfi", "run_bfi_remote"]
 
 _DERIVED = DpQuery.derived("BFI terms from the sites' noisy local fits")
 # Shares of a BFI run's zCDP budget (standardisation only when asked for; the
@@ -576,3 +576,99 @@ def _heterogeneity(opts: BFIOptions, family: Family, locals_: dict,
 def _het(row) -> dict:
     return {"label": row.label, "estimate": row.estimate, "sd": row.sd, "ci_low": row.lower,
             "ci_high": row.upper, "excludes_zero": row.excludes_zero}
+
+
+def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
+                   protection: ProtectedSum, audit: AuditTrail | None = None) -> BFIReport:
+    """Homogeneous BFI over remote sites (e.g. Flower SuperNodes) through ``transport``.
+
+    The same rounds as :func:`run_bfi` (count, optional pooled
+    standardisation, the sites' terms), but each site fits its local MAP
+    itself (:meth:`securefed.site.Site.bfi_terms_vector`); the coordinator
+    holds no rows, so the design comes from the formula alone (numeric
+    covariates). Centre-specific parameters, centre covariates, the pooled
+    comparison and heterogeneity tables need per-site estimates or rows at
+    the coordinator and are refused here. Results equal :func:`run_bfi`.
+    """
+    from securefed.coordinator import RemoteSite
+
+    started = time.perf_counter()
+    for flag, used in (("--stratify", opts.stratify), ("--center-covariate",
+                       opts.center_covariate), ("--heterogeneity", opts.heterogeneity),
+                       ("--compare-pooled", opts.compare_pooled)):
+        if used:
+            raise InputError(f"{flag} is not available over a remote transport yet: it needs "
+                             "per-site estimates or rows at the coordinator")
+    try:
+        formula = parse_mixed_formula(opts.formula, require_random=False)
+        family = get_family(opts.family)
+    except (DesignError, ValueError) as err:
+        raise InputError(str(err)) from None
+    if formula.group is not None:
+        raise InputError("BFI formulas have no random-effects term: drop the '(... | group)'")
+    if opts.lam <= 0:
+        raise InputError("--lambda must be positive for BFI (it is the prior precision)")
+    from formulaic import Formula
+
+    schema = pd.DataFrame({v: [0.0, 1.0, 2.0]
+                           for v in sorted(Formula(formula.fixed).required_variables)})
+    _, names = fixed_design(formula.fixed, schema)
+    coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
+                              audit=audit, transport=transport)
+    if coordinator.privacy is not None:
+        raise InputError("BFI under differential privacy runs in-process only for now")
+    try:
+        report = _bfi_remote(coordinator, opts, formula, family, names, started)
+    except ProtocolError as err:
+        coordinator.abort_audit(err)
+        raise
+    coordinator.finish_audit(report.to_dict(), "bfi")
+    return report
+
+
+def _bfi_remote(coordinator, opts, formula, family, names, started) -> BFIReport:
+    from securefed.site import BFISiteSpec
+
+    count = check_bfi_count(coordinator.secure_sum("bfi-count", lambda s: s.count_vector()),
+                            coordinator)
+    intercept = names.index("(Intercept)") if "(Intercept)" in names else None
+    prior = bfi.prior_precision(len(names), family, lam=opts.lam, intercept_lam=opts.intercept_lam,
+                                scale_lam=opts.scale_lam, intercept_index=intercept)
+    combined = None
+    if opts.combined_lam is not None:
+        if opts.combined_lam <= 0:
+            raise InputError("--combined-lambda must be positive")
+        combined = bfi.prior_precision(len(names), family, lam=opts.combined_lam,
+                                       intercept_lam=opts.intercept_lam,
+                                       scale_lam=opts.scale_lam, intercept_index=intercept)
+    guard = BFIGuard(count, prior, family)
+    standardization, scaling = None, ()
+    if opts.standardize:
+        columns = tuple(opts.standardize)
+        total = coordinator.secure_sum("bfi-standardize",
+                                       lambda s: s.standardize_vector(columns))
+        guard.standardize(total, coordinator)
+        std = StandardizeLayout(len(columns)).combine(total)
+        scaling = tuple((c, float(m), float(sd))
+                        for c, m, sd in zip(columns, std.mean, std.sd, strict=True))
+        standardization = {"columns": list(columns), "mean": std.mean.tolist(),
+                           "sd": std.sd.tolist()}
+    spec = BFISiteSpec(formula.outcome, formula.fixed, family, prior, tuple(names), scaling)
+    full_names = tuple(names) + ((SCALE_TERM,) if family.has_dispersion else ())
+    layout = bfi.HomogeneousLayout(full_names, family)
+    total = coordinator.secure_sum("bfi-terms", lambda s: s.bfi_terms_vector(spec), dp=_DERIVED)
+    guard.terms(total, coordinator, layout)
+    fit = layout.combine(total, combined_prior=combined, level=opts.level)
+    live = [s.name for s in coordinator.live_sites]
+    warnings = []
+    if coordinator.dropped:
+        warnings.append("site(s) dropped out and were excluded: " + ", ".join(coordinator.dropped))
+    return BFIReport(
+        options=opts, fit=fit, term_names=fit.names,
+        estimates=tuple(_rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper)),
+        n_sites=len(live), protection=coordinator.protection.name,
+        standardization=standardization, dropped_sites=tuple(coordinator.dropped),
+        warnings=tuple(warnings), bytes_sent_per_site=coordinator.mean_bytes_per_site(),
+        rounds=coordinator.round_id, seconds=time.perf_counter() - started,
+        site_thetas={n: fit.estimate for n in live},
+        timings=coordinator.timings(time.perf_counter() - started), parameter_names=fit.names)

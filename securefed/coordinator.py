@@ -3,14 +3,22 @@
 It never sees a site's rows, and under a protection layer not even one site's
 vector: each round it asks every live site for one vector, hands them to the
 protection stack, and gets back their sum plus who contributed.
+
+In-process (the default) the coordinator holds the :class:`Site` objects and
+applies each round's ``compute`` closure to them. With a ``transport`` (e.g.
+:class:`securefed.transport.flower_rounds.FlowerRounds`) the sites are remote:
+the coordinator knows only their names, and the transport carries the same
+closure to each site (as a recorded :class:`~securefed.transport.calls.SiteCall`),
+where the site computes, noises, logs and protects its vector itself.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,7 +28,7 @@ from securefed.audit_trail import AuditTrail
 from securefed.privacy import DpQuery, PrivacyGuard
 from securefed.site import Site
 
-__all__ = ["Coordinator", "RoundRecord"]
+__all__ = ["Coordinator", "RemoteSite", "RoundRecord", "Transport"]
 
 
 @dataclass(frozen=True)
@@ -32,16 +40,36 @@ class RoundRecord:
     dropped: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class RemoteSite:
+    """A site the coordinator knows by name only (its data and code run elsewhere)."""
+
+    name: str
+
+
+class Transport(Protocol):
+    """Carries rounds to remote sites (see :mod:`securefed.transport.flower_rounds`)."""
+
+    def setup(self, compute: Callable[[Any], Any], site_names: Sequence[str]) -> None: ...
+
+    def aggregate(self, purpose: str, compute: Callable[[Any], Any],
+                  site_names: Sequence[str], round_id: int, *, dp: DpQuery | None = None,
+                  audit: dict | None = None) -> Any: ...
+
+
 class Coordinator:
     """Drives rounds; keeps the list of live sites and the traffic count."""
 
-    def __init__(self, sites: list[Site], protection: ProtectedSum,
+    def __init__(self, sites: Sequence[Site | RemoteSite], protection: ProtectedSum,
                  on_round: Callable[[RoundRecord], None] | None = None,
-                 audit: AuditTrail | None = None) -> None:
+                 audit: AuditTrail | None = None, transport: Transport | None = None) -> None:
         names = [s.name for s in sites]
         if len(set(names)) != len(names):
             raise ValueError("two sites have the same name")
+        if transport is None and any(isinstance(s, RemoteSite) for s in sites):
+            raise ValueError("remote sites need a transport")
         self._sites = {s.name: s for s in sites}
+        self.transport = transport
         self.protection = protection
         self.round_id = 0
         self.bytes_sent: Counter[str] = Counter()
@@ -59,8 +87,16 @@ class Coordinator:
         return getattr(self.protection, "privacy", None)
 
     @property
-    def live_sites(self) -> list[Site]:
+    def live_sites(self) -> list[Site | RemoteSite]:
         return [s for name, s in self._sites.items() if name not in self.dropped]
+
+    def setup(self, compute: Callable[[Site], None]) -> None:
+        """Every live site applies ``compute`` (e.g. ``prepare_glmm``); nothing is released."""
+        if self.transport is not None:
+            self.transport.setup(compute, [s.name for s in self.live_sites])
+            return
+        for site in self.live_sites:
+            compute(site)
 
     def secure_sum(self, purpose: str, compute: Callable[[Site], np.ndarray],
                    key: Hashable | None = None, dp: DpQuery | None = None) -> np.ndarray:
@@ -90,6 +126,28 @@ class Coordinator:
                 f"{purpose}: this query was answered over another set of sites; answering it "
                 "again would reveal the difference")
         self.round_id += 1
+        if self.transport is not None:
+            result = self._remote_round(purpose, compute, dp)
+        else:
+            result = self._local_round(purpose, compute, dp)
+        for name, count in result.bytes_sent_per_site.items():
+            self.bytes_sent[name] += count
+        record = RoundRecord(self.round_id, purpose, len(result.total), result.contributors,
+                             result.dropped)
+        self.rounds.append(record)
+        if self._on_round is not None:
+            self._on_round(record)
+        newly = [name for name in result.dropped if name not in self.dropped]
+        if newly:
+            self.dropped.extend(newly)
+            self.site_set_version += 1
+        if key is not None:
+            self._answers[key] = (frozenset(result.contributors), result.total.copy())
+        return result.total
+
+    def _local_round(self, purpose: str, compute: Callable[[Site], np.ndarray],
+                     dp: DpQuery | None):
+        """Compute, noise and log every live site's vector here; aggregate them."""
         started = time.perf_counter()
         vectors = {site.name: np.asarray(compute(site), dtype=float) for site in self.live_sites}
         self.seconds["sites_statistics"] += time.perf_counter() - started
@@ -111,20 +169,29 @@ class Coordinator:
                 self.seconds[f"protection_{side}"] += float(result.details[f"seconds_{side}"])
         if self.audit is not None:
             self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped)
-        for name, count in result.bytes_sent_per_site.items():
-            self.bytes_sent[name] += count
-        record = RoundRecord(self.round_id, purpose, len(result.total), result.contributors,
-                             result.dropped)
-        self.rounds.append(record)
-        if self._on_round is not None:
-            self._on_round(record)
-        newly = [name for name in result.dropped if name not in self.dropped]
-        if newly:
-            self.dropped.extend(newly)
-            self.site_set_version += 1
-        if key is not None:
-            self._answers[key] = (frozenset(result.contributors), result.total.copy())
-        return result.total
+        return result
+
+    def _remote_round(self, purpose: str, compute: Callable[[Site], np.ndarray],
+                      dp: DpQuery | None):
+        """The transport runs the round at the sites; each site logs its own release.
+
+        The sites return their signed release records (commitments, no
+        values) with the round; the coordinator's log gets them after the
+        round, between its ROUND_SPEC and AGGREGATION entries.
+        """
+        started = time.perf_counter()
+        audit = None if self.audit is None else self.audit.remote_context()
+        result = self.transport.aggregate(purpose, compute, [s.name for s in self.live_sites],
+                                          self.round_id, dp=dp, audit=audit)
+        self.seconds["protection_total"] += time.perf_counter() - started
+        if "seconds_server" in result.details:
+            self.seconds["protection_server"] += float(result.details["seconds_server"])
+        if self.audit is not None:
+            self.audit.round_spec(self.round_id, purpose, len(result.total))
+            for payload in result.details.get("releases", {}).values():
+                self.audit.remote_release(payload)
+            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped)
+        return result
 
     def abort_audit(self, error: Exception) -> None:
         """Log why the run stopped (REFUSAL) and close the log with a checkpoint."""

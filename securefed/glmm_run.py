@@ -44,7 +44,7 @@ from securefed.plausibility import (
 from securefed.site import GLMMSiteDesign, Site
 from securefed.vectors import from_upper_triangle, unpack_terms
 
-__all__ = ["GLMMOptions", "run_glmm"]
+__all__ = ["GLMMOptions", "run_glmm", "run_glmm_remote"]
 
 AUC_BINS = 4000
 SELECT_CHOICES = ("aic", "bic", "heldout")
@@ -156,17 +156,7 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     started = time.perf_counter()
     _check_options(opts)
     formula, family = _check_frame(frame, opts)
-    from formulaic import model_matrix
-
-    fixed_mm = model_matrix(formula.fixed, frame, na_action="raise")
-    random_mm = model_matrix(formula.random, frame.head(1), na_action="raise")
-    from core_stats.design import _lme4_name
-
-    fixed_names = tuple(_lme4_name(str(c)) for c in fixed_mm.columns)
-    random_names = tuple(_lme4_name(str(c)) for c in random_mm.columns)
-    design = GLMMSiteDesign(formula.outcome, fixed_mm.model_spec, formula.random, formula.group,
-                            family, opts.nagq)
-    rng = np.random.default_rng(opts.seed)
+    fixed_spec, fixed_names, random_names = _public_design(formula, frame)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
     protection = protection or PlaintextSum()
     audit = None
@@ -176,10 +166,70 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
     warnings = [w for s in sites for w in s.warnings()]
+    return _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names,
+                on_step, started, warnings)
+
+
+def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
+                    protection: ProtectedSum,
+                    on_step: Callable[[NewtonStep], None] | None = None,
+                    audit: AuditTrail | None = None) -> GLMMFit:
+    """Fit a GLMM over remote sites (e.g. Flower SuperNodes) through ``transport``.
+
+    The coordinator holds no rows: the public design comes from the formula
+    alone, so every fixed-effect covariate must be numeric (code a category
+    as 0/1 columns); a site whose rows do not fit the design refuses the
+    round. ``protection`` gives the layer's public parameters (the sites run
+    it). Results equal :func:`run_glmm` on the pooled rows of the same sites.
+    """
+    started = time.perf_counter()
+    _check_options(opts)
+    try:
+        formula = parse_mixed_formula(opts.formula)
+        family = get_family(opts.family)
+    except (DesignError, ValueError) as err:
+        raise InputError(str(err)) from None
+    fixed_spec, fixed_names, random_names = _public_design(formula, None)
+    from securefed.coordinator import RemoteSite
+
+    coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
+                              audit=audit, transport=transport)
+    try:
+        return _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names,
+                    on_step, started, [])
+    except ProtocolError as err:
+        coordinator.abort_audit(err)
+        raise
+
+
+def _public_design(formula, frame: pd.DataFrame | None):
+    """The fixed-effect model spec and term names; without rows, from the formula alone."""
+    from formulaic import Formula, model_matrix
+
+    from core_stats.design import _lme4_name
+
+    if frame is None:
+        try:
+            variables = sorted(Formula(formula.fixed).required_variables
+                               | Formula(formula.random).required_variables)
+        except Exception as err:  # formulaic parse errors
+            raise InputError(f"cannot read the formula: {err}".splitlines()[0]) from None
+        frame = pd.DataFrame({v: [0.0, 1.0, 2.0] for v in variables})
+    fixed_mm = model_matrix(formula.fixed, frame, na_action="raise")
+    random_mm = model_matrix(formula.random, frame.head(1), na_action="raise")
+    return (fixed_mm.model_spec, tuple(_lme4_name(str(c)) for c in fixed_mm.columns),
+            tuple(_lme4_name(str(c)) for c in random_mm.columns))
+
+
+def _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names, on_step,
+         started, warnings) -> GLMMFit:
+    """The federated part: the same rounds whether the sites are here or remote."""
+    design = GLMMSiteDesign(formula.outcome, fixed_spec, formula.random, formula.group,
+                            family, opts.nagq)
+    seed = opts.seed if opts.seed is not None else int(np.random.default_rng().integers(2**62))
 
     def prepare(keep: np.ndarray | None, fraction: float) -> None:
-        for site, child in zip(sites, rng.spawn(len(sites)), strict=True):
-            site.prepare_glmm(design, keep, fraction, child)
+        coordinator.setup(lambda s: s.prepare_glmm(design, keep, fraction, seed))
 
     prepare(None, 0.0)
     if coordinator.privacy is not None:
@@ -231,8 +281,12 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     estimate = fit_glmm_restarting(evaluate, layout, start, lam=lam, tol=opts.tol,
                                    on_step=on_step)
     live = coordinator.live_sites
-    n_groups = sum(s.glmm_rows.n_groups for s in live)
-    n_obs = sum(s.glmm_rows.n_rows for s in live) if coordinator.dropped else n_obs
+    if coordinator.transport is None:  # the sites are here: read their group counts
+        n_groups = sum(s.glmm_rows.n_groups for s in live)
+        n_obs = sum(s.glmm_rows.n_rows for s in live) if coordinator.dropped else n_obs
+    else:
+        counts = coordinator.secure_sum("glmm-counts", lambda s: s.glmm_counts_vector())
+        n_obs, n_groups = int(round(counts[0])), int(round(counts[1]))
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded from the fit: "
                         + ", ".join(coordinator.dropped))

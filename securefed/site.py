@@ -16,7 +16,7 @@ from core_stats.families import Family
 from core_stats.glmm import ParameterLayout, site_terms
 from securefed.vectors import pack_terms, upper_triangle
 
-__all__ = ["GLMMSiteDesign", "Site"]
+__all__ = ["BFISiteSpec", "GLMMSiteDesign", "Site"]
 
 TINY_SITE_ROWS = 10
 
@@ -31,6 +31,31 @@ class GLMMSiteDesign:
     group: str
     family: Family
     nagq: int
+
+
+@dataclass(frozen=True, eq=False)
+class BFISiteSpec:
+    """The public BFI model a site fits locally (homogeneous layout).
+
+    ``names`` are the consortium's parameter names (a site whose design has
+    other columns refuses); ``standardize`` lists ``(column, mean, sd)``
+    from the pooled standardisation round, applied to the site's rows first.
+    """
+
+    outcome: str
+    fixed: str
+    family: Family
+    prior: np.ndarray
+    names: tuple[str, ...]
+    standardize: tuple[tuple[str, float, float], ...] = ()
+
+
+def _site_seed(seed: int, name: str) -> np.random.Generator:
+    """A site's own stream from the run's seed: the same call gives each site its own."""
+    import hashlib
+
+    digest = hashlib.sha256(name.encode()).digest()
+    return np.random.default_rng([int(seed), *np.frombuffer(digest[:8], dtype="<u4")])
 
 
 class Site:
@@ -59,13 +84,13 @@ class Site:
 
     # ------------------------------------------------------------ GLMM
     def prepare_glmm(self, design: GLMMSiteDesign, keep_columns: np.ndarray | None = None,
-                     validation_fraction: float = 0.0,
-                     rng: np.random.Generator | None = None) -> None:
+                     validation_fraction: float = 0.0, seed: int | None = None) -> None:
         """Build this site's grouped design; optionally hold out validation rows.
 
-        With ``validation_fraction > 0`` the site draws its own split (within
-        each group, with ``rng``); the model is then fitted on the training
-        rows and the held-out rows serve model selection and AUC.
+        With ``validation_fraction > 0`` the site draws its own split from
+        its own stream (the run's ``seed`` mixed with the site's name); the
+        model is then fitted on the training rows and the held-out rows serve
+        model selection and AUC.
         """
         from formulaic import model_matrix
 
@@ -77,13 +102,23 @@ class Site:
         groups = self._frame[design.group].to_numpy()
         self._validation = None
         if validation_fraction > 0:
-            held_out = (rng or np.random.default_rng()).random(len(y)) < validation_fraction
+            rng = np.random.default_rng() if seed is None else _site_seed(seed, self.name)
+            held_out = rng.random(len(y)) < validation_fraction
             self._validation = grouped_rows(y[held_out], X[held_out], Z[held_out],
                                             groups[held_out])
             y, X, Z, groups = y[~held_out], X[~held_out], Z[~held_out], groups[~held_out]
         self._rows = grouped_rows(y, X, Z, groups)
         self._design = design
         self._modes.clear()
+
+    def count_vector(self) -> np.ndarray:
+        """``[rows, 1]``: this site's row count and one site (BFI's set-up round)."""
+        return np.array([float(self.n_rows), 1.0])
+
+    def glmm_counts_vector(self) -> np.ndarray:
+        """``[rows, groups]`` of the prepared GLMM design."""
+        rows = self._require_rows()
+        return np.array([float(rows.n_rows), float(rows.n_groups)])
 
     def design_summary_vector(self) -> np.ndarray:
         """``[n, sum y, sum y^2, X'y, upper(X'X)]``: counts, start values, collinearity."""
@@ -159,6 +194,32 @@ class Site:
         pos = np.histogram(score[val.y == 1], edges)[0]
         neg = np.histogram(score[val.y == 0], edges)[0]
         return np.concatenate([pos, neg]).astype(float)
+
+    # ------------------------------------------------------------ BFI
+    def standardize_vector(self, columns: tuple[str, ...]) -> np.ndarray:
+        """``[n, Σx, Σx²]`` of ``columns`` (the pooled standardisation round)."""
+        from core_stats.standardize import StandardizeLayout
+
+        values = self._frame[list(columns)].to_numpy(dtype=float)
+        return StandardizeLayout(len(columns)).site_vector(values)
+
+    def bfi_terms_vector(self, spec: BFISiteSpec) -> np.ndarray:
+        """This site's local MAP fit of ``spec``, as BFI's homogeneous site vector."""
+        from core_stats import bfi
+        from core_stats.design import fixed_design
+
+        frame = self._frame
+        if spec.standardize:
+            frame = frame.assign(**{c: (frame[c].to_numpy(dtype=float) - m) / s
+                                    for c, m, s in spec.standardize})
+        X, names = fixed_design(spec.fixed, frame)
+        if tuple(names) != tuple(spec.names):
+            raise ValueError(f"site {self.name}: the design has columns {list(names)}, the "
+                             f"model {list(spec.names)} (code categorical covariates as "
+                             "numeric 0/1 columns)")
+        y = frame[spec.outcome].to_numpy(dtype=float)
+        local = bfi.fit_map(X, y, spec.family, spec.prior, names=spec.names)
+        return bfi.HomogeneousLayout(local.names, spec.family).site_vector(local)
 
     def _require_rows(self) -> GroupedRows:
         if self._rows is None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from core_stats.families import Family, get_family
 from core_stats.glmm import ParameterLayout
-from securefed.site import GLMMSiteDesign, Site
+from securefed.site import BFISiteSpec, GLMMSiteDesign, Site
 from securefed.transport.codec import (
     CodecError,
     decode_value,
@@ -41,8 +41,9 @@ __all__ = ["SiteCall", "RecordingSite", "RemoteCallError", "SETUP_METHODS", "REL
            "record_call", "apply_call"]
 
 SETUP_METHODS = frozenset({"prepare_glmm"})
-RELEASE_METHODS = frozenset({"design_summary_vector", "glmm_terms_vector",
-                             "validation_loglik_vector", "validation_histograms"})
+RELEASE_METHODS = frozenset({"count_vector", "glmm_counts_vector", "design_summary_vector",
+                             "glmm_terms_vector", "validation_loglik_vector",
+                             "validation_histograms", "standardize_vector", "bfi_terms_vector"})
 
 
 class RemoteCallError(ValueError):
@@ -211,3 +212,4 @@ register_dataclass("core_stats.families.Family", Family, lambda f: {"name": f.na
                    lambda fields: get_family(fields["name"]))
 register_dataclass("securefed.site.GLMMSiteDesign", GLMMSiteDesign, _design_fields,
                    _design_from_fields)
+register_dataclass("securefed.site.BFISiteSpec", BFISiteSpec)

@@ -9,6 +9,8 @@ The SuperNode's node config says who the site is and where its files are::
 * ``identity-key``: the site's Ed25519 signing key (``securefed keygen``, mode 0600).
 * ``registry``: the consortium's public keys, the coordinator's included; the
   site trusts only these, never keys sent by the coordinator.
+* ``audit-dir`` (needed when the coordinator keeps an audit trail): the folder
+  of the site's own audit log and salts (:mod:`securefed.transport.site_audit`).
 
 Flower starts a fresh process for every message, so everything that must last
 between messages is kept in ``Context.state`` (held by the site's own
@@ -19,6 +21,7 @@ Vectors are produced only by :func:`securefed.transport.release.release`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +57,27 @@ def _state(context: Context) -> ConfigRecord:
 def _serve(stage: Stage, request: ConfigRecord, context: Context) -> dict:
     if stage is Stage.OPEN:
         setup = [str(t) for t in request["setup"]] if "setup" in request else []
+        audit = json.loads(str(request["audit"])) if "audit" in request else None
         return _open(RoundParams.from_json(str(request["round"])), str(request["call"]), setup,
-                     context)
+                     context, audit)
+    if stage is Stage.COUNTERSIGN:
+        return _countersign(json.loads(str(request["checkpoint"])), str(request["log"]),
+                            context)
     return _step(stage, str(request["round_key"]), bytes(request["payload"]), context)
+
+
+def _site_identity(context: Context):
+    from securefed.keys import Identity
+
+    return Identity.load(_node(context, "identity-key"), _node(context, "site-name"))
+
+
+def _countersign(checkpoint: dict, log_text: str, context: Context) -> dict:
+    from securefed.transport.site_audit import countersign
+
+    signature = countersign(_node(context, "audit-dir"), _site_identity(context), checkpoint,
+                            log_text)
+    return {"countersignature": json.dumps(signature, sort_keys=True)}
 
 
 def _node(context: Context, key: str) -> str:
@@ -116,7 +137,8 @@ def _keys(params: RoundParams, context: Context):
     return private, roster, parse(registry.public_key_hex(COORDINATOR))
 
 
-def _open(params: RoundParams, call_text: str, setup: list[str], context: Context) -> dict:
+def _open(params: RoundParams, call_text: str, setup: list[str], context: Context,
+          audit: dict | None = None) -> dict:
     from protocols.errors import EncodingError
     from protocols.secagg_site import SecAggSite
     from securefed.transport.calls import SiteCall
@@ -129,8 +151,15 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     _keep_setup(setup, context)
     vector = release(_load_site(context), SiteCall.from_json(call_text), params.round_id,
                      params.purpose)
+    logged = {}
+    if audit is not None:
+        from securefed.transport.site_audit import log_release
+
+        logged["release"] = json.dumps(log_release(
+            _node(context, "audit-dir"), _site_identity(context), vector, params.round_id,
+            params.purpose, audit), sort_keys=True)
     if params.layer == "none":
-        return {"vector": vector.astype("<f8").tobytes()}
+        return {"vector": vector.astype("<f8").tobytes(), **logged}
     if len(vector) and float(np.max(np.abs(vector))) > params.bound:
         raise EncodingError(f"a value is above the declared bound {params.bound:.3g}: "
                             "standardise the covariates or raise the bound")
@@ -143,7 +172,7 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     state["length"] = len(vector)
     state["vector"] = vector.astype("<f8").tobytes()
     state["secagg"] = export_site(site)
-    return {"length": len(vector), "payload": advert}
+    return {"length": len(vector), "payload": advert, **logged}
 
 
 def _step(stage: Stage, key: str, payload: bytes, context: Context) -> dict:

@@ -35,7 +35,26 @@ class FlowerRounds:
         self.engine.setup(record_call(compute, list(site_names)))
 
     def aggregate(self, purpose: str, compute: Callable[[Any], Any], site_names: Sequence[str],
-                  round_id: int) -> AggregateResult:
-        """The protected sum of ``compute(site)`` over ``site_names``, computed at the sites."""
+                  round_id: int, *, dp: Any = None, audit: dict | None = None) -> AggregateResult:
+        """The protected sum of ``compute(site)`` over ``site_names``, computed at the sites.
+
+        ``audit``: the run's audit context (each site logs its release);
+        ``dp``: the release's differential-privacy query (each site noises).
+        """
         names = list(site_names)
-        return self.engine.run_round(round_id, purpose, record_call(compute, names), names)
+        kwargs: dict[str, Any] = {"audit": audit}
+        if dp is not None:
+            kwargs["dp"] = dp
+        return self.engine.run_round(round_id, purpose, record_call(compute, names), names,
+                                     **kwargs)
+
+    def countersign(self, request: Any, log_lines: list[str],
+                    site_names: Sequence[str]) -> list:
+        """The sites' countersignatures of a checkpoint of the coordinator's audit log."""
+        from dataclasses import asdict
+
+        from securefed.audit_log import Countersignature
+
+        signed = self.engine.countersign(asdict(request), log_lines, site_names)
+        return [Countersignature(str(p["site"]), str(p["signature"]))
+                for _, p in sorted(signed.items())]

@@ -16,6 +16,7 @@ earlier stage or round is never read.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -132,11 +133,15 @@ class FlowerEngine:
         self._setup.append(call.to_json())
 
     def run_round(self, round_id: int, purpose: str, call: SiteCall,
-                  site_names: Iterable[str]) -> AggregateResult:
+                  site_names: Iterable[str], *, audit: dict | None = None) -> AggregateResult:
         """One protected sum of ``call``'s vector over ``site_names``.
 
         Returns the sum over the contributors (sites whose input is in it);
-        ``dropped`` lists the asked sites that missed a stage.
+        ``dropped`` lists the asked sites that missed a stage (a site not
+        connected when the round opens has missed it). With ``audit`` (the
+        run's id and layers, :meth:`~securefed.audit_trail.AuditTrail.remote_context`)
+        every site logs its release in its own log and returns the signed
+        record, found in ``details["releases"]`` (site → payload).
 
         Raises
         ------
@@ -152,13 +157,31 @@ class FlowerEngine:
         request = {"round": params.to_json(), "call": call.to_json()}
         if self._setup:
             request["setup"] = list(self._setup)
+        if audit is not None:
+            request["audit"] = json.dumps(audit, sort_keys=True)
         opened = self._exchange(Stage.OPEN, dict.fromkeys(names, request))
         self._setup.clear()
         if opened.errors:
             raise SiteRefused("; ".join(f"{n}: {e}" for n, e in sorted(opened.errors.items())))
         if self._layer == "none":
-            return self._plain_sum(names, opened)
-        return self._secagg(params, names, opened)
+            result = self._plain_sum(names, opened)
+        else:
+            result = self._secagg(params, names, opened)
+        if audit is not None:
+            result.details["releases"] = {n: json.loads(str(r["release"]))
+                                          for n, r in sorted(opened.replies.items())}
+        return result
+
+    def countersign(self, request: dict, log_lines: list[str],
+                    site_names: Iterable[str]) -> dict[str, dict]:
+        """Each site checks the coordinator's log against its own and countersigns its head.
+
+        Returns site → countersignature payload; a site that refuses or does
+        not answer is missing from it (the checkpoint then lacks its signature).
+        """
+        exchange = self._exchange(Stage.COUNTERSIGN, dict.fromkeys(sorted(site_names), {
+            "checkpoint": json.dumps(request, sort_keys=True), "log": "\n".join(log_lines)}))
+        return {n: json.loads(str(r["countersignature"])) for n, r in exchange.replies.items()}
 
     def _params(self, round_id: int, purpose: str, names: list[str]) -> RoundParams:
         unknown = [n for n in names if n not in self._ids]
@@ -229,8 +252,7 @@ class FlowerEngine:
         messages = []
         for name, content in contents.items():
             if name not in nodes:
-                result.errors[name] = "not connected"
-                continue
+                continue  # not connected: it sends no reply, so it has dropped out
             record = ConfigRecord({"stage": stage.value, **content})
             messages.append(Message(RecordDict({RECORD: record}), dst_node_id=nodes[name],
                                     message_type=MESSAGE_TYPE,

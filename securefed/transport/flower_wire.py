@@ -15,7 +15,14 @@ stage                   coordinator → site                       site → coor
 ``masked_input``        ``payload`` (ShareBundle bytes)          ``payload`` (MaskedInput)
 ``consistency``         ``payload`` (ConsistencyRequest bytes)   ``payload`` (signature)
 ``unmask``              ``payload`` (UnmaskRequest bytes)        ``payload`` (UnmaskShares)
+``countersign``         ``checkpoint`` (run, entry count, head   ``countersignature`` (JSON)
+                        hash) and ``log`` (the coordinator's
+                        audit log lines)
 ======================  =======================================  ==========================
+
+With an audit trail, ``open`` also carries ``audit`` (the run id and layers,
+JSON) and the site's reply adds ``release``: its signed release record (a
+commitment to the vector, never the vector), already in the site's own log.
 
 Every request after ``open`` names its round (``round_key``); a site answers
 a request it cannot serve with ``error`` (one line) instead of a payload.
@@ -41,6 +48,7 @@ class Stage(enum.Enum):
     MASKED_INPUT = "masked_input"
     CONSISTENCY = "consistency"
     UNMASK = "unmask"
+    COUNTERSIGN = "countersign"
 
 
 def round_key(session_id: bytes, round_id: int) -> str:

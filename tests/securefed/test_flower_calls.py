@@ -78,7 +78,7 @@ def test_recorded_closures_run_remotely_exactly_as_in_process():
     layout = ParameterLayout(("(Intercept)", "x", "c[T.b]", "c[T.c]"), ("(Intercept)",), "g",
                              False)
     theta = np.array([0.1, 0.2, 0.0, 0.1, -0.5])
-    prepare = lambda s: s.prepare_glmm(design, None, 0.3, np.random.default_rng(5))  # noqa: E731
+    prepare = lambda s: s.prepare_glmm(design, None, 0.3, 5)  # noqa: E731
     terms = lambda s: s.glmm_terms_vector(layout, theta, True)  # noqa: E731
     part = data[data.c != "b"]  # a site that lacks one level still builds every column
     local, remote = Site("A", part), Site("A", part)
