@@ -182,7 +182,8 @@ class Coordinator:
         started = time.perf_counter()
         audit = None if self.audit is None else self.audit.remote_context()
         result = self.transport.aggregate(purpose, compute, [s.name for s in self.live_sites],
-                                          self.round_id, dp=dp, audit=audit)
+                                          self.round_id, audit=audit,
+                                          dp=dp if self.privacy is not None else None)
         self.seconds["protection_total"] += time.perf_counter() - started
         if "seconds_server" in result.details:
             self.seconds["protection_server"] += float(result.details["seconds_server"])

@@ -52,7 +52,7 @@ class SiteSpec:
     """One ``[[sites]]`` entry: its name, its data file (resolved) and its line."""
 
     name: str
-    data: Path
+    data: Path | None  # None for a remote site: its data path is in its own node config
     data_as_written: str
     line: int
 
@@ -140,8 +140,9 @@ def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
 
 
 class _Parser:
-    def __init__(self, path: Path, text: str, doc: dict) -> None:
+    def __init__(self, path: Path, text: str, doc: dict, remote: bool = False) -> None:
         self.path, self.doc, self.lines = path, doc, _Lines(text)
+        self.remote = remote
 
     def fail(self, line: int, message: str) -> NoReturn:
         raise InputError(f"{self.path} line {line}: {message}")
@@ -269,9 +270,13 @@ class _Parser:
         for index, entry in enumerate(entries):
             self.table(entry, SITE_KEYS, "sites", index)
             header = self.lines.header("sites", index)
-            for key in ("name", "data"):
+            for key in ("name",) if self.remote else ("name", "data"):
                 if key not in entry:
                     self.fail(header, f"this [[sites]] entry has no {key}")
+            if self.remote and "data" in entry:
+                self.fail(self.lines.key("sites", index, "data"),
+                          "over Flower each site's data path is in its own SuperNode's node "
+                          "config (data-path): remove 'data' from the study")
             name, name_line = entry["name"], self.lines.key("sites", index, "name")
             try:
                 check_party_name(name)
@@ -280,6 +285,9 @@ class _Parser:
             if name in seen:
                 self.fail(name_line, f"site '{name}' is listed twice (first at line {seen[name]})")
             seen[name] = name_line
+            if self.remote:
+                specs.append(SiteSpec(name, None, "", name_line))
+                continue
             data_line = self.lines.key("sites", index, "data")
             data = (self.path.parent / entry["data"]).resolve()
             if not data.is_file():
@@ -346,13 +354,16 @@ def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Path, *, remote: bool = False) -> Study:
     """Parse and check a study file; every problem raises InputError naming its line.
 
     Parameters
     ----------
     path : str or Path
         The TOML study file. Site data paths and the output folder are relative to it.
+    remote : bool
+        A study run over Flower: ``[[sites]]`` entries name the sites only
+        (each site's data path is in its own SuperNode's node config).
 
     Returns
     -------
@@ -371,7 +382,7 @@ def load_study(path: str | Path) -> Study:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{path}: not valid TOML: {str(err).splitlines()[0]}") from None
-    return _Parser(path, text, doc).study()
+    return _Parser(path, text, doc, remote).study()
 
 
 @dataclass(frozen=True)

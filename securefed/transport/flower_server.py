@@ -96,6 +96,7 @@ class FlowerEngine:
         self.timeouts = timeouts
         self.observer = observer
         self._setup: list[str] = []
+        self.current_round = 0  # the round being run (observers read it)
         #: (stage, seconds, spread of the replies) of every exchange so far
         self.stage_log: list[tuple[str, float, float]] = []
         self._ids = {name: uid for uid, name in enumerate(sorted(registry.parties), start=1)}
@@ -153,6 +154,7 @@ class FlowerEngine:
         if not call.releases:
             raise RemoteCallError(f"Site.{call.method} releases nothing: use setup")
         names = sorted(site_names)
+        self.current_round = round_id
         params = self._params(round_id, purpose, names)
         request = {"round": params.to_json(), "call": call.to_json()}
         if self._setup:

@@ -167,3 +167,19 @@ def test_remote_audit_trail_each_site_logs_its_own_releases_and_it_all_verifies(
     assert text.count('"vector_kind":"bfi-count"') == 1
     site_logs[0].write_text(text.replace('"vector_kind":"bfi-count"', '"vector_kind":"bfi-cOunt"'))
     assert not verify_log(log, registry, site_logs).ok
+
+
+def test_a_remote_study_names_its_sites_only(tmp_path):
+    from securefed.study import load_study
+
+    text = ('[model]\nkind = "bfi"\nformula = "y ~ x2"\nfamily = "binomial"\n\n'
+            '[[sites]]\nname = "A"\n\n[[sites]]\nname = "B"\n')
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    study = load_study(path, remote=True)
+    assert [s.name for s in study.sites] == ["A", "B"] and study.sites[0].data is None
+    with pytest.raises(InputError, match="has no data"):
+        load_study(path)  # in-process, every site needs its data file
+    path.write_text(text + 'data = "b.csv"\n')
+    with pytest.raises(InputError, match="line 11: over Flower each site's data path"):
+        load_study(path, remote=True)

@@ -68,6 +68,20 @@ def _run(grid: Grid, scenario: dict, results: list[dict]) -> None:
                             "contributors": list(result.contributors),
                             "dropped": list(result.dropped),
                             "bytes": dict(result.bytes_sent_per_site)})
+        elif step["kind"] == "study":
+            from securefed.transport.flower_study import run_study_over_flower
+
+            config = {"study": step["study"], "registry": scenario["registry"],
+                      "coordinator-key": scenario["coordinator_key"],
+                      "stage-seconds": scenario["timeouts"]["stage"],
+                      "grace-seconds": scenario["timeouts"]["grace"],
+                      "poll-seconds": scenario["timeouts"]["poll"]}
+            observed: list = []
+            spec = step.get("interrupt")
+            result = run_study_over_flower(grid, config, _study_interrupt(spec, observed))
+            if spec and spec.get("resume"):  # the late reply has left the site by now
+                _wait_sent(Path(spec["resume"]["log"]), spec["sent_before"], 120.0)
+            results.append({"kind": "study", "result": result, "stages": observed})
         elif step["kind"] == "resume":
             _resume(step)
             results.append({"kind": "resume"})
@@ -83,6 +97,41 @@ def _interrupt(spec: dict | None):
             os.killpg(spec["pgid"], getattr(signal, spec["signal"]))
 
     return observer
+
+
+def _study_interrupt(spec: dict | None, observed: list):
+    """Record every exchange; signal a site once, after ``spec["after"]`` of ``spec["round"]``.
+
+    With ``spec["resume"]`` (a round and stage) a stopped site is continued
+    (SIGCONT) then, in the middle of the fit: its late reply to the round it
+    missed arrives while a later round runs.
+    """
+    done: list[str] = []
+
+    def observer(engine, stage, answered) -> None:
+        observed.append([engine.current_round, stage.value, list(answered),
+                         engine.stage_log[-1][1]])
+        if spec and not done and engine.current_round == spec["round"] and \
+                stage.value == spec["after"]:
+            os.killpg(spec["pgid"], getattr(signal, spec["signal"]))
+            done.append("signalled")
+        resume = (spec or {}).get("resume")
+        if resume and done == ["signalled"] and engine.current_round == resume["round"] and \
+                stage.value == resume["after"]:
+            spec["sent_before"] = Path(resume["log"]).read_text(errors="replace").count(
+                "Sent successfully")
+            os.killpg(spec["pgid"], signal.SIGCONT)
+            done.append("resumed")
+
+    return observer
+
+
+def _wait_sent(log: Path, before: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count("Sent successfully") <= before:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the resumed site sent nothing within {timeout} s")
+        time.sleep(0.2)
 
 
 def _resume(step: dict) -> None:
