@@ -87,14 +87,8 @@ class AuditTrail:
         identities = {n: Identity.generate(n) for n in site_names}
         registry = Registry.of(coordinator, *identities.values())
         registry.save(registry_path)
-        run_id = secrets.token_hex(16)
-        log = AuditLog.create(path)
-        layers = [_plain(dict(protection))]
-        config_hash = hashlib.sha256(canonical_bytes(_plain(dict(config)))).hexdigest()
-        log.append(EventKind.RUN_START, coordinator, run_start_payload(
-            run_id=run_id, study_config_hash=config_hash, model=model,
-            protection={"layers": layers}, registry=registry, sites=list(site_names),
-            budget={}))
+        log, run_id, layers = _run_start(path, coordinator, registry, site_names, model, config,
+                                         protection)
         sites = {}
         for name in site_names:
             log_path, salt_path = trail_paths(path, name)
@@ -121,14 +115,8 @@ class AuditTrail:
         if registry.public_key_hex(COORDINATOR) != coordinator.public_key_hex:
             raise InputError("the coordinator key is not the one in the registry")
         registry.save(registry_path)
-        run_id = secrets.token_hex(16)
-        log = AuditLog.create(path)
-        layers = [_plain(dict(protection))]
-        config_hash = hashlib.sha256(canonical_bytes(_plain(dict(config)))).hexdigest()
-        log.append(EventKind.RUN_START, coordinator, run_start_payload(
-            run_id=run_id, study_config_hash=config_hash, model=model,
-            protection={"layers": layers}, registry=registry, sites=list(site_names),
-            budget={}))
+        log, run_id, layers = _run_start(path, coordinator, registry, site_names, model, config,
+                                         protection)
         return cls(path, coordinator, {}, registry, log, run_id, layers, {}, countersign)
 
     def remote_context(self) -> dict:
@@ -191,6 +179,20 @@ class AuditTrail:
 
     def site_log_paths(self) -> list[Path]:
         return [trail_paths(self.path, n)[0] for n in self._sites]
+
+
+def _run_start(path: Path, coordinator: Identity, registry: Registry,
+               site_names: Sequence[str], model: str, config: Mapping[str, Any],
+               protection: Mapping[str, Any]) -> tuple[AuditLog, str, list[dict]]:
+    """Create the coordinator's log with its RUN_START entry; the log, run id and layers."""
+    run_id = secrets.token_hex(16)
+    log = AuditLog.create(path)
+    layers = [_plain(dict(protection))]
+    config_hash = hashlib.sha256(canonical_bytes(_plain(dict(config)))).hexdigest()
+    log.append(EventKind.RUN_START, coordinator, run_start_payload(
+        run_id=run_id, study_config_hash=config_hash, model=model,
+        protection={"layers": layers}, registry=registry, sites=list(site_names), budget={}))
+    return log, run_id, layers
 
 
 def _plain(value: Any) -> Any:

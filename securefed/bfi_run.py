@@ -155,7 +155,8 @@ def _rows(names: tuple[str, ...], fit_like, sd, low, high) -> list[dict]:
                                                             strict=True)]
 
 
-def _validate(frame: pd.DataFrame, opts: BFIOptions) -> tuple:
+def _parse_model(opts: BFIOptions) -> tuple:
+    """The formula and family of ``opts``, checked without any data."""
     try:
         formula = parse_mixed_formula(opts.formula, require_random=False)
         family = get_family(opts.family)
@@ -165,6 +166,11 @@ def _validate(frame: pd.DataFrame, opts: BFIOptions) -> tuple:
         raise InputError("BFI formulas have no random-effects term: drop the '(... | group)'")
     if opts.lam <= 0:
         raise InputError("--lambda must be positive for BFI (it is the prior precision)")
+    return formula, family
+
+
+def _validate(frame: pd.DataFrame, opts: BFIOptions) -> tuple:
+    formula, family = _parse_model(opts)
     if opts.center_covariate_kind not in ("categorical", "continuous"):
         raise InputError("--center-covariate-kind must be categorical or continuous")
     from formulaic import Formula
@@ -599,15 +605,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
         if used:
             raise InputError(f"{flag} is not available over a remote transport yet: it needs "
                              "per-site estimates or rows at the coordinator")
-    try:
-        formula = parse_mixed_formula(opts.formula, require_random=False)
-        family = get_family(opts.family)
-    except (DesignError, ValueError) as err:
-        raise InputError(str(err)) from None
-    if formula.group is not None:
-        raise InputError("BFI formulas have no random-effects term: drop the '(... | group)'")
-    if opts.lam <= 0:
-        raise InputError("--lambda must be positive for BFI (it is the prior precision)")
+    formula, family = _parse_model(opts)
     from formulaic import Formula
 
     schema = pd.DataFrame({v: [0.0, 1.0, 2.0]
