@@ -126,11 +126,11 @@ class FlowerEngine:
         return {n: i for n, i in self._nodes().items() if n != self.key_holder}
 
     def wait_for_sites(self, names: Iterable[str], timeout: float = 60.0) -> dict[str, int]:
-        """Block until every site in ``names`` (and the key holder) is connected.
+        """Block until every site in ``names`` (and, under ``ckks``, the key holder) is connected.
 
         TimeoutError otherwise.
         """
-        wanted = set(names) | ({self.key_holder} if self.key_holder else set())
+        wanted = set(names) | ({self.key_holder} if self._ckks is not None else set())
         deadline = time.monotonic() + timeout
         while not wanted <= set(nodes := self._nodes()):
             if time.monotonic() > deadline:

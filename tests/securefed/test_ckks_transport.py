@@ -279,3 +279,13 @@ def test_the_key_holder_refuses_aggregates_without_enough_valid_receipts(world):
     assert not node.ledger_path.exists()  # none of them was decrypted
     with pytest.raises(DecryptionRefused, match="serves only"):
         serve_key_holder(Stage.OPEN, request, node)
+
+
+def test_only_a_ckks_engine_waits_for_the_key_holder(world):
+    (node,) = [n for n, name in world.grid.names.items() if name == KEY_HOLDER]
+    del world.grid.names[node]  # the key holder's SuperNode is not connected
+    secagg = FlowerEngine(world.grid, world.keys["coordinator"], world.registry, SecAggSum(),
+                          FAST, key_holder=KEY_HOLDER)
+    assert sorted(secagg.wait_for_sites(SITES, timeout=0.1)) == list(SITES)
+    with pytest.raises(TimeoutError, match=KEY_HOLDER):
+        ckks_engine(world).wait_for_sites(SITES, timeout=0.1)
