@@ -38,6 +38,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,6 +58,7 @@ __all__ = [
     "CkksError",
     "CkksParameterError",
     "CkksMismatch",
+    "CkksKeyFileError",
     "CkksParams",
     "PayloadKind",
     "CkksCiphertext",
@@ -106,6 +109,10 @@ class CkksParameterError(CkksError):
 
 class CkksMismatch(InvalidMessage):
     """A ciphertext or context does not match the expected parameters or key."""
+
+
+class CkksKeyFileError(CkksError):
+    """A secret-context file is missing, readable beyond its owner, or not a secret context."""
 
 
 class PayloadKind(enum.Enum):
@@ -460,8 +467,9 @@ def add_ciphertexts(public_context: bytes, ciphertexts: Sequence[CkksCiphertext]
 class CkksKeyHolder:
     """Holder of the CKKS secret key; decrypts aggregates only.
 
-    The secret key never leaves this object: there is no export method and
-    the object refuses to be pickled.
+    The secret key never leaves this object except through the deliberately
+    named :meth:`save` (a mode-0600 file on the key holder's own disk, read
+    back by :meth:`load`); the object refuses to be pickled.
     """
 
     def __init__(self, params: CkksParams, context: ts.Context, public_context: bytes) -> None:
@@ -487,6 +495,67 @@ class CkksKeyHolder:
             save_relin_keys=False,
         )
         return cls(params, context, public)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the secret context (parameters, public and secret key) to a new file.
+
+        The file is created with mode 0600 atomically and fsynced; an existing
+        file is never overwritten (:class:`CkksKeyFileError`). Handle it as a secret:
+        it belongs on the key holder's disk only.
+        """
+        secret = self._context.serialize(
+            save_public_key=True,
+            save_secret_key=True,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )
+        try:
+            fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise CkksKeyFileError(f"{path} exists; refusing to overwrite a secret key") from None
+        try:
+            os.fchmod(fd, 0o600)
+            view = memoryview(secret)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CkksKeyHolder:
+        """Read a secret context written by :meth:`save`.
+
+        Raises
+        ------
+        CkksKeyFileError
+            The file is missing, its group or other users may access it, or it
+            holds no secret key (e.g. a public context).
+        CkksParameterError
+            Its parameters are outside the HE-standard rules of :class:`CkksParams`.
+        """
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+            if mode & 0o077:
+                raise CkksKeyFileError(f"secret context {path} has mode {mode:04o}, readable "
+                                       f"beyond its owner; run: chmod 600 {path}")
+            with open(path, "rb") as handle:
+                data = handle.read()
+        except OSError as err:
+            raise CkksKeyFileError(f"cannot read secret context {path}: {err.strerror}") from None
+        try:
+            context = ts.context_from(data)
+        except Exception:  # TenSEAL raises bare ValueError / RuntimeError
+            raise CkksKeyFileError(f"{path} is not a serialised TenSEAL context") from None
+        if not context.is_private() or not context.has_public_key():
+            raise CkksKeyFileError(f"{path} holds no secret key: it is not a key holder's file")
+        public = context.serialize(
+            save_public_key=True,
+            save_secret_key=False,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )
+        return cls(_params_of(context), context, public)
 
     @property
     def params(self) -> CkksParams:

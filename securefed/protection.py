@@ -57,19 +57,24 @@ def parse_sites(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text else ()
 
 
-def build_protection(opts: ProtectionOptions, site_names: list[str], family: str | None = None):
-    """The stack for ``opts.protect``; InputError for anything unknown or inconsistent."""
+def build_protection(opts: ProtectionOptions, site_names: list[str], family: str | None = None,
+                     *, remote: bool = False):
+    """The stack for ``opts.protect``; InputError for anything unknown or inconsistent.
+
+    ``remote``: the sites (and, under ``ckks``, the key holder) are other
+    processes; the coordinator's ``ckks`` layer then holds no key at all.
+    """
     layers = [part.strip().lower() for part in opts.protect.split(",") if part.strip()]
     if len(set(layers)) != len(layers):
         raise InputError(f"--protect {opts.protect!r} names a layer twice")
     if "dp" in layers:
         layers.remove("dp")
-        summing = _build_summing(opts, layers or ["none"], site_names)
+        summing = _build_summing(opts, layers or ["none"], site_names, remote)
         return _with_privacy(opts, summing, site_names, family)
     if opts.dp is not None:
         raise InputError("--epsilon and the --dp-* options need 'dp' in --protect "
                          "(e.g. --protect secagg,dp)")
-    return _build_summing(opts, layers, site_names)
+    return _build_summing(opts, layers, site_names, remote)
 
 
 def _with_privacy(opts: ProtectionOptions, summing, site_names: list[str], family: str | None):
@@ -98,7 +103,8 @@ def _with_privacy(opts: ProtectionOptions, summing, site_names: list[str], famil
     return PrivateSum(summing, guard)
 
 
-def _build_summing(opts: ProtectionOptions, layers: list[str], site_names: list[str]):
+def _build_summing(opts: ProtectionOptions, layers: list[str], site_names: list[str],
+                   remote: bool = False):
     layers = sorted(layers, key=["none", "secagg", "ckks"].index) \
         if set(layers) <= {"none", "secagg", "ckks"} else layers
     with_secagg = layers in (["secagg"], ["secagg", "ckks"])
@@ -133,6 +139,10 @@ def _build_summing(opts: ProtectionOptions, layers: list[str], site_names: list[
         return SecAggSum(bound=opts.bound, neighbours=opts.neighbours, threshold=opts.threshold,
                          drop=drop)
     if layers == ["ckks"]:
+        if remote:  # the key pair is the key holder's, made on its own machine
+            from securefed.transport.flower_ckks import RemoteCkksSum
+
+            return RemoteCkksSum(bound=opts.bound)
         return CkksSum(bound=opts.bound)
     raise InputError(f"--protect {opts.protect!r} is not a known stack: choose one of "
                      f"{', '.join(AVAILABLE)}")

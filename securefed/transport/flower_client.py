@@ -11,6 +11,12 @@ The SuperNode's node config says who the site is and where its files are::
   site trusts only these, never keys sent by the coordinator.
 * ``audit-dir`` (needed when the coordinator keeps an audit trail): the folder
   of the site's own audit log and salts (:mod:`securefed.transport.site_audit`).
+* ``ckks-key-holder`` (optional, default ``"keyholder"``): the party whose
+  signature a CKKS public context must carry (:mod:`~securefed.transport.flower_ckks`).
+
+A node whose config has ``ckks-key`` (the path of a secret CKKS context) is
+the CKKS key holder instead of a site: it holds no data and serves only the
+key holder's stages (optional ``ckks-ledger``, ``ckks-min-contributors``).
 
 Flower starts a fresh process for every message, so everything that must last
 between messages is kept in ``Context.state`` (held by the site's own
@@ -55,11 +61,15 @@ def _state(context: Context) -> ConfigRecord:
 
 
 def _serve(stage: Stage, request: ConfigRecord, context: Context) -> dict:
+    if "ckks-key" in context.node_config:
+        from securefed.transport.flower_ckks import serve_key_holder
+
+        return serve_key_holder(stage, request, _key_holder_node(context))
     if stage is Stage.OPEN:
         setup = [str(t) for t in request["setup"]] if "setup" in request else []
         audit = json.loads(str(request["audit"])) if "audit" in request else None
         return _open(RoundParams.from_json(str(request["round"])), str(request["call"]), setup,
-                     context, audit)
+                     context, audit, request)
     if stage is Stage.COUNTERSIGN:
         return _countersign(json.loads(str(request["checkpoint"])), str(request["log"]),
                             context)
@@ -137,8 +147,18 @@ def _keys(params: RoundParams, context: Context):
     return private, roster, parse(registry.public_key_hex(COORDINATOR))
 
 
+def _key_holder_node(context: Context):
+    from securefed.transport.flower_ckks import DEFAULT_FLOOR, KeyHolderNode
+
+    private, registry, _ = _identity(context)
+    secret = Path(_node(context, "ckks-key"))
+    ledger = Path(str(context.node_config.get("ckks-ledger", f"{secret}.rounds")))
+    floor = int(context.node_config.get("ckks-min-contributors", DEFAULT_FLOOR))
+    return KeyHolderNode(_node(context, "site-name"), private, registry, secret, ledger, floor)
+
+
 def _open(params: RoundParams, call_text: str, setup: list[str], context: Context,
-          audit: dict | None = None) -> dict:
+          audit: dict | None = None, request: ConfigRecord | None = None) -> dict:
     from protocols.errors import EncodingError
     from protocols.secagg_site import SecAggSite
     from securefed.transport.calls import SiteCall
@@ -149,6 +169,12 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     if name not in params.sites:
         raise ValueError(f"site {name!r} is not in this round")
     _keep_setup(setup, context)
+    if params.layer == "ckks":  # trust the key before anything is computed or released
+        from securefed.transport.flower_ckks import KEY_HOLDER, trusted_context
+
+        private, registry, _ = _identity(context)
+        public = trusted_context(params, request or {}, registry,
+                                 str(context.node_config.get("ckks-key-holder", KEY_HOLDER)))
     vector = release(_load_site(context), SiteCall.from_json(call_text), params.round_id,
                      params.purpose)
     logged = {}
@@ -163,6 +189,10 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     if len(vector) and float(np.max(np.abs(vector))) > params.bound:
         raise EncodingError(f"a value is above the declared bound {params.bound:.3g}: "
                             "standardise the covariates or raise the bound")
+    if params.layer == "ckks":
+        from securefed.transport.flower_ckks import encrypt_for_round
+
+        return {**encrypt_for_round(params, public, vector, name, private), **logged}
     private, roster, server_key = _keys(params, context)
     site = SecAggSite(params.sites[name], params.config(len(vector)), private, roster,
                       server_key)

@@ -74,19 +74,24 @@ class FlowerEngine:
     protection : object
         A ``protocols.stack`` layer whose parameters this engine uses:
         ``SecAggSum`` (``bound``, ``neighbours``, ``threshold``,
-        ``min_contributors``) or ``PlaintextSum``.
+        ``min_contributors``), ``PlaintextSum``, or
+        :class:`~securefed.transport.flower_ckks.RemoteCkksSum` (``ckks``;
+        never ``CkksSum``, whose key holder lives in this process).
     timeouts : StageTimeouts
     observer : callable, optional
         Called as ``observer(stage, sites_that_answered)`` after each stage.
+    key_holder : str, optional
+        The registry name of the CKKS key holder's SuperNode (required for
+        ``ckks``); it is never treated as a site.
     """
 
     def __init__(self, grid: Grid, identity: Ed25519PrivateKey, registry: Registry,
                  protection: object, timeouts: StageTimeouts = StageTimeouts(),
-                 observer: Observer | None = None) -> None:
+                 observer: Observer | None = None, key_holder: str | None = None) -> None:
         layer = getattr(protection, "name", None)
-        if layer not in ("secagg", "none"):
+        if layer not in ("secagg", "none", "ckks"):
             raise ValueError(f"protection {layer!r} does not run over Flower yet "
-                             "(available: secagg, none)")
+                             "(available: secagg, ckks, none)")
         self._grid = grid
         self._identity = identity
         self._registry = registry
@@ -100,10 +105,16 @@ class FlowerEngine:
         #: (stage, seconds, spread of the replies) of every exchange so far
         self.stage_log: list[tuple[str, float, float]] = []
         self._ids = {name: uid for uid, name in enumerate(sorted(registry.parties), start=1)}
+        self.key_holder = key_holder
+        self._ckks = None
+        if layer == "ckks":
+            from securefed.transport.flower_ckks import ckks_rounds
+
+            self._ckks = ckks_rounds(self._exchange, registry, key_holder, protection)
 
     # ------------------------------------------------------------- sites
-    def sites(self) -> dict[str, int]:
-        """Site name → Flower node id of every connected SuperNode registered as a site."""
+    def _nodes(self) -> dict[str, int]:
+        """Party name → Flower node id of every connected registered SuperNode."""
         nodes = {}
         for node in self._grid.get_nodes():
             name = str(node.name)
@@ -111,15 +122,22 @@ class FlowerEngine:
                 nodes[name] = int(node.node_id)
         return nodes
 
+    def sites(self) -> dict[str, int]:
+        """Site name → Flower node id of every connected SuperNode registered as a site."""
+        return {n: i for n, i in self._nodes().items() if n != self.key_holder}
+
     def wait_for_sites(self, names: Iterable[str], timeout: float = 60.0) -> dict[str, int]:
-        """Block until every site in ``names`` is connected; TimeoutError otherwise."""
-        wanted = set(names)
+        """Block until every site in ``names`` (and, under ``ckks``, the key holder) is connected.
+
+        TimeoutError otherwise.
+        """
+        wanted = set(names) | ({self.key_holder} if self._ckks is not None else set())
         deadline = time.monotonic() + timeout
-        while not wanted <= set(nodes := self.sites()):
+        while not wanted <= set(nodes := self._nodes()):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sites not connected: {sorted(wanted - set(nodes))}")
             time.sleep(self.timeouts.poll)
-        return nodes
+        return self.sites()
 
     # ------------------------------------------------------------ rounds
     def setup(self, call: SiteCall) -> None:
@@ -161,12 +179,16 @@ class FlowerEngine:
             request["setup"] = list(self._setup)
         if audit is not None:
             request["audit"] = json.dumps(audit, sort_keys=True)
+        if self._ckks is not None:
+            request.update(self._ckks.open_fields())
         opened = self._exchange(Stage.OPEN, dict.fromkeys(names, request))
         self._setup.clear()
         if opened.errors:
             raise SiteRefused("; ".join(f"{n}: {e}" for n, e in sorted(opened.errors.items())))
         if self._layer == "none":
             result = self._plain_sum(names, opened)
+        elif self._ckks is not None:
+            result = self._ckks.finish(params, names, opened.replies)
         else:
             result = self._secagg(params, names, opened)
         if audit is not None:
@@ -189,6 +211,8 @@ class FlowerEngine:
         unknown = [n for n in names if n not in self._ids]
         if unknown:
             raise ValueError(f"sites not in the registry: {unknown}")
+        if self.key_holder in names:
+            raise ValueError(f"{self.key_holder!r} is the key holder, not a site")
         protection = self._protection
         session = hashlib.sha256(self._session + purpose.encode()).digest()[:16]
         return RoundParams(self._layer, session, round_id, purpose,
@@ -249,7 +273,7 @@ class FlowerEngine:
     # ---------------------------------------------------------- messages
     def _exchange(self, stage: Stage, contents: Mapping[str, dict]) -> _Exchange:
         """Send one message per site, collect the replies of this stage only."""
-        nodes = self.sites()
+        nodes = self._nodes()
         result = _Exchange()
         messages = []
         for name, content in contents.items():

@@ -2,7 +2,8 @@
 
 It checks a deployment end to end (TLS, SuperNode authentication, each site's
 data, keys and registry, secure aggregation) before any study runs: every
-site prepares the design ``OUTCOME ~ FIXED + (1 | GROUP)`` from its own rows
+site (every registered party but the coordinator and a CKKS key holder named
+``keyholder``) prepares the design ``OUTCOME ~ FIXED + (1 | GROUP)`` from its own rows
 and the sites' design summaries ``[n, Σy, Σy², X'y, upper(X'X)]`` are summed
 under secure aggregation. Only numeric fixed effects (no categorical
 columns); the result goes to the ``result`` file as JSON::
@@ -30,6 +31,7 @@ from protocols.stack import SecAggSum
 from securefed.keys import COORDINATOR, Identity, Registry
 from securefed.site import GLMMSiteDesign
 from securefed.transport.calls import record_call
+from securefed.transport.flower_ckks import KEY_HOLDER
 from securefed.transport.flower_server import FlowerEngine
 
 __all__ = ["server_app"]
@@ -47,7 +49,7 @@ def main(grid: Grid, context: Context) -> None:
     registry = Registry.load(str(config["registry"]))
     engine = FlowerEngine(grid, Ed25519PrivateKey.from_private_bytes(
         identity.export_private_key_raw()), registry, SecAggSum())
-    sites = sorted(name for name in registry.parties if name != COORDINATOR)
+    sites = sorted(name for name in registry.parties if name not in (COORDINATOR, KEY_HOLDER))
     engine.wait_for_sites(sites, float(config.get("wait-seconds", 120)))
     design = GLMMSiteDesign(str(config["outcome"]), ModelSpec(formula=str(config["fixed"])),
                             "1", str(config["group"]), GAUSSIAN, 1)

@@ -14,7 +14,9 @@ config), with the study's protection, and writes to its ``[output] dir``::
 Each site's own audit log is in its node config's ``audit-dir``. Run config:
 ``study``, ``registry``, ``coordinator-key``; optionally ``wait-seconds``
 (for every site to connect, default 120), ``stage-seconds`` (300) and
-``grace-seconds`` (60) (:class:`~securefed.transport.flower_server.StageTimeouts`).
+``grace-seconds`` (60) (:class:`~securefed.transport.flower_server.StageTimeouts`),
+and, under ``ckks``, ``ckks-key-holder`` (the key holder's registry name,
+default ``keyholder``; it is not a site and must not be listed as one).
 """
 
 from __future__ import annotations
@@ -78,17 +80,29 @@ def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
     if study.protection.drop_sites:
         study.fail(study.protection_line, "drop_sites simulates dropouts in-process; over "
                    "Flower real sites drop out: remove it")
-    protection = build_protection(study.protection, names)
+    protection = build_protection(study.protection, names, remote=True)
+    key_holder = None
+    if protection.name == "ckks":
+        from securefed.transport.flower_ckks import KEY_HOLDER
+
+        key_holder = str(config.get("ckks-key-holder", KEY_HOLDER))
+        if key_holder in names:
+            study.fail(study.protection_line, f"{key_holder!r} is the CKKS key holder; it "
+                       "holds no data and is not a site: remove it from [[sites]]")
     identity = Identity.load(str(config["coordinator-key"]), COORDINATOR)
     registry = Registry.load(str(config["registry"]))
-    missing = [n for n in names if n not in registry]
+    missing = [n for n in (*names, *([key_holder] if key_holder else [])) if n not in registry]
     if missing:
-        raise InputError(f"sites not in the registry {config['registry']}: {missing}")
+        raise InputError(f"not in the registry {config['registry']}: {missing}")
     timeouts = StageTimeouts(float(config.get("stage-seconds", 300.0)),
                              float(config.get("grace-seconds", 60.0)),
                              float(config.get("poll-seconds", 0.1)))
-    engine = FlowerEngine(grid, Ed25519PrivateKey.from_private_bytes(
-        identity.export_private_key_raw()), registry, protection, timeouts)
+    try:
+        engine = FlowerEngine(grid, Ed25519PrivateKey.from_private_bytes(
+            identity.export_private_key_raw()), registry, protection, timeouts,
+            key_holder=key_holder)
+    except ValueError as exc:  # a stack the Flower engine does not carry
+        raise InputError(f"[protection] {exc}") from None
     if observer is not None:
         engine.observer = lambda stage, answered: observer(engine, stage, answered)
     engine.wait_for_sites(names, float(config.get("wait-seconds", 120.0)))

@@ -26,6 +26,11 @@ commitment to the vector, never the vector), already in the site's own log.
 
 Every request after ``open`` names its round (``round_key``); a site answers
 a request it cannot serve with ``error`` (one line) instead of a payload.
+
+Layer ``ckks`` (:mod:`securefed.transport.flower_ckks`) adds the key holder's
+stages ``ckks_context`` (its signed public context) and ``decrypt`` (one
+aggregate per round); ``open`` then also carries the signed context, and a
+site answers with its ciphertext and a signed receipt.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class Stage(enum.Enum):
     CONSISTENCY = "consistency"
     UNMASK = "unmask"
     COUNTERSIGN = "countersign"
+    CKKS_CONTEXT = "ckks_context"  # key holder only (layer ckks)
+    DECRYPT = "decrypt"  # key holder only (layer ckks)
 
 
 def round_key(session_id: bytes, round_id: int) -> str:
@@ -61,7 +68,7 @@ class RoundParams:
     """The public parameters of one round, as every site must see them.
 
     ``sites`` maps each site name of the round to its protocol id; ``layer``
-    is ``"secagg"`` or ``"none"``.
+    is ``"secagg"``, ``"ckks"`` or ``"none"``.
     """
 
     layer: str
@@ -88,7 +95,7 @@ class RoundParams:
     @classmethod
     def from_json(cls, text: str) -> RoundParams:
         data = json.loads(text)
-        if data["layer"] not in ("secagg", "none"):
+        if data["layer"] not in ("secagg", "ckks", "none"):
             raise ValueError(f"unknown protection layer {data['layer']!r}")
         sites = {str(name): int(uid) for name, uid in data["sites"].items()}
         if len(set(sites.values())) != len(sites):

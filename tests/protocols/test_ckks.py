@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from protocols.ckks import (
     CkksAggregate,
     CkksError,
+    CkksKeyFileError,
     CkksKeyHolder,
     CkksMismatch,
     CkksParameterError,
@@ -113,6 +114,47 @@ def test_key_holder_refuses_serialisation(holder: CkksKeyHolder) -> None:
     with pytest.raises(TypeError):
         pickle.dumps(holder)
     assert "secret" not in repr(holder)
+
+
+def test_saved_secret_context_is_0600_and_loads_back_the_same_key(
+    holder: CkksKeyHolder, tmp_path
+) -> None:
+    path = tmp_path / "ckks-secret.ctx"
+    holder.save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    loaded = CkksKeyHolder.load(path)
+    assert loaded.fingerprint == holder.fingerprint
+    assert loaded.public_context() == holder.public_context()
+    assert loaded.params == holder.params
+    ring = np.array([0, 1, 2**63, 2**64 - 1], dtype=np.uint64)
+    ct = encrypt_ring_vector(holder.public_context(), ring, ring_bits=64)
+    aggregate = add_ciphertexts(holder.public_context(), [ct, ct])
+    np.testing.assert_array_equal(loaded.decrypt_ring_sum(aggregate, 4), ring * np.uint64(2))
+    with pytest.raises(TypeError):
+        pickle.dumps(loaded)
+    with pytest.raises(CkksKeyFileError, match="exists"):
+        holder.save(path)  # never overwritten
+
+
+def test_loading_a_public_context_as_a_secret_is_refused(holder: CkksKeyHolder, tmp_path) -> None:
+    path = tmp_path / "public.ctx"
+    path.write_bytes(holder.public_context())
+    path.chmod(0o600)
+    with pytest.raises(CkksKeyFileError, match="no secret key"):
+        CkksKeyHolder.load(path)
+    path.write_bytes(b"not a context")
+    with pytest.raises(CkksKeyFileError, match="not a serialised"):
+        CkksKeyHolder.load(path)
+    with pytest.raises(CkksKeyFileError, match="cannot read"):
+        CkksKeyHolder.load(tmp_path / "missing.ctx")
+
+
+def test_a_secret_context_readable_by_others_is_refused(holder: CkksKeyHolder, tmp_path) -> None:
+    path = tmp_path / "ckks-secret.ctx"
+    holder.save(path)
+    path.chmod(0o640)
+    with pytest.raises(CkksKeyFileError, match="mode 0640"):
+        CkksKeyHolder.load(path)
 
 
 def test_public_context_with_secret_key_is_rejected() -> None:

@@ -4,11 +4,13 @@
 certificates, SuperNode keys and securefed identities in a temporary
 directory, writes each site's rows to its own CSV, starts a SuperLink and one
 SuperNode per site as separate process groups on free ports, and registers
-each SuperNode's key under its site name. ``federation.run(steps)`` submits
-the test ServerApp with ``flwr run`` and returns what it wrote. The sites'
-SuperNodes run through ``fast_supernode.py`` (the stock CLI with a 0.1 s idle
-poll instead of 3 s). Every process is killed at teardown; any failure is
-reported with the tail of every process's log.
+each SuperNode's key under its site name. A sixth SuperNode, ``keyholder``,
+holds no data: it is the CKKS key holder, whose key pair is generated in its
+own directory (``keyholder/``) by ``python -m securefed.transport.ckks_keys``.
+``federation.run(steps)`` submits the test ServerApp with ``flwr run`` and
+returns what it wrote. The SuperNodes run through ``fast_supernode.py`` (the
+stock CLI with a 0.1 s idle poll instead of 3 s). Every process is killed at
+teardown; any failure is reported with the tail of every process's log.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from securefed.keys import Identity, Registry
 from securefed.transport.pki import write_ca_and_server, write_node_key
 
 SITES = ("A", "B", "C", "D", "E")
+KEY_HOLDER = "keyholder"
 REPO = Path(__file__).resolve().parents[3]
 BOUND = 2.0**40
 FAST_SUPERNODE = Path(__file__).with_name("fast_supernode.py")
@@ -133,12 +136,13 @@ class Federation:
     def fail(self, why: str) -> None:
         pytest.fail(f"{why}\n{self.report()}", pytrace=False)
 
-    def run(self, steps: list[dict], timeout: float = 400.0) -> dict:
-        """Submit the test ServerApp with ``steps``; its JSON report."""
+    def run(self, steps: list[dict], timeout: float = 400.0, **settings) -> dict:
+        """Submit the test ServerApp with ``steps`` (and scenario ``settings``); its report."""
         self.runs += 1
         scenario = self.root / f"scenario{self.runs}.json"
-        result = self.root / f"result{self.runs}.json"
-        scenario.write_text(json.dumps({**self.scenario_base, "steps": steps}))
+        result = self.root / f"run{self.runs}" / "result.json"
+        result.parent.mkdir()
+        scenario.write_text(json.dumps({**self.scenario_base, **settings, "steps": steps}))
         done = self.flwr("run", ".", "local", "--run-config",
                          f'scenario="{scenario}" result="{result}"')
         if done.returncode != 0:
@@ -182,7 +186,11 @@ class Federation:
 
 
 def _register(fed: Federation, public_keys: dict[str, Path]) -> None:
-    """``flwr supernode register KEY --name SITE`` for every site, in parallel, with retries."""
+    """``flwr supernode register KEY --name SITE`` for every node, in parallel, with retries.
+
+    On a loaded machine ``flwr`` can print its success and then take minutes to
+    exit: a registration counts when it said so, whether or not it exited.
+    """
     deadline = time.monotonic() + 240
     todo = dict(public_keys)
     while todo:
@@ -213,7 +221,7 @@ def federation(tmp_path_factory):
     pki = write_ca_and_server(root / "pki", ["127.0.0.1", "localhost"])
     keys = root / "keys"
     keys.mkdir()
-    parties = [Identity.generate("coordinator"), *(Identity.generate(s) for s in SITES)]
+    parties = [Identity.generate(name) for name in ("coordinator", *SITES, KEY_HOLDER)]
     for party in parties:
         party.save_private_key(keys / f"{party.name}.key")
     Registry.of(*parties).save(keys / "registry.json")
@@ -238,6 +246,7 @@ def federation(tmp_path_factory):
     fed = Federation(root, env, app_dir, {
         "coordinator_key": str(keys / "coordinator.key"),
         "registry": str(keys / "registry.json"), "sites": list(SITES), "bound": BOUND,
+        "key_holder": KEY_HOLDER,
         "timeouts": {"stage": 120.0, "grace": 20.0, "poll": 0.05}, "settle": 3.0})
     try:
         fed.start("superlink", [
@@ -245,14 +254,22 @@ def federation(tmp_path_factory):
             "--ssl-certfile", str(pki["cert"]), "--ssl-keyfile", str(pki["key"]),
             "--enable-supernode-auth", "--disable-runtime-dependency-installation",
             "--host", "127.0.0.1", "--port", str(port)], root / "superlink-home")
-        node_keys = {name: write_node_key(root / "pki", name) for name in SITES}
+        node_keys = {name: write_node_key(root / "pki", name) for name in (*SITES, KEY_HOLDER)}
         _register(fed, {name: public for name, (_, public) in node_keys.items()})
+        # the key holder makes its CKKS key pair on its own disk, as in a deployment
+        made = subprocess.run([sys.executable, "-m", "securefed.transport.ckks_keys",
+                               str(root / KEY_HOLDER)], env=env, capture_output=True, text=True)
+        if made.returncode != 0:
+            fed.fail(f"ckks_keys failed:\n{made.stdout}\n{made.stderr}")
         for name, (private, _) in node_keys.items():
-            (root / "audit" / name).mkdir(parents=True)
-            node_config = (f'site-name="{name}" data-path="{data / f"{name}.csv"}" '
-                           f'identity-key="{keys / f"{name}.key"}" '
-                           f'registry="{keys / "registry.json"}" '
-                           f'audit-dir="{root / "audit" / name}"')
+            node_config = (f'site-name="{name}" identity-key="{keys / f"{name}.key"}" '
+                           f'registry="{keys / "registry.json"}" ')
+            if name == KEY_HOLDER:
+                node_config += f'ckks-key="{root / KEY_HOLDER / "ckks-secret.ctx"}"'
+            else:
+                (root / "audit" / name).mkdir(parents=True)
+                node_config += (f'data-path="{data / f"{name}.csv"}" '
+                                f'audit-dir="{root / "audit" / name}"')
             fed.start(name, [
                 sys.executable, str(FAST_SUPERNODE), "--root-certificates", str(pki["ca"]),
                 "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key",
@@ -264,7 +281,8 @@ def federation(tmp_path_factory):
             "flower-supernode", "--root-certificates", str(pki["ca"]),
             "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key", str(intruder),
             "--max-retries", "2", "--port", str(free_port()), "--node-config",
-            node_config.replace('"E"', '"A"')], root / "home-intruder")
+            f'site-name="A" data-path="{data / "A.csv"}" identity-key="{keys / "A.key"}" '
+            f'registry="{keys / "registry.json"}"'], root / "home-intruder")
         yield fed
     finally:
         fed.stop_all()

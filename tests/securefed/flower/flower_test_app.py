@@ -4,6 +4,11 @@ It runs the steps of a scenario file with :class:`FlowerEngine` and writes
 every round's result, or the error that stopped it, to a JSON file the test
 reads. A step may stop (SIGSTOP) or kill (SIGKILL) a site's SuperNode process
 group right after a stage, and resume it later: real processes, real dropouts.
+
+With ``"layer": "ckks"`` the engine runs CKKS with the scenario's key holder;
+after each sum it writes what the coordinator received (ciphertext chunks and
+the public context) next to the result file, and a ``forged_sum`` step plays
+a coordinator that substitutes a public context whose secret key it made.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from flwr.serverapp import Grid, ServerApp
 from protocols.stack import SecAggSum
 from securefed.keys import Identity, Registry
 from securefed.transport.calls import SiteCall
-from securefed.transport.flower_server import FlowerEngine, StageTimeouts
+from securefed.transport.flower_ckks import RemoteCkksSum
+from securefed.transport.flower_server import FlowerEngine, SiteRefused, StageTimeouts
 
 server_app = ServerApp()
 
@@ -33,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(str(context.run_config["result"]))
     results: list[dict] = []
     try:
-        _run(grid, scenario, results)
+        _run(grid, scenario, results, out.parent)
         report = {"results": results}
     except Exception as exc:  # the test prints it with the processes' logs
         report = {"results": results, "error": f"{type(exc).__name__}: {exc}",
@@ -43,11 +49,15 @@ def main(grid: Grid, context: Context) -> None:
     os.replace(tmp, out)
 
 
-def _run(grid: Grid, scenario: dict, results: list[dict]) -> None:
+def _run(grid: Grid, scenario: dict, results: list[dict], out_dir: Path) -> None:
     identity = Identity.load(scenario["coordinator_key"], "coordinator")
-    engine = FlowerEngine(grid, Ed25519PrivateKey.from_private_bytes(
-        identity.export_private_key_raw()), Registry.load(scenario["registry"]),
-        SecAggSum(bound=scenario["bound"]), StageTimeouts(**scenario["timeouts"]))
+    private = Ed25519PrivateKey.from_private_bytes(identity.export_private_key_raw())
+    ckks = scenario.get("layer") == "ckks"
+    protection = (RemoteCkksSum(bound=scenario["bound"]) if ckks
+                  else SecAggSum(bound=scenario["bound"]))
+    engine = FlowerEngine(grid, private, Registry.load(scenario["registry"]), protection,
+                          StageTimeouts(**scenario["timeouts"]),
+                          key_holder=scenario.get("key_holder"))
     live = list(scenario["sites"])
     engine.wait_for_sites(live)
     time.sleep(scenario.get("settle", 0.0))
@@ -68,6 +78,8 @@ def _run(grid: Grid, scenario: dict, results: list[dict]) -> None:
                             "contributors": list(result.contributors),
                             "dropped": list(result.dropped),
                             "bytes": dict(result.bytes_sent_per_site)})
+            if ckks:
+                results[-1]["received"] = _dump_received(engine, out_dir, step["round_id"])
         elif step["kind"] == "study":
             from securefed.transport.flower_study import run_study_over_flower
 
@@ -82,10 +94,45 @@ def _run(grid: Grid, scenario: dict, results: list[dict]) -> None:
             if spec and spec.get("resume"):  # the late reply has left the site by now
                 _wait_sent(Path(spec["resume"]["log"]), spec["sent_before"], 120.0)
             results.append({"kind": "study", "result": result, "stages": observed})
+        elif step["kind"] == "forged_sum":
+            results.append(_forged_sum(engine, private, step, live))
         elif step["kind"] == "resume":
             _resume(step)
             results.append({"kind": "resume"})
         results[-1]["seconds"] = time.perf_counter() - started
+
+
+def _dump_received(engine: FlowerEngine, out_dir: Path, round_id: int) -> dict:
+    """Write what the coordinator holds of this round: ciphertext chunks, public context."""
+    rounds = engine._ckks
+    (out_dir / "coordinator-context.bin").write_bytes(rounds.signed_context().public_context)
+    files = {}
+    for name, ciphertext in rounds.received.items():
+        paths = []
+        for index, chunk in enumerate(ciphertext.chunks):
+            path = out_dir / f"received-{round_id}-{name}-{index}.bin"
+            path.write_bytes(chunk)
+            paths.append(str(path))
+        files[name] = {"chunks": paths, "n_values": ciphertext.n_values,
+                       "fingerprint": ciphertext.fingerprint}
+    return files
+
+
+def _forged_sum(engine: FlowerEngine, private: Ed25519PrivateKey, step: dict,
+                live: list[str]) -> dict:
+    """A coordinator substitutes a context of its own key, signed by itself as the key holder."""
+    from protocols.ckks import CkksKeyHolder
+    from securefed.transport.flower_ckks import sign_public_context
+
+    attacker = CkksKeyHolder.generate()
+    engine._ckks._signed = sign_public_context(private, engine.key_holder,
+                                               attacker.public_context())
+    try:
+        result = engine.run_round(step["round_id"], step["purpose"],
+                                  SiteCall.from_json(step["call"]), live)
+    except SiteRefused as exc:
+        return {"kind": "forged_sum", "refused": str(exc), "stages": engine.stage_log[-1:]}
+    return {"kind": "forged_sum", "released": result.total.tolist()}
 
 
 def _interrupt(spec: dict | None):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BOUND, SITES
+from conftest import BOUND, KEY_HOLDER, SITES
 from formulaic import model_matrix
 
 from core_stats.families import get_family
@@ -101,7 +101,8 @@ def reference(frames):
 
 def test_only_registered_supernodes_join(federation, flower_run):
     _, nodes = flower_run
-    assert nodes == sorted(SITES)  # the intruder (valid TLS, unregistered key) is not a node
+    # the intruder (valid TLS, unregistered key) is not a node; the key holder is one
+    assert nodes == sorted([*SITES, KEY_HOLDER])
     log = federation.logs["intruder"].read_text(errors="replace")
     assert "SuperNode ID" not in log, log[-2000:]
 
