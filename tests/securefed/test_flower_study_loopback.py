@@ -1,0 +1,129 @@
+"""A study file run by the Flower ServerApp (``flower_study``) over an in-memory grid.
+
+The grid hands every message to the real ClientApp handler of the addressed
+node (sites with their node config's data, keys and audit folder; under
+``ckks`` a key holder with its secret context), so this is the code a
+deployment runs, minus processes and TLS. The fits equal the in-process runs
+of the same study to 1e-10 and the audit trail verifies with every site's own
+log. Real processes, a frozen site and a killed one: ``flower/test_flower_study.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.supercore.task_identity import TaskIdentity
+from test_flower_engine import LoopbackGrid
+
+from protocols.stack import CkksSum, SecAggSum
+from securefed.audit_verify import verify_log
+from securefed.bfi_run import run_bfi
+from securefed.errors import InputError
+from securefed.glmm_run import run_glmm
+from securefed.keys import Identity, Registry
+from securefed.study import load_study
+from securefed.synthetic import make_clustered
+from securefed.transport.ckks_keys import generate
+from securefed.transport.flower_ckks import KEY_HOLDER
+from securefed.transport.flower_study import run_study_over_flower
+from securefed.transport.site_audit import site_log_paths
+
+SITES = ("h1", "h2", "h3", "h4")
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    for attr in ("_run_id", "_node_id", "_task_id"):  # Flower sets these in a ServerApp
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    frame = make_clustered(n_sites=4, clusters_per_site=10, rows_per_cluster=4, seed=8)
+    frame = frame.assign(site="h" + frame.pop("hospital").astype(str))
+    parties = [Identity.generate(n) for n in ("coordinator", *SITES, KEY_HOLDER)]
+    for party in parties:
+        party.save_private_key(tmp_path / f"{party.name}.key")
+    registry = Registry.of(*parties)
+    registry.save(tmp_path / "registry.json")
+    secret, _ = generate(tmp_path / KEY_HOLDER)
+    configs = {}
+    for name in SITES:
+        frame[frame["site"] == name].drop(columns="site").to_csv(tmp_path / f"{name}.csv",
+                                                                 index=False)
+        (tmp_path / "audit" / name).mkdir(parents=True)
+        configs[name] = {"site-name": name, "data-path": str(tmp_path / f"{name}.csv"),
+                         "identity-key": str(tmp_path / f"{name}.key"),
+                         "registry": str(tmp_path / "registry.json"),
+                         "audit-dir": str(tmp_path / "audit" / name)}
+    configs[KEY_HOLDER] = {"site-name": KEY_HOLDER, "ckks-key": str(secret),
+                           "identity-key": str(tmp_path / f"{KEY_HOLDER}.key"),
+                           "registry": str(tmp_path / "registry.json")}
+    return SimpleNamespace(root=tmp_path, frame=frame, registry=registry,
+                           grid=LoopbackGrid(configs))
+
+
+def write_study(world, name: str, model: str, layers: str, sites=SITES) -> dict:
+    """The study file (sites named only) and the ServerApp's run config."""
+    text = (f'[model]\n{model}\n\n[protection]\nlayers = {layers}\n\n'
+            + "".join(f'[[sites]]\nname = "{s}"\n\n' for s in sites)
+            + f'[output]\ndir = "out-{name}"\n')
+    path = world.root / f"{name}.toml"
+    path.write_text(text)
+    return {"study": str(path), "registry": str(world.root / "registry.json"),
+            "coordinator-key": str(world.root / "coordinator.key"), "stage-seconds": 5.0,
+            "grace-seconds": 1.0, "poll-seconds": 0.01, "wait-seconds": 1.0}
+
+
+def run_id_of(log) -> str:
+    return json.loads(log.read_text().splitlines()[0])["payload"]["run_id"]
+
+
+def site_logs(world, run_id: str) -> list:
+    return [site_log_paths(world.root / "audit" / n, run_id, n)[0] for n in SITES]
+
+
+def test_a_glmm_study_over_flower_equals_the_in_process_run_and_its_trail_verifies(world):
+    config = write_study(world, "glmm", 'kind = "glmm"\nformula = "y ~ x2 + x6 + (1 | cluster)"'
+                         '\nfamily = "binomial"\nnagq = 3', '["secagg"]')
+    result = run_study_over_flower(world.grid, config)
+    study = load_study(config["study"], remote=True)
+    local = run_glmm(world.frame, study.options, protection=SecAggSum()).to_dict()
+    assert list(result["theta"]) == list(local["theta"])
+    np.testing.assert_allclose(list(result["theta"].values()), list(local["theta"].values()),
+                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose([e["std_error"] for e in result["fixed_effects"]],
+                               [e["std_error"] for e in local["fixed_effects"]], rtol=0, atol=1e-10)
+    assert result["n_obs"] == local["n_obs"] and result["transport"]["engine"] == "flower"
+    out = study.output_dir
+    assert (out / "result.json").exists() and (out / "summary.txt").exists()
+    run_id = run_id_of(out / "audit.jsonl")
+    report = verify_log(out / "audit.jsonl", world.registry, site_logs(world, run_id))
+    assert report.ok, report.summary()
+
+
+def test_a_bfi_study_under_ckks_uses_the_remote_key_holder_and_equals_in_process(world):
+    config = write_study(world, "bfi", 'kind = "bfi"\nformula = "y ~ x2 + x6 + x7"\n'
+                         'family = "binomial"\nstandardize = ["x6"]', '["ckks"]')
+    result = run_study_over_flower(world.grid, config)
+    study = load_study(config["study"], remote=True)
+    local = run_bfi(world.frame, study.options, protection=CkksSum()).to_dict()
+    got = [(e["term"], e["estimate"], e["sd"]) for e in result["estimates"]]
+    want = [(e["term"], e["estimate"], e["sd"]) for e in local["estimates"]]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose([g[1:] for g in got], [w[1:] for w in want], rtol=0, atol=1e-10)
+    ledger = (world.root / KEY_HOLDER / "ckks-secret.ctx.rounds").read_text().split()
+    assert len(ledger) == 3  # one decryption each: counts, standardisation moments, terms
+    run_id = run_id_of(study.output_dir / "audit.jsonl")
+    report = verify_log(study.output_dir / "audit.jsonl", world.registry,
+                        site_logs(world, run_id))
+    assert report.ok, report.summary()
+
+
+def test_the_key_holder_listed_as_a_site_is_refused_in_one_line(world):
+    config = write_study(world, "kh", 'kind = "bfi"\nformula = "y ~ x2"\nfamily = "binomial"',
+                         '["ckks"]', sites=(*SITES, KEY_HOLDER))
+    with pytest.raises(InputError, match="key holder; it holds no data"):
+        run_study_over_flower(world.grid, config)
+    error = (world.root / "out-kh" / "error.txt").read_text()
+    assert error.count("\n") == 1 and "remove it from [[sites]]" in error
+
