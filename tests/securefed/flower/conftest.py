@@ -32,6 +32,9 @@ from securefed.keys import Identity, Registry
 from securefed.transport.pki import write_ca_and_server, write_node_key
 
 SITES = ("A", "B", "C", "D", "E")
+#: each site's own privacy budget (node config ``privacy-epsilon``; E's is smaller)
+SITE_EPSILON = {"A": 10.0, "B": 10.0, "C": 10.0, "D": 10.0, "E": 4.0}
+SITE_DELTA = 1e-6
 REPO = Path(__file__).resolve().parents[3]
 BOUND = 2.0**40
 FAST_SUPERNODE = Path(__file__).with_name("fast_supernode.py")
@@ -133,12 +136,12 @@ class Federation:
     def fail(self, why: str) -> None:
         pytest.fail(f"{why}\n{self.report()}", pytrace=False)
 
-    def run(self, steps: list[dict], timeout: float = 400.0) -> dict:
-        """Submit the test ServerApp with ``steps``; its JSON report."""
+    def run(self, steps: list[dict], timeout: float = 400.0, **scenario_extra) -> dict:
+        """Submit the test ServerApp with ``steps`` (and scenario keys to override); its report."""
         self.runs += 1
         scenario = self.root / f"scenario{self.runs}.json"
         result = self.root / f"result{self.runs}.json"
-        scenario.write_text(json.dumps({**self.scenario_base, "steps": steps}))
+        scenario.write_text(json.dumps({**self.scenario_base, **scenario_extra, "steps": steps}))
         done = self.flwr("run", ".", "local", "--run-config",
                          f'scenario="{scenario}" result="{result}"')
         if done.returncode != 0:
@@ -154,6 +157,10 @@ class Federation:
         if "error" in report:
             self.fail(f"the ServerApp failed: {report['error']}\n{report['traceback']}")
         return report
+
+    def ledger(self, site: str) -> Path:
+        """The site's privacy ledger (node config ``privacy-ledger``)."""
+        return self.root / "ledgers" / f"{site}.privacy.json"
 
     def pgid(self, site: str) -> int:
         return self.procs[site].pid
@@ -246,7 +253,9 @@ def federation(tmp_path_factory):
         for name, (private, _) in node_keys.items():
             node_config = (f'site-name="{name}" data-path="{data / f"{name}.csv"}" '
                            f'identity-key="{keys / f"{name}.key"}" '
-                           f'registry="{keys / "registry.json"}"')
+                           f'registry="{keys / "registry.json"}" '
+                           f'privacy-epsilon={SITE_EPSILON[name]} privacy-delta={SITE_DELTA} '
+                           f'privacy-ledger="{fed.ledger(name)}"')
             fed.start(name, [
                 sys.executable, str(FAST_SUPERNODE), "--root-certificates", str(pki["ca"]),
                 "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key",

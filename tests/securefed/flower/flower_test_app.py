@@ -15,6 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -43,11 +44,33 @@ def main(grid: Grid, context: Context) -> None:
     os.replace(tmp, out)
 
 
+def _protection(scenario: dict):
+    """``secagg``, or ``secagg,dp`` with the coordinator's DP options if the scenario has any."""
+    if "dp" not in scenario:
+        return SecAggSum(bound=scenario["bound"])
+    from securefed.privacy import DPOptions
+    from securefed.protection import ProtectionOptions, build_protection
+
+    options = ProtectionOptions("secagg,dp", bound=scenario["bound"],
+                                dp=DPOptions(**scenario["dp"]))
+    return build_protection(options, list(scenario["sites"]), scenario.get("family"))
+
+
+def _query(spec: dict | None):
+    if spec is None:
+        return None
+    from securefed.privacy import DpQuery
+
+    units = spec.get("log2_units")
+    return DpQuery(spec["purpose"], spec["sensitivity"], spec["rho"],
+                   None if units is None else np.asarray(units, dtype=np.int64))
+
+
 def _run(grid: Grid, scenario: dict, results: list[dict]) -> None:
     identity = Identity.load(scenario["coordinator_key"], "coordinator")
     engine = FlowerEngine(grid, Ed25519PrivateKey.from_private_bytes(
         identity.export_private_key_raw()), Registry.load(scenario["registry"]),
-        SecAggSum(bound=scenario["bound"]), StageTimeouts(**scenario["timeouts"]))
+        _protection(scenario), StageTimeouts(**scenario["timeouts"]))
     live = list(scenario["sites"])
     engine.wait_for_sites(live)
     time.sleep(scenario.get("settle", 0.0))
@@ -59,15 +82,30 @@ def _run(grid: Grid, scenario: dict, results: list[dict]) -> None:
             for call in step.get("setup", []):
                 engine.setup(SiteCall.from_json(call))
             engine.observer = _interrupt(step.get("interrupt"))
-            result = engine.run_round(step["round_id"], step["purpose"],
-                                      SiteCall.from_json(step["call"]), live)
-            engine.observer = None
+            try:
+                result = engine.run_round(step["round_id"], step["purpose"],
+                                          SiteCall.from_json(step["call"]), live,
+                                          dp=_query(step.get("dp")))
+            except Exception as exc:
+                if not step.get("expect_error"):
+                    raise
+                results.append({"kind": "refused", "stages": engine.stage_log[-1:],
+                                "error": [c.__name__ for c in type(exc).__mro__],
+                                "message": str(exc),
+                                "seconds": time.perf_counter() - started})
+                continue
+            finally:
+                engine.observer = None
             live = [s for s in live if s not in result.dropped]
             results.append({"kind": "sum", "total": result.total.tolist(),
                             "stages": engine.stage_log[-5:],
                             "contributors": list(result.contributors),
                             "dropped": list(result.dropped),
                             "bytes": dict(result.bytes_sent_per_site)})
+            if engine.privacy is not None:
+                results[-1]["noise_sd"] = engine.privacy.sum_noise_sd(
+                    len(result.contributors)).tolist()
+                results[-1]["min_contributors"] = engine.privacy.min_contributors
         elif step["kind"] == "resume":
             _resume(step)
             results.append({"kind": "resume"})
