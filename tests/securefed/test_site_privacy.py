@@ -244,3 +244,22 @@ def test_engine_under_dp_needs_a_query_and_required_sites_refuse_plain_rounds(
     with pytest.raises(SiteRefused, match="B: DpRefused: site B releases only under"):
         plain.run_round(2, "summary", call, SITES)
     assert ledgers(tmp_path) == dict.fromkeys(SITES)
+
+
+def test_under_dp_each_site_logs_the_release_with_its_own_spending(world, tmp_path) -> None:  # noqa: F811
+    engine = dp_engine(world, {}, tmp_path)
+    for context in world.grid.contexts.values():
+        folder = tmp_path / f"audit-{context.node_config['site-name']}"
+        folder.mkdir()
+        context.node_config["audit-dir"] = str(folder)
+    call = record_call(lambda s: s.dp_summary_vector(CLIP, BOUND_Y), SITES)
+    result = engine.run_round(1, "dp-design-summary", call, SITES,
+                              dp=summary_query("design summary", CLIP, BOUND_Y, 0.2),
+                              audit={"run_id": "ab12", "layers": [{"name": "secagg,dp"}]})
+    records = result.details["releases"]
+    assert sorted(records) == list(SITES)  # logged at masked input, as the noisy vector left
+    for name, payload in records.items():
+        ledger = json.loads((tmp_path / f"{name}.privacy.json").read_text())
+        privacy = payload["release"]["privacy"]
+        assert float(privacy["epsilon_spent"]) == pytest.approx(ledger["epsilon_spent"])
+        assert ledger["epsilon_spent"] > 0
