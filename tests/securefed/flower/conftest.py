@@ -190,7 +190,7 @@ class Federation:
 
 def _register(fed: Federation, public_keys: dict[str, Path]) -> None:
     """``flwr supernode register KEY --name SITE`` for every site, in parallel, with retries."""
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 300  # a loaded CI machine is slow
     todo = dict(public_keys)
     while todo:
         running = {name: subprocess.Popen(
@@ -198,7 +198,7 @@ def _register(fed: Federation, public_keys: dict[str, Path]) -> None:
             env=fed.env, cwd=fed.app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True) for name, key in todo.items()}
         for name, proc in running.items():
-            output = proc.communicate(timeout=60)[0]
+            output = proc.communicate(timeout=240)[0]
             if proc.returncode == 0:
                 del todo[name]
             elif time.monotonic() > deadline or fed.procs["superlink"].poll() is not None:
