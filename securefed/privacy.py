@@ -47,7 +47,8 @@ from protocols.dp import (
 from protocols.errors import EncodingError, PrivacyBudgetExceeded, ProtocolError
 from securefed.errors import InputError
 
-__all__ = ["DPOptions", "DpQuery", "PrivacyGuard", "SitePrivacy", "GRID_INFLATION"]
+__all__ = ["DPOptions", "DpQuery", "PrivacyGuard", "SitePrivacy", "GRID_INFLATION", "calibrate",
+           "release_label"]
 
 GRID_INFLATION = 1e-4  # the grid rounding adds at most this share to Δ (in grid units)
 _MAX_GRID_WORD = 2.0**52  # |k + noise| must stay an exact float64 integer
@@ -165,6 +166,11 @@ class _Calibration:
                             n_contributors=self.min_contributors, dimension=self.dimension)
 
 
+def release_label(query: DpQuery, round_id: int) -> str:
+    """The purpose under which a release is entered in every site's ledger."""
+    return f"round {round_id}: {query.purpose}"
+
+
 def calibrate(query: DpQuery, dimension: int, min_contributors: int) -> _Calibration:
     """Grid step and per-site noise so the release costs at most ``query.rho``."""
     if not (query.sensitivity > 0 and query.rho > 0):
@@ -189,19 +195,65 @@ class SitePrivacy:
     def open(cls, name: str, epsilon: float, delta: float,
              ledger_dir: Path | None) -> SitePrivacy:
         """A fresh ledger, or the site's persistent one (its earlier runs count)."""
+        path = None if ledger_dir is None else Path(ledger_dir) / f"site-{name}.privacy.json"
+        return cls.load(name, epsilon, delta, path)
+
+    @classmethod
+    def load(cls, name: str, epsilon: float, delta: float,
+             ledger_file: Path | None) -> SitePrivacy:
+        """The ledger kept in ``ledger_file`` (a fresh one if the file does not exist yet)."""
         ledger = PrivacyLedger(epsilon, delta)
-        path = None
-        if ledger_dir is not None:
-            path = Path(ledger_dir) / f"site-{name}.privacy.json"
-            if path.exists():
-                _replay(ledger, path, name, epsilon, delta)
-        return cls(name, ledger, path)
+        if ledger_file is not None and Path(ledger_file).exists():
+            _replay(ledger, Path(ledger_file), name, epsilon, delta)
+        return cls(name, ledger, None if ledger_file is None else Path(ledger_file))
+
+    def refusal(self, query: DpQuery, release: NoiseRelease,
+                round_id: int) -> PrivacyBudgetExceeded | None:
+        """The error :meth:`release` would raise for ``release`` over budget, else None."""
+        ledger = self.ledger
+        if ledger.can_spend(release):
+            return None
+        return PrivacyBudgetExceeded(
+            f"site {self.name}: {query.purpose} (round {round_id}) would need epsilon="
+            f"{ledger.epsilon_if(release):.4g} in total at delta={ledger.budget[1]:g}; "
+            f"the budget is epsilon={ledger.budget[0]:g} and "
+            f"{ledger.epsilon_spent:.4g} is spent. Nothing was released.")
+
+    def release(self, vector: np.ndarray, query: DpQuery, round_id: int,
+                min_contributors: int) -> np.ndarray:
+        """The site's DP step for one release: charge the ledger, then add the noise share.
+
+        The one function that turns a site's exact vector into what leaves it
+        under DP, both in-process (:meth:`PrivacyGuard.apply`) and at a Flower
+        site (:mod:`securefed.transport.site_privacy`). Noise is sized by
+        :func:`calibrate` for ``min_contributors``; a release over the budget
+        raises :class:`PrivacyBudgetExceeded` with the ledger unchanged and no
+        noise drawn.
+        """
+        vector = np.asarray(vector, dtype=float)
+        cal = calibrate(query, len(vector), min_contributors)
+        units = query.units(len(vector))
+        release = cal.release(release_label(query, round_id))
+        refused = self.refusal(query, release, round_id)
+        if refused is not None:
+            raise refused
+        self.charge(release)
+        return self.noisy(vector, units, cal)
 
     def charge(self, release: NoiseRelease) -> None:
         """Commit ``release`` to the ledger (raises, unchanged, if over budget)."""
         self.ledger.spend(release)
         if self._file is not None:
             _save(self.ledger, self._file, self.name)
+
+    def fields(self) -> dict[str, float]:
+        """Cumulative spending, for the site's RELEASE audit entries."""
+        ledger = self.ledger
+        epsilon, delta = ledger.budget
+        return {"epsilon_spent": ledger.epsilon_spent,
+                "epsilon_remaining": max(0.0, epsilon - ledger.epsilon_spent),
+                "delta_spent": delta if ledger.entries else 0.0,
+                "rho_spent": ledger.rho_spent, "rho_remaining": ledger.rho_remaining}
 
     def noisy(self, vector: np.ndarray, units: np.ndarray, cal: _Calibration) -> np.ndarray:
         """``(round(v / γ) + N_Z(0, σ²)) · γ`` per coordinate (γ in the coordinate's units)."""
@@ -313,28 +365,50 @@ class PrivacyGuard:
         cal = calibrate(query, length, contributors)
         if not local:
             self._check_grid(units, cal, length)
-        release = cal.release(f"round {round_id}: {query.purpose}")
-        for name in vectors:  # check all first: no site releases if one would refuse
-            ledger = self.sites[name].ledger
-            if not ledger.can_spend(release):
-                raise PrivacyBudgetExceeded(
-                    f"site {name}: {query.purpose} (round {round_id}) would need epsilon="
-                    f"{ledger.epsilon_if(release):.4g} in total at delta={ledger.budget[1]:g}; "
-                    f"the budget is epsilon={ledger.budget[0]:g} and "
-                    f"{ledger.epsilon_spent:.4g} is spent. Nothing was released.")
-        for name in vectors:
+        self._check_all(query, cal.release(release_label(query, round_id)), round_id, vectors)
+        self._record(query, round_id, cal, units, local)
+        return {name: self.sites[name].release(vec, query, round_id, contributors)
+                for name, vec in vectors.items()}
+
+    def admit_remote(self, query: DpQuery, round_id: int, site_names: Sequence[str],
+                     length: int, min_contributors: int) -> None:
+        """Record a release whose noise the sites add themselves (over Flower).
+
+        The sites charge their own ledgers; here the coordinator's copies of
+        them are charged too (for :meth:`report`), after the same
+        all-or-none check as :meth:`apply`.
+        """
+        units = query.units(length)
+        cal = calibrate(query, length, min_contributors)
+        if min_contributors > 1:
+            self._check_grid(units, cal, length)
+        release = cal.release(release_label(query, round_id))
+        self._check_all(query, release, round_id, site_names)
+        for name in site_names:
             self.sites[name].charge(release)
+        self._record(query, round_id, cal, units, False)
+
+    def _check_all(self, query: DpQuery, release: NoiseRelease, round_id: int,
+                   site_names) -> None:
+        """Raise the first site's refusal: no site releases if one would refuse."""
+        for name in site_names:
+            refused = self.sites[name].refusal(query, release, round_id)
+            if refused is not None:
+                raise refused
+
+    def _record(self, query: DpQuery, round_id: int, cal: _Calibration, units: np.ndarray,
+                local: bool) -> None:
+        contributors = cal.min_contributors
         self.releases.append({
             "round": round_id, "purpose": query.purpose,
             "mechanism": "distributed discrete Gaussian" if contributors > 1
             else "discrete Gaussian" + (" (at the site, kept there)" if local else ""),
-            "dimension": length,
+            "dimension": cal.dimension,
             "l2_sensitivity": query.sensitivity, "grid_step_log2": cal.grid_bits,
             "noise_sd_units": float(cal.local_sigma * 2.0**cal.grid_bits
                                     * math.sqrt(contributors)),
-            "min_contributors": contributors, "rho": release.rho})
+            "min_contributors": contributors, "rho": cal.release("").rho})
         self._last = (cal, units)
-        return {name: self.sites[name].noisy(vec, units, cal) for name, vec in vectors.items()}
 
     def sum_noise_sd(self, n_contributors: int) -> np.ndarray:
         """Per-coordinate noise SD of the last released sum over ``n_contributors`` sites."""
@@ -343,12 +417,7 @@ class PrivacyGuard:
 
     def privacy_fields(self, site: str) -> dict[str, float]:
         """A site's cumulative spending, for its RELEASE audit entries."""
-        ledger = self.sites[site].ledger
-        epsilon, delta = ledger.budget
-        return {"epsilon_spent": ledger.epsilon_spent,
-                "epsilon_remaining": max(0.0, epsilon - ledger.epsilon_spent),
-                "delta_spent": delta if ledger.entries else 0.0,
-                "rho_spent": ledger.rho_spent, "rho_remaining": ledger.rho_remaining}
+        return self.sites[site].fields()
 
     def report(self) -> dict:
         """``privacy`` in the JSON output."""

@@ -69,7 +69,7 @@ def _serve(stage: Stage, request: ConfigRecord, context: Context) -> dict:
         setup = [str(t) for t in request["setup"]] if "setup" in request else []
         audit = json.loads(str(request["audit"])) if "audit" in request else None
         return _open(RoundParams.from_json(str(request["round"])), str(request["call"]), setup,
-                     context, audit, request)
+                     context, audit, str(request["dp"]) if "dp" in request else "", request)
     if stage is Stage.COUNTERSIGN:
         return _countersign(json.loads(str(request["checkpoint"])), str(request["log"]),
                             context)
@@ -157,17 +157,38 @@ def _key_holder_node(context: Context):
     return KeyHolderNode(_node(context, "site-name"), private, registry, secret, ledger, floor)
 
 
+def _site_dp(context: Context, dp_text: str, params: RoundParams):
+    """This site's DP terms for the round (its own budget; see ``site_privacy``)."""
+    from securefed.transport.site_privacy import SiteDp
+
+    return SiteDp.for_round(context.node_config, _node(context, "site-name"), dp_text, params)
+
+
+def _log_release(context: Context, vector: np.ndarray, params: RoundParams,
+                 audit: dict | None, dp) -> dict:
+    """Log the vector as it leaves the site in the site's own audit log; the reply field."""
+    if audit is None:
+        return {}
+    from securefed.transport.site_audit import log_release
+
+    return {"release": json.dumps(log_release(
+        _node(context, "audit-dir"), _site_identity(context), vector, params.round_id,
+        params.purpose, audit, dp.spent), sort_keys=True)}
+
+
 def _open(params: RoundParams, call_text: str, setup: list[str], context: Context,
-          audit: dict | None = None, request: ConfigRecord | None = None) -> dict:
+          audit: dict | None = None, dp_text: str = "",
+          request: ConfigRecord | None = None) -> dict:
     from protocols.errors import EncodingError
     from protocols.secagg_site import SecAggSite
     from securefed.transport.calls import SiteCall
-    from securefed.transport.release import release
+    from securefed.transport.release import protect, release
     from securefed.transport.secagg_state import export_site
 
     name = _node(context, "site-name")
     if name not in params.sites:
         raise ValueError(f"site {name!r} is not in this round")
+    dp = _site_dp(context, dp_text, params)
     _keep_setup(setup, context)
     if params.layer == "ckks":  # trust the key before anything is computed or released
         from securefed.transport.flower_ckks import KEY_HOLDER, trusted_context
@@ -176,23 +197,21 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
         public = trusted_context(params, request or {}, registry,
                                  str(context.node_config.get("ckks-key-holder", KEY_HOLDER)))
     vector = release(_load_site(context), SiteCall.from_json(call_text), params.round_id,
-                     params.purpose)
-    logged = {}
-    if audit is not None:
-        from securefed.transport.site_audit import log_release
-
-        logged["release"] = json.dumps(log_release(
-            _node(context, "audit-dir"), _site_identity(context), vector, params.round_id,
-            params.purpose, audit), sort_keys=True)
+                     params.purpose, dp)
     if params.layer == "none":
-        return {"vector": vector.astype("<f8").tobytes(), **logged}
+        vector = protect(vector, dp)
+        return {"vector": vector.astype("<f8").tobytes(), **dp.receipt,
+                **_log_release(context, vector, params, audit, dp)}
     if len(vector) and float(np.max(np.abs(vector))) > params.bound:
         raise EncodingError(f"a value is above the declared bound {params.bound:.3g}: "
                             "standardise the covariates or raise the bound")
     if params.layer == "ckks":
         from securefed.transport.flower_ckks import encrypt_for_round
 
-        return {**encrypt_for_round(params, public, vector, name, private), **logged}
+        if dp.query is not None:
+            raise ValueError("ckks,dp does not run over Flower yet: use secagg,dp")
+        return {**encrypt_for_round(params, public, vector, name, private),
+                **_log_release(context, vector, params, audit, dp)}
     private, roster, server_key = _keys(params, context)
     site = SecAggSite(params.sites[name], params.config(len(vector)), private, roster,
                       server_key)
@@ -202,7 +221,11 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     state["length"] = len(vector)
     state["vector"] = vector.astype("<f8").tobytes()
     state["secagg"] = export_site(site)
-    return {"length": len(vector), "payload": advert, **logged}
+    state["dp"] = dp_text
+    state["audit"] = "" if audit is None else json.dumps(audit, sort_keys=True)
+    # under DP the vector that leaves is the noisy one: it is logged when masked
+    logged = {} if dp.query is not None else _log_release(context, vector, params, audit, dp)
+    return {"length": len(vector), "payload": advert, **dp.receipt, **logged}
 
 
 def _step(stage: Stage, key: str, payload: bytes, context: Context) -> dict:
@@ -216,13 +239,23 @@ def _step(stage: Stage, key: str, payload: bytes, context: Context) -> dict:
     private, roster, server_key = _keys(params, context)
     site = restore_site(bytes(state["secagg"]), params.sites[_node(context, "site-name")],
                         params.config(int(state["length"])), private, roster, server_key)
+    logged: dict = {}
     try:
         if stage is Stage.SHARE_KEYS:
             out = site.share_keys(payload)
         elif stage is Stage.MASKED_INPUT:
+            from securefed.transport.release import protect
+
             vector = np.frombuffer(bytes(state["vector"]), dtype="<f8")
-            out = site.masked_input(payload, vector)
-            state["vector"] = b""
+            if not vector.size or site.stage is not SiteStage.KEYS_SHARED:
+                raise ValueError("this round's vector was already released or never computed")
+            state["vector"] = b""  # one release per round, even if what follows fails
+            dp = _site_dp(context, str(state["dp"]) if "dp" in state else "", params)
+            noisy = protect(vector, dp)
+            out = site.masked_input(payload, noisy)
+            if dp.query is not None and str(state["audit"]):
+                logged = _log_release(context, noisy, params, json.loads(str(state["audit"])),
+                                      dp)
         elif stage is Stage.CONSISTENCY:
             out = site.sign_consistency(payload)
         elif stage is Stage.UNMASK:
@@ -231,9 +264,9 @@ def _step(stage: Stage, key: str, payload: bytes, context: Context) -> dict:
             raise ValueError(f"stage {stage.value} is not a protocol step")
     finally:
         if site.stage in (SiteStage.DONE, SiteStage.ABORTED):
-            for field in ("round", "length", "vector", "secagg"):
+            for field in ("round", "length", "vector", "secagg", "dp", "audit"):
                 if field in state:
                     del state[field]
         else:
             state["secagg"] = export_site(site)
-    return {"payload": out}
+    return {"payload": out, **logged}

@@ -30,8 +30,15 @@ from flwr.serverapp import Grid
 from protocols.errors import ProtocolError
 from protocols.stack import AggregateResult
 from securefed.keys import Registry, public_key_from_hex
+from securefed.privacy import DpQuery
 from securefed.transport.calls import RemoteCallError, SiteCall
 from securefed.transport.flower_wire import MESSAGE_TYPE, RECORD, RoundParams, Stage
+from securefed.transport.site_privacy import (
+    check_receipts,
+    noise_contributors,
+    query_to_json,
+    raise_budget_refusals,
+)
 
 __all__ = ["FlowerEngine", "StageTimeouts", "SiteRefused"]
 
@@ -76,7 +83,11 @@ class FlowerEngine:
         ``SecAggSum`` (``bound``, ``neighbours``, ``threshold``,
         ``min_contributors``), ``PlaintextSum``, or
         :class:`~securefed.transport.flower_ckks.RemoteCkksSum` (``ckks``;
-        never ``CkksSum``, whose key holder lives in this process).
+        never ``CkksSum``, whose key holder lives in this process); the first
+        two may be wrapped in :class:`~securefed.protection.PrivateSum`
+        (``secagg,dp``, ``dp``): then every round needs a ``dp`` query, and
+        each site adds its own noise and charges its own budget
+        (:mod:`securefed.transport.site_privacy`).
     timeouts : StageTimeouts
     observer : callable, optional
         Called as ``observer(stage, sites_that_answered)`` after each stage.
@@ -88,6 +99,12 @@ class FlowerEngine:
     def __init__(self, grid: Grid, identity: Ed25519PrivateKey, registry: Registry,
                  protection: object, timeouts: StageTimeouts = StageTimeouts(),
                  observer: Observer | None = None, key_holder: str | None = None) -> None:
+        self.privacy = getattr(protection, "privacy", None)  # PrivacyGuard under ...,dp
+        if self.privacy is not None:
+            protection = protection.inner
+            if getattr(protection, "name", None) == "ckks":
+                raise ValueError("protection 'ckks,dp' does not run over Flower yet "
+                                 "(available: secagg,dp, dp)")
         layer = getattr(protection, "name", None)
         if layer not in ("secagg", "none", "ckks"):
             raise ValueError(f"protection {layer!r} does not run over Flower yet "
@@ -102,6 +119,7 @@ class FlowerEngine:
         self.observer = observer
         self._setup: list[str] = []
         self.current_round = 0  # the round being run (observers read it)
+        self._masked: dict[str, ConfigRecord] = {}  # the last round's masked-input replies
         #: (stage, seconds, spread of the replies) of every exchange so far
         self.stage_log: list[tuple[str, float, float]] = []
         self._ids = {name: uid for uid, name in enumerate(sorted(registry.parties), start=1)}
@@ -152,20 +170,29 @@ class FlowerEngine:
         self._setup.append(call.to_json())
 
     def run_round(self, round_id: int, purpose: str, call: SiteCall,
-                  site_names: Iterable[str], *, audit: dict | None = None) -> AggregateResult:
+                  site_names: Iterable[str], *, dp: DpQuery | None = None,
+                  audit: dict | None = None) -> AggregateResult:
         """One protected sum of ``call``'s vector over ``site_names``.
 
         Returns the sum over the contributors (sites whose input is in it);
         ``dropped`` lists the asked sites that missed a stage (a site not
-        connected when the round opens has missed it). With ``audit`` (the
-        run's id and layers, :meth:`~securefed.audit_trail.AuditTrail.remote_context`)
-        every site logs its release in its own log and returns the signed
-        record, found in ``details["releases"]`` (site → payload).
+        connected when the round opens has missed it). Under DP
+        (``protection.privacy``) ``dp`` states the release's Δ and ρ; the
+        sites check it, add their noise and charge their own ledgers. With
+        ``audit`` (the run's id and layers,
+        :meth:`~securefed.audit_trail.AuditTrail.remote_context`) every site
+        logs its release (under DP: the noisy vector, when it is masked) in
+        its own log and returns the signed record, found in
+        ``details["releases"]`` (site → payload).
 
         Raises
         ------
         SiteRefused
             A site could not compute its vector (bad call, bound, non-finite).
+        SiteBudgetExceeded
+            A site refused over its own privacy budget; nothing is released.
+        DpRefused
+            A site refused the round's DP terms, or did not confirm its noise.
         AbortError
             Too few sites left for the protocol; nothing is released.
         """
@@ -181,19 +208,26 @@ class FlowerEngine:
             request["audit"] = json.dumps(audit, sort_keys=True)
         if self._ckks is not None:
             request.update(self._ckks.open_fields())
+        m = self._dp_contributors(dp)
+        if dp is not None:
+            request["dp"] = query_to_json(dp, m)
         opened = self._exchange(Stage.OPEN, dict.fromkeys(names, request))
         self._setup.clear()
         if opened.errors:
+            raise_budget_refusals(opened.errors)
             raise SiteRefused("; ".join(f"{n}: {e}" for n, e in sorted(opened.errors.items())))
+        if dp is not None:
+            self._admit_dp(dp, round_id, opened, m)
         if self._layer == "none":
             result = self._plain_sum(names, opened)
         elif self._ckks is not None:
             result = self._ckks.finish(params, names, opened.replies)
         else:
             result = self._secagg(params, names, opened)
-        if audit is not None:
+        if audit is not None:  # under DP and secagg a site logs its release as it masks it
+            logged = opened.replies if dp is None or self._layer == "none" else self._masked
             result.details["releases"] = {n: json.loads(str(r["release"]))
-                                          for n, r in sorted(opened.replies.items())}
+                                          for n, r in sorted(logged.items()) if "release" in r}
         return result
 
     def countersign(self, request: dict, log_lines: list[str],
@@ -206,6 +240,28 @@ class FlowerEngine:
         exchange = self._exchange(Stage.COUNTERSIGN, dict.fromkeys(sorted(site_names), {
             "checkpoint": json.dumps(request, sort_keys=True), "log": "\n".join(log_lines)}))
         return {n: json.loads(str(r["countersignature"])) for n, r in exchange.replies.items()}
+
+    def _dp_contributors(self, dp: DpQuery | None) -> int:
+        """m the noise is sized for (1 when the coordinator sees single vectors)."""
+        if self.privacy is None:
+            if dp is not None:
+                raise ValueError("a DP query needs the protection wrapped in PrivateSum")
+            return 0
+        if dp is None:
+            raise ProtocolError("this release has no stated sensitivity; under DP nothing "
+                                "leaves a site without one")
+        return noise_contributors(self._layer, int(self.privacy.min_contributors),
+                                  len(self._ids))
+
+    def _admit_dp(self, dp: DpQuery, round_id: int, opened: _Exchange, m: int) -> None:
+        """Every site's receipt matches the coordinator's calibration; record the release."""
+        lengths = {int(r["length"]) if "length" in r else len(bytes(r["vector"])) // 8
+                   for r in opened.replies.values()}
+        if len(lengths) != 1:
+            raise SiteRefused(f"sites computed vectors of different lengths {sorted(lengths)}")
+        length = lengths.pop()
+        check_receipts(opened.replies, dp, m, length)
+        self.privacy.admit_remote(dp, round_id, sorted(opened.replies), length, m)
 
     def _params(self, round_id: int, purpose: str, names: list[str]) -> RoundParams:
         unknown = [n for n in names if n not in self._ids]
@@ -263,6 +319,8 @@ class FlowerEngine:
                 by_id[uid]: {"round_key": params.key, "payload": data}
                 for uid, data in outgoing.items()})
             replies = exchange.replies
+            if stage is Stage.MASKED_INPUT:
+                self._masked = replies
         outcome = server.outcome
         contributors = tuple(sorted(by_id[u] for u in outcome.contributors))
         answered_all = set(replies)

@@ -3,8 +3,11 @@
 Over Flower a site's :class:`~securefed.site.Site` runs inside its own
 ClientApp; every vector that leaves the site for a sum is produced by
 :func:`release`, and nothing else in the transport computes one. The
-differential-privacy layer adds its noise and charges the site's privacy
-ledger here, before the vector is masked or encrypted.
+differential-privacy layer checks the round's DP query and the site's own
+budget here (:func:`release`, nothing charged), and charges the site's ledger
+and adds its noise share as the vector leaves (:func:`protect`, just before
+it is masked, or sent under layer ``none``); see
+:mod:`securefed.transport.site_privacy`.
 """
 
 from __future__ import annotations
@@ -13,12 +16,19 @@ import numpy as np
 
 from securefed.site import Site
 from securefed.transport.calls import RemoteCallError, SiteCall, apply_call
+from securefed.transport.site_privacy import SiteDp
 
-__all__ = ["release"]
+__all__ = ["release", "protect"]
 
 
-def release(site: Site, call: SiteCall, round_id: int, purpose: str) -> np.ndarray:
+def release(site: Site, call: SiteCall, round_id: int, purpose: str,
+            dp: SiteDp | None = None) -> np.ndarray:
     """The flat float vector ``site`` contributes to round ``round_id`` (``purpose``).
+
+    With ``dp``, the round's DP terms and the site's budget are checked
+    (:meth:`SiteDp.admit`, which keeps the site's receipt in ``dp.receipt``);
+    the vector returned is still exact and leaves the site only through
+    :func:`protect`.
 
     Raises
     ------
@@ -31,4 +41,12 @@ def release(site: Site, call: SiteCall, round_id: int, purpose: str) -> np.ndarr
     if vector is None or vector.ndim != 1 or not np.all(np.isfinite(vector)):
         raise RemoteCallError(f"site {site.name}: {purpose} (round {round_id}) did not give "
                               "one finite flat vector")
+    if dp is not None:
+        dp.admit(call, len(vector))
     return vector
+
+
+def protect(vector: np.ndarray, dp: SiteDp | None) -> np.ndarray:
+    """``vector`` as it leaves the site: the site's ledger charged and its noise share added
+    under a DP query (:meth:`SiteDp.release`), unchanged otherwise."""
+    return vector if dp is None else dp.release(vector)

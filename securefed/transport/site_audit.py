@@ -48,15 +48,16 @@ def _site_log(audit_dir: str | Path, identity: Identity, run_id: str) -> SiteLog
 
 
 def log_release(audit_dir: str | Path, identity: Identity, vector: np.ndarray, round_id: int,
-                purpose: str, context: Mapping) -> dict:
+                purpose: str, context: Mapping, privacy: Mapping | None = None) -> dict:
     """Log this site's release in its own log; the signed record for the coordinator.
 
     ``context`` is the coordinator's ``{"run_id", "layers"}``. A second
-    release of ``purpose`` in ``round_id`` is refused (ReplayError).
+    release of ``purpose`` in ``round_id`` is refused (ReplayError). ``privacy``:
+    the site's spending after a DP release (``SitePrivacy.fields``).
     """
     log = _site_log(audit_dir, identity, str(context["run_id"]))
     signed = log.record_release(vector, round_id=round_id, vector_kind=purpose,
-                                layers=list(context["layers"]), privacy={})
+                                layers=list(context["layers"]), privacy=dict(privacy or {}))
     return signed.to_payload()
 
 

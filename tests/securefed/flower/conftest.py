@@ -35,6 +35,9 @@ from securefed.transport.pki import write_ca_and_server, write_node_key
 
 SITES = ("A", "B", "C", "D", "E")
 KEY_HOLDER = "keyholder"
+#: each site's own privacy budget (node config ``privacy-epsilon``; E's is smaller)
+SITE_EPSILON = {"A": 10.0, "B": 10.0, "C": 10.0, "D": 10.0, "E": 4.0}
+SITE_DELTA = 1e-6
 REPO = Path(__file__).resolve().parents[3]
 BOUND = 2.0**40
 FAST_SUPERNODE = Path(__file__).with_name("fast_supernode.py")
@@ -159,6 +162,10 @@ class Federation:
             self.fail(f"the ServerApp failed: {report['error']}\n{report['traceback']}")
         return report
 
+    def ledger(self, site: str) -> Path:
+        """The site's privacy ledger (node config ``privacy-ledger``)."""
+        return self.root / "ledgers" / f"{site}.privacy.json"
+
     def pgid(self, site: str) -> int:
         return self.procs[site].pid
 
@@ -191,7 +198,7 @@ def _register(fed: Federation, public_keys: dict[str, Path]) -> None:
     On a loaded machine ``flwr`` can print its success and then take minutes to
     exit: a registration counts when it said so, whether or not it exited.
     """
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 300  # a loaded CI machine is slow
     todo = dict(public_keys)
     while todo:
         running = {name: subprocess.Popen(
@@ -269,7 +276,9 @@ def federation(tmp_path_factory):
             else:
                 (root / "audit" / name).mkdir(parents=True)
                 node_config += (f'data-path="{data / f"{name}.csv"}" '
-                                f'audit-dir="{root / "audit" / name}"')
+                                f'audit-dir="{root / "audit" / name}" '
+                                f'privacy-epsilon={SITE_EPSILON[name]} '
+                                f'privacy-delta={SITE_DELTA} privacy-ledger="{fed.ledger(name)}"')
             fed.start(name, [
                 sys.executable, str(FAST_SUPERNODE), "--root-certificates", str(pki["ca"]),
                 "--superlink", f"127.0.0.1:{port}", "--auth-supernode-private-key",

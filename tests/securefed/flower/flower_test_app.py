@@ -20,6 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -49,14 +50,37 @@ def main(grid: Grid, context: Context) -> None:
     os.replace(tmp, out)
 
 
+def _protection(scenario: dict):
+    """``ckks`` (remote key holder), ``secagg``, or ``secagg,dp`` with the coordinator's DP
+    options if the scenario has any."""
+    if scenario.get("layer") == "ckks":
+        return RemoteCkksSum(bound=scenario["bound"])
+    if "dp" not in scenario:
+        return SecAggSum(bound=scenario["bound"])
+    from securefed.privacy import DPOptions
+    from securefed.protection import ProtectionOptions, build_protection
+
+    options = ProtectionOptions("secagg,dp", bound=scenario["bound"],
+                                dp=DPOptions(**scenario["dp"]))
+    return build_protection(options, list(scenario["sites"]), scenario.get("family"))
+
+
+def _query(spec: dict | None):
+    if spec is None:
+        return None
+    from securefed.privacy import DpQuery
+
+    units = spec.get("log2_units")
+    return DpQuery(spec["purpose"], spec["sensitivity"], spec["rho"],
+                   None if units is None else np.asarray(units, dtype=np.int64))
+
+
 def _run(grid: Grid, scenario: dict, results: list[dict], out_dir: Path) -> None:
     identity = Identity.load(scenario["coordinator_key"], "coordinator")
     private = Ed25519PrivateKey.from_private_bytes(identity.export_private_key_raw())
     ckks = scenario.get("layer") == "ckks"
-    protection = (RemoteCkksSum(bound=scenario["bound"]) if ckks
-                  else SecAggSum(bound=scenario["bound"]))
-    engine = FlowerEngine(grid, private, Registry.load(scenario["registry"]), protection,
-                          StageTimeouts(**scenario["timeouts"]),
+    engine = FlowerEngine(grid, private, Registry.load(scenario["registry"]),
+                          _protection(scenario), StageTimeouts(**scenario["timeouts"]),
                           key_holder=scenario.get("key_holder"))
     live = list(scenario["sites"])
     engine.wait_for_sites(live)
@@ -69,15 +93,30 @@ def _run(grid: Grid, scenario: dict, results: list[dict], out_dir: Path) -> None
             for call in step.get("setup", []):
                 engine.setup(SiteCall.from_json(call))
             engine.observer = _interrupt(step.get("interrupt"))
-            result = engine.run_round(step["round_id"], step["purpose"],
-                                      SiteCall.from_json(step["call"]), live)
-            engine.observer = None
+            try:
+                result = engine.run_round(step["round_id"], step["purpose"],
+                                          SiteCall.from_json(step["call"]), live,
+                                          dp=_query(step.get("dp")))
+            except Exception as exc:
+                if not step.get("expect_error"):
+                    raise
+                results.append({"kind": "refused", "stages": engine.stage_log[-1:],
+                                "error": [c.__name__ for c in type(exc).__mro__],
+                                "message": str(exc),
+                                "seconds": time.perf_counter() - started})
+                continue
+            finally:
+                engine.observer = None
             live = [s for s in live if s not in result.dropped]
             results.append({"kind": "sum", "total": result.total.tolist(),
                             "stages": engine.stage_log[-5:],
                             "contributors": list(result.contributors),
                             "dropped": list(result.dropped),
                             "bytes": dict(result.bytes_sent_per_site)})
+            if engine.privacy is not None:
+                results[-1]["noise_sd"] = engine.privacy.sum_noise_sd(
+                    len(result.contributors)).tolist()
+                results[-1]["min_contributors"] = engine.privacy.min_contributors
             if ckks:
                 results[-1]["received"] = _dump_received(engine, out_dir, step["round_id"])
         elif step["kind"] == "study":
