@@ -388,6 +388,10 @@ class PrivacyGuard:
             self.sites[name].charge(release)
         self._record(query, round_id, cal, units, False)
 
+    def plan_rho_left(self) -> float:
+        """ρ the run may still spend: its planned total less what it has released so far."""
+        return max(0.0, self.options.run_rho - sum(r["rho"] for r in self.releases))
+
     def _check_all(self, query: DpQuery, release: NoiseRelease, round_id: int,
                    site_names) -> None:
         """Raise the first site's refusal: no site releases if one would refuse."""

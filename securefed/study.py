@@ -13,9 +13,10 @@ format is documented in ``docs/study_file.md``.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -27,6 +28,7 @@ from securefed.protection import AVAILABLE, DROP_PHASES, ProtectionOptions
 __all__ = ["SITE_COLUMN", "SiteSpec", "Study", "load_study"]
 
 SITE_COLUMN = "site"
+LAYERS = ("none", "secagg", "ckks", "dp")  # a [protection] layers list stacks these
 KINDS = ("glmm", "bfi")
 FAMILIES = ("binomial", "poisson", "gaussian")
 SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number"}
@@ -38,10 +40,14 @@ BFI_KEYS = {"intercept_lambda": "number", "scale_lambda": "number", "stratify": 
 PROTECTION_KEYS = {"layers": "list[str]", "neighbours": "int", "threshold": "int",
                    "bound": "number", "drop_sites": "list[str]", "drop_phase": "str",
                    "drop_round": "int"}
+PRIVACY_KEYS = {"epsilon": "number", "delta": "number", "clip": "number",
+                "outcome_bound": "number", "run_epsilon": "number", "rounds": "int",
+                "group_clip": "number", "min_contributors": "int", "ledger_dir": "str",
+                "standardize_ranges": "table"}
 SITE_KEYS = {"name": "str", "data": "str"}
 OUTPUT_KEYS = {"dir": "str"}
-TOP_KEYS = {"title": "str", "model": "table", "protection": "table", "sites": "tables",
-            "output": "table"}
+TOP_KEYS = {"title": "str", "model": "table", "protection": "table", "privacy": "table",
+            "sites": "tables", "output": "table"}
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\[\]#]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)\s*=")
@@ -169,6 +175,9 @@ class _Parser:
         sites = self.sites(doc["sites"])
         kind, options, columns = self.model(doc["model"])
         prot, layers = self.protection(doc.get("protection", {}), [s.name for s in sites])
+        dp = self.privacy(doc.get("privacy"), layers, options.family)
+        if dp is not None:
+            prot = replace(prot, dp=dp)
         output = self.table(doc.get("output", {}), OUTPUT_KEYS, "output")
         out_dir = (self.path.parent / output.get("dir", "out")).resolve()
         return Study(self.path, kind, options, prot, layers, tuple(sites), out_dir,
@@ -306,19 +315,20 @@ class _Parser:
         at = lambda key: self.lines.key("protection", 0, key)  # noqa: E731
         layers = tuple(v.strip().lower() for v in prot.get("layers", ["none"])) or ("none",)
         for layer in layers:
-            if layer not in AVAILABLE:
-                self.fail(at("layers"), f"unknown protection layer '{layer}': choose one of "
-                          f"{', '.join(AVAILABLE)}{_suggest(layer, AVAILABLE)}")
-        if len(layers) > 1:
-            self.fail(at("layers"), "give one protection layer (none, secagg or ckks); "
-                      "stacking layers is not available yet")
-        layer, n = layers[0], len(sites)
+            if layer not in LAYERS:
+                self.fail(at("layers"), f"unknown protection layer '{layer}': choose from "
+                          f"{', '.join(LAYERS)}{_suggest(layer, LAYERS)}")
+        stack = ",".join(sorted(set(layers), key=LAYERS.index))
+        if len(set(layers)) != len(layers) or stack not in AVAILABLE:
+            self.fail(at("layers"), f"layers = {json.dumps(list(layers))} is not a stack: "
+                      "choose one of " + ", ".join(json.dumps(a.split(",")) for a in AVAILABLE))
+        layer, n = stack, len(sites)
         secagg_only = ("neighbours", "threshold", "drop_sites", "drop_phase", "drop_round")
         for key in secagg_only:
-            if key in prot and layer != "secagg":
-                self.fail(at(key), f"'{key}' applies to secure aggregation: set "
-                          f"layers = [\"secagg\"]")
-        if layer != "none" and n < 3:
+            if key in prot and "secagg" not in layers:
+                self.fail(at(key), f"'{key}' applies to secure aggregation: add \"secagg\" "
+                          "to layers")
+        if layer not in ("none", "dp") and n < 3:
             self.fail(at("layers"), f"{layer} needs at least 3 sites; the study has {n}")
         if prot.get("bound", 1.0) <= 0:
             self.fail(at("bound"), "bound must be positive")
@@ -348,6 +358,67 @@ class _Parser:
         return ProtectionOptions(protect=layer, neighbours=k, threshold=t,
                                  bound=float(prot.get("bound", DEFAULT_BOUND)), drop_sites=drops,
                                  drop_phase=phase, drop_round=prot.get("drop_round", 1)), layers
+
+    def privacy(self, table: dict | None, layers: tuple[str, ...], family: str):
+        """``[privacy]``: the DP budget and bounds (the CLI's --epsilon/--dp-* options)."""
+        at = lambda key: self.lines.key("privacy", 0, key)  # noqa: E731
+        if "dp" not in layers:
+            if table is not None:
+                self.fail(self.lines.header("privacy"), "[privacy] applies to differential "
+                          "privacy: add \"dp\" to [protection] layers, or remove [privacy]")
+            return None
+        if table is None or "epsilon" not in table:
+            where = self.lines.header("privacy") if table is not None else \
+                self.lines.key("protection", 0, "layers")
+            self.fail(where, "the dp layer needs a budget: add [privacy] with epsilon = E "
+                      "(and clip = R, delta = D)")
+        self.table(table, PRIVACY_KEYS, "privacy")
+        from securefed.privacy import DPOptions
+
+        ranges = []
+        for name, pair in table.get("standardize_ranges", {}).items():
+            if not (_type_ok(pair, "list[number]") and len(pair) == 2):
+                self.fail(at("standardize_ranges"), f"standardize_ranges: give {name} = "
+                          "[LOW, HIGH]")
+            ranges.append((name, float(pair[0]), float(pair[1])))
+        ledger = table.get("ledger_dir")
+        get = lambda key: None if key not in table else float(table[key])  # noqa: E731
+        dp = DPOptions(epsilon=float(table["epsilon"]), delta=float(table.get("delta", 1e-6)),
+                       clip=get("clip"), outcome_bound=get("outcome_bound"),
+                       run_epsilon=get("run_epsilon"), rounds=table.get("rounds", 3),
+                       group_clip=float(table.get("group_clip", 8.0)),
+                       min_contributors=table.get("min_contributors"),
+                       ledger_dir=None if ledger is None else (self.path.parent / ledger).resolve(),
+                       standardize_ranges=tuple(ranges))
+        try:
+            dp.check(family)
+        except InputError as err:  # name the study's key, not the CLI flag
+            self.fail(self.lines.header("privacy"), _as_study_keys(str(err)))
+        return dp
+
+
+def study_protection_json(study: Study) -> dict:
+    """The study's protection settings as result.json records them (all public)."""
+    out = {"layers": list(study.layers), "neighbours": study.protection.neighbours,
+           "threshold": study.protection.threshold, "bound": study.protection.bound}
+    dp = study.protection.dp
+    if dp is not None:
+        out["privacy"] = {"epsilon": dp.epsilon, "delta": dp.delta, "clip": dp.clip,
+                          "outcome_bound": dp.outcome_bound, "run_epsilon": dp.run_epsilon,
+                          "rounds": dp.rounds, "group_clip": dp.group_clip,
+                          "min_contributors": dp.min_contributors}
+    return out
+
+
+def _as_study_keys(message: str) -> str:
+    """A DPOptions message in the study file's words (``--dp-clip`` → ``clip``)."""
+    for flag, key in (("--dp-standardize-range", "standardize_ranges"), ("--dp-", ""),
+                      ("--epsilon", "epsilon"), ("--delta", "delta"),
+                      ("--privacy-ledger", "ledger_dir")):
+        message = message.replace(flag, key)
+    return message.replace("outcome-bound", "outcome_bound").replace(
+        "run-epsilon", "run_epsilon").replace("group-clip", "group_clip").replace(
+        "min-contributors", "min_contributors")
 
 
 def _as_list(value: Any) -> list:
@@ -478,7 +549,8 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
     audit_log, _ = _trail(study)
     frame = load_sites(study, on_site)
     try:
-        protection = build_protection(study.protection, sorted(s.name for s in study.sites))
+        protection = build_protection(study.protection, sorted(s.name for s in study.sites),
+                                      study.options.family)
     except InputError as err:
         study.fail(study.protection_line, str(err))
     if on_round is not None:
@@ -502,9 +574,7 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
         "file": str(study.path), "title": study.title,
         "sites": [{"name": s.name, "data": s.data_as_written,
                    "rows": int((frame[SITE_COLUMN] == s.name).sum())} for s in study.sites],
-        "protection": {"layers": list(study.layers), "neighbours": study.protection.neighbours,
-                       "threshold": study.protection.threshold,
-                       "bound": study.protection.bound},
+        "protection": study_protection_json(study),
         "audit_log": audit_log.name, "site_logs": [p.name for p in site_logs],
         "registry": audit_log.with_suffix(".registry.json").name,
     }

@@ -210,7 +210,7 @@ class FlowerEngine:
             request.update(self._ckks.open_fields())
         m = self._dp_contributors(dp)
         if dp is not None:
-            request["dp"] = query_to_json(dp, m)
+            request["dp"] = query_to_json(dp, m, self.privacy.plan_rho_left())
         opened = self._exchange(Stage.OPEN, dict.fromkeys(names, request))
         self._setup.clear()
         if opened.errors:

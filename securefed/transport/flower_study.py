@@ -72,6 +72,7 @@ def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
     from securefed.errors import InputError
     from securefed.keys import COORDINATOR, Identity, Registry
     from securefed.protection import build_protection
+    from securefed.study import study_protection_json
     from securefed.transport.flower_rounds import FlowerRounds
     from securefed.transport.flower_server import FlowerEngine, StageTimeouts
 
@@ -80,7 +81,7 @@ def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
     if study.protection.drop_sites:
         study.fail(study.protection_line, "drop_sites simulates dropouts in-process; over "
                    "Flower real sites drop out: remove it")
-    protection = build_protection(study.protection, names, remote=True)
+    protection = build_protection(study.protection, names, study.options.family, remote=True)
     key_holder = None
     if protection.name == "ckks":
         from securefed.transport.flower_ckks import KEY_HOLDER
@@ -123,7 +124,7 @@ def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
     result["model"] = study.kind
     result["study"] = {"file": str(study.path), "title": study.title,
                        "sites": [{"name": n} for n in names],
-                       "protection": {"layers": list(study.layers)},
+                       "protection": study_protection_json(study),
                        "audit_log": "audit.jsonl", "registry": "audit.registry.json"}
     result["transport"] = {"engine": "flower", "exchanges": len(engine.stage_log),
                            "seconds": round(time.perf_counter() - started, 3)}

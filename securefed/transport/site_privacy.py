@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from protocols.errors import PrivacyBudgetExceeded, ProtocolError
+from protocols.dp import zcdp_epsilon
 from securefed.privacy import DpQuery, SitePrivacy, calibrate, release_label
 
 __all__ = ["SiteBudget", "SiteDp", "SiteBudgetExceeded", "DpRefused", "derived_sensitivity",
@@ -131,13 +132,19 @@ def noise_contributors(layer: str, min_contributors: int, n_sites: int) -> int:
 
 
 # ------------------------------------------------------------------ wire
-def query_to_json(query: DpQuery, min_contributors: int) -> str:
-    """The ``dp`` field of an ``open`` request."""
+def query_to_json(query: DpQuery, min_contributors: int, plan_rho: float = 0.0) -> str:
+    """The ``dp`` field of an ``open`` request.
+
+    ``plan_rho``: the ρ the run still plans to spend, this round included; a
+    site refuses the round if its ledger cannot pay all of it, so a run its
+    budget cannot finish stops before its first release, not halfway.
+    """
     units = None if query.log2_units is None else [int(u) for u in query.log2_units]
     return json.dumps({"purpose": query.purpose, "sensitivity": query.sensitivity,
                        "rho": query.rho, "log2_units": units,
                        "post_processing": query.post_processing,
-                       "min_contributors": int(min_contributors)}, sort_keys=True)
+                       "min_contributors": int(min_contributors),
+                       "plan_rho": float(plan_rho)}, sort_keys=True)
 
 
 def query_from_json(text: str) -> tuple[DpQuery, int]:
@@ -182,6 +189,7 @@ class SiteDp:
     params: Any  # flower_wire.RoundParams
     receipt: dict[str, str] = field(default_factory=dict)  # set by admit, for the open reply
     spent: dict[str, float] = field(default_factory=dict)  # set by release, for the audit log
+    plan_rho: float = 0.0  # what the run still plans to spend, this round included
 
     @classmethod
     def for_round(cls, node_config: Mapping[str, Any], site_name: str, dp_text: str | None,
@@ -203,7 +211,9 @@ class SiteDp:
         if not 1 <= m <= highest:
             raise DpRefused(f"noise sized for {m} contributors, but layer {params.layer!r} "
                             f"guarantees at most {highest}")
-        return cls(site_name, budget, query, m, params.round_id, params)
+        site = cls(site_name, budget, query, m, params.round_id, params)
+        site.plan_rho = float(json.loads(dp_text).get("plan_rho", 0.0))
+        return site
 
     def admit(self, call, length: int) -> None:
         """Check the query against the call and the ledger, charging nothing; keep the receipt."""
@@ -228,11 +238,23 @@ class SiteDp:
                                    self.round_id)
             if refused is not None:
                 raise refused
+            self._check_plan(site.ledger)
             spent = site.ledger.epsilon_spent
         self.receipt = {"dp": json.dumps({
             "sigma": cal.local_sigma, "grid_bits": cal.grid_bits, "dimension": cal.dimension,
             "min_contributors": cal.min_contributors, "epsilon_spent": spent,
             "epsilon": self.budget.epsilon}, sort_keys=True)}
+
+    def _check_plan(self, ledger) -> None:
+        """Refuse a run whose remaining plan this site's budget cannot pay."""
+        epsilon, delta = self.budget.epsilon, self.budget.delta
+        needed = zcdp_epsilon(ledger.rho_spent + self.plan_rho, delta)
+        if self.plan_rho > 0 and needed > epsilon * (1.0 + 1e-9):
+            raise PrivacyBudgetExceeded(
+                f"site {self.site_name}: the run plans rho={self.plan_rho:.4g} more from round "
+                f"{self.round_id} on, which would bring the total to epsilon={needed:.4g} at "
+                f"delta={delta:g}; the budget is epsilon={epsilon:g} and "
+                f"{ledger.epsilon_spent:.4g} is spent. Nothing was released.")
 
     def release(self, vector: np.ndarray) -> np.ndarray:
         """What leaves the site: charged and noised under a DP query, else unchanged."""

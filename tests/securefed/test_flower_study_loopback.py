@@ -54,7 +54,10 @@ def world(tmp_path, monkeypatch):
         configs[name] = {"site-name": name, "data-path": str(tmp_path / f"{name}.csv"),
                          "identity-key": str(tmp_path / f"{name}.key"),
                          "registry": str(tmp_path / "registry.json"),
-                         "audit-dir": str(tmp_path / "audit" / name)}
+                         "audit-dir": str(tmp_path / "audit" / name),
+                         # each site's own budget, for the secagg,dp study
+                         "privacy-epsilon": 10.0, "privacy-delta": 1e-6,
+                         "privacy-ledger": str(tmp_path / "privacy" / f"{name}.json")}
     configs[KEY_HOLDER] = {"site-name": KEY_HOLDER, "ckks-key": str(secret),
                            "identity-key": str(tmp_path / f"{KEY_HOLDER}.key"),
                            "registry": str(tmp_path / "registry.json")}
@@ -127,3 +130,44 @@ def test_the_key_holder_listed_as_a_site_is_refused_in_one_line(world):
     error = (world.root / "out-kh" / "error.txt").read_text()
     assert error.count("\n") == 1 and "remove it from [[sites]]" in error
 
+
+
+DP_GLMM = ('kind = "glmm"\nformula = "y ~ x2 + x6 + (1 | cluster)"\nfamily = "binomial"',
+           '["secagg", "dp"]')
+
+
+def site_spent(world, name: str) -> float:
+    from securefed.privacy import SitePrivacy
+
+    ledger = SitePrivacy.load(name, 10.0, 1e-6, world.root / "privacy" / f"{name}.json")
+    return ledger.ledger.epsilon_spent
+
+
+def test_a_secagg_dp_study_noises_at_each_site_which_charges_its_own_ledger(world):
+    model, layers = DP_GLMM
+    config = write_study(world, "dp", model, layers)
+    study_file = world.root / "dp.toml"
+    study_file.write_text(study_file.read_text() + "\n[privacy]\nepsilon = 6.0\nclip = 4.0\n")
+    result = run_study_over_flower(world.grid, config)
+    privacy = result["privacy"]
+    assert privacy["epsilon_spent"] == pytest.approx(6.0, rel=1e-6)
+    assert [r["round"] for r in privacy["releases"]] == [1, 2, 3, 4]
+    for name in SITES:  # every site paid exactly what the coordinator accounted
+        assert site_spent(world, name) == pytest.approx(privacy["epsilon_spent"], rel=1e-9)
+    assert result["study"]["protection"]["privacy"]["epsilon"] == 6.0
+    run_id = run_id_of(world.root / "out-dp" / "audit.jsonl")
+    report = verify_log(world.root / "out-dp" / "audit.jsonl", world.registry,
+                        site_logs(world, run_id))
+    assert report.ok, report.summary()
+
+
+def test_a_study_over_a_sites_budget_is_refused_before_anyone_is_charged(world):
+    model, layers = DP_GLMM
+    config = write_study(world, "over", model, layers)
+    study_file = world.root / "over.toml"
+    study_file.write_text(study_file.read_text() + "\n[privacy]\nepsilon = 12.0\nclip = 4.0\n")
+    with pytest.raises(Exception, match="budget"):
+        run_study_over_flower(world.grid, config)  # each site's own budget is 10
+    assert all(site_spent(world, name) == 0.0 for name in SITES)
+    error = (world.root / "out-over" / "error.txt").read_text()
+    assert error.count("\n") == 1 and "budget" in error

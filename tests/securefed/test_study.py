@@ -145,6 +145,16 @@ def _error_cases(names: list[str]) -> list[tuple[str, int, str]]:
         (_lines(GOOD_MODEL, [], names, [(n, f"{n}.csv") for n in names] + [("H9", "nope.csv")]),
          first + 3 * len(names) + 2, "data file nope.csv of site 'H9' does not exist"),
         ('[model]\nkind = "glmm"\nformula = "y ~ x2\n', 3, "not valid TOML"),
+        (_lines(GOOD_MODEL, ['layers = ["secagg", "dp"]'], names), 6,
+         "the dp layer needs a budget: add [privacy]"),
+        (_lines(GOOD_MODEL, ['layers = ["none", "secagg"]'], names), 6, "is not a stack"),
+        (_lines(GOOD_MODEL, ['layers = ["secagg"]', "[privacy]", "epsilon = 1.0"], names), 7,
+         "[privacy] applies to differential privacy"),
+        (_lines(GOOD_MODEL, ['layers = ["secagg", "dp"]', "[privacy]", "epsilon = 1.0"],
+                names), 7, "needs clip R"),
+        (_lines(GOOD_MODEL, ['layers = ["secagg", "dp"]', "[privacy]", "epsilon = 1.0",
+                             "clip = 2.0", "epsilonn = 2"], names), 10,
+         "unknown key 'epsilonn' in [privacy]"),
     ]
 
 
@@ -194,3 +204,22 @@ def test_missing_study_file_and_missing_sections(tmp_path, capsys) -> None:
     code, _, err = _run(["run", str(study)], capsys)
     assert code == 2 and "line 3: unknown key 'modle' in the top level (did you mean 'model'?)" \
         in err
+
+
+def test_a_secagg_dp_study_spends_its_budget_and_records_it(tmp_path, hospitals, capsys) -> None:
+    study = tmp_path / "dp.toml"
+    study.write_text(_study(hospitals, f'kind = "glmm"\nformula = "{GLMM_FORMULA}"\n'
+                                       'family = "binomial"',
+                            '[protection]\nlayers = ["secagg", "dp"]\n\n'
+                            '[privacy]\nepsilon = 8.0\nclip = 3.0\nrounds = 2\n'))
+    code, out, err = _run(["run", str(study), "--quiet"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["protection"] == "secagg,dp"
+    assert result["privacy"]["epsilon_spent"] == pytest.approx(8.0, rel=1e-6)
+    assert len(result["privacy"]["releases"]) == 3  # design summary + 2 Newton rounds
+    assert result["study"]["protection"]["privacy"]["clip"] == 3.0
+    folder = tmp_path / "out"
+    report = verify_log(folder / "audit.jsonl", Registry.load(folder / "audit.registry.json"),
+                        [folder / f"audit.site-{n}.jsonl" for n in hospitals])
+    assert report.ok, report.summary()
