@@ -54,8 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from protocols.errors import PrivacyBudgetExceeded, ProtocolError
 from protocols.dp import zcdp_epsilon
+from protocols.errors import PrivacyBudgetExceeded, ProtocolError
 from securefed.privacy import DpQuery, SitePrivacy, calibrate, release_label
 
 __all__ = ["SiteBudget", "SiteDp", "SiteBudgetExceeded", "DpRefused", "derived_sensitivity",

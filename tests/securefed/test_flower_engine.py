@@ -3,7 +3,7 @@
 The grid hands each message straight to the ClientApp's handler with that
 node's own ``Context`` (as a SuperNode keeps it), so the engine's stage logic,
 the sites' refusals and the ``none`` layer are checked in milliseconds; the
-real processes, TLS and dropouts are in ``flower/test_flower_deployment.py``.
+real processes, TLS and dropouts are in ``flower/test_flower_study.py``.
 """
 
 from __future__ import annotations

@@ -171,3 +171,10 @@ def test_a_study_over_a_sites_budget_is_refused_before_anyone_is_charged(world):
     assert all(site_spent(world, name) == 0.0 for name in SITES)
     error = (world.root / "out-over" / "error.txt").read_text()
     assert error.count("\n") == 1 and "budget" in error
+
+
+def test_the_deployment_apps_are_the_study_server_app_and_the_site_client_app():
+    from securefed.transport import flower, flower_client, flower_study
+
+    assert flower.server_app is flower_study.server_app
+    assert flower.client_app is flower_client.client_app

@@ -30,7 +30,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core_stats.families import get_family
+from core_stats.glmm import ParameterLayout
 from securefed.keys import Identity, Registry
+from securefed.site import GLMMSiteDesign
 from securefed.transport.pki import write_ca_and_server, write_node_key
 
 SITES = ("A", "B", "C", "D", "E")
@@ -38,6 +41,9 @@ KEY_HOLDER = "keyholder"
 #: each site's own privacy budget (node config ``privacy-epsilon``; E's is smaller)
 SITE_EPSILON = {"A": 10.0, "B": 10.0, "C": 10.0, "D": 10.0, "E": 4.0}
 SITE_DELTA = 1e-6
+#: the random-intercept GLMM the round-level tests compute at a fixed θ
+LAYOUT = ParameterLayout(("(Intercept)", "x1", "x2"), ("(Intercept)",), "group", False)
+THETA = np.array([-0.2, 0.6, -0.3, -0.4])
 REPO = Path(__file__).resolve().parents[3]
 BOUND = 2.0**40
 FAST_SUPERNODE = Path(__file__).with_name("fast_supernode.py")
@@ -169,6 +175,18 @@ class Federation:
     def pgid(self, site: str) -> int:
         return self.procs[site].pid
 
+    def live_sites(self, at_least: int = 3) -> list[str]:
+        """The sites whose SuperNode runs and is not stopped (earlier tests kill and freeze)."""
+        names = []
+        for name in SITES:
+            proc = self.procs[name]
+            if proc.poll() is None and Path(f"/proc/{proc.pid}/stat").read_text().rsplit(
+                    ")", 1)[1].split()[0] != "T":  # T: stopped (SIGSTOP)
+                names.append(name)
+        if len(names) < at_least:
+            pytest.fail(f"only {names} of the sites still run; the test needs {at_least}")
+        return names
+
     def stop_all(self) -> None:
         """SIGKILL every process group started here and every descendant (some detach)."""
         pids = []
@@ -295,3 +313,22 @@ def federation(tmp_path_factory):
         yield fed
     finally:
         fed.stop_all()
+
+
+def design(frames: dict[str, pd.DataFrame]) -> GLMMSiteDesign:
+    """The public design of ``y ~ x1 + x2 + (1 | group)`` over the sites' rows."""
+    from formulaic import model_matrix
+
+    pooled = pd.concat(frames.values())
+    spec = model_matrix("x1 + x2", pooled).model_spec
+    return GLMMSiteDesign("y", spec, "1", "group", get_family("binomial"), 3)
+
+
+def closures(frames):
+    """What a GLMM fit's first rounds ask of a site: prepare, design summary, terms at θ."""
+    glmm_design = design(frames)
+    return {
+        "prepare": lambda s: s.prepare_glmm(glmm_design),
+        "summary": lambda s: s.design_summary_vector(),
+        "terms": lambda s: s.glmm_terms_vector(LAYOUT, THETA, True),
+    }

@@ -2,8 +2,10 @@
 
 It runs the steps of a scenario file with :class:`FlowerEngine` and writes
 every round's result, or the error that stopped it, to a JSON file the test
-reads. A step may stop (SIGSTOP) or kill (SIGKILL) a site's SuperNode process
-group right after a stage, and resume it later: real processes, real dropouts.
+reads. A ``study`` step runs a study file with the study ServerApp's code and
+may stop (SIGSTOP) or kill (SIGKILL) sites' SuperNode process groups right
+after a stage of a round, and resume a stopped one later: real processes,
+real dropouts.
 
 With ``"layer": "ckks"`` the engine runs CKKS with the scenario's key holder;
 after each sum it writes what the coordinator received (ciphertext chunks and
@@ -92,7 +94,6 @@ def _run(grid: Grid, scenario: dict, results: list[dict], out_dir: Path) -> None
         if step["kind"] == "sum":
             for call in step.get("setup", []):
                 engine.setup(SiteCall.from_json(call))
-            engine.observer = _interrupt(step.get("interrupt"))
             try:
                 result = engine.run_round(step["round_id"], step["purpose"],
                                           SiteCall.from_json(step["call"]), live,
@@ -105,8 +106,6 @@ def _run(grid: Grid, scenario: dict, results: list[dict], out_dir: Path) -> None
                                 "message": str(exc),
                                 "seconds": time.perf_counter() - started})
                 continue
-            finally:
-                engine.observer = None
             live = [s for s in live if s not in result.dropped]
             results.append({"kind": "sum", "total": result.total.tolist(),
                             "stages": engine.stage_log[-5:],
@@ -128,16 +127,14 @@ def _run(grid: Grid, scenario: dict, results: list[dict], out_dir: Path) -> None
                       "grace-seconds": scenario["timeouts"]["grace"],
                       "poll-seconds": scenario["timeouts"]["poll"]}
             observed: list = []
-            spec = step.get("interrupt")
-            result = run_study_over_flower(grid, config, _study_interrupt(spec, observed))
-            if spec and spec.get("resume"):  # the late reply has left the site by now
-                _wait_sent(Path(spec["resume"]["log"]), spec["sent_before"], 120.0)
+            specs = step.get("interrupts", [])
+            result = run_study_over_flower(grid, config, _study_interrupt(specs, observed))
+            for spec in specs:
+                if spec.get("resume"):  # the late reply has left the site by now
+                    _wait_sent(Path(spec["resume"]["log"]), spec["sent_before"], 120.0)
             results.append({"kind": "study", "result": result, "stages": observed})
         elif step["kind"] == "forged_sum":
             results.append(_forged_sum(engine, private, step, live))
-        elif step["kind"] == "resume":
-            _resume(step)
-            results.append({"kind": "resume"})
         results[-1]["seconds"] = time.perf_counter() - started
 
 
@@ -174,40 +171,30 @@ def _forged_sum(engine: FlowerEngine, private: Ed25519PrivateKey, step: dict,
     return {"kind": "forged_sum", "released": result.total.tolist()}
 
 
-def _interrupt(spec: dict | None):
-    if spec is None:
-        return None
+def _study_interrupt(specs: list[dict], observed: list):
+    """Record every exchange; signal each spec's site once, after ``after`` of ``round``.
 
-    def observer(stage, answered) -> None:
-        if stage.value == spec["after"]:
-            os.killpg(spec["pgid"], getattr(signal, spec["signal"]))
-
-    return observer
-
-
-def _study_interrupt(spec: dict | None, observed: list):
-    """Record every exchange; signal a site once, after ``spec["after"]`` of ``spec["round"]``.
-
-    With ``spec["resume"]`` (a round and stage) a stopped site is continued
-    (SIGCONT) then, in the middle of the fit: its late reply to the round it
-    missed arrives while a later round runs.
+    With ``resume`` (a round and stage) a stopped site is continued (SIGCONT)
+    then, in the middle of the fit: its late reply to the round it missed
+    arrives while a later round runs.
     """
-    done: list[str] = []
+    done: dict[int, list[str]] = {k: [] for k in range(len(specs))}
 
     def observer(engine, stage, answered) -> None:
         observed.append([engine.current_round, stage.value, list(answered),
                          engine.stage_log[-1][1]])
-        if spec and not done and engine.current_round == spec["round"] and \
-                stage.value == spec["after"]:
-            os.killpg(spec["pgid"], getattr(signal, spec["signal"]))
-            done.append("signalled")
-        resume = (spec or {}).get("resume")
-        if resume and done == ["signalled"] and engine.current_round == resume["round"] and \
-                stage.value == resume["after"]:
-            spec["sent_before"] = Path(resume["log"]).read_text(errors="replace").count(
-                "Sent successfully")
-            os.killpg(spec["pgid"], signal.SIGCONT)
-            done.append("resumed")
+        for k, spec in enumerate(specs):
+            if not done[k] and engine.current_round == spec["round"] and \
+                    stage.value == spec["after"]:
+                os.killpg(spec["pgid"], getattr(signal, spec["signal"]))
+                done[k].append("signalled")
+            resume = spec.get("resume")
+            if resume and done[k] == ["signalled"] and engine.current_round == \
+                    resume["round"] and stage.value == resume["after"]:
+                spec["sent_before"] = Path(resume["log"]).read_text(errors="replace").count(
+                    "Sent successfully")
+                os.killpg(spec["pgid"], signal.SIGCONT)
+                done[k].append("resumed")
 
     return observer
 
@@ -217,16 +204,4 @@ def _wait_sent(log: Path, before: int, timeout: float) -> None:
     while log.read_text(errors="replace").count("Sent successfully") <= before:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the resumed site sent nothing within {timeout} s")
-        time.sleep(0.2)
-
-
-def _resume(step: dict) -> None:
-    """SIGCONT a stopped SuperNode and wait until it has sent its late reply."""
-    log = Path(step["log"])
-    before = log.read_text(errors="replace").count("Sent successfully")
-    os.killpg(step["pgid"], signal.SIGCONT)
-    deadline = time.monotonic() + step["timeout"]
-    while log.read_text(errors="replace").count("Sent successfully") <= before:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the resumed site sent nothing within {step['timeout']} s")
         time.sleep(0.2)
