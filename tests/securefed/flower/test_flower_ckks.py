@@ -7,9 +7,8 @@ by ``python -m securefed.transport.ckks_keys``):
 1. the coordinator fetches the key holder's signed public context (once);
 2. round 1: every site prepares its design (setup) and the design summaries
    are summed under CKKS: sites encrypt, the coordinator adds, the key holder
-   decrypts the aggregate;
-3. round 2: the GLMM terms at θ;
-4. a forged round: the coordinator substitutes a public context whose
+   decrypts the aggregate (whole GLMM fits under ckks: ``test_flower_study.py``);
+3. a forged round: the coordinator substitutes a public context whose
    secret key it generated, signed with its own key as the key holder's; the
    sites refuse it before they release anything.
 
@@ -53,8 +52,7 @@ def ckks_run(federation, frames, live):
     steps = [
         {"kind": "sum", "round_id": 1, "purpose": "summary", "call": call["summary"],
          "setup": [call["prepare"]]},
-        {"kind": "sum", "round_id": 2, "purpose": "terms", "call": call["terms"]},
-        {"kind": "forged_sum", "round_id": 3, "purpose": "terms", "call": call["terms"]},
+        {"kind": "forged_sum", "round_id": 2, "purpose": "terms", "call": call["terms"]},
     ]
     report = federation.run(steps, layer="ckks", sites=live)
     for step in report["results"]:
@@ -65,17 +63,17 @@ def ckks_run(federation, frames, live):
 
 @pytest.fixture(scope="module")
 def vectors(frames, live) -> list[dict[str, np.ndarray]]:
-    """Each site's vectors of rounds 1 and 2, computed in this process."""
+    """Each site's vector of round 1, computed in this process."""
     compute = closures(frames)
     sites = [Site(name, frames[name]) for name in live]
     for site in sites:
         compute["prepare"](site)
-    return [{site.name: compute[key](site) for site in sites} for key in ("summary", "terms")]
+    return [{site.name: compute[key](site) for site in sites} for key in ("summary",)]
 
 
 def test_ckks_sums_over_flower_equal_the_in_process_ckks_sums(ckks_run, vectors, live):
     sums = [r for r in ckks_run["results"] if r["kind"] == "sum"]
-    assert len(sums) == 2
+    assert len(sums) == 1
     for round_id, (result, round_vectors) in enumerate(zip(sums, vectors, strict=True), 1):
         assert result["contributors"] == live and result["dropped"] == []
         in_process = CkksSum(bound=BOUND).aggregate(round_vectors, round_id=round_id,
@@ -84,8 +82,8 @@ def test_ckks_sums_over_flower_equal_the_in_process_ckks_sums(ckks_run, vectors,
         np.testing.assert_allclose(result["total"], in_process.total, rtol=0, atol=1e-10)
         np.testing.assert_allclose(result["total"], plain.total, rtol=0, atol=1e-10)
     assert sums[0]["total"][0] == 48 * len(live)  # n
-    stages = [stage for stage, _, _ in sums[1]["stages"]]
-    assert stages == ["ckks_context", "open", "decrypt", "open", "decrypt"]
+    stages = [stage for stage, _, _ in sums[0]["stages"]]
+    assert stages == ["ckks_context", "open", "decrypt"]
 
 
 def test_the_coordinator_received_only_ciphertexts_it_cannot_open(federation, ckks_run,
@@ -129,7 +127,7 @@ def test_the_secret_context_exists_only_in_the_key_holders_directory(federation,
     assert secrets_found == [federation.root / KEY_HOLDER / SECRET_FILE]
     assert (secrets_found[0].stat().st_mode & 0o777) == 0o600
     ledger = (federation.root / KEY_HOLDER / f"{SECRET_FILE}.rounds").read_text().split()
-    assert len(ledger) == 2  # the two decrypted rounds, at the key holder
+    assert len(ledger) == 1  # the one decrypted round, at the key holder
 
 
 def test_sites_refuse_a_context_substituted_by_the_coordinator(ckks_run, live):
