@@ -11,7 +11,7 @@ centre-specific estimates, which are the output the consortium asked for.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,6 @@ from securefed.data import check_numeric_columns
 from securefed.errors import InputError
 from securefed.plausibility import BFIGuard, check_bfi_count
 from securefed.privacy import DpQuery
-from securefed.vectors import from_upper_triangle as from_upper
 
 __all__ = ["BFIOptions", "BFIReport", "run_bfi", "run_bfi_remote"]
 
@@ -365,8 +364,7 @@ def _dp_local_fits(coordinator: Coordinator, designs: dict, outcome: dict, prior
     Gaussian fits are exact given the sums; binomial fits use the PASS-GLM
     quadratic approximation (:mod:`core_stats.bfi_stats`).
     """
-    from core_stats.bfi_stats import fit_map_binomial_stats, fit_map_gaussian_stats
-    from securefed.dp_statistics import positive_definite, summary_query, summary_vector
+    from securefed.dp_statistics import local_fit_from_stats, summary_query, summary_vector
 
     if family.name == "binomial" and "(Intercept)" not in names:
         raise InputError("binomial BFI under dp needs an intercept in the formula")
@@ -381,18 +379,10 @@ def _dp_local_fits(coordinator: Coordinator, designs: dict, outcome: dict, prior
                           (1.0 - spent) * dp.run_rho)
     noisy = privacy.apply(stats, query, coordinator.round_id + 1, local=True)
     noise = float(np.max(privacy.sum_noise_sd(1)))
-    p = len(names)
     locals_ = {}
     for name, vec in noisy.items():
-        n, yy, xy = max(vec[0], p + 2.0), max(vec[2], 0.0), vec[3:3 + p]
-        xx = positive_definite(from_upper(vec[3 + p:-2], p), noise)
         try:
-            if family.name == "gaussian":
-                locals_[name] = fit_map_gaussian_stats(n, yy, xy, xx, prior, names=names,
-                                                       rss_floor=3.0 * noise)
-            else:
-                locals_[name] = fit_map_binomial_stats(n, xy, xx, prior, names=names,
-                                                       intercept=names.index("(Intercept)"))
+            locals_[name] = local_fit_from_stats(vec, names, family, prior, noise)
         except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
             raise InputError(f"site {name}: the local fit from noisy statistics failed "
                              f"({err}); a larger --epsilon or smaller --dp-clip helps") from None
@@ -614,7 +604,12 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
     coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
                               audit=audit, transport=transport)
     if coordinator.privacy is not None:
-        raise InputError("BFI under differential privacy runs in-process only for now")
+        _check_dp(opts, family, coordinator.privacy.options)
+        if opts.standardize:
+            raise InputError("--standardize under dp is not available over a remote transport "
+                             "yet: standardise the columns at the sites beforehand")
+        if family.name == "binomial" and "(Intercept)" not in names:
+            raise InputError("binomial BFI under dp needs an intercept in the formula")
     try:
         report = _bfi_remote(coordinator, opts, formula, family, names, started)
     except ProtocolError as err:
@@ -627,8 +622,12 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
 def _bfi_remote(coordinator, opts, formula, family, names, started) -> BFIReport:
     from securefed.site import BFISiteSpec
 
-    count = check_bfi_count(coordinator.secure_sum("bfi-count", lambda s: s.count_vector()),
-                            coordinator)
+    privacy = coordinator.privacy
+    counted = coordinator.secure_sum(
+        "bfi-count", lambda s: s.count_vector(),
+        dp=None if privacy is None else DpQuery("row count", 1.0,
+                                                DP_SHARES["count"] * privacy.options.run_rho))
+    count = check_bfi_count(counted, coordinator) if privacy is None else None
     intercept = names.index("(Intercept)") if "(Intercept)" in names else None
     prior = bfi.prior_precision(len(names), family, lam=opts.lam, intercept_lam=opts.intercept_lam,
                                 scale_lam=opts.scale_lam, intercept_index=intercept)
@@ -639,7 +638,7 @@ def _bfi_remote(coordinator, opts, formula, family, names, started) -> BFIReport
         combined = bfi.prior_precision(len(names), family, lam=opts.combined_lam,
                                        intercept_lam=opts.intercept_lam,
                                        scale_lam=opts.scale_lam, intercept_index=intercept)
-    guard = BFIGuard(count, prior, family)
+    guard = BFIGuard(count, prior, family) if privacy is None else _Unchecked()
     standardization, scaling = None, ()
     if opts.standardize:
         columns = tuple(opts.standardize)
@@ -654,7 +653,19 @@ def _bfi_remote(coordinator, opts, formula, family, names, started) -> BFIReport
     spec = BFISiteSpec(formula.outcome, formula.fixed, family, prior, tuple(names), scaling)
     full_names = tuple(names) + ((SCALE_TERM,) if family.has_dispersion else ())
     layout = bfi.HomogeneousLayout(full_names, family)
-    total = coordinator.secure_sum("bfi-terms", lambda s: s.bfi_terms_vector(spec), dp=_DERIVED)
+    if privacy is None:
+        total = coordinator.secure_sum("bfi-terms", lambda s: s.bfi_terms_vector(spec),
+                                       dp=_DERIVED)
+    else:  # each site noises its statistics for itself and releases its fit from them
+        from securefed.dp_statistics import summary_length, summary_query
+
+        dp = privacy.options
+        bound = dp.outcome_scale(family.name)
+        query = summary_query("sufficient statistics (kept at the site)", dp.clip, bound,
+                              (1.0 - DP_SHARES["count"]) * dp.run_rho)
+        query = replace(query, local_length=summary_length(len(names)))
+        total = coordinator.secure_sum(
+            "bfi-terms", lambda s: s.dp_bfi_stats_vector(spec, dp.clip, bound), dp=query)
     guard.terms(total, coordinator, layout)
     fit = layout.combine(total, combined_prior=combined, level=opts.level)
     live = [s.name for s in coordinator.live_sites]
@@ -669,4 +680,5 @@ def _bfi_remote(coordinator, opts, formula, family, names, started) -> BFIReport
         warnings=tuple(warnings), bytes_sent_per_site=coordinator.mean_bytes_per_site(),
         rounds=coordinator.round_id, seconds=time.perf_counter() - started,
         site_thetas={n: fit.estimate for n in live},
-        timings=coordinator.timings(time.perf_counter() - started), parameter_names=fit.names)
+        timings=coordinator.timings(time.perf_counter() - started), parameter_names=fit.names,
+        privacy=None if privacy is None else privacy.report())

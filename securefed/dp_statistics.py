@@ -43,11 +43,12 @@ from core_stats.design import GroupedRows
 from core_stats.families import Family
 from core_stats.glmm import ParameterLayout, site_terms
 from securefed.privacy import DpQuery
-from securefed.vectors import upper_triangle
+from securefed.vectors import from_upper_triangle, upper_triangle
 
 __all__ = ["positive_definite", "noise_floor", "clip_records", "summary_vector",
-           "summary_sensitivity", "summary_query", "group_clip_units", "clipped_terms_vector",
-           "terms_query", "standardize_vector", "standardize_sensitivity"]
+           "summary_sensitivity", "summary_query", "summary_length", "group_clip_units",
+           "clipped_terms_vector", "terms_query", "standardize_vector",
+           "standardize_sensitivity", "local_fit_from_stats"]
 
 
 def noise_floor(noise_sd: float, size: int) -> float:
@@ -84,6 +85,33 @@ def summary_vector(X: np.ndarray, y: np.ndarray, clip: float, outcome_bound: flo
     Xc, yc, clipped = clip_records(X, y, clip, outcome_bound, family)
     return np.concatenate([[len(yc), yc.sum(), yc @ yc], Xc.T @ yc,
                            upper_triangle(Xc.T @ Xc), [clipped.sum(), n_groups]])
+
+
+def summary_length(p: int) -> int:
+    """Length of :func:`summary_vector` for ``p`` design columns."""
+    return 3 + p + p * (p + 1) // 2 + 2
+
+
+def local_fit_from_stats(vec: np.ndarray, names: tuple[str, ...], family: Family,
+                         prior: np.ndarray, noise_sd: float):
+    """A site's BFI local MAP fit from its noisy :func:`summary_vector` (post-processing).
+
+    Gaussian fits are exact given the sums; binomial fits use the PASS-GLM
+    quadratic approximation (:mod:`core_stats.bfi_stats`). ``noise_sd`` (the
+    largest per-coordinate noise SD) floors X'X's eigenvalues and the RSS.
+    Raises ``MAPConvergenceError`` / ``LinAlgError`` when the noisy
+    statistics admit no fit.
+    """
+    from core_stats.bfi_stats import fit_map_binomial_stats, fit_map_gaussian_stats
+
+    p = len(names)
+    n, yy, xy = max(vec[0], p + 2.0), max(vec[2], 0.0), vec[3:3 + p]
+    xx = positive_definite(from_upper_triangle(vec[3 + p:-2], p), noise_sd)
+    if family.name == "gaussian":
+        return fit_map_gaussian_stats(n, yy, xy, xx, prior, names=names,
+                                      rss_floor=3.0 * noise_sd)
+    return fit_map_binomial_stats(n, xy, xx, prior, names=names,
+                                  intercept=names.index("(Intercept)"))
 
 
 def summary_sensitivity(clip: float, outcome_bound: float) -> float:

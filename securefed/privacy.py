@@ -129,7 +129,9 @@ class DpQuery:
 
     ``sensitivity`` is the L2 sensitivity Δ of the vector divided
     coordinate-wise by ``2**log2_units`` (add/remove one record); ``rho`` the
-    zCDP budget the release may use.
+    zCDP budget the release may use. ``local_length`` (over a transport): the
+    site noises a vector of that length for itself alone (m = 1), keeps it,
+    and releases a function of it (post-processing), as BFI's local fits.
     """
 
     purpose: str
@@ -137,6 +139,7 @@ class DpQuery:
     rho: float
     log2_units: np.ndarray | None = None
     post_processing: bool = False  # a function of already-noised releases only: no charge
+    local_length: int | None = None
 
     @classmethod
     def derived(cls, purpose: str) -> DpQuery:
@@ -378,6 +381,9 @@ class PrivacyGuard:
         them are charged too (for :meth:`report`), after the same
         all-or-none check as :meth:`apply`.
         """
+        local = query.local_length is not None
+        if local:  # noised at each site for itself; what is released is post-processing
+            length, min_contributors = query.local_length, 1
         units = query.units(length)
         cal = calibrate(query, length, min_contributors)
         if min_contributors > 1:
@@ -386,7 +392,12 @@ class PrivacyGuard:
         self._check_all(query, release, round_id, site_names)
         for name in site_names:
             self.sites[name].charge(release)
-        self._record(query, round_id, cal, units, False)
+        self._record(query, round_id, cal, units, local)
+        if local:
+            self.releases.append({"round": round_id, "purpose": "released: a function of the "
+                                  "site's noisy local statistics",
+                                  "mechanism": "post-processing of the sites' noisy sums",
+                                  "rho": 0.0})
 
     def plan_rho_left(self) -> float:
         """ρ the run may still spend: its planned total less what it has released so far."""

@@ -16,7 +16,8 @@ from core_stats.families import Family
 from core_stats.glmm import ParameterLayout, site_terms
 from securefed.vectors import pack_terms, upper_triangle
 
-__all__ = ["BFISiteSpec", "GLMMSiteDesign", "Site"]
+__all__ = ["BFISiteSpec", "GLMMSiteDesign", "Site", "bfi_terms_from_noisy_stats",
+           "bfi_terms_length"]
 
 TINY_SITE_ROWS = 10
 
@@ -48,6 +49,36 @@ class BFISiteSpec:
     prior: np.ndarray
     names: tuple[str, ...]
     standardize: tuple[tuple[str, float, float], ...] = ()
+
+
+def _bfi_layout(spec: BFISiteSpec):
+    from core_stats import bfi
+
+    names = tuple(spec.names) + ((bfi.SCALE_NAME,) if spec.family.has_dispersion else ())
+    return bfi.HomogeneousLayout(names, spec.family)
+
+
+def bfi_terms_length(spec: BFISiteSpec) -> int:
+    """Length of a site's homogeneous BFI vector for ``spec``."""
+    return _bfi_layout(spec).length
+
+
+def bfi_terms_from_noisy_stats(spec: BFISiteSpec, noisy: np.ndarray,
+                               noise_sd: float) -> np.ndarray:
+    """The BFI site vector of the local fit from noisy statistics (post-processing).
+
+    ValueError if the noisy statistics admit no fit (a larger epsilon helps).
+    """
+    from core_stats import bfi
+    from securefed.dp_statistics import local_fit_from_stats
+
+    try:
+        local = local_fit_from_stats(noisy, tuple(spec.names), spec.family, spec.prior,
+                                     noise_sd)
+    except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
+        raise ValueError(f"the local fit from noisy statistics failed ({err}); a larger "
+                         "epsilon or a smaller clip helps") from None
+    return _bfi_layout(spec).site_vector(local)
 
 
 def _site_seed(seed: int, name: str) -> np.random.Generator:
@@ -206,6 +237,24 @@ class Site:
     def bfi_terms_vector(self, spec: BFISiteSpec) -> np.ndarray:
         """This site's local MAP fit of ``spec``, as BFI's homogeneous site vector."""
         from core_stats import bfi
+
+        X, y = self._bfi_design(spec)
+        local = bfi.fit_map(X, y, spec.family, spec.prior, names=spec.names)
+        return bfi.HomogeneousLayout(local.names, spec.family).site_vector(local)
+
+    def dp_bfi_stats_vector(self, spec: BFISiteSpec, clip: float,
+                            outcome_bound: float) -> np.ndarray:
+        """The clipped sufficient statistics of ``spec``'s design (BFI under DP).
+
+        The site noises them for itself, keeps them, and releases only the
+        terms of its local fit from them (:func:`bfi_terms_from_noisy_stats`).
+        """
+        from securefed.dp_statistics import summary_vector
+
+        X, y = self._bfi_design(spec)
+        return summary_vector(X, y, clip, outcome_bound, spec.family.name)
+
+    def _bfi_design(self, spec: BFISiteSpec) -> tuple[np.ndarray, np.ndarray]:
         from core_stats.design import fixed_design
 
         frame = self._frame
@@ -217,9 +266,7 @@ class Site:
             raise ValueError(f"site {self.name}: the design has columns {list(names)}, the "
                              f"model {list(spec.names)} (code categorical covariates as "
                              "numeric 0/1 columns)")
-        y = frame[spec.outcome].to_numpy(dtype=float)
-        local = bfi.fit_map(X, y, spec.family, spec.prior, names=spec.names)
-        return bfi.HomogeneousLayout(local.names, spec.family).site_vector(local)
+        return X, frame[spec.outcome].to_numpy(dtype=float)
 
     def _require_rows(self) -> GroupedRows:
         if self._rows is None:

@@ -44,7 +44,7 @@ SETUP_METHODS = frozenset({"prepare_glmm"})
 RELEASE_METHODS = frozenset({"count_vector", "glmm_counts_vector", "design_summary_vector",
                              "glmm_terms_vector", "validation_loglik_vector",
                              "validation_histograms", "standardize_vector", "bfi_terms_vector",
-                             "dp_summary_vector", "dp_terms_vector"})
+                             "dp_summary_vector", "dp_terms_vector", "dp_bfi_stats_vector"})
 
 
 class RemoteCallError(ValueError):

@@ -182,7 +182,7 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     from protocols.errors import EncodingError
     from protocols.secagg_site import SecAggSite
     from securefed.transport.calls import SiteCall
-    from securefed.transport.release import protect, release
+    from securefed.transport.release import local_release, protect, protect_local, release
     from securefed.transport.secagg_state import export_site
 
     name = _node(context, "site-name")
@@ -196,13 +196,16 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
         private, registry, _ = _identity(context)
         public = trusted_context(params, request or {}, registry,
                                  str(context.node_config.get("ckks-key-holder", KEY_HOLDER)))
-    vector = release(_load_site(context), SiteCall.from_json(call_text), params.round_id,
-                     params.purpose, dp)
+    call = SiteCall.from_json(call_text)
+    vector = release(_load_site(context), call, params.round_id, params.purpose, dp)
+    # a local DP query: the site noises this vector for itself, keeps it, releases a function
+    local = dp.query is not None and dp.query.local_length is not None
     if params.layer == "none":
-        vector = protect(vector, dp)
+        vector = protect_local(call, vector, dp) if local else protect(vector, dp)
         return {"vector": vector.astype("<f8").tobytes(), **dp.receipt,
                 **_log_release(context, vector, params, audit, dp)}
-    if len(vector) and float(np.max(np.abs(vector))) > params.bound:
+    released_length = local_release(call)[0] if local else len(vector)
+    if not local and len(vector) and float(np.max(np.abs(vector))) > params.bound:
         raise EncodingError(f"a value is above the declared bound {params.bound:.3g}: "
                             "standardise the covariates or raise the bound")
     if params.layer == "ckks":
@@ -213,19 +216,35 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
         return {**encrypt_for_round(params, public, vector, name, private),
                 **_log_release(context, vector, params, audit, dp)}
     private, roster, server_key = _keys(params, context)
-    site = SecAggSite(params.sites[name], params.config(len(vector)), private, roster,
+    site = SecAggSite(params.sites[name], params.config(released_length), private, roster,
                       server_key)
     advert = site.advertise_keys()
     state = _state(context)
     state["round"] = params.to_json()
-    state["length"] = len(vector)
-    state["vector"] = vector.astype("<f8").tobytes()
+    state["length"] = released_length
+    state["vector"] = vector.astype("<f8").tobytes()  # under a local query: what is noised
+    state["call"] = call_text
     state["secagg"] = export_site(site)
     state["dp"] = dp_text
     state["audit"] = "" if audit is None else json.dumps(audit, sort_keys=True)
     # under DP the vector that leaves is the noisy one: it is logged when masked
     logged = {} if dp.query is not None else _log_release(context, vector, params, audit, dp)
-    return {"length": len(vector), "payload": advert, **dp.receipt, **logged}
+    return {"length": released_length, "payload": advert, **dp.receipt, **logged}
+
+
+def _noisy_release(vector: np.ndarray, dp, call_text: str, params: RoundParams) -> np.ndarray:
+    """The vector a site masks: noised under its DP query, or (a local query) the function
+    of its own noisy copy the call names; refused above the round's bound."""
+    from protocols.errors import EncodingError
+    from securefed.transport.calls import SiteCall
+    from securefed.transport.release import protect, protect_local
+
+    if dp.query is None or dp.query.local_length is None:
+        return protect(vector, dp)
+    released = protect_local(SiteCall.from_json(call_text), vector, dp)
+    if len(released) and float(np.max(np.abs(released))) > params.bound:
+        raise EncodingError(f"a value is above the declared bound {params.bound:.3g}")
+    return released
 
 
 def _step(stage: Stage, key: str, payload: bytes, context: Context) -> dict:
@@ -244,14 +263,12 @@ def _step(stage: Stage, key: str, payload: bytes, context: Context) -> dict:
         if stage is Stage.SHARE_KEYS:
             out = site.share_keys(payload)
         elif stage is Stage.MASKED_INPUT:
-            from securefed.transport.release import protect
-
             vector = np.frombuffer(bytes(state["vector"]), dtype="<f8")
             if not vector.size or site.stage is not SiteStage.KEYS_SHARED:
                 raise ValueError("this round's vector was already released or never computed")
             state["vector"] = b""  # one release per round, even if what follows fails
             dp = _site_dp(context, str(state["dp"]) if "dp" in state else "", params)
-            noisy = protect(vector, dp)
+            noisy = _noisy_release(vector, dp, str(state["call"]), params)
             out = site.masked_input(payload, noisy)
             if dp.query is not None and str(state["audit"]):
                 logged = _log_release(context, noisy, params, json.loads(str(state["audit"])),
@@ -264,7 +281,7 @@ def _step(stage: Stage, key: str, payload: bytes, context: Context) -> dict:
             raise ValueError(f"stage {stage.value} is not a protocol step")
     finally:
         if site.stage in (SiteStage.DONE, SiteStage.ABORTED):
-            for field in ("round", "length", "vector", "secagg", "dp", "audit"):
+            for field in ("round", "length", "vector", "call", "secagg", "dp", "audit"):
                 if field in state:
                     del state[field]
         else:

@@ -250,6 +250,8 @@ class FlowerEngine:
         if dp is None:
             raise ProtocolError("this release has no stated sensitivity; under DP nothing "
                                 "leaves a site without one")
+        if dp.local_length is not None:  # noised at each site for itself: the whole noise
+            return 1
         return noise_contributors(self._layer, int(self.privacy.min_contributors),
                                   len(self._ids))
 
@@ -260,6 +262,8 @@ class FlowerEngine:
         if len(lengths) != 1:
             raise SiteRefused(f"sites computed vectors of different lengths {sorted(lengths)}")
         length = lengths.pop()
+        if dp.local_length is not None:  # the sites noised their own copies, of this length
+            length = dp.local_length
         check_receipts(opened.replies, dp, m, length)
         self.privacy.admit_remote(dp, round_id, sorted(opened.replies), length, m)
 

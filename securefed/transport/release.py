@@ -12,13 +12,15 @@ it is masked, or sent under layer ``none``); see
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from securefed.site import Site
+from securefed.site import Site, bfi_terms_from_noisy_stats, bfi_terms_length
 from securefed.transport.calls import RemoteCallError, SiteCall, apply_call
-from securefed.transport.site_privacy import SiteDp
+from securefed.transport.site_privacy import DpRefused, SiteDp
 
-__all__ = ["release", "protect"]
+__all__ = ["release", "protect", "local_release", "protect_local"]
 
 
 def release(site: Site, call: SiteCall, round_id: int, purpose: str,
@@ -44,6 +46,25 @@ def release(site: Site, call: SiteCall, round_id: int, purpose: str,
     if dp is not None:
         dp.admit(call, len(vector))
     return vector
+
+
+def local_release(call: SiteCall) -> tuple[int, Callable[[np.ndarray, float], np.ndarray]]:
+    """For a vector the site noises for itself and keeps (``DpQuery.local_length``): the
+    length of what it releases instead and the function (post-processing) that makes it."""
+    if call.method == "dp_bfi_stats_vector":
+        spec = call.kwargs["spec"]
+        return bfi_terms_length(spec), lambda noisy, sd: bfi_terms_from_noisy_stats(
+            spec, noisy, sd)
+    raise DpRefused(f"Site.{call.method} has no local post-processing; it is not noised "
+                    "at the site for itself")
+
+
+def protect_local(call: SiteCall, vector: np.ndarray, dp: SiteDp) -> np.ndarray:
+    """What leaves the site for a local DP query: the site's ledger charged, its noise (all
+    of it, m = 1) added to ``vector``, which it keeps; the function of it the call names."""
+    _, post = local_release(call)
+    noisy = dp.release(vector)
+    return post(noisy, dp.noise_sd(len(vector)))
 
 
 def protect(vector: np.ndarray, dp: SiteDp | None) -> np.ndarray:

@@ -143,6 +143,7 @@ def query_to_json(query: DpQuery, min_contributors: int, plan_rho: float = 0.0) 
     return json.dumps({"purpose": query.purpose, "sensitivity": query.sensitivity,
                        "rho": query.rho, "log2_units": units,
                        "post_processing": query.post_processing,
+                       "local_length": query.local_length,
                        "min_contributors": int(min_contributors),
                        "plan_rho": float(plan_rho)}, sort_keys=True)
 
@@ -150,9 +151,10 @@ def query_to_json(query: DpQuery, min_contributors: int, plan_rho: float = 0.0) 
 def query_from_json(text: str) -> tuple[DpQuery, int]:
     data = json.loads(text)
     units = data["log2_units"]
+    local = data.get("local_length")
     query = DpQuery(str(data["purpose"]), float(data["sensitivity"]), float(data["rho"]),
                     None if units is None else np.asarray(units, dtype=np.int64),
-                    bool(data["post_processing"]))
+                    bool(data["post_processing"]), None if local is None else int(local))
     return query, int(data["min_contributors"])
 
 
@@ -166,8 +168,10 @@ def derived_sensitivity(call) -> tuple[float, np.ndarray | None]:
     from securefed.dp_statistics import summary_sensitivity, terms_query
 
     kwargs = call.kwargs
-    if call.method == "dp_summary_vector":
+    if call.method in ("dp_summary_vector", "dp_bfi_stats_vector"):
         return summary_sensitivity(kwargs["clip"], kwargs["outcome_bound"]), None
+    if call.method == "count_vector":  # [n, 1]: one record moves n by one
+        return 1.0, None
     if call.method == "dp_terms_vector":
         query = terms_query("", kwargs["layout"], tuple(kwargs["units"]), 1.0,
                             bool(kwargs["hessian"]))
@@ -211,6 +215,9 @@ class SiteDp:
         if not 1 <= m <= highest:
             raise DpRefused(f"noise sized for {m} contributors, but layer {params.layer!r} "
                             f"guarantees at most {highest}")
+        if query.local_length is not None and m != 1:
+            raise DpRefused("a vector the site noises for itself and keeps takes its whole "
+                            "noise (m = 1)")
         site = cls(site_name, budget, query, m, params.round_id, params)
         site.plan_rho = float(json.loads(dp_text).get("plan_rho", 0.0))
         return site
@@ -227,8 +234,11 @@ class SiteDp:
         stated = query.units(length)
         if not np.array_equal(stated, np.zeros(length, np.int64) if units is None else units):
             raise DpRefused(f"the round's units do not match Site.{call.method}'s vector")
+        if query.local_length is not None and length != query.local_length:
+            raise DpRefused(f"the round states {query.local_length} values noised at the site; "
+                            f"Site.{call.method} gives {length}")
         cal = calibrate(query, length, self.min_contributors)
-        if self.params.layer != "none":
+        if self.params.layer != "none" and query.local_length is None:  # kept local: no grid
             finest = self.params.config(length).encoder.frac_bits
             if np.any(-(stated + cal.grid_bits) > finest):
                 raise DpRefused("the DP grid is finer than the secure sum's fixed-point "
@@ -255,6 +265,12 @@ class SiteDp:
                 f"{self.round_id} on, which would bring the total to epsilon={needed:.4g} at "
                 f"delta={delta:g}; the budget is epsilon={epsilon:g} and "
                 f"{ledger.epsilon_spent:.4g} is spent. Nothing was released.")
+
+    def noise_sd(self, length: int) -> float:
+        """The largest per-coordinate SD of this site's noise on a ``length`` vector."""
+        cal = calibrate(self.query, length, self.min_contributors)
+        units = self.query.units(length)
+        return float(np.max(cal.local_sigma * np.ldexp(1.0, units + cal.grid_bits)))
 
     def release(self, vector: np.ndarray) -> np.ndarray:
         """What leaves the site: charged and noised under a DP query, else unchanged."""

@@ -263,3 +263,19 @@ def test_under_dp_each_site_logs_the_release_with_its_own_spending(world, tmp_pa
         privacy = payload["release"]["privacy"]
         assert float(privacy["epsilon_spent"]) == pytest.approx(ledger["epsilon_spent"])
         assert ledger["epsilon_spent"] > 0
+
+
+def test_a_local_query_is_noised_for_the_site_alone_and_its_length_is_checked(tmp_path) -> None:
+    """BFI under DP: the site noises its statistics for itself (m = 1) and keeps them."""
+    from dataclasses import replace
+
+    local = replace(summary_query("local stats", CLIP, BOUND_Y, 0.01),
+                    local_length=SUMMARY_LENGTH)
+    with pytest.raises(DpRefused, match="m = 1"):
+        site_dp(node(tmp_path), local, m=3)
+    dp = site_dp(node(tmp_path), local, m=1)
+    with pytest.raises(DpRefused, match="noised at the site"):
+        dp.admit(SUMMARY, SUMMARY_LENGTH + 1)
+    dp.admit(SUMMARY, SUMMARY_LENGTH)
+    assert json.loads(dp.receipt["dp"])["min_contributors"] == 1
+    assert dp.noise_sd(SUMMARY_LENGTH) > 0
