@@ -268,23 +268,10 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
     privacy = coordinator.privacy
     if privacy is not None:
         _check_dp(opts, family, privacy.options)
-    counted = coordinator.secure_sum(
-        "bfi-count", lambda site: np.array([site.n_rows, 1.0]),
-        dp=None if privacy is None else DpQuery("row count", 1.0,
-                                                DP_SHARES["count"] * privacy.options.run_rho))
-    count = check_bfi_count(counted, coordinator) if privacy is None else None
+    count = _count_round(coordinator)
     parts = {s.name: parts[s.name] for s in coordinator.live_sites}
     _, names = fixed_design(formula.fixed, frame.head(2))
-    intercept = names.index("(Intercept)") if "(Intercept)" in names else None
-    prior = bfi.prior_precision(len(names), family, lam=opts.lam, intercept_lam=opts.intercept_lam,
-                                scale_lam=opts.scale_lam, intercept_index=intercept)
-    combined = None
-    if opts.combined_lam is not None:
-        if opts.combined_lam <= 0:
-            raise InputError("--combined-lambda must be positive")
-        combined = bfi.prior_precision(len(names), family, lam=opts.combined_lam,
-                                       intercept_lam=opts.intercept_lam,
-                                       scale_lam=opts.scale_lam, intercept_index=intercept)
+    prior, combined = _priors(opts, family, names)
     guard = BFIGuard(count, prior, family) if privacy is None else _Unchecked()
     standardization = _standardize(coordinator, parts, opts.standardize, guard) \
         if opts.standardize else None
@@ -334,6 +321,31 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
         privacy=None if privacy is None else privacy.report())
     coordinator.finish_audit(report.to_dict(), "bfi")
     return report
+
+
+def _count_round(coordinator: Coordinator):
+    """Round 1: rows and sites (the protocol's set-up round); the checked count, or None
+    under DP (the noisy count is not checked)."""
+    privacy = coordinator.privacy
+    counted = coordinator.secure_sum(
+        "bfi-count", lambda site: site.count_vector(),
+        dp=None if privacy is None else DpQuery("row count", 1.0,
+                                                DP_SHARES["count"] * privacy.options.run_rho))
+    return check_bfi_count(counted, coordinator) if privacy is None else None
+
+
+def _priors(opts: BFIOptions, family: Family, names) -> tuple[np.ndarray, np.ndarray | None]:
+    """The local prior precision and, with ``combined_lam``, the combined one."""
+    intercept = names.index("(Intercept)") if "(Intercept)" in names else None
+
+    def precision(lam: float) -> np.ndarray:
+        return bfi.prior_precision(len(names), family, lam=lam, intercept_lam=opts.intercept_lam,
+                                   scale_lam=opts.scale_lam, intercept_index=intercept)
+
+    if opts.combined_lam is not None and opts.combined_lam <= 0:
+        raise InputError("--combined-lambda must be positive")
+    return precision(opts.lam), (None if opts.combined_lam is None
+                                 else precision(opts.combined_lam))
 
 
 class _Unchecked:
@@ -623,21 +635,8 @@ def _bfi_remote(coordinator, opts, formula, family, names, started) -> BFIReport
     from securefed.site import BFISiteSpec
 
     privacy = coordinator.privacy
-    counted = coordinator.secure_sum(
-        "bfi-count", lambda s: s.count_vector(),
-        dp=None if privacy is None else DpQuery("row count", 1.0,
-                                                DP_SHARES["count"] * privacy.options.run_rho))
-    count = check_bfi_count(counted, coordinator) if privacy is None else None
-    intercept = names.index("(Intercept)") if "(Intercept)" in names else None
-    prior = bfi.prior_precision(len(names), family, lam=opts.lam, intercept_lam=opts.intercept_lam,
-                                scale_lam=opts.scale_lam, intercept_index=intercept)
-    combined = None
-    if opts.combined_lam is not None:
-        if opts.combined_lam <= 0:
-            raise InputError("--combined-lambda must be positive")
-        combined = bfi.prior_precision(len(names), family, lam=opts.combined_lam,
-                                       intercept_lam=opts.intercept_lam,
-                                       scale_lam=opts.scale_lam, intercept_index=intercept)
+    count = _count_round(coordinator)
+    prior, combined = _priors(opts, family, names)
     guard = BFIGuard(count, prior, family) if privacy is None else _Unchecked()
     standardization, scaling = None, ()
     if opts.standardize:
