@@ -29,7 +29,7 @@ from scipy.sparse.csgraph import connected_components
 from core_stats.glmm import ParameterLayout
 
 __all__ = ["RandomTerm", "MultiLayout", "MultiRows", "multi_rows", "split_uncorrelated",
-           "term_layout"]
+           "term_layout", "level_in_two_sites"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,22 @@ def split_uncorrelated(terms: list[RandomTerm] | tuple[RandomTerm, ...]) -> tupl
             label = term.name if k == 0 else f"{term.name}.{k}"
             out.append(RandomTerm(label, Z[:, [k]], term.group_codes, True, (names[k],)))
     return tuple(out)
+
+
+def level_in_two_sites(site_terms: dict[str, tuple[RandomTerm, ...]]
+                       ) -> tuple[str, str, str] | None:
+    """The first ``(factor, site, other site)`` where a level of a term's grouping factor
+    appears in two sites, or None: every level must lie in one site, so that the sites'
+    blocks are disjoint and the log-likelihood a sum over sites. (No level is returned:
+    a refusal names the factor and the two sites only.)"""
+    seen: dict[tuple[str, object], str] = {}
+    for site, terms in site_terms.items():
+        for term in terms:
+            for level in np.unique(np.asarray(term.group_codes)).tolist():
+                other = seen.setdefault((term.name, level), site)
+                if other != site:
+                    return term.name, other, site
+    return None
 
 
 def term_layout(term: RandomTerm) -> ParameterLayout:

@@ -182,7 +182,7 @@ class _Evaluator:
     def kernel_jet(self, eta: Jet, order: int) -> Jet:
         """``a(s) r^(order)(eta)`` per row."""
         f = self.family.kernel_derivatives(self.rows.y, eta.val, order + 2)[order:]
-        return eta.apply(*f) * self.a
+        return eta.apply(*f) * self.a if self.layout.has_dispersion else eta.apply(*f)
 
     def score(self, U: list[list[Jet]], eta: Jet) -> list[list[Jet]]:  # noqa: N803
         """``dh/du = Lambda' Z' a r'(eta) - u`` per term and column."""
@@ -259,27 +259,34 @@ def _log_det_jet(ev: _Evaluator, eta: Jet, factor: BlockMatrices, inverse: list[
     """``log det H`` with its exact gradient and Hessian (module docstring)."""
     rows, P = ev.rows, ev.P
     weight = -ev.kernel_jet(eta, 2)  # W_i jets
-    # b_i entries as jets over rows, with their positions in u
-    entries: list[tuple[Jet, np.ndarray]] = []
+    # T = sum_i W_i b_i' C b_i with b_i's entries sum_r Lambda_t[r, c] z_tir (jets in phi only):
+    # b_i' C b_i = sum_p mu_p v_pi, mu_p a product of two Lambda entries, v_pi constant
+    entries = []  # ((term, column), [(Lambda entry jet, z column)], u positions)
     for t, (Z, lev, pos) in enumerate(zip(rows.Z, rows.levels, rows.positions, strict=True)):
-        q = Z.shape[1]
-        for c in range(q):
-            acc = None
-            for r in range(c, q):
-                lam = ev.lam_jets[t][r][c]
-                if lam is not None:
-                    term = Jet(lam.val * Z[:, r], lam.grad * Z[:, r, None],
-                               lam.hess * Z[:, r, None, None])
-                    acc = term if acc is None else acc + term
-            if acc is not None:
-                entries.append((acc, pos[lev, c]))
-    quad = Jet.constant(0.0, rows.n_rows, P)
-    for a, (ja, pa) in enumerate(entries):
-        for jb, pb in entries[a:]:
+        for c in range(Z.shape[1]):
+            parts = [(ev.lam_jets[t][r][c], Z[:, r]) for r in range(c, Z.shape[1])
+                     if ev.lam_jets[t][r][c] is not None]
+            if parts:
+                entries.append((parts, pos[lev, c]))
+    mus, vs = [], []
+    for a, (parts_a, pa) in enumerate(entries):
+        for parts_b, pb in entries[a:]:
             coef = block_entries(ev.blocks, inverse, pa, pb) * (1.0 if pb is pa else 2.0)
-            quad = quad + (ja * jb) * coef
-    T = weight * quad
-    _, grad, hess = T.total()
+            for lam_a, z_a in parts_a:
+                for lam_b, z_b in parts_b:
+                    mus.append(lam_a * lam_b)
+                    vs.append(coef * z_a * z_b)
+    V = np.column_stack(vs)  # (n, pairs)
+    mu_val = np.array([mu.val[0] for mu in mus])
+    mu_grad = np.array([mu.grad[0] for mu in mus])  # (pairs, P)
+    mu_hess = np.array([mu.hess[0] for mu in mus])  # (pairs, P, P)
+    w_v = weight.val @ V  # sum_i W_i v_pi
+    v_wgrad = V.T @ weight.grad  # (pairs, P): sum_i v_pi W_i'
+    m_val = V @ mu_val  # b_i' C b_i
+    cross = mu_grad.T @ v_wgrad
+    grad = mu_grad.T @ w_v + v_wgrad.T @ mu_val
+    hess = (np.einsum("p,pkl->kl", w_v, mu_hess) + np.einsum("i,ikl->kl", m_val, weight.hess)
+            + cross + cross.T)
     value = float(factor.log_det_per_block().sum())
     # tr(C H_k C H_l) from the first derivatives H_k
     W = weight.val

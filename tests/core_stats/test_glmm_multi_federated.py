@@ -1,0 +1,47 @@
+"""Several random-effects terms: each site's terms sum to the pooled terms (federated ==
+pooled), whatever the assignment of top-level units to sites."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from multi_data import Problem, golden_problem
+
+from core_stats.glmm_multi import RandomTerm, level_in_two_sites
+from core_stats.glmm_multi_laplace import multi_site_terms
+
+
+def _terms(problem: Problem, site: np.ndarray, theta: np.ndarray):
+    parts = [multi_site_terms(rows, problem.family, problem.layout(), theta)
+             for rows in problem.sites(site)]
+    return (sum(p.loglik for p in parts), sum(p.gradient for p in parts),
+            sum(p.hessian for p in parts), sum(p.n_blocks for p in parts))
+
+
+@pytest.mark.parametrize("name", ["grouseticks", "egsingle", "guImmun"])
+def test_site_terms_sum_to_the_pooled_terms(name: str) -> None:
+    _, problem = golden_problem(name)
+    rng = np.random.default_rng(3)
+    theta = np.zeros(problem.layout().size)
+    theta[0] = problem.family.link_value(float(problem.y.mean()))
+    theta[1:] = rng.normal(0, 0.2, size=theta.size - 1)
+    pooled = _terms(problem, np.zeros(problem.y.size), theta)
+    top = problem.terms[-1].group_codes  # the top-level unit of each row
+    units = np.unique(top)
+    shuffled = dict(zip(units, rng.integers(0, 5, size=units.size), strict=True))
+    for site in (problem.site, np.array([shuffled[u] for u in top])):
+        federated = _terms(problem, site, theta)
+        assert federated[0] == pytest.approx(pooled[0], abs=1e-8, rel=0)
+        np.testing.assert_allclose(federated[1], pooled[1], atol=1e-8, rtol=0)
+        np.testing.assert_allclose(federated[2], pooled[2], atol=1e-8, rtol=0)
+        assert federated[3] == pooled[3] == units.size
+
+
+def test_a_level_in_two_sites_is_found_by_factor_and_sites() -> None:
+    ones = np.ones(4)
+    a = (RandomTerm("ward:hospital", ones, [1, 1, 2, 2]), RandomTerm("hospital", ones, [7] * 4))
+    b = (RandomTerm("ward:hospital", ones, [3, 3, 4, 4]), RandomTerm("hospital", ones, [8] * 4))
+    crossed = (RandomTerm("ward:hospital", ones, [5, 5, 6, 6]),
+               RandomTerm("hospital", ones, [8, 8, 9, 9]))
+    assert level_in_two_sites({"A": a, "B": b}) is None
+    assert level_in_two_sites({"A": a, "B": b, "C": crossed}) == ("hospital", "B", "C")
