@@ -269,4 +269,40 @@ fixed <- paste(setdiff(colnames(mm), "(Intercept)"), collapse = " + ")
 golden("guImmun", as.formula(paste("immun ~", fixed, "+ (1 | mom) + (1 | comm)")), im, binomial(),
        list("mom" = list(columns = "mom"), "comm" = list(columns = "comm")),
        "site", "mlmRev::guImmun, factors as 0/1 columns; glmer nAGQ = 1; 9 sites of communities")
+## ------------------------------------------------- simulated boundary fits
+## Wards in hospitals: y ~ x + (1 | hospital/ward), the ward variance truly 0
+## (hospital SD 0.7). 12 hospitals x 4 wards x 10 rows, x = round(rnorm, 6),
+## eta = 0.3 + 0.5 x + b_hospital; sites = pairs of hospitals (6 sites). Each
+## takes the first seed from 1 on whose default lme4 fit is singular with the
+## ward SD exactly 0 and no warnings (the seeds tried are recorded).
+simulate_wards <- function(seed, family) {
+    set.seed(seed)
+    hospital <- rep(1:12, each = 40)
+    ward <- rep(1:48, each = 10)
+    x <- round(rnorm(480), 6)
+    eta <- 0.3 + 0.5 * x + rnorm(12, 0, 0.7)[hospital]
+    y <- if (family == "poisson") rpois(480, exp(eta)) else round(eta + rnorm(480, 0, 1), 6)
+    data.frame(y = y, x = x, hospital = hospital, ward = ward, site = (hospital - 1L) %/% 2L + 1L)
+}
+ward_formula <- y ~ x + (1 | hospital/ward)
+for (fam in c("poisson", "gaussian")) {
+    tried <- integer(0)
+    for (seed in 1:50) {
+        tried <- c(tried, seed)
+        d <- simulate_wards(seed, fam)
+        cw <- if (fam == "poisson") capture_warnings(glmer(ward_formula, data = d, family = poisson()))
+              else capture_warnings(lmer(ward_formula, data = d, REML = FALSE))
+        th <- getME(cw$value, "theta")
+        if (isSingular(cw$value) && th[["ward:hospital.(Intercept)"]] == 0 &&
+            th[["hospital.(Intercept)"]] > 0.1 && length(cw$warnings) == 0L) break
+    }
+    name <- paste0(fam, "_ward_boundary")
+    d <- write_csv_exact(d, name)
+    golden(name, ward_formula, d, if (fam == "poisson") poisson() else gaussian(),
+           list("ward:hospital" = list(columns = c("ward", "hospital")),
+                "hospital" = list(columns = "hospital")),
+           "site", sprintf(paste("simulated wards in hospitals, ward variance 0; seed %d",
+                                 "(first singular of seeds %s)"), seed,
+                           paste(tried, collapse = ",")))
+}
 message("done")
