@@ -35,7 +35,13 @@ import numpy as np
 from scipy import sparse
 
 from core_stats.families import Family
-from core_stats.glmm_blocks import BlockLayout, BlockMatrices, apply_blocks, block_entries
+from core_stats.glmm_blocks import (
+    BlockLayout,
+    BlockMatrices,
+    SparseFactor,
+    apply_blocks,
+    block_entries,
+)
 from core_stats.glmm_multi import MultiLayout, MultiRows
 from core_stats.jets import Jet
 
@@ -228,17 +234,17 @@ class _Evaluator:
 
 
 def _find_modes(ev: _Evaluator, start: np.ndarray, tol: float = 1e-11,
-                max_iter: int = 100) -> tuple[np.ndarray, BlockMatrices]:
-    """Newton with step-halving per block on ``h`` (values only), all blocks at once."""
-    rows, blocks = ev.rows, ev.blocks
+                max_iter: int = 100) -> tuple[np.ndarray, sparse.csr_matrix]:
+    """Newton with step-halving per block on ``h`` (values only), all blocks at once;
+    returns the mode and ``H`` there."""
+    rows = ev.rows
     u = start.copy()
     h = ev.h_per_block(u)
     for _ in range(max_iter):
         _, d1, d2 = ev.kernel(u, 2)
         a = ev.scale()
         grad = ev.B.T @ (a * d1) - u
-        factor = BlockMatrices(blocks, ev.hessian(-a * d2))
-        step = factor.solve(grad)
+        step = SparseFactor(ev.hessian(-a * d2)).solve(grad)
         t = np.ones(rows.n_blocks)
         for _ in range(60):
             trial = u + t[rows.block_of_u] * step
@@ -252,10 +258,10 @@ def _find_modes(ev: _Evaluator, start: np.ndarray, tol: float = 1e-11,
         if moved < tol:
             break
     _, _, d2 = ev.kernel(u, 2)
-    return u, BlockMatrices(blocks, ev.hessian(-ev.scale() * d2))
+    return u, ev.hessian(-ev.scale() * d2)
 
 
-def _log_det_jet(ev: _Evaluator, eta: Jet, factor: BlockMatrices, inverse: list[np.ndarray]) -> Jet:
+def _log_det_jet(ev: _Evaluator, eta: Jet, log_det: float, inverse: list[np.ndarray]) -> Jet:
     """``log det H`` with its exact gradient and Hessian (module docstring)."""
     rows, P = ev.rows, ev.P
     weight = -ev.kernel_jet(eta, 2)  # W_i jets
@@ -287,7 +293,6 @@ def _log_det_jet(ev: _Evaluator, eta: Jet, factor: BlockMatrices, inverse: list[
     grad = mu_grad.T @ w_v + v_wgrad.T @ mu_val
     hess = (np.einsum("p,pkl->kl", w_v, mu_hess) + np.einsum("i,ikl->kl", m_val, weight.hess)
             + cross + cross.T)
-    value = float(factor.log_det_per_block().sum())
     # tr(C H_k C H_l) from the first derivatives H_k
     W = weight.val
     derivs = [ev.B.T @ ev.B.multiply(weight.grad[:, k][:, None]) for k in range(P)]
@@ -298,7 +303,7 @@ def _log_det_jet(ev: _Evaluator, eta: Jet, factor: BlockMatrices, inverse: list[
     for dense, inv in zip(ev.blocks.dense(derivs), inverse, strict=True):
         G = np.matmul(inv[:, None], dense)  # (nb, P, m, m)
         correction += np.einsum("bkij,blji->kl", G, G)
-    return Jet(np.array([value]), grad[None], (hess - correction)[None])
+    return Jet(np.array([log_det]), grad[None], (hess - correction)[None])
 
 
 def multi_site_terms(rows: MultiRows, family: Family, layout: MultiLayout, theta: np.ndarray,
@@ -329,13 +334,15 @@ def multi_site_terms(rows: MultiRows, family: Family, layout: MultiLayout, theta
     P = layout.size if derivatives else 0
     ev = _Evaluator(rows, family, layout, theta, P)
     start = np.zeros(rows.n_u) if start_modes is None else np.asarray(start_modes, dtype=float)
-    u_hat, factor = _find_modes(ev, start)
-    log_det = float(factor.log_det_per_block().sum())
+    u_hat, H = _find_modes(ev, start)  # noqa: N806
     if not P:
+        log_det = SparseFactor(H).log_det()
         value = float(ev.h_per_block(u_hat).sum() + ev.constant().val[0]) - 0.5 * log_det
         return MultiSiteTerms(loglik=value, gradient=np.zeros(0), hessian=np.zeros((0, 0)),
                               n_rows=rows.n_rows, n_blocks=rows.n_blocks,
                               n_levels=rows.n_levels(), modes=u_hat)
+    factor = BlockMatrices(ev.blocks, H)
+    log_det = float(factor.log_det_per_block().sum())
     inverse = factor.inverse()
     U = ev.u_jets(u_hat)
     for _ in range(2):  # chord steps: exact mode jets to second order
@@ -349,7 +356,7 @@ def multi_site_terms(rows: MultiRows, family: Family, layout: MultiLayout, theta
     for columns in U:
         for jet in columns:
             h = h - _batch_total(jet * jet) * 0.5
-    log_det = _log_det_jet(ev, eta, factor, inverse)
+    log_det = _log_det_jet(ev, eta, log_det, inverse)
     total = h - log_det * 0.5
     value, grad, hess = total.total()
     return MultiSiteTerms(loglik=value, gradient=grad, hessian=0.5 * (hess + hess.T),
