@@ -13,6 +13,7 @@ import pytest
 from multi_data import Federation, fit_problem, golden_problem
 
 from core_stats.glmm_multi_boundary import multi_probe, multi_probe_objective
+from core_stats.glmm_multi_fit import fit_glmm_multi, multi_starting_values
 from core_stats.glmm_multi_results import variance_components
 from core_stats.inference import covariance
 
@@ -74,3 +75,26 @@ def test_boundary_fit_is_the_same_federated_and_pooled() -> None:
     assert pooled.layout == federated.layout and pooled.singular
     np.testing.assert_allclose(federated.theta, pooled.theta, atol=1e-8, rtol=0)
     assert federated.loglik == pytest.approx(pooled.loglik, abs=1e-8)
+
+
+@pytest.mark.parametrize("term", [0, 1])
+def test_a_face_that_is_not_a_maximum_is_left_for_the_interior_optimum(term: int) -> None:
+    """Started with one SD at 0.01 the fit turns to that term's face at once; the face's
+    curvature shows a direction of ascent, so the face is rejected and the fit goes on to
+    the interior optimum (grouseticks, where lme4 and glmmTMB agree)."""
+    spec, problem = golden_problem("grouseticks")
+    layout, y, X = problem.layout(), problem.y, problem.X
+    start = multi_starting_values(layout, problem.family, len(y), y.sum(), (y * y).sum(),
+                                  X.T @ y, X.T @ X)
+    start[layout.term_slice(term)] = np.log(0.01)
+    federation = Federation(problem.family, problem.sites())
+    seen = []
+
+    def evaluate(lay, theta, derivatives):
+        seen.append(lay)
+        return federation(lay, theta, derivatives)
+
+    est = fit_glmm_multi(evaluate, layout, start)
+    assert any(lay.terms[term].linear_columns for lay in seen)  # the face was fitted (probe)
+    assert est.converged and not est.singular and est.layout == layout
+    assert est.loglik == pytest.approx(spec["fits"]["glmmTMB"]["loglik"], abs=2e-6)
