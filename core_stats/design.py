@@ -84,6 +84,7 @@ class GroupedRows:
     starts: np.ndarray
     group_of_row: np.ndarray
     size_buckets: tuple[tuple[np.ndarray, np.ndarray], ...]  # (group ids, row index matrix)
+    offset: np.ndarray | None = None  # a known term of each row's linear predictor (R's offset)
 
     @property
     def n_rows(self) -> int:
@@ -98,7 +99,8 @@ class GroupedRows:
         return np.hstack([self.X, self.Z])
 
 
-def grouped_rows(y: np.ndarray, X: np.ndarray, Z: np.ndarray, groups: np.ndarray) -> GroupedRows:
+def grouped_rows(y: np.ndarray, X: np.ndarray, Z: np.ndarray, groups: np.ndarray,
+                 offset: np.ndarray | None = None) -> GroupedRows:
     """Sort a site's rows by group and index them for per-group sums."""
     labels, codes = np.unique(np.asarray(groups), return_inverse=True)
     order = np.argsort(codes, kind="stable")
@@ -118,4 +120,5 @@ def grouped_rows(y: np.ndarray, X: np.ndarray, Z: np.ndarray, groups: np.ndarray
         starts=starts,
         group_of_row=codes,
         size_buckets=tuple(buckets),
+        offset=None if offset is None else np.ascontiguousarray(offset[order], dtype=float),
     )

@@ -121,8 +121,9 @@ def _parse_model(opts: GLMMOptions):
         family = get_family(opts.family)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
-    if formula.model.offsets or formula.outcome.startswith("cbind("):
-        raise InputError("offset() and cbind() responses are not supported by the GLMM yet")
+    if formula.outcome.startswith("cbind("):
+        raise InputError("cbind() responses are not supported by the GLMM yet: give one row "
+                         "per trial with a 0/1 outcome")
     return formula, family
 
 
@@ -237,6 +238,8 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
 
     prepare(None, 0.0)
     if coordinator.privacy is not None:
+        if formula.model.offsets:
+            raise InputError("offset() under differential privacy is not supported yet")
         return _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names,
                             on_step, started)
     p = len(fixed_names)

@@ -129,20 +129,23 @@ class Site:
         from core_stats.formula import model_data
 
         data = model_data(design.schema, self._frame, na_action=design.na_action)
-        if data.trials is not None or data.offset is not None:
-            raise ValueError("offset() and cbind() responses are not supported by the GLMM yet")
+        if data.trials is not None:
+            raise ValueError("cbind() responses are not supported by the GLMM yet")
         X = data.X if keep_columns is None else data.X[:, keep_columns]
         (random,) = data.random
         y, Z, groups = data.y, random.Z, random.groups
+        offset = data.offset
         self._omitted = data.n_omitted
         self._validation = None
         if validation_fraction > 0:
             rng = np.random.default_rng() if seed is None else _site_seed(seed, self.name)
             held_out = rng.random(len(y)) < validation_fraction
-            self._validation = grouped_rows(y[held_out], X[held_out], Z[held_out],
-                                            groups[held_out])
+            self._validation = grouped_rows(
+                y[held_out], X[held_out], Z[held_out], groups[held_out],
+                None if offset is None else offset[held_out])
             y, X, Z, groups = y[~held_out], X[~held_out], Z[~held_out], groups[~held_out]
-        self._rows = grouped_rows(y, X, Z, groups)
+            offset = None if offset is None else offset[~held_out]
+        self._rows = grouped_rows(y, X, Z, groups, offset)
         self._design = design
         self._modes.clear()
 
@@ -225,6 +228,8 @@ class Site:
                 if label in index:
                     b[g] = lam @ modes[index[label]]
         eta = val.X @ theta[layout.beta] + np.einsum("nr,nr->n", val.Z, b[val.group_of_row])
+        if val.offset is not None:
+            eta = eta + val.offset
         score = self._design.family.mean(eta)
         pos = np.histogram(score[val.y == 1], edges)[0]
         neg = np.histogram(score[val.y == 0], edges)[0]

@@ -110,8 +110,7 @@ def _report_one(node: Node, frame: pd.DataFrame) -> object:
         if _is_number_column(column):
             return NUMERIC
         present = _present(column)
-        if not pd.api.types.is_bool_dtype(column) and len(present) and \
-                pd.to_numeric(present, errors="coerce").notna().mean() > 0.5:
+        if not pd.api.types.is_bool_dtype(column) and _looks_like_numbers_with_typos(present):
             raise FormulaError(f"column '{node.id}' holds numbers with text in some rows: "
                                f"correct the text, or write factor({node.id}) to use its "
                                "values as categories")
@@ -126,6 +125,18 @@ def _report_one(node: Node, frame: pd.DataFrame) -> object:
             raise FormulaError(f"column '{name}' is not numeric, so it cannot be used in "
                                "arithmetic or a math function")
     return NUMERIC
+
+
+def _looks_like_numbers_with_typos(present: pd.Series) -> bool:
+    """Mostly numbers over many distinct values: a measurement with stray text.
+
+    R would silently make such a column a factor with a level per value; a
+    category code such as ``01, 23, 46, 7p`` (few distinct values) is a factor.
+    """
+    if not len(present):
+        return False
+    numbers = pd.to_numeric(present, errors="coerce")
+    return bool(numbers.notna().mean() > 0.5 and numbers.nunique() > 20)
 
 
 def _arithmetic_columns(node: Node) -> list[str]:

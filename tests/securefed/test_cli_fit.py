@@ -170,3 +170,14 @@ def test_text_columns_are_factors_with_lme4_names(data_csv, tmp_path, capsys) ->
     assert code == 0
     terms = [fe["term"] for fe in json.loads(out_json.read_text())["fixed_effects"]]
     assert terms == ["(Intercept)", "x1", "armplacebo", "I(x1^2)", "x1:armplacebo"]
+
+
+def test_duplicated_column_names_are_refused(data_csv, tmp_path, capsys) -> None:
+    text = data_csv.read_text().splitlines()
+    header = text[0].split(",")
+    header[header.index("x1")] = "y"
+    path = tmp_path / "dup.csv"
+    path.write_text("\n".join([",".join(header), *text[1:]]) + "\n")
+    code, _, err = _run(["fit", str(path), "--formula", FORMULA, "--site-column", "hospital",
+                         "--quiet"], capsys)
+    assert code == 2 and "more than one column named 'y'" in err
