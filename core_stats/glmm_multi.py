@@ -29,7 +29,7 @@ from scipy.sparse.csgraph import connected_components
 from core_stats.glmm import ParameterLayout
 
 __all__ = ["RandomTerm", "MultiLayout", "MultiRows", "multi_rows", "split_uncorrelated",
-           "term_layout", "level_in_two_sites"]
+           "term_layout", "level_in_two_sites", "terms_from_designs"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,24 @@ def split_uncorrelated(terms: list[RandomTerm] | tuple[RandomTerm, ...]) -> tupl
             label = term.name if k == 0 else f"{term.name}.{k}"
             out.append(RandomTerm(label, Z[:, [k]], term.group_codes, True, (names[k],)))
     return tuple(out)
+
+
+def terms_from_designs(designs) -> tuple[RandomTerm, ...]:
+    """A site's terms from :class:`core_stats.formula.RandomDesign` s (the parser's output).
+
+    The parser expands ``(1 + x || g)`` into scalar bars that share the group name; as
+    lme4 prints them, the later ones are named ``g.1``, ``g.2``, ...
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for design in designs:
+        name = design.term.group_name
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        out.append(RandomTerm(name if count == 0 else f"{name}.{count}", design.Z,
+                              np.asarray(design.groups), design.term.correlated,
+                              tuple(design.names)))
+    return split_uncorrelated(out)
 
 
 def level_in_two_sites(site_terms: dict[str, tuple[RandomTerm, ...]]
@@ -206,6 +224,7 @@ class MultiRows:
     block_of_u: np.ndarray
     u_starts: np.ndarray
     level_sums: tuple[sparse.csr_matrix, ...]  # (L_t x n) 0/1: row -> its level
+    offset: np.ndarray | None = None  # a known term of each row's linear predictor (R's offset)
 
     @property
     def n_rows(self) -> int:
@@ -223,7 +242,8 @@ class MultiRows:
         return tuple(len(labels) for labels in self.level_labels)
 
 
-def multi_rows(y: np.ndarray, X: np.ndarray, terms: tuple[RandomTerm, ...]) -> MultiRows:
+def multi_rows(y: np.ndarray, X: np.ndarray, terms: tuple[RandomTerm, ...],
+               offset: np.ndarray | None = None) -> MultiRows:
     """Index a site's rows for :func:`core_stats.glmm_multi_laplace.multi_site_terms`.
 
     ``terms`` must already be split (:func:`split_uncorrelated`).
@@ -245,8 +265,10 @@ def multi_rows(y: np.ndarray, X: np.ndarray, terms: tuple[RandomTerm, ...]) -> M
     positions, block_of_u, u_starts = _u_order(Zs, block_of_level)
     level_sums = tuple(sparse.csr_matrix((np.ones(n), (lev, np.arange(n))), shape=(len(lab), n))
                        for lev, lab in zip(levels, labels, strict=True))
+    if offset is not None:
+        offset = np.asarray(offset, dtype=float).reshape(n)
     return MultiRows(y, X, tuple(Zs), tuple(levels), tuple(labels), tuple(positions),
-                     block_of_row, block_of_u, u_starts, level_sums)
+                     block_of_row, block_of_u, u_starts, level_sums, offset)
 
 
 def _blocks(n: int, levels: list[np.ndarray], n_levels: list[int]

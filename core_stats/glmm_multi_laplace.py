@@ -94,6 +94,8 @@ class _Evaluator:
         else:
             self.a = Jet.constant(1.0, 1, n_params)
         self.eta_fixed = rows.X @ self.theta[layout.beta]
+        if rows.offset is not None:
+            self.eta_fixed = self.eta_fixed + rows.offset
         self.B = self._design(self.lams)
 
     # ------------------------------------------------------------ parameters
@@ -175,14 +177,14 @@ class _Evaluator:
         eta = Jet(self.eta_fixed.copy(), grad, np.zeros((rows.n_rows, P, P)))
         for t, (Z, lev) in enumerate(zip(rows.Z, rows.levels, strict=True)):
             for r in range(Z.shape[1]):
-                offset = None
+                shift = None
                 for k in range(r + 1):
                     lam = self.lam_jets[t][r][k]
                     if lam is not None:
                         term = lam * U[t][k]
-                        offset = term if offset is None else offset + term
-                if offset is not None:
-                    eta = eta + _gather(offset, lev) * Z[:, r]
+                        shift = term if shift is None else shift + term
+                if shift is not None:
+                    eta = eta + _gather(shift, lev) * Z[:, r]
         return eta
 
     def kernel_jet(self, eta: Jet, order: int) -> Jet:
