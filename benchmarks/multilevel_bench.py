@@ -111,6 +111,57 @@ def scaling(quick: bool) -> list[dict]:
     return out
 
 
+def factorisations(quick: bool) -> list[dict]:
+    """Block-dense (batched LAPACK per block size) against a sparse LU (SuperLU) of the whole
+    random-effects Hessian ``H`` at ``u = 0``: factor + log det + one solve (what the modes and
+    the value-only rounds need), and ``H_b^{-1}`` in full per block (what the exact Hessian
+    needs; by the sparse LU, solving for every column)."""
+    from scipy.sparse.linalg import splu
+
+    from core_stats.glmm_blocks import BlockLayout, BlockMatrices, SparseFactor
+    from core_stats.glmm_multi_laplace import _Evaluator
+
+    out = []
+    shapes = [(50, 5, 4, 3), (50, 5, 16, 3), (5, 10, 40, 2)][: 2 if quick else 3]
+    for shape in shapes:
+        rows, layout = three_levels(*shape)
+        theta = np.array([0.5, 0.3, np.log(0.6), np.log(0.4), np.log(0.5)])
+        ev = _Evaluator(rows, POISSON, layout, theta, 0)
+        H = ev.hessian(-ev.kernel(np.zeros(rows.n_u), 2)[2])
+        rhs, blocks = np.ones(rows.n_u), BlockLayout(rows.u_starts)
+
+        def dense(H=H, rhs=rhs, blocks=blocks) -> None:
+            factor = BlockMatrices(blocks, H)
+            factor.log_det_per_block()
+            factor.solve(rhs)
+
+        def sparse_lu(H=H, rhs=rhs) -> None:
+            factor = SparseFactor(H)
+            factor.log_det()
+            factor.solve(rhs)
+
+        def columns(H=H) -> None:
+            splu(H.tocsc()).solve(np.eye(H.shape[0]))
+
+        out.append({"rows": rows.n_rows, "blocks": rows.n_blocks,
+                    "Q per block": int(np.diff(rows.u_starts).max()),
+                    "dense factor+solve": _median(dense), "sparse LU factor+solve":
+                    _median(sparse_lu), "dense H_b^-1": _median(
+                        lambda H=H, blocks=blocks: BlockMatrices(blocks, H).inverse()),
+                    "sparse LU H^-1": _median(columns, 1)})
+        print(out[-1], flush=True)
+    return out
+
+
+def _median(function, repeats: int = 3) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def timed(cmd: list[str]) -> tuple[float, dict]:
     start = time.perf_counter()
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -158,8 +209,13 @@ def main() -> None:
                                                   "Q per block", "seconds (derivatives)",
                                                   "seconds (value)", "us per row (derivatives)"],
                             digits=4)
+    lines += ["", "## 2. Factorising H: block-dense or sparse LU (seconds)", ""]
+    lines += markdown_table(factorisations(args.quick),
+                            ["rows", "blocks", "Q per block", "dense factor+solve",
+                             "sparse LU factor+solve", "dense H_b^-1", "sparse LU H^-1"],
+                            digits=4)
     if not args.quick:
-        lines += ["", "## 2. Whole process, the golden problems of tests/golden/glmm_multi", "",
+        lines += ["", "## 3. Whole process, the golden problems of tests/golden/glmm_multi", "",
                   f"Median of {args.repeats} runs of each process (start-up, reading the CSV, "
                   "fitting); securefed sums the golden's sites in one process (plaintext).", ""]
         lines += markdown_table(whole_process(args.repeats),
