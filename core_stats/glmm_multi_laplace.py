@@ -303,8 +303,10 @@ def _log_det_jet(ev: _Evaluator, eta: Jet, log_det: float, inverse: list[np.ndar
         derivs[k] = derivs[k] + cross + cross.T
     correction = np.zeros((P, P))
     for dense, inv in zip(ev.blocks.dense(derivs), inverse, strict=True):
-        G = np.matmul(inv[:, None], dense)  # (nb, P, m, m)
-        correction += np.einsum("bkij,blji->kl", G, G)
+        G = np.matmul(inv[:, None], dense)  # (nb, P, m, m): C H_k per block
+        flat = G.transpose(1, 0, 2, 3).reshape(P, -1)
+        flat_t = G.transpose(1, 0, 3, 2).reshape(P, -1)
+        correction += flat @ flat_t.T  # tr(C H_k C H_l), summed over blocks
     return Jet(np.array([log_det]), grad[None], (hess - correction)[None])
 
 

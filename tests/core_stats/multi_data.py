@@ -58,15 +58,20 @@ def interaction(*columns: np.ndarray) -> np.ndarray:
     return np.unique(np.column_stack(columns), axis=0, return_inverse=True)[1].ravel()
 
 
+def _columns(frame: pd.DataFrame, names: list[str]) -> np.ndarray:
+    return np.column_stack([np.ones(len(frame)) if name == "(Intercept)"
+                            else frame[name].to_numpy(float) for name in names])
+
+
 def golden_problem(name: str) -> tuple[dict, Problem]:
     spec = json.loads((GOLDEN / f"{name}.json").read_text())
     frame = pd.read_csv(GOLDEN / spec["dataset_path"])
     fixed = [n for n in next(iter(spec["fits"].values()))["fixef"] if n != "(Intercept)"]
     outcome = spec["formula"].split("~")[0].strip()
     X = np.column_stack([np.ones(len(frame)), frame[fixed].to_numpy(float)])
-    ones = np.ones((len(frame), 1))
-    terms = tuple(RandomTerm(t["name"], ones, interaction(*(frame[c].to_numpy()
-                                                             for c in t["columns"])))
+    terms = tuple(RandomTerm(t["name"], _columns(frame, t.get("random", ["(Intercept)"])),
+                             interaction(*(frame[c].to_numpy() for c in t["columns"])),
+                             random_names=tuple(t.get("random", ["(Intercept)"])))
                   for t in spec["terms"])
     problem = Problem(frame[outcome].to_numpy(float), X, ("(Intercept)", *fixed),
                       split_uncorrelated(terms), get_family(spec["family"]),

@@ -17,7 +17,8 @@ from core_stats.glmm_multi_results import variance_components
 from core_stats.inference import covariance
 
 CASES = [("grouseticks", "nagq1"), ("grouseticks", "glmmTMB"), ("egsingle", "lmer_ml"),
-         ("egsingle", "glmmTMB"), ("guImmun", "glmmTMB")]
+         ("egsingle", "glmmTMB"), ("guImmun", "glmmTMB"), ("egsingle_slopes", "lmer_ml"),
+         ("egsingle_slopes", "glmmTMB")]
 _FITS: dict = {}
 
 
@@ -40,13 +41,19 @@ def test_matches_lme4_and_glmmtmb(name: str, key: str) -> None:
         beta = ref["fixef"][term]
         assert abs(est.theta[j] - beta) <= 1e-3 * (1 + abs(beta)), term
         assert se[j] == pytest.approx(ref["se"][term], rel=0.02), term
-    sds, _ = variance_components(layout, est.theta, cov)
-    ours = {sd.group: sd.sd for sd in sds}
-    assert set(ours) == set(ref["sd"]) | ({"Residual"} if layout.has_dispersion else set())
-    for group, sd in ref["sd"].items():
-        assert abs(ours[group] - sd) <= 0.01 + 0.02 * sd, group
+    sds, corrs = variance_components(layout, est.theta, cov)
+    ours = {(sd.group, sd.term): sd.sd for sd in sds}
+    expected = {(group, term) for group, by_term in ref["sd_all"].items() for term in by_term}
+    assert set(ours) == expected | ({("Residual", "")} if layout.has_dispersion else set())
+    for group, by_term in ref["sd_all"].items():
+        for term, sd in by_term.items():
+            assert abs(ours[group, term] - sd) <= 0.01 + 0.02 * sd, (group, term)
+    ours_corr = {c.group: c.correlation for c in corrs}
+    for group, values in ref["corr"].items():
+        for value in values:  # q = 2: one correlation per term
+            assert abs(ours_corr[group] - value) <= 0.02, group
     if ref.get("sigma_residual") is not None:
-        assert ours["Residual"] == pytest.approx(ref["sigma_residual"], rel=0.02)
+        assert ours["Residual", ""] == pytest.approx(ref["sigma_residual"], rel=0.02)
     assert abs(est.loglik - ref["loglik"]) <= 0.02
     assert est.rounds <= 12
 

@@ -115,11 +115,16 @@ capture_warnings <- function(expr) {
     list(value = value, warnings = warns, seconds = elapsed)
 }
 
-## SDs per term, named as lme4 prints the groups (e.g. "BROOD:LOCATION")
-lme4_sds <- function(fit) {
-    vc <- VarCorr(fit)
-    as.list(vapply(names(vc), function(g) unname(attr(vc[[g]], "stddev"))[1], 0))
-}
+## SDs per term, named as lme4 prints the groups (e.g. "BROOD:LOCATION"): `sd` the first
+## (intercept) SD of each term; `sd_all` every SD by term and effect, `corr` the
+## correlations (lower triangle, column by column) by term
+first_sds <- function(vc) as.list(vapply(names(vc), function(g) unname(attr(vc[[g]], "stddev"))[1], 0))
+all_sds <- function(vc) lapply(vc, function(m) as.list(attr(m, "stddev")))
+all_corrs <- function(vc) lapply(vc, function(m) {
+    r <- attr(m, "correlation")
+    if (is.null(r) || nrow(r) < 2) I(numeric(0)) else I(r[lower.tri(r)])
+})
+lme4_sds <- function(fit) first_sds(VarCorr(fit))
 
 lme4_record <- function(cw) {
     fit <- cw$value
@@ -130,6 +135,8 @@ lme4_record <- function(cw) {
         fixef = as.list(fixef(fit)),
         se = as.list(se$value),
         sd = lme4_sds(fit),
+        sd_all = all_sds(VarCorr(fit)),
+        corr = all_corrs(VarCorr(fit)),
         sigma_residual = if (isGLMM(fit)) NA else sigma(fit),
         theta = as.list(getME(fit, "theta")),
         loglik = as.numeric(logLik(fit)),
@@ -153,7 +160,9 @@ glmmtmb_record <- function(formula, data, family) {
     list(
         fixef = as.list(fixef(fit)$cond),
         se = as.list(se$value),
-        sd = as.list(vapply(names(vc), function(g) unname(attr(vc[[g]], "stddev"))[1], 0)),
+        sd = first_sds(vc),
+        sd_all = all_sds(vc),
+        corr = all_corrs(vc),
         sigma_residual = if (family$family == "gaussian") sigma(fit) else NA,
         loglik = as.numeric(logLik(fit)),
         converged = fit$fit$convergence == 0 && length(cw$warnings) == 0L,
@@ -182,7 +191,8 @@ tight_glmer <- function(formula, data, family) {
     rec
 }
 
-golden <- function(name, formula, data, family, terms, site_column, description) {
+golden <- function(name, formula, data, family, terms, site_column, description,
+                   dataset = name) {
     message(sprintf("[%s] lme4", name))
     if (family$family == "gaussian") {
         fits <- list(lmer_ml = lme4_record(capture_warnings(
@@ -201,23 +211,30 @@ golden <- function(name, formula, data, family, terms, site_column, description)
         formula = paste(deparse(formula, width.cutoff = 500L), collapse = " "),
         family = family$family,
         link = family$link,
-        dataset_path = file.path("data", paste0(name, ".csv")),
+        dataset_path = file.path("data", paste0(dataset, ".csv")),
         site_column = site_column,
         n_obs = nrow(data),
         n_sites = length(unique(data[[site_column]])),
         terms = lapply(seq_along(terms), function(i) list(
-            name = names(terms)[i], columns = I(terms[[i]]$columns), n_groups = n_groups[[i]])),
+            name = names(terms)[i], columns = I(terms[[i]]$columns),
+            random = I(if (is.null(terms[[i]]$random)) "(Intercept)" else terms[[i]]$random),
+            n_groups = n_groups[[i]])),
         fits = fits,
         provenance = PROVENANCE
     )
     write_json_file(spec, file.path(out_dir, paste0(name, ".json")))
 }
 
+## Rscript make_golden.R [name ...] rebuilds only the named problems (all by default)
+WANTED <- commandArgs(TRUE)
+wanted <- function(name) length(WANTED) == 0L || name %in% WANTED
+
 ## ------------------------------------------------------------ grouseticks
 ## lme4::grouseticks: ticks on red grouse chicks (403) in broods (118) at
 ## locations (63). HEIGHT is standardised: (HEIGHT - mean) / sd (the raw
 ## altitude, ~400-530 m, makes glmer warn about scaling). Sites: locations in
 ## order of their code, 8 per site (8 sites).
+if (wanted("grouseticks")) {
 data(grouseticks, package = "lme4")
 g <- grouseticks
 gt <- data.frame(
@@ -234,10 +251,12 @@ golden("grouseticks", TICKS ~ YEAR96 + YEAR97 + HEIGHT + (1 | LOCATION/BROOD), g
        list("BROOD:LOCATION" = list(columns = c("BROOD", "LOCATION")),
             "LOCATION" = list(columns = "LOCATION")),
        "site", "lme4::grouseticks, HEIGHT standardised, YEAR as 0/1 columns; 8 sites of locations")
+}
 
 ## ------------------------------------------------------------- egsingle
 ## mlmRev::egsingle: math scores of 1721 children in 60 schools, years -2.5..2.5.
 ## Sites: schools in order of their code, 10 per site (6 sites).
+if (wanted("egsingle") || wanted("egsingle_slopes")) {
 data(egsingle, package = "mlmRev")
 e <- egsingle
 eg <- data.frame(
@@ -248,15 +267,24 @@ eg <- data.frame(
 )
 eg$site <- (eg$schoolid - 1L) %/% 10L + 1L
 eg <- write_csv_exact(eg, "egsingle")
-golden("egsingle", math ~ year + (1 | schoolid/childid), eg, gaussian(),
+if (wanted("egsingle")) golden("egsingle", math ~ year + (1 | schoolid/childid), eg, gaussian(),
        list("childid:schoolid" = list(columns = c("childid", "schoolid")),
             "schoolid" = list(columns = "schoolid")),
        "site", "mlmRev::egsingle; lmer(REML = FALSE); 6 sites of 10 schools")
+## the same with a random slope of year at both levels
+if (wanted("egsingle_slopes")) golden("egsingle_slopes", math ~ year + (1 + year | schoolid/childid), eg, gaussian(),
+       list("childid:schoolid" = list(columns = c("childid", "schoolid"),
+                                      random = c("(Intercept)", "year")),
+            "schoolid" = list(columns = "schoolid", random = c("(Intercept)", "year"))),
+       "site", "mlmRev::egsingle with random slopes of year; lmer(REML = FALSE); 6 sites",
+       dataset = "egsingle")
+}
 
 ## -------------------------------------------------------------- guImmun
 ## mlmRev::guImmun: immunisation of 2159 children of 1595 mothers in 161
 ## communities (Guatemala). Factors as treatment-contrast 0/1 columns named as
 ## lme4 names them. Sites: communities in order of their code, 20 per site (9 sites).
+if (wanted("guImmun")) {
 data(guImmun, package = "mlmRev")
 gu <- guImmun
 mm <- model.matrix(~ kid2p + mom25p + ord + ethn + momEd + husEd + momWork + rural + pcInd81, gu)
@@ -269,6 +297,7 @@ fixed <- paste(setdiff(colnames(mm), "(Intercept)"), collapse = " + ")
 golden("guImmun", as.formula(paste("immun ~", fixed, "+ (1 | mom) + (1 | comm)")), im, binomial(),
        list("mom" = list(columns = "mom"), "comm" = list(columns = "comm")),
        "site", "mlmRev::guImmun, factors as 0/1 columns; glmer nAGQ = 1; 9 sites of communities")
+}
 ## ------------------------------------------------- simulated boundary fits
 ## Wards in hospitals: y ~ x + (1 | hospital/ward), the ward variance truly 0
 ## (hospital SD 0.7). 12 hospitals x 4 wards x 10 rows, x = round(rnorm, 6),
@@ -285,7 +314,8 @@ simulate_wards <- function(seed, family) {
     data.frame(y = y, x = x, hospital = hospital, ward = ward, site = (hospital - 1L) %/% 2L + 1L)
 }
 ward_formula <- y ~ x + (1 | hospital/ward)
-for (fam in c("poisson", "gaussian")) {
+for (fam in c("poisson", "gaussian")[c(wanted("poisson_ward_boundary"),
+                                       wanted("gaussian_ward_boundary"))]) {
     tried <- integer(0)
     for (seed in 1:50) {
         tried <- c(tried, seed)
