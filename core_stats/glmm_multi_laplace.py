@@ -61,11 +61,8 @@ class MultiSiteTerms:
     n_blocks: int
     n_levels: tuple[int, ...]
     modes: np.ndarray = field(repr=False)  # conditional modes u_hat (Q,); stay at the site
-
-
-def _batch_total(jet: Jet) -> Jet:
-    """The sum over the batch as a batch of one."""
-    return Jet(np.array([jet.val.sum()]), jet.grad.sum(axis=0)[None], jet.hess.sum(axis=0)[None])
+    block_gradients: np.ndarray | None = field(default=None, repr=False)  # blocks x P
+    block_hessians: np.ndarray | None = field(default=None, repr=False)  # blocks x P x P
 
 
 def _gather(jet: Jet, index: np.ndarray) -> Jet:
@@ -97,6 +94,13 @@ class _Evaluator:
         if rows.offset is not None:
             self.eta_fixed = self.eta_fixed + rows.offset
         self.B = self._design(self.lams)
+        nb = rows.n_blocks
+        self.row_blocks = sparse.csr_matrix(
+            (np.ones(rows.n_rows), (rows.block_of_row, np.arange(rows.n_rows))),
+            shape=(nb, rows.n_rows))
+        self.level_blocks = [sparse.csr_matrix(
+            (np.ones(pos.shape[0]), (rows.block_of_u[pos[:, 0]], np.arange(pos.shape[0]))),
+            shape=(nb, pos.shape[0])) for pos in rows.positions]
 
     # ------------------------------------------------------------ parameters
     def _param(self, index: int) -> Jet:
@@ -226,13 +230,13 @@ class _Evaluator:
                 for pos in self.rows.positions]
 
     def constant(self) -> Jet:
-        """``sum_i c(y_i, s)``."""
-        n = self.rows.n_rows
+        """``sum_i c(y_i, s)`` per block."""
+        rows = self.rows
         if self.layout.has_dispersion:
-            s = self._param(self.layout.scale_index)
-            return s * float(-n) + (-0.5 * _LOG_2PI * n)
-        total = float(self.family.log_normalizer(self.rows.y).sum())
-        return Jet.constant(total, 1, self.P)
+            sizes = np.bincount(rows.block_of_row, minlength=rows.n_blocks).astype(float)
+            return self._param(self.layout.scale_index) * -sizes + (-0.5 * _LOG_2PI * sizes)
+        norm = np.bincount(rows.block_of_row, self.family.log_normalizer(rows.y), rows.n_blocks)
+        return Jet.constant(norm, rows.n_blocks, self.P)
 
 
 def _find_modes(ev: _Evaluator, start: np.ndarray, tol: float = 1e-11,
@@ -263,8 +267,9 @@ def _find_modes(ev: _Evaluator, start: np.ndarray, tol: float = 1e-11,
     return u, ev.hessian(-ev.scale() * d2)
 
 
-def _log_det_jet(ev: _Evaluator, eta: Jet, log_det: float, inverse: list[np.ndarray]) -> Jet:
-    """``log det H`` with its exact gradient and Hessian (module docstring)."""
+def _log_det_jet(ev: _Evaluator, eta: Jet, log_det: np.ndarray,
+                 inverse: list[np.ndarray]) -> Jet:
+    """``log det H_b`` per block with its exact gradient and Hessian (module docstring)."""
     rows, P = ev.rows, ev.P
     weight = -ev.kernel_jet(eta, 2)  # W_i jets
     # T = sum_i W_i b_i' C b_i with b_i's entries sum_r Lambda_t[r, c] z_tir (jets in phi only):
@@ -288,31 +293,35 @@ def _log_det_jet(ev: _Evaluator, eta: Jet, log_det: float, inverse: list[np.ndar
     mu_val = np.array([mu.val[0] for mu in mus])
     mu_grad = np.array([mu.grad[0] for mu in mus])  # (pairs, P)
     mu_hess = np.array([mu.hess[0] for mu in mus])  # (pairs, P, P)
-    w_v = weight.val @ V  # sum_i W_i v_pi
-    v_wgrad = V.T @ weight.grad  # (pairs, P): sum_i v_pi W_i'
+    n, pairs = V.shape
+    by_block = ev.row_blocks  # (blocks x n) 0/1
+    w_v = by_block @ (weight.val[:, None] * V)  # (blocks, pairs): sum_i W_i v_pi
+    v_wgrad = (by_block @ (V[:, :, None] * weight.grad[:, None, :]).reshape(n, -1)
+               ).reshape(-1, pairs, P)  # sum_i v_pi W_i'
     m_val = V @ mu_val  # b_i' C b_i
-    cross = mu_grad.T @ v_wgrad
-    grad = mu_grad.T @ w_v + v_wgrad.T @ mu_val
-    hess = (np.einsum("p,pkl->kl", w_v, mu_hess) + np.einsum("i,ikl->kl", m_val, weight.hess)
-            + cross + cross.T)
+    cross = np.einsum("pk,bpl->bkl", mu_grad, v_wgrad)
+    grad = w_v @ mu_grad + np.einsum("bpk,p->bk", v_wgrad, mu_val)
+    hess = (np.einsum("bp,pkl->bkl", w_v, mu_hess) + cross + cross.transpose(0, 2, 1)
+            + (by_block @ (m_val[:, None] * weight.hess.reshape(n, -1))).reshape(-1, P, P))
     # tr(C H_k C H_l) from the first derivatives H_k
     W = weight.val
     derivs = [ev.B.T @ ev.B.multiply(weight.grad[:, k][:, None]) for k in range(P)]
     for k, t, r, c, slope in ev.lambda_derivatives():
         cross = ev.column_derivative(t, r, c, slope).T @ ev.B.multiply(W[:, None])
         derivs[k] = derivs[k] + cross + cross.T
-    correction = np.zeros((P, P))
-    for dense, inv in zip(ev.blocks.dense(derivs), inverse, strict=True):
+    correction = np.zeros((rows.n_blocks, P, P))
+    for (_, blocks, _), dense, inv in zip(ev.blocks.buckets, ev.blocks.dense(derivs), inverse,
+                                          strict=True):
         G = np.matmul(inv[:, None], dense)  # (nb, P, m, m): C H_k per block
-        flat = G.transpose(1, 0, 2, 3).reshape(P, -1)
-        flat_t = G.transpose(1, 0, 3, 2).reshape(P, -1)
-        correction += flat @ flat_t.T  # tr(C H_k C H_l), summed over blocks
-    return Jet(np.array([log_det]), grad[None], (hess - correction)[None])
+        flat = G.reshape(*G.shape[:2], -1)
+        flat_t = G.transpose(0, 1, 3, 2).reshape(*G.shape[:2], -1)
+        correction[blocks] = np.matmul(flat, flat_t.transpose(0, 2, 1))  # tr(C H_k C H_l)
+    return Jet(log_det, grad, hess - correction)
 
 
 def multi_site_terms(rows: MultiRows, family: Family, layout: MultiLayout, theta: np.ndarray,
-                     *, derivatives: bool = True,
-                     start_modes: np.ndarray | None = None) -> MultiSiteTerms:
+                     *, derivatives: bool = True, start_modes: np.ndarray | None = None,
+                     per_block_terms: bool = False) -> MultiSiteTerms:
     """One site's Laplace log-likelihood and (optionally) its exact derivatives.
 
     Parameters
@@ -329,6 +338,9 @@ def multi_site_terms(rows: MultiRows, family: Family, layout: MultiLayout, theta
         False returns the value only (gradient and Hessian empty).
     start_modes : ndarray, optional
         Warm start for the conditional modes ``u`` (``Q``).
+    per_block_terms : bool
+        Also return each block's gradient and Hessian (their sums are the site's), for
+        releases that bound one top-level unit's contribution.
     """
     theta = np.asarray(theta, dtype=float)
     if theta.shape != (layout.size,):
@@ -341,12 +353,12 @@ def multi_site_terms(rows: MultiRows, family: Family, layout: MultiLayout, theta
     u_hat, H = _find_modes(ev, start)  # noqa: N806
     if not P:
         log_det = SparseFactor(H).log_det()
-        value = float(ev.h_per_block(u_hat).sum() + ev.constant().val[0]) - 0.5 * log_det
+        value = float(ev.h_per_block(u_hat).sum() + ev.constant().val.sum()) - 0.5 * log_det
         return MultiSiteTerms(loglik=value, gradient=np.zeros(0), hessian=np.zeros((0, 0)),
                               n_rows=rows.n_rows, n_blocks=rows.n_blocks,
                               n_levels=rows.n_levels(), modes=u_hat)
     factor = BlockMatrices(ev.blocks, H)
-    log_det = float(factor.log_det_per_block().sum())
+    log_det = factor.log_det_per_block()
     inverse = factor.inverse()
     U = ev.u_jets(u_hat)
     for _ in range(2):  # chord steps: exact mode jets to second order
@@ -356,13 +368,16 @@ def multi_site_terms(rows: MultiRows, family: Family, layout: MultiLayout, theta
                                vec.grad + apply_blocks(ev.blocks, inverse, step.grad),
                                vec.hess + apply_blocks(ev.blocks, inverse, step.hess)))
     eta = ev.eta(U)
-    h = _batch_total(ev.kernel_jet(eta, 0)) + ev.constant()
-    for columns in U:
+    h = _sum_rows(ev.row_blocks, ev.kernel_jet(eta, 0)) + ev.constant()
+    for columns, level_blocks in zip(U, ev.level_blocks, strict=True):
         for jet in columns:
-            h = h - _batch_total(jet * jet) * 0.5
-    log_det = _log_det_jet(ev, eta, log_det, inverse)
-    total = h - log_det * 0.5
-    value, grad, hess = total.total()
+            h = h - _sum_rows(level_blocks, jet * jet) * 0.5
+    blocks = h - _log_det_jet(ev, eta, log_det, inverse) * 0.5  # one jet per block
+    value, grad, hess = blocks.total()
+    per_block = {}
+    if per_block_terms:
+        per_block = {"block_gradients": blocks.grad.copy(),
+                     "block_hessians": 0.5 * (blocks.hess + blocks.hess.transpose(0, 2, 1))}
     return MultiSiteTerms(loglik=value, gradient=grad, hessian=0.5 * (hess + hess.T),
                           n_rows=rows.n_rows, n_blocks=rows.n_blocks,
-                          n_levels=rows.n_levels(), modes=u_hat)
+                          n_levels=rows.n_levels(), modes=u_hat, **per_block)

@@ -45,3 +45,22 @@ def test_a_level_in_two_sites_is_found_by_factor_and_sites() -> None:
                RandomTerm("hospital", ones, [8, 8, 9, 9]))
     assert level_in_two_sites({"A": a, "B": b}) is None
     assert level_in_two_sites({"A": a, "B": b, "C": crossed}) == ("hospital", "B", "C")
+
+
+def test_each_blocks_terms_are_those_of_a_site_holding_it_alone() -> None:
+    """Per-block gradients and Hessians (for releases bounding one top-level unit) sum to
+    the site's and equal the terms of that unit's rows on their own."""
+    _, problem = golden_problem("grouseticks")
+    layout = problem.layout()
+    theta = np.random.default_rng(4).normal(0, 0.3, size=layout.size)
+    site = problem.sites()[2]
+    terms = multi_site_terms(site, problem.family, layout, theta, per_block_terms=True)
+    np.testing.assert_allclose(terms.block_gradients.sum(axis=0), terms.gradient, atol=1e-10)
+    np.testing.assert_allclose(terms.block_hessians.sum(axis=0), terms.hessian, atol=1e-10)
+    top = problem.terms[-1].group_codes[problem.site == np.unique(problem.site)[2]]
+    for b, unit in enumerate(dict.fromkeys(top)):  # blocks are numbered by their first row
+        alone = Problem(problem.y, problem.X, problem.fixed_names, problem.terms,
+                        problem.family, np.where(problem.terms[-1].group_codes == unit, 0, 1))
+        own = multi_site_terms(alone.sites()[0], problem.family, layout, theta)
+        np.testing.assert_allclose(terms.block_gradients[b], own.gradient, atol=1e-10)
+        np.testing.assert_allclose(terms.block_hessians[b], own.hessian, atol=1e-10)
