@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -133,7 +134,8 @@ def factorisations(quick: bool) -> list[dict]:
         def dense(H=H, rhs=rhs, blocks=blocks) -> None:
             factor = BlockMatrices(blocks, H)
             factor.log_det_per_block()
-            factor.solve(rhs)
+            for block, (_, _, idx) in zip(factor.blocks, blocks.buckets, strict=True):
+                np.linalg.solve(block, rhs[idx][..., None])
 
         def sparse_lu(H=H, rhs=rhs) -> None:
             factor = SparseFactor(H)
@@ -201,7 +203,9 @@ def main() -> None:
     out = results_dir(args.quick, args.out)
     lines = ["# Several random-effects terms: Laplace work per site, and fits vs lme4 / glmmTMB",
              "", f"`nice python3 benchmarks/multilevel_bench.py`; {machine_line()}; a shared, "
-             "loaded machine: read ratios, not absolute times.", "",
+             "loaded machine: read ratios, not absolute times. OpenBLAS threads: "
+             f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')} (on a loaded 2-core machine "
+             "its default threading made 182 x 182 inverses 40x slower).", "",
              "## 1. One site's terms, `y ~ x + (1 | hospital/ward/patient)` (Poisson, P = 5)", "",
              "Exact gradient and Hessian (derivatives) or the value only, warm-started "
              "conditional modes, median of 3.", ""]

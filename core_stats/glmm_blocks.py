@@ -63,9 +63,10 @@ class BlockLayout:
 class SparseFactor:
     """Sparse LU (SuperLU, no pivoting: ``H`` is symmetric positive definite) of the whole
     block-diagonal ``H``: log-det and solves, for the conditional modes and value-only
-    rounds. Measured (benchmarks/results/multilevel.md): within 1.5x of the block-dense
-    factors for small blocks (both under a millisecond a site) and 2x faster at 86, ~25x
-    at 411 random effects per block, where the dense factors grow as ``Q_b^3``."""
+    rounds. Measured (benchmarks/results/multilevel.md): as fast as the block-dense factors
+    for small blocks (26 effects each: about a millisecond a site, within 2x either way over
+    runs), 3x faster at 86 and 30x at 411 random effects per block, where the dense factors
+    grow as ``Q_b^3``."""
 
     def __init__(self, H: sparse.spmatrix) -> None:  # noqa: N803
         try:
