@@ -19,12 +19,16 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from securefed.errors import InputError
 from securefed.keys import COORDINATOR, Identity, Registry, parse_fingerprint
 
+if TYPE_CHECKING:
+    from securefed.study import Study
+
 __all__ = ["EPHEMERAL_NOTE", "KEY_ORIGINS", "TrailKeys", "check_pinned", "load_trail_keys",
-           "trail_note"]
+           "study_trail_keys", "trail_note"]
 
 #: RUN_START ``key_origin``: consortium keys loaded from files, or keys made for the run.
 KEY_ORIGINS = ("consortium", "ephemeral")
@@ -61,7 +65,8 @@ def check_pinned(registry: Registry, expected: str | None, where: str) -> None:
                          f"not the pinned {pinned[:16]}... the sites agreed on: refusing to run")
 
 
-def load_trail_keys(folder: str | os.PathLike[str] | None, site_names: Sequence[str], *,
+def load_trail_keys(folder: str | os.PathLike[str] | None,
+                    site_names: Sequence[str] | None = None, *,
                     site_keys: Mapping[str, str | os.PathLike[str]] | None = None,
                     registry: str | os.PathLike[str] | None = None,
                     coordinator_key: str | os.PathLike[str] | None = None,
@@ -73,8 +78,9 @@ def load_trail_keys(folder: str | os.PathLike[str] | None, site_names: Sequence[
     folder : path-like, optional
         The ``securefed keygen`` folder: ``registry.json``, ``coordinator.key`` and
         ``NAME.key`` per site (the defaults of the other arguments).
-    site_names : sequence of str
-        The run's sites; each needs a key.
+    site_names : sequence of str, optional
+        The run's sites; each needs a key. Default: every party of the registry
+        with a ``NAME.key`` in ``folder`` (a run then refuses a site without one).
     site_keys : mapping, optional
         A key file per site, overriding ``folder/NAME.key``.
     registry, coordinator_key : path-like, optional
@@ -103,6 +109,9 @@ def load_trail_keys(folder: str | os.PathLike[str] | None, site_names: Sequence[
     loaded = Registry.load(registry_path)
     check_pinned(loaded, expect_fingerprint, str(registry_path))
     site_keys = dict(site_keys or {})
+    if site_names is None:
+        site_names = [n for n in loaded.parties if n != COORDINATOR and base is not None
+                      and (n in site_keys or (base / f"{n}.key").is_file())]
     paths = {COORDINATOR: path_of(coordinator_key, f"{COORDINATOR}.key")}
     paths.update({name: path_of(site_keys.get(name), f"{name}.key") for name in site_names})
     identities = {}
@@ -124,3 +133,36 @@ def trail_note(keys: TrailKeys | None) -> str:
         return EPHEMERAL_NOTE
     return (f"audit trail signed with the consortium keys of registry fingerprint "
             f"{keys.registry.fingerprint}")
+
+
+def study_trail_keys(study: Study, site_keys: str | os.PathLike[str] | None = None,
+                     expect_fingerprint: str | None = None) -> TrailKeys | None:
+    """The keys of an in-process study run: its ``[audit]`` and ``key =`` entries.
+
+    ``site_keys`` and ``expect_fingerprint`` come from the command line
+    (``securefed run --site-keys DIR --expect-fingerprint HEX``); the folder replaces
+    the study's ``site_keys``, and a fingerprint that differs from the one the study
+    pins is refused. ``None`` when no keys are named (keys made for the run). Every
+    problem is an :class:`InputError` naming the study's ``[audit]`` line.
+    """
+    audit = study.audit
+    pinned = audit.expect_fingerprint
+    try:
+        if expect_fingerprint is not None:
+            given = parse_fingerprint(expect_fingerprint, "--expect-fingerprint")
+            if pinned is not None and given != pinned:
+                raise InputError("--expect-fingerprint differs from the study's "
+                                 "expect_fingerprint: the sites agreed on one registry")
+            pinned = given
+        folder = site_keys if site_keys is not None else audit.site_keys
+        keyed = {s.name: s.key for s in study.sites if s.key is not None}
+        if folder is None and audit.registry is None and not keyed:
+            if pinned is not None:
+                raise InputError("expect_fingerprint pins the registry of the trail's keys: "
+                                 "add [audit] site_keys = DIR (or run with --site-keys DIR)")
+            return None
+        return load_trail_keys(folder, [s.name for s in study.sites], site_keys=keyed,
+                               registry=audit.registry, coordinator_key=audit.coordinator_key,
+                               expect_fingerprint=pinned)
+    except InputError as err:
+        study.fail(audit.line, str(err))
