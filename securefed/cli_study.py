@@ -32,9 +32,11 @@ def run(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from securefed.audit_keys import study_trail_keys
     from securefed.study import load_study, run_study
 
     study = load_study(study_file)
+    study_trail_keys(study, site_keys, expect_fingerprint)  # refused before any progress
     console = Console(stderr=True, quiet=quiet)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, disable=quiet, transient=True) as progress:
