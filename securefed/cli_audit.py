@@ -26,7 +26,7 @@ import typer
 from securefed.audit_report import ReportFormat, build_report, render_report
 from securefed.audit_verify import VerifyReport, verify_log
 from securefed.errors import InputError
-from securefed.keys import Identity, Registry, check_party_name
+from securefed.keys import Identity, Registry, check_party_name, key_fingerprint
 
 __all__ = ["audit_app", "keygen", "register"]
 
@@ -118,6 +118,17 @@ def report(
     if not verification.ok:
         typer.echo(verification.summary(), err=True)
         sys.exit(1)
+
+
+@audit_app.command("fingerprint")
+def fingerprint(
+    registry: Annotated[Path, typer.Argument(help="A registry file (registry.json).")],
+) -> None:
+    """Print a registry's full fingerprint (compare it out of band) and each key's."""
+    loaded = Registry.load(registry)
+    typer.echo(f"registry fingerprint: {loaded.fingerprint}")
+    for name, key in loaded.parties.items():
+        typer.echo(f"  {name}: key fingerprint {key_fingerprint(key)}")
 
 
 def keygen(

@@ -329,3 +329,10 @@ def test_over_flower_a_study_pins_but_names_no_key_files(tmp_path) -> None:
     path.write_text(base.replace('name = "A"\n', 'name = "A"\nkey = "A.key"\n'))
     with pytest.raises(InputError, match="signing key is in its own SuperNode"):
         load_study(path, remote=True)
+
+
+def test_audit_fingerprint_prints_what_to_compare_out_of_band(keys, run_cli) -> None:
+    registry = Registry.load(keys / "registry.json")
+    code, out, _ = run_cli("audit", "fingerprint", keys / "registry.json")
+    assert code == 0 and out.splitlines()[0] == f"registry fingerprint: {registry.fingerprint}"
+    assert f"A: key fingerprint {Identity.load(keys / 'A.key').fingerprint}" in out
