@@ -154,6 +154,7 @@ def load_chain(path: Path) -> tuple[list[Entry], Failure | None]:
 
 
 def registry_from_run_start(entry: Entry) -> Registry:
+    """The keys RUN_START lists (for a check without ``--keys``: integrity only)."""
     payload = entry.payload
     parties = dict(payload.get("sites", {}))
     parties[payload["coordinator"]] = payload.get("coordinator_key", "")

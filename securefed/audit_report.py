@@ -291,6 +291,11 @@ _GLOSSARY = [
              "patient; smaller is more private. Spent figures are cumulative"),
     ("countersigned", "whether the hospital signed the final state of this log; without "
                       "its signature the log could have been rewritten afterwards"),
+    ("pinned", "checked against the fingerprint of the hospitals' public keys that they "
+               "agreed on beforehand, by a channel the coordinator does not control; a check "
+               "that is not pinned shows only that the log agrees with itself"),
+    ("marked in red", "the first entry that fails the check, and every entry after it: "
+                      "none of them can be trusted"),
 ]
 
 
