@@ -273,7 +273,7 @@ def render_report(report: AuditReport, fmt: ReportFormat | str = ReportFormat.TA
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 .scroll{max-width:100%;overflow-x:auto;margin:1em 0}
 table{border-collapse:collapse;max-width:100%}td,th{border:1px solid #bbb;padding:.3em .6em;
-text-align:left;vertical-align:top;overflow-wrap:anywhere;word-break:break-word}
+text-align:left;vertical-align:top;overflow-wrap:break-word}
 th{background:#eee}code{font-size:.85em;word-break:break-all}
 .ok{background:#e6f4e6;padding:.6em}.bad{background:#fbe3e3;padding:.6em}
 tr.untrusted td{background:#fbe3e3}tr.first-bad td{background:#f4b6b6;font-weight:bold}"""
@@ -305,10 +305,16 @@ def _html_table(headers: list[str], rows: list[list[str]],
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     marks = classes or [""] * len(rows)
     body = "".join((f'<tr class="{mark}">' if mark else "<tr>")
-                   + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                   + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>"
                    for row, mark in zip(rows, marks, strict=True))
     return (f'<div class="scroll"><table>{f"<tr>{head}</tr>" if headers else ""}{body}'
             "</table></div>")
+
+
+def _cell(text: str) -> str:
+    """A cell's HTML; a long unbroken token (a hash) may break anywhere, so it wraps."""
+    escaped = html.escape(text)
+    return f"<code>{escaped}</code>" if len(text) > 24 and " " not in text else escaped
 
 
 def _marks(seqs: list[int], first_bad: int | None) -> list[str]:

@@ -160,7 +160,9 @@ def test_the_html_marks_the_first_bad_entry_and_everything_after(run: Run, capsy
     assert ("first-bad", "9") in releases
     # every table scrolls inside its own box, and long cells wrap: the page keeps its width
     assert page.count("<table>") == page.count('<div class="scroll"><table>') == 4
-    assert ".scroll{max-width:100%;overflow-x:auto" in page and "overflow-wrap:anywhere" in page
+    assert ".scroll{max-width:100%;overflow-x:auto" in page and "overflow-wrap:break-word" in page
+    assert re.search(r"<td><code>[0-9a-f]{64}</code></td>", page)  # hashes break anywhere
+    assert "code{font-size:.85em;word-break:break-all}" in page
 
 
 def test_an_intact_report_marks_nothing(run: Run, capsys) -> None:
