@@ -336,3 +336,36 @@ def test_audit_fingerprint_prints_what_to_compare_out_of_band(keys, run_cli) -> 
     code, out, _ = run_cli("audit", "fingerprint", keys / "registry.json")
     assert code == 0 and out.splitlines()[0] == f"registry fingerprint: {registry.fingerprint}"
     assert f"A: key fingerprint {Identity.load(keys / 'A.key').fingerprint}" in out
+
+
+def test_a_site_countersigns_only_a_run_started_under_its_own_pinned_registry(tmp_path) -> None:
+    from test_audit import build_run
+
+    from protocols.errors import InvalidMessage
+    from securefed.transport.site_audit import check_registry, countersign
+
+    run = build_run(tmp_path)
+    log_text = run.log.read_text()
+    checkpoint = {"run_id": "r1", "entry_count": 19, "head_hash": "0" * 64}
+    other = Registry.of(run.coordinator, *run.sites.values(), Identity.generate("extra"))
+    with pytest.raises(InvalidMessage, match="is not this site's own copy"):
+        countersign(tmp_path, run.sites["site-a"], checkpoint, log_text, other)
+    pin = {"expect-fingerprint": other.fingerprint}
+    with pytest.raises(InvalidMessage, match="not the pinned"):
+        countersign(tmp_path, run.sites["site-a"], checkpoint, log_text, run.registry, pin)
+    check_registry(run.registry, {"expect-fingerprint": run.registry.fingerprint},
+                   run.registry.fingerprint)  # the agreed registry, the run's: accepted
+    with pytest.raises(InvalidMessage, match="does not state its registry"):
+        check_registry(run.registry, {"expect-fingerprint": run.registry.fingerprint})
+
+
+def test_fit_takes_site_keys_too(tmp_path, data, keys, run_cli) -> None:
+    log = tmp_path / "fit.jsonl"
+    registry = Registry.load(keys / "registry.json")
+    code, out, err = run_cli("fit", data, "--formula", "y ~ x + (1 | site)", "--site-column",
+                             "site", "--audit-log", log, "--site-keys", keys,
+                             "--expect-fingerprint", registry.fingerprint, "--quiet")
+    assert code == 0, err
+    assert f"registry fingerprint {registry.fingerprint}" in out
+    report = verify_log(log, registry, site_logs(log), expect_fingerprint=registry.fingerprint)
+    assert report.ok and report.key_origin == "consortium", report.summary()
