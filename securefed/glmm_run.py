@@ -37,6 +37,7 @@ from core_stats.optimize import NewtonStep, SummedTerms
 from core_stats.results import GLMMFit
 from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.audit_keys import TrailKeys
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.errors import InputError
@@ -152,22 +153,24 @@ def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
 
 def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum | None = None,
              on_step: Callable[[NewtonStep], None] | None = None,
-             audit_log: str | Path | None = None) -> GLMMFit:
+             audit_log: str | Path | None = None,
+             audit_keys: TrailKeys | None = None) -> GLMMFit:
     """Fit a GLMM federated over the sites named by ``opts.site_column``.
 
-    A protocol abort or a refused aggregate is logged (REFUSAL, then a
-    countersigned checkpoint) before the error propagates.
+    ``audit_keys``: the consortium identities that sign the trail at ``audit_log``
+    (default: keys made for the run). A protocol abort or a refused aggregate is
+    logged (REFUSAL, then a countersigned checkpoint) before the error propagates.
     """
     created: list[Coordinator] = []
     try:
-        return _run_glmm(frame, opts, protection, on_step, audit_log, created)
+        return _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys)
     except ProtocolError as err:
         if created:
             created[0].abort_audit(err)
         raise
 
 
-def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
+def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys) -> GLMMFit:
     started = time.perf_counter()
     _check_options(opts)
     _parse_model(opts)
@@ -179,7 +182,8 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
-                                 config=asdict(opts), protection=describe_protection(protection))
+                                 config=asdict(opts), protection=describe_protection(protection),
+                                 keys=audit_keys)
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
     warnings = [w for s in sites for w in s.warnings()]
