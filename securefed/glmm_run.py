@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -189,8 +189,10 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys) 
     warnings = [w for s in sites for w in s.warnings()]
     warnings += [f"site {name}: {n} row(s) with missing values omitted"
                  for name, n in omitted.items()]
-    return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
-                on_step, started, warnings)
+    fit = _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
+               on_step, started, warnings)
+    source = frame.attrs.get("source")
+    return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
 
 
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
