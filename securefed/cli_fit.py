@@ -165,6 +165,8 @@ def fit(
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     seed: int = typer.Option(None, "--seed", help="Seed for the validation split."),
     na_action: str = NA_ACTION,
+    weights: str = typer.Option(None, "--weights", help="Column of prior weights (glmer's "
+                                "weights=; binomial: trials, with y the proportion)."),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
 ) -> None:
     """Fit a GLMM federated over the sites in SITE_COLUMN."""
@@ -176,7 +178,7 @@ def fit(
     frame = read_table(data)
     opts = GLMMOptions(formula=formula, family=family, site_column=site_column, nagq=nagq,
                        lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed,
-                       na_action=check_na_action(na_action))
+                       na_action=check_na_action(na_action), weights=weights)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, dp_rounds,
                     dp_group_clip, dp_min_contributors, privacy_ledger)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
