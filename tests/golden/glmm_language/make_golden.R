@@ -20,6 +20,15 @@ cases <- list(
              c("site", "region", "deaths", "expected", "uvb")],
     formula = deaths ~ uvb + offset(log(expected)) + (1 | region),
     family = poisson, site_column = "site", group = "region"),
+  mmmec_slope_boundary = list(
+    data = transform(mlmRev::Mmmec, site = as.character(nation))[,
+             c("site", "region", "deaths", "expected", "uvb")],
+    formula = deaths ~ uvb + log(expected) + (1 + uvb | region),
+    family = poisson, site_column = "site", group = "region"),
+  cbpp_cbind = list(
+    data = transform(lme4::cbpp, site = sites_for(herd, 3)),
+    formula = cbind(incidence, size - incidence) ~ factor(period) + (1 | herd),
+    family = binomial, site_column = "site", group = "herd"),
   owls_factors = list(
     data = transform(glmmTMB::Owls, site = sites_for(Nest, 4))[,
              c("site", "Nest", "FoodTreatment", "SexParent", "ArrivalTime",
