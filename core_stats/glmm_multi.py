@@ -225,6 +225,7 @@ class MultiRows:
     u_starts: np.ndarray
     level_sums: tuple[sparse.csr_matrix, ...]  # (L_t x n) 0/1: row -> its level
     offset: np.ndarray | None = None  # a known term of each row's linear predictor (R's offset)
+    weights: np.ndarray | None = None  # prior weights (binomial: trials), as glmer's weights=
 
     @property
     def n_rows(self) -> int:
@@ -243,7 +244,8 @@ class MultiRows:
 
 
 def multi_rows(y: np.ndarray, X: np.ndarray, terms: tuple[RandomTerm, ...],
-               offset: np.ndarray | None = None) -> MultiRows:
+               offset: np.ndarray | None = None,
+               weights: np.ndarray | None = None) -> MultiRows:
     """Index a site's rows for :func:`core_stats.glmm_multi_laplace.multi_site_terms`.
 
     ``terms`` must already be split (:func:`split_uncorrelated`).
@@ -267,8 +269,10 @@ def multi_rows(y: np.ndarray, X: np.ndarray, terms: tuple[RandomTerm, ...],
                        for lev, lab in zip(levels, labels, strict=True))
     if offset is not None:
         offset = np.asarray(offset, dtype=float).reshape(n)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=float).reshape(n)
     return MultiRows(y, X, tuple(Zs), tuple(levels), tuple(labels), tuple(positions),
-                     block_of_row, block_of_u, u_starts, level_sums, offset)
+                     block_of_row, block_of_u, u_starts, level_sums, offset, weights)
 
 
 def _blocks(n: int, levels: list[np.ndarray], n_levels: list[int]

@@ -151,8 +151,14 @@ class _Evaluator:
                                  shape=(n, rows.n_u))
 
     # --------------------------------------------------------- value arithmetic
+    def _weighted(self, derivs: list[np.ndarray]) -> list[np.ndarray]:
+        weights = self.rows.weights
+        return derivs if weights is None else [d * weights for d in derivs]
+
     def kernel(self, u: np.ndarray, order: int) -> list[np.ndarray]:
-        return self.family.kernel_derivatives(self.rows.y, self.eta_fixed + self.B @ u, order)
+        """``[w r, w r', ...]`` per row at ``u`` (``w`` the prior weights, 1 without)."""
+        return self._weighted(self.family.kernel_derivatives(
+            self.rows.y, self.eta_fixed + self.B @ u, order))
 
     def scale(self) -> float:
         return float(self.a.val[0])
@@ -193,7 +199,7 @@ class _Evaluator:
 
     def kernel_jet(self, eta: Jet, order: int) -> Jet:
         """``a(s) r^(order)(eta)`` per row."""
-        f = self.family.kernel_derivatives(self.rows.y, eta.val, order + 2)[order:]
+        f = self._weighted(self.family.kernel_derivatives(self.rows.y, eta.val, order + 2)[order:])
         return eta.apply(*f) * self.a if self.layout.has_dispersion else eta.apply(*f)
 
     def score(self, U: list[list[Jet]], eta: Jet) -> list[list[Jet]]:  # noqa: N803
@@ -230,12 +236,13 @@ class _Evaluator:
                 for pos in self.rows.positions]
 
     def constant(self) -> Jet:
-        """``sum_i c(y_i, s)`` per block."""
+        """``sum_i c_w(y_i, s)`` per block (:meth:`core_stats.families.Family.log_normalizer`)."""
         rows = self.rows
+        norm = np.bincount(rows.block_of_row, self.family.log_normalizer(rows.y, rows.weights),
+                           rows.n_blocks)
         if self.layout.has_dispersion:
             sizes = np.bincount(rows.block_of_row, minlength=rows.n_blocks).astype(float)
-            return self._param(self.layout.scale_index) * -sizes + (-0.5 * _LOG_2PI * sizes)
-        norm = np.bincount(rows.block_of_row, self.family.log_normalizer(rows.y), rows.n_blocks)
+            return self._param(self.layout.scale_index) * -sizes + (norm - 0.5 * _LOG_2PI * sizes)
         return Jet.constant(norm, rows.n_blocks, self.P)
 
 

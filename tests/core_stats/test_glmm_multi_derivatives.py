@@ -139,3 +139,14 @@ def test_gaussian_laplace_is_the_exact_marginal_likelihood(kind: str) -> None:
         cov += design @ np.kron(np.eye(lev.max() + 1), lam @ lam.T) @ design.T
     exact = stats.multivariate_normal(rows.X @ beta, cov).logpdf(rows.y)
     assert multi_site_terms(rows, fam, layout, theta).loglik == pytest.approx(exact, abs=1e-9)
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson", "gaussian"])
+def test_weights_and_an_offset_keep_the_derivatives_exact(family: str) -> None:
+    rows, fam, layout = simulate(family, "three", seed=9)
+    rng = np.random.default_rng(11)
+    weights = rng.integers(1, 4, size=rows.n_rows).astype(float)
+    y = np.round(rows.y * weights) / weights if family == "binomial" else rows.y
+    weighted = replace(rows, y=y, weights=weights, offset=rng.normal(0, 0.3, rows.n_rows))
+    theta = rng.normal(0, 0.3, size=layout.size)
+    check_derivatives(weighted, fam, layout, theta)
