@@ -64,3 +64,15 @@ def test_each_blocks_terms_are_those_of_a_site_holding_it_alone() -> None:
         own = multi_site_terms(alone.sites()[0], problem.family, layout, theta)
         np.testing.assert_allclose(terms.block_gradients[b], own.gradient, atol=1e-10)
         np.testing.assert_allclose(terms.block_hessians[b], own.hessian, atol=1e-10)
+
+
+def test_crossed_factors_split_across_sites_are_found() -> None:
+    """Penicillin's samples are crossed with its plates: sites of plates share samples."""
+    _, problem = golden_problem("penicillin")
+    assert problem.sites()[0].n_blocks == 1
+    plate = problem.terms[0].group_codes
+    by_site = {}
+    for name, keep in (("A", plate < 12), ("B", plate >= 12)):
+        by_site[name] = tuple(RandomTerm(t.name, t.Z[keep], t.group_codes[keep])
+                              for t in problem.terms)
+    assert level_in_two_sites(by_site) == ("sample", "A", "B")

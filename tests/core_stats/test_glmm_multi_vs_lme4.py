@@ -18,7 +18,7 @@ from core_stats.inference import covariance
 
 CASES = [("grouseticks", "nagq1"), ("grouseticks", "glmmTMB"), ("egsingle", "lmer_ml"),
          ("egsingle", "glmmTMB"), ("guImmun", "glmmTMB"), ("egsingle_slopes", "lmer_ml"),
-         ("egsingle_slopes", "glmmTMB")]
+         ("egsingle_slopes", "glmmTMB"), ("penicillin", "lmer_ml"), ("penicillin", "glmmTMB")]
 _FITS: dict = {}
 
 

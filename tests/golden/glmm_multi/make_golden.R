@@ -298,6 +298,19 @@ golden("guImmun", as.formula(paste("immun ~", fixed, "+ (1 | mom) + (1 | comm)")
        list("mom" = list(columns = "mom"), "comm" = list(columns = "comm")),
        "site", "mlmRev::guImmun, factors as 0/1 columns; glmer nAGQ = 1; 9 sites of communities")
 }
+## ------------------------------------------------------------ Penicillin
+## lme4::Penicillin: diameters for 6 samples crossed with 24 plates. The factors
+## are crossed, so all rows are one block: one site.
+if (wanted("penicillin")) {
+data(Penicillin, package = "lme4")
+pen <- data.frame(diameter = Penicillin$diameter, plate = as.integer(Penicillin$plate),
+                  sample = as.integer(Penicillin$sample), site = 1L)
+pen <- write_csv_exact(pen, "penicillin")
+golden("penicillin", diameter ~ 1 + (1 | plate) + (1 | sample), pen, gaussian(),
+       list("plate" = list(columns = "plate"), "sample" = list(columns = "sample")),
+       "site", "lme4::Penicillin, crossed plate x sample; lmer(REML = FALSE); one site")
+}
+
 ## ------------------------------------------------- simulated boundary fits
 ## Wards in hospitals: y ~ x + (1 | hospital/ward), the ward variance truly 0
 ## (hospital SD 0.7). 12 hospitals x 4 wards x 10 rows, x = round(rnorm, 6),
