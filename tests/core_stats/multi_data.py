@@ -3,6 +3,7 @@ in-process federation that sums the sites' Laplace terms (shared by the multi-te
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,3 +106,11 @@ def fit_problem(problem: Problem, site: np.ndarray | None = None, **kwargs) -> G
                                   X.T @ y, X.T @ X)
     return fit_glmm_multi(Federation(problem.family, problem.sites(site)), layout, start,
                           **kwargs)
+
+
+@functools.cache
+def golden_fit(name: str) -> tuple[dict, Problem, GLMMEstimate]:
+    """The golden problem ``name`` and its federated fit over the golden's sites (cached:
+    several tests read one fit)."""
+    spec, problem = golden_problem(name)
+    return spec, problem, fit_problem(problem)

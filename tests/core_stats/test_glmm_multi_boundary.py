@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from multi_data import Federation, fit_problem, golden_problem
+from multi_data import Federation, fit_problem, golden_fit, golden_problem
 
 from core_stats.glmm_multi_boundary import multi_probe, multi_probe_objective
 from core_stats.glmm_multi_fit import fit_glmm_multi, multi_starting_values
@@ -19,19 +19,9 @@ from core_stats.inference import covariance
 
 NAMES = [("poisson_ward_boundary", "nagq1"), ("poisson_ward_boundary", "glmmTMB"),
          ("gaussian_ward_boundary", "lmer_ml")]
-_FITS: dict = {}
-
-
-def _fit(name: str):
-    if name not in _FITS:
-        spec, problem = golden_problem(name)
-        _FITS[name] = spec, problem, fit_problem(problem)
-    return _FITS[name]
-
-
 @pytest.mark.parametrize(("name", "key"), NAMES)
 def test_singular_fit_matches_lme4(name: str, key: str) -> None:
-    spec, _, est = _fit(name)
+    spec, _, est = golden_fit(name)
     ref = spec["fits"][key]
     assert spec["fits"]["nagq1" if "nagq1" in spec["fits"] else "lmer_ml"]["singular"]
     assert est.converged and est.singular
@@ -52,7 +42,7 @@ def test_singular_fit_matches_lme4(name: str, key: str) -> None:
 def test_boundary_curvature_is_the_second_derivative_at_zero(name: str) -> None:
     """The probe's curvature in the ward SD (linear scale, at 0) is the central second
     difference of the log-likelihood there (even in that SD), and it is not positive."""
-    _, problem, est = _fit(name)
+    _, problem, est = golden_fit(name)
     federation = Federation(problem.family, problem.sites())
     extra = multi_probe_objective(federation, est.layout)(est.theta, True).extra
     probe = multi_probe(est.layout)
@@ -70,7 +60,7 @@ def test_boundary_curvature_is_the_second_derivative_at_zero(name: str) -> None:
 
 
 def test_boundary_fit_is_the_same_federated_and_pooled() -> None:
-    _, problem, federated = _fit("poisson_ward_boundary")
+    _, problem, federated = golden_fit("poisson_ward_boundary")
     pooled = fit_problem(problem, site=np.zeros(problem.y.size))
     assert pooled.layout == federated.layout and pooled.singular
     np.testing.assert_allclose(federated.theta, pooled.theta, atol=1e-8, rtol=0)

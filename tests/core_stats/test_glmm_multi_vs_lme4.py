@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from multi_data import fit_problem, golden_problem
+from multi_data import fit_problem, golden_fit
 
 from core_stats.glmm_multi import MultiLayout
 from core_stats.glmm_multi_results import variance_components
@@ -19,19 +19,9 @@ from core_stats.inference import covariance
 CASES = [("grouseticks", "nagq1"), ("grouseticks", "glmmTMB"), ("egsingle", "lmer_ml"),
          ("egsingle", "glmmTMB"), ("guImmun", "glmmTMB"), ("egsingle_slopes", "lmer_ml"),
          ("egsingle_slopes", "glmmTMB"), ("penicillin", "lmer_ml"), ("penicillin", "glmmTMB")]
-_FITS: dict = {}
-
-
-def _fit(name: str):
-    if name not in _FITS:
-        spec, problem = golden_problem(name)
-        _FITS[name] = spec, problem, fit_problem(problem)
-    return _FITS[name]
-
-
 @pytest.mark.parametrize(("name", "key"), CASES)
 def test_matches_lme4_and_glmmtmb(name: str, key: str) -> None:
-    spec, problem, est = _fit(name)
+    spec, problem, est = golden_fit(name)
     ref = spec["fits"][key]
     assert est.converged and not est.singular and ref["converged"]
     layout: MultiLayout = est.layout
@@ -59,7 +49,7 @@ def test_matches_lme4_and_glmmtmb(name: str, key: str) -> None:
 
 
 def test_guimmun_lme4_stops_short_and_glmmtmb_agrees_with_us() -> None:
-    spec, _, est = _fit("guImmun")
+    spec, _, est = golden_fit("guImmun")
     lme4 = spec["fits"]["nagq1"]
     assert not lme4["converged"] and lme4["warnings"]
     assert est.loglik > lme4["loglik"] + 0.04
@@ -69,13 +59,13 @@ def test_guimmun_lme4_stops_short_and_glmmtmb_agrees_with_us() -> None:
 @pytest.mark.parametrize("name", ["grouseticks", "egsingle"])
 def test_loglik_is_glmmtmbs_laplace_to_high_accuracy(name: str) -> None:
     """glmmTMB's Laplace log-likelihood keeps every constant, as ours does."""
-    spec, _, est = _fit(name)
+    spec, _, est = golden_fit(name)
     assert est.loglik == pytest.approx(spec["fits"]["glmmTMB"]["loglik"], abs=2e-6)
 
 
 @pytest.mark.parametrize("name", ["grouseticks", "egsingle"])
 def test_federated_fit_equals_pooled_fit(name: str) -> None:
-    _, problem, federated = _fit(name)
+    _, problem, federated = golden_fit(name)
     pooled = fit_problem(problem, site=np.zeros(problem.y.size))
     assert len(np.unique(problem.site)) > 1
     np.testing.assert_allclose(federated.theta, pooled.theta, atol=1e-8, rtol=0)
