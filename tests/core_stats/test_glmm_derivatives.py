@@ -86,17 +86,7 @@ def test_gauss_hermite_rule_integrates_polynomials() -> None:
         gauss_hermite_rule(0, 1)
 
 
-@pytest.mark.parametrize("family", ["binomial", "poisson", "gaussian"])
-@pytest.mark.parametrize("nagq", [1, 3])
-def test_weighted_rows_with_an_offset_match_finite_differences(family: str, nagq: int) -> None:
-    """Prior weights (binomial: trials) and an offset keep the derivatives exact."""
-    plain, fam, layout = _site(family, 1)
-    rng = np.random.default_rng(11)
-    n = plain.n_rows
-    weights = rng.integers(1, 6, size=n).astype(float)
-    y = np.round(plain.y * weights) / weights if family == "binomial" else plain.y
-    rows = grouped_rows(y, plain.X, plain.Z, plain.group_of_row, rng.normal(0, 0.3, n), weights)
-    theta = rng.normal(0, 0.3, size=layout.size)
+def _assert_matches_finite_differences(rows, fam, layout, theta, nagq) -> None:
     terms = site_terms(rows, fam, layout, theta, nagq=nagq)
     eps, eye = 1e-5, np.eye(layout.size)
 
@@ -110,6 +100,20 @@ def test_weighted_rows_with_an_offset_match_finite_differences(family: str, nagq
     fd_hess = np.array([(grad(theta + eps * e) - grad(theta - eps * e)) / (2 * eps) for e in eye])
     assert np.max(np.abs(terms.gradient - fd_grad)) < 1e-6 * (1.0 + np.abs(fd_grad).max())
     assert np.max(np.abs(terms.hessian - fd_hess)) < 1e-6 * (1.0 + np.abs(fd_hess).max())
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson", "gaussian"])
+@pytest.mark.parametrize("nagq", [1, 3])
+def test_weighted_rows_with_an_offset_match_finite_differences(family: str, nagq: int) -> None:
+    """Prior weights (binomial: trials) and an offset keep the derivatives exact."""
+    plain, fam, layout = _site(family, 1)
+    rng = np.random.default_rng(11)
+    n = plain.n_rows
+    weights = rng.integers(1, 6, size=n).astype(float)
+    y = np.round(plain.y * weights) / weights if family == "binomial" else plain.y
+    rows = grouped_rows(y, plain.X, plain.Z, plain.group_of_row, rng.normal(0, 0.3, n), weights)
+    theta = rng.normal(0, 0.3, size=layout.size)
+    _assert_matches_finite_differences(rows, fam, layout, theta, nagq)
 
 
 def test_binomial_trials_equal_expanded_bernoulli_rows() -> None:
@@ -143,19 +147,7 @@ def test_non_canonical_links_match_finite_differences(link: str, nagq: int, q: i
     rows, _, layout = _site("binomial", q)
     fam = get_family("binomial", link)
     theta = np.random.default_rng(3).normal(0, 0.3, size=layout.size)
-    terms = site_terms(rows, fam, layout, theta, nagq=nagq)
-    eps, eye = 1e-5, np.eye(layout.size)
-
-    def value(t):
-        return site_terms(rows, fam, layout, t, nagq=nagq, derivatives=False).loglik
-
-    def grad(t):
-        return site_terms(rows, fam, layout, t, nagq=nagq).gradient
-
-    fd_grad = np.array([(value(theta + eps * e) - value(theta - eps * e)) / (2 * eps) for e in eye])
-    fd_hess = np.array([(grad(theta + eps * e) - grad(theta - eps * e)) / (2 * eps) for e in eye])
-    assert np.max(np.abs(terms.gradient - fd_grad)) < 1e-6 * (1.0 + np.abs(fd_grad).max())
-    assert np.max(np.abs(terms.hessian - fd_hess)) < 1e-6 * (1.0 + np.abs(fd_hess).max())
+    _assert_matches_finite_differences(rows, fam, layout, theta, nagq)
 
 
 @pytest.mark.parametrize("link", ["probit", "cloglog"])
