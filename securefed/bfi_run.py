@@ -65,6 +65,7 @@ class BFIOptions:
     heterogeneity: tuple[str, ...] = ()
     level: float = 0.95
     na_action: str = "omit"
+    link: str | None = None  # None: the family's canonical link
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ def _parse_model(opts: BFIOptions) -> tuple:
     """The formula and family of ``opts``, checked without any data."""
     try:
         formula = parse_mixed_formula(opts.formula, require_random=False)
-        family = get_family(opts.family)
+        family = get_family(opts.family, opts.link)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
     if formula.model.offsets or formula.outcome.startswith("cbind("):

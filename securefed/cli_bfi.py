@@ -20,6 +20,7 @@ from securefed.cli_fit import (
     DROP_SITES,
     EPSILON,
     EXPECT_FINGERPRINT,
+    LINK,
     NA_ACTION,
     NEIGHBOURS,
     PRIVACY_LEDGER,
@@ -101,6 +102,7 @@ def bfi(
     expect_fingerprint: str = EXPECT_FINGERPRINT,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     na_action: str = NA_ACTION,
+    link: str = LINK,
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Combine local MAP fits of a GLM in one shot (BFI)."""
@@ -113,7 +115,7 @@ def bfi(
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity, combined_lambda)
-    opts = replace(opts, na_action=check_na_action(na_action))
+    opts = replace(opts, na_action=check_na_action(na_action), link=link)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, 3, 8.0,
                     dp_min_contributors, privacy_ledger, dp_standardize_range)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,

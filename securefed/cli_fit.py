@@ -10,6 +10,7 @@ import typer
 from securefed.errors import InputError
 
 FORMULA_HELP = "Model formula, lme4 style: 'y ~ x1 + x2 + (1 | group)'."
+LINK = typer.Option(None, "--link", help="binomial: logit (default), probit or cloglog.")
 NA_ACTION = typer.Option("omit", "--na-action", help="omit (as R: drop rows with a missing "
                          "model value, counted per site) or fail.")
 PROTECT = typer.Option("none", "--protect", help="Protection layers, comma-separated: none, "
@@ -138,6 +139,7 @@ def fit(
     data: Path = typer.Argument(..., help="CSV file with one row per observation."),
     formula: str = typer.Option(..., "--formula", help=FORMULA_HELP),
     family: str = typer.Option("binomial", "--family", help="binomial, poisson or gaussian."),
+    link: str = LINK,
     site_column: str = typer.Option(..., "--site-column", help="Column naming each row's site."),
     nagq: int = typer.Option(1, "--nagq", help="Gauss-Hermite nodes (1 = Laplace)."),
     lam: float = typer.Option(0.0, "--lambda", help="L2 penalty on non-intercept effects."),
@@ -178,7 +180,7 @@ def fit(
     frame = read_table(data)
     opts = GLMMOptions(formula=formula, family=family, site_column=site_column, nagq=nagq,
                        lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed,
-                       na_action=check_na_action(na_action), weights=weights)
+                       na_action=check_na_action(na_action), weights=weights, link=link)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, dp_rounds,
                     dp_group_clip, dp_min_contributors, privacy_ledger)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,

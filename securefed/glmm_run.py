@@ -72,6 +72,7 @@ class GLMMOptions:
     tol: float = 1e-8
     na_action: str = "omit"
     weights: str | None = None  # a column of prior weights, as glmer's weights=
+    link: str | None = None  # None: the family's canonical link
 
 
 def _check_options(opts: GLMMOptions) -> None:
@@ -122,7 +123,7 @@ def _check_frame(frame: pd.DataFrame, opts: GLMMOptions, sites: list[Site]):
 def _parse_model(opts: GLMMOptions):
     try:
         formula = parse_mixed_formula(opts.formula)
-        family = get_family(opts.family)
+        family = get_family(opts.family, opts.link)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
     weighted = _weighted(opts, formula)
@@ -255,9 +256,9 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
 
     prepare(None, 0.0)
     if coordinator.privacy is not None:
-        if formula.model.offsets or _weighted(opts, formula):
-            raise InputError("offset(), weights and cbind() under differential privacy are "
-                             "not supported yet")
+        if formula.model.offsets or _weighted(opts, formula) or not family.canonical:
+            raise InputError("offset(), weights, cbind() and non-canonical links under "
+                             "differential privacy are not supported yet")
         return _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names,
                             on_step, started)
     p = len(fixed_names)

@@ -328,6 +328,8 @@ def check_glmm_terms(total: np.ndarray, design: DesignSummary, layout: Parameter
     hess = from_upper_triangle(total[1 + size:full], size)[:p, :p]
     gram = design.xtx
     scale = _gram_scale(gram)
+    if not family.canonical:
+        return  # the score and curvature bounds below are proven for canonical links only
     _check_gradient(purpose, design, layout, theta, grad, nagq)
     lower = upper_factor = None
     if family.name == "gaussian":
@@ -591,7 +593,7 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
             _refuse(purpose, "curvature-above-prior",
                     "the summed curvature minus the summed prior is not positive "
                     "semi-definite")
-    if family.name == "binomial" and intercept_cols:
+    if family.name == "binomial" and family.canonical and intercept_cols:
         mass = float(sum(above[c, c] for c in intercept_cols))
         if mass > n / 4.0 + tol.absolute * (len(intercept_cols) + 1) \
                 + DATA_RTOL * max(1.0, n):

@@ -168,7 +168,7 @@ def test_any_text_either_parses_or_gets_a_formula_error():
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    @settings(max_examples=400, deadline=None, derandomize=True)
+    @settings(max_examples=150, deadline=None, derandomize=True)
     @given(st.lists(st.sampled_from(_ALPHABET), max_size=40).map("".join))
     def check(text):
         try:
