@@ -150,3 +150,10 @@ def test_weights_and_an_offset_keep_the_derivatives_exact(family: str) -> None:
     weighted = replace(rows, y=y, weights=weights, offset=rng.normal(0, 0.3, rows.n_rows))
     theta = rng.normal(0, 0.3, size=layout.size)
     check_derivatives(weighted, fam, layout, theta)
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_non_canonical_binomial_links_keep_the_derivatives_exact(link: str) -> None:
+    rows, _, layout = simulate("binomial", "three", seed=12)
+    theta = np.random.default_rng(13).normal(0, 0.3, size=layout.size)
+    check_derivatives(rows, get_family("binomial", link), layout, theta)
