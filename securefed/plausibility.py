@@ -352,6 +352,28 @@ def check_glmm_terms(total: np.ndarray, design: DesignSummary, layout: Parameter
                 f"-Hessian of beta is not <= {upper_factor:.6g} X'X in the Loewner order")
 
 
+def check_multi_glmm_terms(total: np.ndarray, design: DesignSummary, layout, theta: np.ndarray,
+                           derivatives: bool, purpose: str = "glmm-terms") -> None:
+    """Check a summed round of a model with several random-effects terms.
+
+    ``finite``, ``length`` and ``loglik-upper``: the multivariate Laplace value
+    is the one-node rule of the argument in :func:`check_glmm_terms`, so
+    ``l <= 0`` for binomial and Poisson; Gaussian ``l = log N(y; X beta, V)``
+    with ``V >= sigma^2 I``. The score and curvature bounds are not proven for
+    several terms and are not checked.
+    """
+    total = _finite(purpose, total)
+    size = layout.size
+    expected = 1 + size + size * (size + 1) // 2 if derivatives else 1
+    if total.size != expected:
+        _refuse(purpose, "length", f"{total.size} values, expected {expected}")
+    upper = _loglik_upper(design, layout, theta)
+    value = float(total[0])
+    if value > upper + design.tolerance.absolute + MODEL_RTOL * max(1.0, abs(upper)):
+        _refuse(purpose, "loglik-upper",
+                f"log-likelihood {value:.6g} above its largest honest value {upper:.6g}")
+
+
 def _check_gradient(purpose: str, design: DesignSummary, layout: ParameterLayout,
                     theta: np.ndarray, grad: np.ndarray, nagq: int) -> None:
     family = design.family
