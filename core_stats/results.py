@@ -46,6 +46,7 @@ class GLMMFit:
     bytes_sent_per_site: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    counts_noisy: bool = False  # n_obs / n_groups are differentially private (noisy) counts
 
     def coef(self) -> dict[str, float]:
         """Fixed-effect estimates by term name."""
@@ -71,6 +72,7 @@ class GLMMFit:
             "n_obs": self.n_obs,
             "n_groups": self.n_groups,
             "n_sites": self.n_sites,
+            "counts_noisy": self.counts_noisy,
             "lambda": self.penalty_lambda,
             "protection": self.protection,
             "bytes_sent_per_site": self.bytes_sent_per_site,
@@ -106,7 +108,12 @@ class GLMMFit:
             lines.append(f" {re.group:<10} {re.term:<14} {re.sd:9.4f} {ci:>20}")
         for c in self.correlations:
             lines.append(f" Corr({c.term1}, {c.term2}) = {c.correlation:.3f}")
-        lines.append(f"Number of obs: {self.n_obs}, groups: {self.n_groups}, sites: {self.n_sites}")
+        if self.counts_noisy:
+            lines.append(f"Number of obs (noisy): ~{self.n_obs}, groups (noisy): "
+                         f"~{self.n_groups}, sites: {self.n_sites}")
+        else:
+            lines.append(f"Number of obs: {self.n_obs}, groups: {self.n_groups}, "
+                         f"sites: {self.n_sites}")
         lines += ["", "Fixed effects:",
                   f"{'':<14} {'Estimate':>10} {'Std. Error':>10} {'z value':>8} {'Pr(>|z|)':>10}"
                   f" {'2.5 %':>9} {'97.5 %':>9}"]
@@ -114,6 +121,9 @@ class GLMMFit:
             lines.append(f"{fe.term:<14} {fe.estimate:10.5f} {fe.std_error:10.5f} "
                          f"{fe.z_value:8.3f} {_pformat(fe.p_value):>10} {fe.ci_low:9.4f} "
                          f"{fe.ci_high:9.4f}")
+        if self.counts_noisy:
+            lines.append("Std. errors, p-values and intervals carry the privacy noise "
+                         "(parametric bootstrap of the DP fit) and the sampling variance")
         status = "converged" if self.converged else f"NOT converged: {self.message}"
         lines += ["", f"Rounds: {self.rounds} ({self.iterations} Newton steps), {status}"]
         if self.singular:
