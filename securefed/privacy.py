@@ -77,7 +77,7 @@ class DPOptions:
     group_clip: float = 8.0
     min_contributors: int | None = None
     ledger_dir: Path | None = None
-    start_share: float = 0.25
+    start_share: float = 0.6
     max_se_ratio: float = 10.0
     standardize_ranges: tuple[tuple[str, float, float], ...] = ()
 
