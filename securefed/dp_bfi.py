@@ -48,8 +48,10 @@ def fit_from_noisy_sums(total: np.ndarray, names: tuple[str, ...], family: Famil
     draws, failed = [], 0
     for _ in range(replicates):
         try:
-            draws.append(local_fit_from_stats(total + rng.normal(0.0, noise_sd, total.shape),
-                                              names, family, prior, noise_sd).theta)
+            with np.errstate(over="ignore", invalid="ignore"):  # a wild draw fails, counted
+                draws.append(local_fit_from_stats(
+                    total + rng.normal(0.0, noise_sd, total.shape), names, family, prior,
+                    noise_sd).theta)
         except (bfi.MAPConvergenceError, np.linalg.LinAlgError):
             failed += 1
     deviation = np.array(draws) - local.theta

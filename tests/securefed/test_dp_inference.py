@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pandas as pd
+from test_privacy import GLMM, _clustered, _stack
 
 from core_stats import bfi
 from core_stats.design import fixed_design
@@ -15,7 +16,6 @@ from securefed.cli import main
 from securefed.dp_bfi import fit_from_noisy_sums
 from securefed.dp_statistics import summary_vector
 from securefed.glmm_run import run_glmm
-from test_privacy import GLMM, _clustered, _stack
 
 
 class _Seeded:
