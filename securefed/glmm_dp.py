@@ -44,11 +44,12 @@ from securefed.dp_inference import (
     MIN_LOG_SD,
     NoiseAwareCovariance,
     NotIdentifiable,
+    StartPoint,
     newton_update,
     noise_aware_covariance,
     start_point,
 )
-from securefed.dp_statistics import group_clip_units, summary_query, terms_query
+from securefed.dp_statistics import group_clip_units, noise_floor, summary_query, terms_query
 from securefed.privacy import DPOptions
 from securefed.vectors import from_upper_triangle
 
@@ -114,7 +115,8 @@ def fit_glmm_dp(coordinator: Coordinator, layout: ParameterLayout, family: Famil
     predicted = noise_aware_covariance(layout, family, summary, summary_sd,
                                        [planned] * dp.rounds, start.theta, start,
                                        replicates=PREDICTION_REPLICATES)
-    _refuse_unidentified(layout, predicted, dp, guard)
+    _refuse_unidentified(layout, family, summary, summary_sd, planned, start, predicted, dp,
+                         guard)
     theta = start.theta
     trace, steps, round_sds, informations = [], [], [], []
     for iteration in range(1, dp.rounds + 1):
@@ -147,22 +149,33 @@ def fit_glmm_dp(coordinator: Coordinator, layout: ParameterLayout, family: Famil
     return DpGlmmFit(estimate, start.n_obs, start.n_groups, predicted, realised)
 
 
-def _refuse_unidentified(layout: ParameterLayout, predicted: NoiseAwareCovariance,
-                         dp: DPOptions, guard) -> None:
-    """Stop after the first release when the noise would swamp a fixed effect."""
+def _refuse_unidentified(layout: ParameterLayout, family: Family, summary: np.ndarray,
+                         summary_sd: float, planned: np.ndarray, start: StartPoint,
+                         predicted: NoiseAwareCovariance, dp: DPOptions, guard) -> None:
+    """Stop after the first release when the noise would swamp a fixed effect.
+
+    The ε named scales the predicted noise variance (∝ 1/ρ) down to the limit;
+    step caps make it a lower estimate. When the summary's own X'X is below its
+    noise floor the prediction rests on noise, and the message says the ε is a
+    rough estimate.
+    """
     beta = layout.beta
-    se, sampling = predicted.se[beta], predicted.sampling_se[beta]
-    ratio = se / sampling
+    ratio = predicted.se[beta] / predicted.sampling_se[beta]
     worst = int(np.argmax(ratio))
     if ratio[worst] <= dp.max_se_ratio:
         return
-    # noise variance scales as 1/rho: the rho that brings the worst ratio to the limit
-    noise_ratio2 = float(np.max(np.diag(predicted.noise)[beta] / sampling**2))
+    # the noise variance scales as 1/rho: the rho that brings the worst ratio to the limit
+    noise_ratio2 = float(np.max(np.diag(predicted.noise)[beta] / predicted.sampling_se[beta]**2))
     needed = zcdp_epsilon(dp.run_rho * noise_ratio2 / (dp.max_se_ratio**2 - 1.0), dp.delta)
+    p = layout.p
+    xtx = from_upper_triangle(summary[3 + p:3 + p + p * (p + 1) // 2], p)
+    rough = float(np.linalg.eigvalsh(xtx)[0]) <= noise_floor(summary_sd, p)
     spent = guard.report()["epsilon_spent"]
     raise NotIdentifiable(
         f"the privacy noise would leave the effects unidentified: the predicted standard error "
         f"of '{layout.fixed_names[worst]}' is {ratio[worst]:.3g} times its non-private one "
         f"(limit {dp.max_se_ratio:g}, --dp-max-se-ratio); this fit would need about "
-        f"epsilon={needed:.3g} per site at delta={dp.delta:g}. Only the first release (the "
-        f"design summary, epsilon={spent:.3g}) was spent.")
+        f"epsilon={needed:.3g} per site at delta={dp.delta:g}"
+        + (" (a rough estimate: the design summary itself is mostly noise at this epsilon; "
+           "its sensitivity grows as --dp-clip squared)" if rough else "")
+        + f". Only the first release (the design summary, epsilon={spent:.3g}) was spent.")
