@@ -26,7 +26,7 @@ from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
-from securefed.dp_bfi import fit_from_noisy_sums
+from securefed.dp_bfi import fit_from_noisy_sums, precision_weighted
 from securefed.errors import InputError
 from securefed.plausibility import BFIGuard, check_bfi_count
 from securefed.privacy import DpQuery
@@ -140,6 +140,12 @@ class BFIReport:
             lines.append(text)
         if self.fit.dispersion is not None:
             lines.append(f"dispersion (sigma^2) = {self.fit.dispersion:.4f}")
+        inference = (self.privacy or {}).get("inference")
+        if inference:
+            lines.append(f"Number of obs (noisy): ~{inference['n_obs_noisy']:.0f}; sd and "
+                         "intervals carry the privacy noise (parametric bootstrap of the noisy "
+                         f"sums): up to {100 * inference['noise_share_of_variance']:.0f}% of "
+                         "an estimate's variance is noise")
         for term, table in self.heterogeneity.items():
             flagged = [r["label"] for r in table["leave_one_out"] if r["excludes_zero"]]
             lines.append(f"heterogeneity of {term}: leave-one-out intervals exclude 0 for "
@@ -294,7 +300,7 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
     else:
         fit, inference = _dp_pooled(coordinator, designs, outcome,
                                     prior if combined is None else combined, names, family,
-                                    opts, bool(opts.standardize))
+                                    opts, bool(opts.standardize), count)
         locals_, warnings, full_names = {}, [], fit.names  # exact site sizes are not private
         estimates = _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper)
         extra = {"site_thetas": {s.name: fit.estimate for s in coordinator.live_sites}}
@@ -329,14 +335,14 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
 
 
 def _count_round(coordinator: Coordinator):
-    """Round 1: rows and sites (the protocol's set-up round); the checked count, or None
-    under DP (the noisy count is not checked)."""
+    """Round 1: rows and sites (the protocol's set-up round); the checked count, or under
+    DP the noisy one (not checked; it sharpens the sums' own noisy count)."""
     privacy = coordinator.privacy
     counted = coordinator.secure_sum(
         "bfi-count", lambda site: site.count_vector(),
         dp=None if privacy is None else DpQuery("row count", 1.0,
                                                 DP_SHARES["count"] * privacy.options.run_rho))
-    return check_bfi_count(counted, coordinator) if privacy is None else None
+    return check_bfi_count(counted, coordinator) if privacy is None else counted
 
 
 def _priors(opts: BFIOptions, family: Family, names) -> tuple[np.ndarray, np.ndarray | None]:
@@ -378,7 +384,8 @@ def _check_dp(opts: BFIOptions, family: Family, dp) -> None:
 
 
 def _dp_pooled(coordinator: Coordinator, designs: dict, outcome: dict, prior: np.ndarray,
-               names: tuple[str, ...], family: Family, opts: BFIOptions, standardized: bool):
+               names: tuple[str, ...], family: Family, opts: BFIOptions, standardized: bool,
+               count: np.ndarray):
     """One noisy secure sum of the sites' clipped sufficient statistics, and the fit from it.
 
     The noise is sized for the sum (the distributed discrete Gaussian over m
@@ -398,12 +405,17 @@ def _dp_pooled(coordinator: Coordinator, designs: dict, outcome: dict, prior: np
         lambda s: summary_vector(designs[s.name], outcome[s.name], dp.clip, bound, family.name),
         dp=summary_query("sufficient statistics", dp.clip, bound, (1.0 - spent) * dp.run_rho))
     privacy.clipped_records = float(total[-2])
-    return _fit_from_sums(coordinator, total, names, family, prior, opts.level)
+    return _fit_from_sums(coordinator, total, names, family, prior, opts.level, count)
 
 
-def _fit_from_sums(coordinator: Coordinator, total: np.ndarray, names, family, prior, level):
-    noise = float(np.max(coordinator.privacy.sum_noise_sd(
-        len(coordinator.rounds[-1].contributors))))
+def _fit_from_sums(coordinator: Coordinator, total: np.ndarray, names, family, prior, level,
+                   count: np.ndarray):
+    """The fit from the noisy sums, their row count sharpened by the count round's."""
+    privacy = coordinator.privacy
+    noise = float(np.max(privacy.sum_noise_sd(len(coordinator.rounds[-1].contributors))))
+    count_sd = next(r["noise_sd_units"] for r in privacy.releases if r["purpose"] == "row count")
+    total = total.copy()
+    total[0] = precision_weighted(total[0], noise, count[0], count_sd)
     try:
         return fit_from_noisy_sums(total, tuple(names), family, prior, noise,
                                    len(coordinator.live_sites), level)
@@ -682,7 +694,8 @@ def _bfi_remote(coordinator, opts, formula, family, names, started) -> BFIReport
         fit = layout.combine(total, combined_prior=combined, level=opts.level)
     else:
         fit, inference = _fit_from_sums(coordinator, total, names, family,
-                                        prior if combined is None else combined, opts.level)
+                                        prior if combined is None else combined, opts.level,
+                                        count)
     live = [s.name for s in coordinator.live_sites]
     warnings = []
     if coordinator.dropped:

@@ -29,10 +29,17 @@ from core_stats import bfi
 from core_stats.families import Family
 from securefed.dp_statistics import local_fit_from_stats
 
-__all__ = ["REPLICATES", "ESTIMATOR", "fit_from_noisy_sums"]
+__all__ = ["REPLICATES", "ESTIMATOR", "fit_from_noisy_sums", "precision_weighted"]
 
 REPLICATES = 300
 ESTIMATOR = "MAP of the pooled model from securely summed noisy sufficient statistics"
+
+
+def precision_weighted(first: float, first_sd: float, second: float, second_sd: float) -> float:
+    """``(a/σa² + b/σb²) / (1/σa² + 1/σb²)``: two noisy releases of one count, combined
+    (the count round's ``n``, Δ = 1, is much sharper than the sums' own)."""
+    wa, wb = 1.0 / first_sd**2, 1.0 / second_sd**2
+    return float((wa * first + wb * second) / (wa + wb))
 
 
 def fit_from_noisy_sums(total: np.ndarray, names: tuple[str, ...], family: Family,
