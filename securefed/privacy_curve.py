@@ -90,15 +90,16 @@ def _bfi_fit(frame, protection):
 def _bfi_pooled(frame) -> dict[str, float]:
     """The non-private posterior of the homogeneous model on the pooled rows."""
     from core_stats import bfi
-    from core_stats.design import fixed_design
     from core_stats.families import get_family
+    from core_stats.formula import agree_schema, model_data, parse_formula, variable_report
     from securefed.bfi_run import _priors
 
     opts = BFIOptions(formula=BFI_FORMULA, family="gaussian", site_column="hospital")
     family = get_family("gaussian")
-    X, names = fixed_design(BFI_FORMULA.split("~")[1], frame)
-    prior, _ = _priors(opts, family, names)
-    fit = bfi.fit_pooled(X, frame["stress"].to_numpy(dtype=float), family, prior, names=names)
+    schema = agree_schema(BFI_FORMULA, [variable_report(parse_formula(BFI_FORMULA), frame)])
+    data = model_data(schema, frame)
+    prior, _ = _priors(opts, family, data.fixed_names)
+    fit = bfi.fit_pooled(data.X, data.y, family, prior, names=data.fixed_names)
     return dict(zip(fit.names, fit.estimate.tolist(), strict=True))
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 from test_privacy import GLMM, _clustered, _stack
 
 from core_stats import bfi
-from core_stats.design import fixed_design
 from core_stats.families import get_family
+from core_stats.formula import agree_schema, model_data, parse_formula, variable_report
 from securefed.cli import main
 from securefed.dp_bfi import fit_from_noisy_sums
 from securefed.dp_statistics import summary_vector
@@ -56,9 +56,12 @@ def test_bfi_dp_intervals_from_noisy_sums_cover_the_exact_sums_fit():
     frame = pd.DataFrame({"x": rng.uniform(-1, 1, 400), "w": rng.binomial(1, 0.4, 400)})
     frame["y"] = 0.5 + 0.6 * frame.x - 0.4 * frame.w + rng.normal(0, 0.7, 400)
     family = get_family("gaussian")
-    X, names = fixed_design("x + w", frame)
+    formula = "y ~ x + w"
+    data = model_data(agree_schema(formula, [variable_report(parse_formula(formula), frame)]),
+                      frame)
+    names = data.fixed_names
     prior = bfi.prior_precision(len(names), family, lam=0.1, intercept_index=0)
-    exact = summary_vector(X, frame.y.to_numpy(), 2.0, 3.0, "gaussian")
+    exact = summary_vector(data.X, data.y, 2.0, 3.0, "gaussian")
     truth, _ = fit_from_noisy_sums(exact, names, family, prior, 1e-9, 4, 0.95, replicates=2)
     noise_sd = 25.0  # the sum's noise, against sum(x^2) ~ 130
     covered, naive = [], []

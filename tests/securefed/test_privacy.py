@@ -67,7 +67,7 @@ def test_glmm_under_dp_approaches_the_plaintext_fit_as_epsilon_grows() -> None:
 
 def test_bfi_under_dp_equals_the_pooled_posterior_and_plaintext_bfi_without_noise() -> None:
     from core_stats import bfi
-    from core_stats.design import fixed_design
+    from core_stats.formula import agree_schema, model_data, parse_formula, variable_report
 
     rng = np.random.default_rng(3)
     frame = pd.DataFrame({"site": np.repeat(np.arange(1, 6), 60), "x": rng.normal(0, 0.5, 300)})
@@ -79,9 +79,11 @@ def test_bfi_under_dp_equals_the_pooled_posterior_and_plaintext_bfi_without_nois
         "secagg,dp", sites, "gaussian", epsilon=1e7, clip=10.0, outcome_bound=10.0))
     out = private.to_dict()
     got = [e["estimate"] for e in out["estimates"]]
-    X, names = fixed_design("x", frame)
-    prior = bfi.prior_precision(len(names), get_family("gaussian"), lam=0.1, intercept_index=0)
-    pooled = bfi.fit_pooled(X, frame.y.to_numpy(), get_family("gaussian"), prior, names=names)
+    data = model_data(agree_schema("y ~ x", [variable_report(parse_formula("y ~ x"), frame)]),
+                      frame)
+    prior = bfi.prior_precision(2, get_family("gaussian"), lam=0.1, intercept_index=0)
+    pooled = bfi.fit_pooled(data.X, data.y, get_family("gaussian"), prior,
+                            names=data.fixed_names)
     # the homogeneous model's posterior, from the noisy sums: exact without noise ...
     assert np.allclose(got, pooled.estimate, atol=1e-3)
     # ... and BFI's approximation of it (local scale MAPs from 60 rows differ slightly)
