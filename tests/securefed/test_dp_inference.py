@@ -117,3 +117,15 @@ def test_dp_glmm_json_carries_the_estimator_and_its_noise_aware_covariance(tmp_p
     assert all(inference["realised_se"][t] > inference["sampling_se"][t]
                for t in inference["parameters"])
     assert result["counts_noisy"] is True
+
+
+def test_the_planned_noise_of_a_release_is_the_noise_it_then_has():
+    from securefed.privacy import DpQuery
+
+    stack = _stack("secagg,dp", ["1", "2", "3", "4"], epsilon=2.0)
+    guard = stack.privacy
+    query = DpQuery("test", 3.0, 0.01, np.array([0, 0, 2, 5]))
+    planned = guard.planned_noise_sd(query, 4, 4)
+    guard.apply({n: np.zeros(4) for n in ["1", "2", "3", "4"]}, query, 1)
+    np.testing.assert_allclose(planned, guard.sum_noise_sd(4), rtol=1e-12)
+    assert planned[3] == 32 * planned[0]  # units of 2^5
