@@ -358,15 +358,18 @@ def _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names, 
     dp = coordinator.privacy.options
     warnings = []  # not the plaintext warnings: they name exact site sizes, which DP hides
     layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
-    estimate, n_obs, n_groups = fit_glmm_dp(coordinator, layout, family, dp, on_step)
+    result = fit_glmm_dp(coordinator, layout, family, dp, on_step)
+    estimate, n_obs, n_groups = result.estimate, result.n_obs, result.n_groups
     live = coordinator.live_sites
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded from the fit: "
                         + ", ".join(coordinator.dropped))
     seconds = time.perf_counter() - started
-    extra = {"timings": coordinator.timings(seconds), "privacy": coordinator.privacy.report()}
+    privacy = {**coordinator.privacy.report(), "inference": result.report()}
+    extra = {"timings": coordinator.timings(seconds), "privacy": privacy}
     fit = _make_fit(opts, estimate, family, int(round(n_obs)), int(round(n_groups)), len(live),
                     coordinator, warnings, (), extra, seconds)
+    fit = replace(fit, counts_noisy=True)
     coordinator.finish_audit(fit.to_dict(), "glmm")
     return fit
 
