@@ -99,6 +99,7 @@ class Site:
         self._validation: GroupedRows | None = None
         self._modes: dict[tuple[bool, int], np.ndarray] = {}
         self._design: GLMMSiteDesign | None = None
+        self._cox = None
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={len(self._frame)})"
@@ -267,6 +268,36 @@ class Site:
                              f"model {list(spec.names)} (code categorical covariates as "
                              "numeric 0/1 columns)")
         return X, frame[spec.outcome].to_numpy(dtype=float)
+
+    # ------------------------------------------------------------ Cox
+    def prepare_cox(self, spec) -> None:
+        """Check this site's rows against the study's Cox model; index its stratum."""
+        from securefed.cox_site import prepare_cox_rows
+
+        self._cox = prepare_cox_rows(self.name, self._frame, spec)
+
+    def cox_summary_vector(self) -> np.ndarray:
+        """``[rows, events, 1, upper(Xc'Xc)]`` of this site's stratum."""
+        from securefed.cox_site import summary_vector
+
+        return summary_vector(self._require_cox())
+
+    def cox_terms_vector(self, beta: np.ndarray, ties: str, derivatives: bool) -> np.ndarray:
+        """``[l, g, upper(H)]`` (or ``[l]``) of this site's partial likelihood."""
+        from securefed.cox_site import terms_vector
+
+        return terms_vector(self._require_cox(), beta, ties, derivatives)
+
+    def cox_concordance_vector(self, beta: np.ndarray) -> np.ndarray:
+        """This site's concordance pair counts and jackknife sums at ``beta``."""
+        from securefed.cox_site import concordance_vector
+
+        return concordance_vector(self._require_cox(), beta)
+
+    def _require_cox(self):
+        if getattr(self, "_cox", None) is None:
+            raise RuntimeError("prepare_cox() must run before the site computes Cox terms")
+        return self._cox
 
     def _require_rows(self) -> GroupedRows:
         if self._rows is None:
