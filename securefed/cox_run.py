@@ -31,16 +31,14 @@ import pandas as pd
 from core_stats.cox import TIES
 from core_stats.cox_concordance import CONCORDANCE_LENGTH, concordance
 from core_stats.cox_results import CoxFit, global_tests
-from core_stats.design import DesignError
 from core_stats.inference import covariance, wald_fixed_effects
 from core_stats.optimize import SummedTerms, newton_maximize
-from core_stats.survival_formula import SurvFormula, parse_surv_formula, r_column_name
 from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.cox_plausibility import check_cox_concordance, check_cox_summary, check_cox_terms
-from securefed.cox_site import CoxSiteSpec, status_coding
+from securefed.cox_site import CoxSiteSpec, survival_spec
 from securefed.errors import InputError
 from securefed.glmm_run import _collinear_columns
 from securefed.site import Site
@@ -60,47 +58,10 @@ class CoxOptions:
     max_iter: int = 50
 
 
-def _public_spec(formula: SurvFormula, frame: pd.DataFrame, ties: str) -> CoxSiteSpec:
-    """The design every site builds (factor levels from the pooled column, as R codes them)."""
-    from formulaic import model_matrix
-
-    logical = frozenset(t for t in formula.terms if pd.api.types.is_bool_dtype(frame[t]))
-    for term in formula.terms:
-        if frame[term].isna().any():
-            raise InputError(f"covariate '{term}' has missing values: remove or impute those "
-                             "rows first")
-    covariates = frame[list(formula.terms)].assign(**{c: frame[c].astype(float) for c in logical})
-    try:
-        matrix = model_matrix(formula.design_rhs, covariates, na_action="raise")
-    except Exception as err:  # formulaic raises many types; one line, no values
-        raise InputError(f"cannot build the design of '{formula.design_rhs}' "
-                         f"({type(err).__name__}): numeric columns and factors only") from None
-    from core_stats.design import _lme4_name
-
-    names = tuple(r_column_name(_lme4_name(str(c)), formula, logical)
-                  for c in matrix.columns)[1:]
-    try:
-        coding = status_coding(frame[formula.status])
-    except ValueError as err:
-        raise InputError(f"status column '{formula.status}': {err}") from None
-    return CoxSiteSpec(formula, matrix.model_spec, names, logical, coding, ties)
-
-
 def _check(frame: pd.DataFrame, opts: CoxOptions) -> CoxSiteSpec:
     if opts.ties not in TIES:
         raise InputError(f"--ties {opts.ties!r}: choose efron or breslow")
-    try:
-        formula = parse_surv_formula(opts.formula)
-    except DesignError as err:
-        raise InputError(str(err)) from None
-    source = frame.attrs.get("source", "the data")
-    for col in (opts.site_column, formula.time, formula.status, *formula.terms):
-        if col not in frame.columns:
-            raise InputError(f"column '{col}' is not in {source} "
-                             f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
-    if frame[opts.site_column].isna().any():
-        raise InputError(f"column '{opts.site_column}' has missing values")
-    return _public_spec(formula, frame, opts.ties)
+    return survival_spec(frame, opts.formula, opts.site_column, opts.ties)
 
 
 def run_cox(frame: pd.DataFrame, opts: CoxOptions, *, protection: ProtectedSum | None = None,
@@ -179,8 +140,7 @@ def _fit(coordinator: Coordinator, opts: CoxOptions, spec: CoxSiteSpec, started:
     if not result.converged:
         warnings.append(f"the fit did not converge: {result.message}")
     seconds = clock.perf_counter() - started
-    releases = tuple({"round": r.round_id, "purpose": r.purpose, "length": r.length,
-                      "contributors": len(r.contributors)} for r in coordinator.rounds)
+    releases = coordinator.release_list()
     return CoxFit(
         formula=opts.formula, ties=opts.ties, fixed_effects=tuple(fixed),
         covariance=tuple(tuple(float(v) for v in row) for row in cov),

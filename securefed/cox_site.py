@@ -17,10 +17,13 @@ import pandas as pd
 
 from core_stats.cox import CoxStratum, cox_stratum, stratum_terms
 from core_stats.cox_concordance import concordance_sums
-from core_stats.survival_formula import SurvFormula
+from core_stats.design import DesignError
+from core_stats.survival_formula import SurvFormula, parse_surv_formula, r_column_name
+from securefed.errors import InputError
 from securefed.vectors import pack_terms, upper_triangle
 
-__all__ = ["CoxSiteSpec", "CoxRows", "StatusCoding", "prepare_cox_rows", "status_coding"]
+__all__ = ["CoxSiteSpec", "CoxRows", "StatusCoding", "prepare_cox_rows", "status_coding",
+           "survival_spec"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,47 @@ class CoxRows:
     time: np.ndarray
     event: np.ndarray
     X: np.ndarray  # not centred: concordance ties compare risk scores x' beta
+
+
+def survival_spec(frame: pd.DataFrame, formula_text: str, site_column: str,
+                  ties: str = "efron") -> CoxSiteSpec:
+    """The public model of a survival formula: InputError (one line) if the table cannot fit it.
+
+    The design (factor levels from the pooled columns, as R codes them), its R
+    column names and the status coding are agreed once; every site then checks
+    its own rows against them (:func:`prepare_cox_rows`).
+    """
+    from formulaic import model_matrix
+
+    from core_stats.design import _lme4_name
+
+    try:
+        formula = parse_surv_formula(formula_text)
+    except DesignError as err:
+        raise InputError(str(err)) from None
+    source = frame.attrs.get("source", "the data")
+    for col in (site_column, formula.time, formula.status, *formula.terms):
+        if col not in frame.columns:
+            raise InputError(f"column '{col}' is not in {source} "
+                             f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
+    for col in (site_column, *formula.terms):
+        if frame[col].isna().any():
+            raise InputError(f"column '{col}' has missing values: remove or impute those "
+                             "rows first")
+    logical = frozenset(t for t in formula.terms if pd.api.types.is_bool_dtype(frame[t]))
+    covariates = frame[list(formula.terms)].assign(**{c: frame[c].astype(float) for c in logical})
+    try:
+        matrix = model_matrix(formula.design_rhs, covariates, na_action="raise")
+    except Exception as err:  # formulaic raises many types; one line, no values
+        raise InputError(f"cannot build the design of '{formula.design_rhs}' "
+                         f"({type(err).__name__}): numeric columns and factors only") from None
+    names = tuple(r_column_name(_lme4_name(str(c)), formula, logical)
+                  for c in matrix.columns)[1:]
+    try:
+        coding = status_coding(frame[formula.status])
+    except ValueError as err:
+        raise InputError(f"status column '{formula.status}': {err}") from None
+    return CoxSiteSpec(formula, matrix.model_spec, names, logical, coding, ties)
 
 
 def _covariate_frame(frame: pd.DataFrame, spec: CoxSiteSpec) -> pd.DataFrame:
@@ -138,3 +182,18 @@ def terms_vector(rows: CoxRows, beta: np.ndarray, ties: str, derivatives: bool) 
 def concordance_vector(rows: CoxRows, beta: np.ndarray) -> np.ndarray:
     """This stratum's concordance sums at ``beta`` (:mod:`core_stats.cox_concordance`)."""
     return concordance_sums(rows.time, rows.event, rows.X @ np.asarray(beta, dtype=float))
+
+
+def bfi_survival_vector(site: str, rows: CoxRows, layout, baseline: str,
+                        prior: np.ndarray) -> np.ndarray:
+    """The homogeneous BFI vector of this site's local MAP of a parametric hazard model."""
+    from core_stats.bfi_local import MAPConvergenceError
+    from core_stats.bfi_survival import fit_survival_map
+
+    covariates = layout.names[:rows.X.shape[1]]
+    try:
+        local = fit_survival_map(rows.time, rows.event, rows.X, baseline, prior,
+                                 names=covariates)
+    except (ValueError, MAPConvergenceError) as err:
+        raise ValueError(f"site {site}: the local {baseline} fit failed ({err})") from None
+    return layout.site_vector(local)

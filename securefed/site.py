@@ -294,6 +294,12 @@ class Site:
 
         return concordance_vector(self._require_cox(), beta)
 
+    def bfi_survival_vector(self, layout, baseline: str, prior: np.ndarray) -> np.ndarray:
+        """This site's local MAP of a parametric survival model, as a BFI site vector."""
+        from securefed.cox_site import bfi_survival_vector
+
+        return bfi_survival_vector(self.name, self._require_cox(), layout, baseline, prior)
+
     def _require_cox(self):
         if getattr(self, "_cox", None) is None:
             raise RuntimeError("prepare_cox() must run before the site computes Cox terms")
