@@ -18,12 +18,13 @@ Efron: for ``r = 0..m_j-1`` replace ``m_j`` copies of ``S_k`` by
 ``S_k - (r / m_j) E_k`` (``k = 0, 1, 2``) and sum over ``r``.
 
 These are the likelihoods of ``survival::coxph`` (``ties = "breslow"`` and
-``"efron"``). Covariates are centred by the stratum's column means and the
-weights scaled by ``exp(-max eta)`` before the sums: both leave ``l``, ``g``
-and ``H`` unchanged (the shift cancels between numerator and risk set) and
-keep ``exp`` in range. A stratified partial likelihood is the sum of these
-stratum terms, so a federated fit with one stratum per site needs only their
-sums.
+``"efron"``). Covariates are centred by the stratum's column means and each
+risk set's weights scaled by ``exp(-c)``, ``c`` its largest ``eta`` (constant
+over segments of times, :func:`_shifts`): both leave ``l``, ``g`` and ``H``
+unchanged (the shift cancels between numerator and risk set) and keep every
+sum in range, however far apart the linear predictors lie. A stratified
+partial likelihood is the sum of these stratum terms, so a federated fit with
+one stratum per site needs only their sums.
 """
 
 from __future__ import annotations
@@ -99,9 +100,45 @@ def _sums_by_time(stratum: CoxStratum, values: np.ndarray, rows: np.ndarray | No
     return out
 
 
+_SEGMENT = 600.0  # exp(-600) ~ 1e-261: terms that far below a risk set's largest are negligible
+
+
+def _shifts(stratum: CoxStratum, eta: np.ndarray) -> np.ndarray:
+    """A log-scale per distinct time: constant over segments of times, each the largest
+    ``eta`` of the segment's first risk set, starting a new segment when the risk sets'
+    largest ``eta`` has fallen by ``_SEGMENT`` (so no risk-set sum underflows)."""
+    block_max = np.full(len(stratum.times), -np.inf)
+    np.maximum.at(block_max, stratum.time_index, eta)
+    risk_max = np.maximum.accumulate(block_max[::-1])[::-1]  # non-increasing in time
+    shifts = np.empty_like(risk_max)
+    start = 0
+    while start < len(risk_max):
+        stop = int(np.searchsorted(-risk_max, -(risk_max[start] - _SEGMENT), side="right"))
+        stop = max(stop, start + 1)
+        shifts[start:stop] = risk_max[start]
+        start = stop
+    return shifts
+
+
+def _risk_sums(blocks: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Reverse cumulative sums of per-time ``blocks`` (each in its time's scale ``shifts``)."""
+    out = np.empty_like(blocks)
+    carry, carry_shift = np.zeros(blocks.shape[1:]), -np.inf
+    edges = np.flatnonzero(np.diff(shifts)) + 1
+    for a, b in reversed(list(zip(np.r_[0, edges], np.r_[edges, len(shifts)], strict=True))):
+        scale = np.exp(carry_shift - shifts[a]) if np.isfinite(carry_shift) else 0.0
+        out[a:b] = np.cumsum(blocks[a:b][::-1], axis=0)[::-1] + scale * carry
+        carry, carry_shift = out[a], shifts[a]
+    return out
+
+
 def stratum_terms(stratum: CoxStratum, beta: np.ndarray, ties: str = "efron",
                   derivatives: bool = True) -> CoxTerms:
-    """Partial log-likelihood ``l``, gradient ``g`` and Hessian ``H`` (module docstring)."""
+    """Partial log-likelihood ``l``, gradient ``g`` and Hessian ``H`` (module docstring).
+
+    Weights are scaled per segment of times (:func:`_shifts`), so no risk-set
+    sum underflows however far apart the linear predictors lie.
+    """
     if ties not in TIES:
         raise ValueError(f"ties must be one of {TIES}, not {ties!r}")
     p = stratum.X.shape[1]
@@ -110,13 +147,13 @@ def stratum_terms(stratum: CoxStratum, beta: np.ndarray, ties: str = "efron",
         return CoxTerms(0.0, zero, np.zeros((p, p)) if derivatives else None)
     X, ev = stratum.X, stratum.event
     eta = X @ np.asarray(beta, dtype=float)
-    shift = float(eta.max())
-    w = np.exp(eta - shift)
+    shifts = _shifts(stratum, eta)
+    w = np.exp(eta - shifts[stratum.time_index])
     at = stratum.event_times
+    events = np.flatnonzero(ev)
     m = stratum.event_counts.astype(float)
-    risk0 = np.cumsum(_sums_by_time(stratum, w)[::-1])[::-1][at]
-    tied0 = _sums_by_time(stratum, w[ev], np.flatnonzero(ev))[at]
-    event_eta = float(eta[ev].sum())
+    risk0 = _risk_sums(_sums_by_time(stratum, w), shifts)[at]
+    tied0 = _sums_by_time(stratum, w[ev], events)[at]
     if ties == "breslow" or np.all(m == 1):
         per_time, frac = np.arange(len(at)), np.zeros(len(at))
         mult = m
@@ -127,15 +164,15 @@ def stratum_terms(stratum: CoxStratum, beta: np.ndarray, ties: str = "efron",
         frac = (np.arange(len(per_time)) - starts) / m[per_time]
         mult = np.ones(len(per_time))
     s0 = risk0[per_time] - frac * tied0[per_time]
-    loglik = event_eta - float(mult @ (np.log(s0) + shift))
+    loglik = float(eta[ev].sum()) - float(mult @ (np.log(s0) + shifts[at][per_time]))
     if not derivatives:
         return CoxTerms(loglik)
     wx = w[:, None] * X
-    risk1 = np.cumsum(_sums_by_time(stratum, wx)[::-1], axis=0)[::-1][at]
-    tied1 = _sums_by_time(stratum, wx[ev], np.flatnonzero(ev))[at]
     wxx = wx[:, :, None] * X[:, None, :]
-    risk2 = np.cumsum(_sums_by_time(stratum, wxx)[::-1], axis=0)[::-1][at]
-    tied2 = _sums_by_time(stratum, wxx[ev], np.flatnonzero(ev))[at]
+    risk1 = _risk_sums(_sums_by_time(stratum, wx), shifts)[at]
+    risk2 = _risk_sums(_sums_by_time(stratum, wxx), shifts)[at]
+    tied1 = _sums_by_time(stratum, wx[ev], events)[at]
+    tied2 = _sums_by_time(stratum, wxx[ev], events)[at]
     s1 = risk1[per_time] - frac[:, None] * tied1[per_time]
     s2 = risk2[per_time] - frac[:, None, None] * tied2[per_time]
     mean1 = s1 / s0[:, None]

@@ -62,6 +62,7 @@ class CoxFit:
     n_obs: int
     n_events: int
     n_sites: int
+    n_omitted: int
     converged: bool
     iterations: int
     rounds: int
@@ -90,6 +91,7 @@ class CoxFit:
             "n_obs": self.n_obs,
             "n_events": self.n_events,
             "n_sites": self.n_sites,
+            "n_omitted": self.n_omitted,
             "converged": self.converged,
             "iterations": self.iterations,
             "newton_rounds": self.iterations,
@@ -110,7 +112,11 @@ class CoxFit:
         z = np.array([f.z_value for f in fe])
         p = np.array([f.p_value for f in fe])
         lines = [f"Stratified Cox model (strata: sites), ties = {self.ties!r}", "",
-                 f"  n= {self.n_obs}, number of events= {self.n_events} ", ""]
+                 f"  n= {self.n_obs}, number of events= {self.n_events} "]
+        if self.n_omitted:
+            word = "observation" if self.n_omitted == 1 else "observations"
+            lines.append(f"   ({self.n_omitted} {word} deleted due to missingness)")
+        lines.append("")
         joint = _fixed(np.concatenate([beta, np.exp(beta), se]), 4)
         k = len(fe)
         cols = [("coef", joint[:k]), ("exp(coef)", joint[k:2 * k]), ("se(coef)", joint[2 * k:]),

@@ -1,96 +1,84 @@
-"""A small, safe reader of ``Surv(time, status) ~ x1 + factor(x2) + ...`` formulas.
+"""``Surv(time, status) ~ rhs`` formulas, read as data with the project's parser.
 
-A formula is data, never code: it is split into tokens and checked against
-a tiny grammar, and nothing in it is evaluated. What it accepts::
-
-    formula := "Surv(" NAME "," NAME ")" "~" term ("+" term)*
-    term    := NAME | "factor(" NAME ")"
-    NAME    := an R syntactic name ([A-Za-z.][A-Za-z0-9._]*) or `any text`
-
-``strata(...)`` is refused with a pointer to ``--site-column`` (in a
-federated Cox model the sites are the strata); interactions, transformations
-and intercept terms are refused with one line saying so. The right-hand side
-is handed to :func:`core_stats.design.fixed_design` with every name
-back-quoted, and the design's column names are mapped to R's
-(``factor(x)2``, ``sexmale``, ``flagTRUE``).
+The left-hand side must be ``Surv(time, status)`` naming two columns (a small
+pattern; nothing is evaluated). The right-hand side is read by
+:mod:`core_stats.formula` (R's formula grammar: ``+``, ``:``, ``*``,
+``factor()``, ``I()``, ``log()``, ...) as the model ``time ~ rhs``, whose
+fixed design, minus R's intercept column, is the Cox (or parametric hazard)
+design: ``survival::coxph`` codes factors with an intercept and then drops
+its column, and so do we. Refused, each in one line: ``strata()`` (the
+sites are the strata), random-effects terms, ``offset()``, a removed
+intercept (``- 1``, ``0 +``), and a covariate that is the time or status
+column.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
-from core_stats.design import DesignError
+from core_stats.formula import FormulaError, ModelFormula, parse_formula
 
-__all__ = ["SurvFormula", "parse_surv_formula", "r_column_name"]
+__all__ = ["SurvFormula", "parse_surv_formula"]
 
 _NAME = r"(?:[A-Za-z.][A-Za-z0-9._]*|`[^`]+`)"
 _LHS = re.compile(rf"\s*Surv\s*\(\s*({_NAME})\s*,\s*({_NAME})\s*\)\s*")
-_TERM = re.compile(rf"\s*(?:(factor|strata)\s*\(\s*({_NAME})\s*\)|({_NAME}))\s*")
 
 
 @dataclass(frozen=True)
 class SurvFormula:
-    """A parsed survival formula: time and status columns, covariate terms."""
+    """A parsed survival formula: time and status columns and the covariates' model."""
 
+    text: str
     time: str
     status: str
-    terms: tuple[str, ...]
-    factors: tuple[str, ...]  # the terms written factor(name)
+    rhs: str
+
+    @property
+    def model_text(self) -> str:
+        """``time ~ rhs``: the formula whose fixed design (without intercept) is the model's."""
+        return f"`{self.time}` ~ {self.rhs}"
+
+    @cached_property
+    def model(self) -> ModelFormula:
+        return parse_formula(self.model_text)
 
     @property
     def covariates(self) -> tuple[str, ...]:
-        return self.terms
-
-    @property
-    def design_rhs(self) -> str:
-        """The right-hand side for :func:`core_stats.design.fixed_design` (names quoted)."""
-        return " + ".join(f"C(`{t}`)" if t in self.factors else f"`{t}`" for t in self.terms)
+        """The data columns the covariates read (the right-hand side alone)."""
+        return parse_formula(f"1 ~ {self.rhs}").columns
 
 
 def _unquote(name: str) -> str:
     return name[1:-1] if name.startswith("`") else name
 
 
-def parse_surv_formula(formula: str) -> SurvFormula:
-    """Parse ``Surv(time, status) ~ rhs``; DesignError (one line) for anything else."""
-    if formula.count("~") != 1:
-        raise DesignError("write the formula as 'Surv(time, status) ~ x1 + x2'")
-    lhs, rhs = formula.split("~")
+def parse_surv_formula(text: str) -> SurvFormula:
+    """Read ``Surv(time, status) ~ rhs``; FormulaError (one line) for anything else."""
+    if text.count("~") != 1:
+        raise FormulaError("write the formula as 'Surv(time, status) ~ x1 + x2'")
+    lhs, rhs = text.split("~")
     match = _LHS.fullmatch(lhs)
     if match is None:
-        raise DesignError("the left-hand side must be Surv(time, status), naming two columns")
+        raise FormulaError("the left-hand side must be Surv(time, status), naming two columns")
     time, status = (_unquote(g) for g in match.groups())
     if time == status:
-        raise DesignError("Surv(time, status) needs two different columns")
-    terms: list[str] = []
-    factors: list[str] = []
-    for part in rhs.split("+"):
-        term = _TERM.fullmatch(part)
-        if term is None:
-            raise DesignError(f"cannot read the term {part.strip()!r}: write column names or "
-                              "factor(name) joined by '+' (no interactions, transformations "
-                              "or intercept terms)")
-        call, inner, plain = term.groups()
-        if call == "strata":
-            raise DesignError("strata(...) is not needed: the model is stratified by the "
-                              "sites (--site-column)")
-        name = _unquote(inner if call else plain)
-        if name in terms:
-            raise DesignError(f"the term {name!r} appears twice")
-        if name in (time, status):
-            raise DesignError(f"{name!r} is in Surv(...) and cannot be a covariate")
-        terms.append(name)
-        if call == "factor":
-            factors.append(name)
-    return SurvFormula(time, status, tuple(terms), tuple(factors))
-
-
-def r_column_name(name: str, formula: SurvFormula, logical: frozenset[str]) -> str:
-    """R's name for a design column built from :attr:`SurvFormula.design_rhs`."""
-    match = re.fullmatch(r"C\(`(.+)`\)\[T\.(.*)\]", name)
-    if match:
-        return f"factor({match.group(1)}){match.group(2)}"
-    if name in logical:
-        return f"{name}TRUE"
-    return name
+        raise FormulaError("Surv(time, status) needs two different columns")
+    if re.search(r"\bstrata\s*\(", rhs):
+        raise FormulaError("strata(...) is not needed: the model is stratified by the sites "
+                           "(--site-column)")
+    formula = SurvFormula(text, time, status, rhs.strip())
+    model = formula.model
+    if model.random:
+        raise FormulaError("a survival model here has no random-effects term (... | group)")
+    if model.offsets:
+        raise FormulaError("offset() is not supported in a survival model yet")
+    if not model.fixed.intercept:
+        raise FormulaError("a Cox model has no intercept to remove: drop the '- 1' or '0 +'")
+    if not model.fixed.terms:
+        raise FormulaError("the model has no covariates: name at least one after '~'")
+    clash = [c for c in (time, status) if c in formula.covariates]
+    if clash:
+        raise FormulaError(f"'{clash[0]}' is in Surv(...) and cannot be a covariate")
+    return formula

@@ -28,10 +28,10 @@ from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
-from securefed.cox_site import survival_spec
 from securefed.errors import InputError
 from securefed.plausibility import check_bfi_count, check_bfi_terms
 from securefed.site import Site
+from securefed.survival_spec import survival_spec
 
 __all__ = ["SurvivalBFIOptions", "SurvivalBFIReport", "run_bfi_survival"]
 

@@ -12,8 +12,10 @@ from securefed.cli_fit import (
     DROP_PHASE,
     DROP_ROUND,
     DROP_SITES,
+    NA_ACTION,
     NEIGHBOURS,
     THRESHOLD,
+    check_na_action,
     protection_options,
     write_json,
 )
@@ -37,6 +39,7 @@ def cox(
     drop_phase: str = DROP_PHASE,
     drop_round: int = DROP_ROUND,
     audit_log: Path = AUDIT_LOG,
+    na_action: str = NA_ACTION,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
 ) -> None:
     """Fit coxph(Surv(time, status) ~ ... + strata(site)) federated over the sites."""
@@ -45,7 +48,8 @@ def cox(
     from securefed.protection import protection_for
 
     frame = read_table(data)
-    opts = CoxOptions(formula=formula, site_column=site_column, ties=ties.lower())
+    opts = CoxOptions(formula=formula, site_column=site_column, ties=ties.lower(),
+                      na_action=check_na_action(na_action))
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
                               drop_phase, drop_round)
     protection = protection_for(frame, site_column, prot)

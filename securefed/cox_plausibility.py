@@ -3,7 +3,7 @@
 Each check states an inequality that every honest sum satisfies; a failed
 check refuses the round (:class:`~securefed.plausibility.ImplausibleAggregate`).
 
-* ``cox-count``: rows, events and sites are whole numbers with
+* ``cox-count``: rows, events, omitted rows and sites are whole numbers with
   ``0 <= events <= rows``, and the site count equals the contributors.
 * ``gram-psd``: the within-site centred Gram matrix is positive semi-definite
   (a sum of Gram matrices).
@@ -34,6 +34,7 @@ __all__ = ["CoxCounts", "check_cox_concordance", "check_cox_summary", "check_cox
 class CoxCounts:
     n_rows: int
     n_events: int
+    n_omitted: int
     n_sites: int
     tolerance: Tolerance
 
@@ -43,25 +44,26 @@ def _contributors(coordinator) -> int:
 
 
 def check_cox_summary(total: np.ndarray, coordinator, p: int) -> CoxCounts:
-    """Check ``[rows, events, sites, upper(Xc'Xc)]``; return the counts."""
+    """Check ``[rows, events, omitted, sites, upper(Xc'Xc)]``; return the counts."""
     purpose = "cox-summary"
     tol = Tolerance.of(coordinator)
     total = _finite(purpose, total)
-    if total.size != 3 + p * (p + 1) // 2:
+    if total.size != 4 + p * (p + 1) // 2:
         _refuse(purpose, "length", f"{total.size} values for {p} columns")
-    rows, events, sites = (float(v) for v in total[:3])
-    if not all(tol.whole(v) for v in (rows, events, sites)) or not \
-            (-tol.absolute <= events <= rows + tol.absolute):
-        _refuse(purpose, "cox-count", "rows, events and sites must be whole numbers with "
-                "0 <= events <= rows")
+    rows, events, omitted, sites = (float(v) for v in total[:4])
+    if not all(tol.whole(v) for v in (rows, events, omitted, sites)) or not \
+            (-tol.absolute <= events <= rows + tol.absolute) or omitted < -tol.absolute:
+        _refuse(purpose, "cox-count", "rows, events, omitted rows and sites must be whole "
+                "numbers with 0 <= events <= rows")
     if round(sites) != _contributors(coordinator):
         _refuse(purpose, "cox-count", f"{round(sites)} sites counted, "
                 f"{_contributors(coordinator)} contributed")
-    gram = from_upper_triangle(total[3:], p)
+    gram = from_upper_triangle(total[4:], p)
     scale = np.sqrt(np.maximum(np.diag(gram), 1e-300))
     if np.any(np.diag(gram) < -tol.absolute) or not _psd(gram, scale, 1e-6):
         _refuse(purpose, "gram-psd", "the centred Gram matrix is not positive semi-definite")
-    return CoxCounts(int(round(rows)), int(round(events)), int(round(sites)), tol)
+    return CoxCounts(int(round(rows)), int(round(events)), int(round(omitted)),
+                     int(round(sites)), tol)
 
 
 def check_cox_terms(total: np.ndarray, coordinator, counts: CoxCounts, p: int,

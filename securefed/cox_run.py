@@ -6,8 +6,9 @@ Newton's method on the summed gradients and Hessians is exactly
 releases, every value a sum over its own stratum, each through the run's
 protection stack:
 
-1. ``cox-summary``: ``[rows, events, 1, upper(Xc'Xc)]`` with ``Xc`` the
-   site's covariates centred by its own means (counts; identifiability).
+1. ``cox-summary``: ``[rows, events, omitted rows, 1, upper(Xc'Xc)]`` with
+   ``Xc`` the site's covariates centred by its own means (counts;
+   identifiability).
 2. ``cox-terms`` (one per Newton round, the first at ``beta = 0``):
    ``[l, g, upper(H)]``, the site's partial log-likelihood and its exact
    derivatives at the public ``beta``.
@@ -38,10 +39,10 @@ from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.cox_plausibility import check_cox_concordance, check_cox_summary, check_cox_terms
-from securefed.cox_site import CoxSiteSpec, survival_spec
 from securefed.errors import InputError
 from securefed.glmm_run import _collinear_columns
 from securefed.site import Site
+from securefed.survival_spec import CoxSiteSpec, survival_spec
 from securefed.vectors import from_upper_triangle, unpack_terms
 
 __all__ = ["CoxOptions", "run_cox"]
@@ -54,6 +55,7 @@ class CoxOptions:
     formula: str
     site_column: str
     ties: str = "efron"
+    na_action: str = "omit"
     tol: float = 1e-10
     max_iter: int = 50
 
@@ -61,7 +63,7 @@ class CoxOptions:
 def _check(frame: pd.DataFrame, opts: CoxOptions) -> CoxSiteSpec:
     if opts.ties not in TIES:
         raise InputError(f"--ties {opts.ties!r}: choose efron or breslow")
-    return survival_spec(frame, opts.formula, opts.site_column, opts.ties)
+    return survival_spec(frame, opts.formula, opts.site_column, opts.ties, opts.na_action)
 
 
 def run_cox(frame: pd.DataFrame, opts: CoxOptions, *, protection: ProtectedSum | None = None,
@@ -104,7 +106,7 @@ def _fit(coordinator: Coordinator, opts: CoxOptions, spec: CoxSiteSpec, started:
     counts = check_cox_summary(summary, coordinator, p)
     if counts.n_events == 0:
         raise InputError("no events: the status column marks no row as an event")
-    gram = from_upper_triangle(summary[3:], p)
+    gram = from_upper_triangle(summary[4:], p)
     dropped = [spec.names[j] for j in _collinear_columns(gram)]
     if dropped:
         raise InputError("covariate column(s) " + ", ".join(dropped) + " are constant within "
@@ -146,7 +148,8 @@ def _fit(coordinator: Coordinator, opts: CoxOptions, spec: CoxSiteSpec, started:
         covariance=tuple(tuple(float(v) for v in row) for row in cov),
         loglik=float(result.terms.value), loglik_null=float(at_zero[0].value), tests=tests,
         concordance=concordance(conc_total), n_obs=counts.n_rows, n_events=counts.n_events,
-        n_sites=counts.n_sites, converged=result.converged, iterations=result.iterations,
+        n_sites=counts.n_sites, n_omitted=counts.n_omitted, converged=result.converged,
+        iterations=result.iterations,
         rounds=coordinator.round_id, protection=coordinator.protection.name, releases=releases,
         message=result.message, warnings=tuple(warnings),
         extra={"bytes_sent_per_site": coordinator.mean_bytes_per_site(),

@@ -3,8 +3,9 @@
 Every check of a site's rows runs here, at the site, on its own rows: the
 time column is numeric, finite and never negative; the status column fits
 the study's coding (0/1, R's 1/2, or logical, as ``survival::Surv`` reads
-it); the covariates are complete and build exactly the study's design
-columns. A site then releases only sums over its own stratum (see
+it); the covariates build exactly the study's design columns. Rows with a
+missing value in the model's columns are omitted and counted, as R does.
+A site then releases only sums over its own stratum (see
 :mod:`securefed.cox_run` for the list).
 """
 
@@ -17,56 +18,11 @@ import pandas as pd
 
 from core_stats.cox import CoxStratum, cox_stratum, stratum_terms
 from core_stats.cox_concordance import concordance_sums
-from core_stats.design import DesignError
-from core_stats.survival_formula import SurvFormula, parse_surv_formula, r_column_name
-from securefed.errors import InputError
+from securefed.survival_spec import CoxSiteSpec, StatusCoding
 from securefed.vectors import pack_terms, upper_triangle
 
-__all__ = ["CoxSiteSpec", "CoxRows", "StatusCoding", "prepare_cox_rows", "status_coding",
-           "survival_spec"]
-
-
-@dataclass(frozen=True)
-class StatusCoding:
-    """How the status column codes an event: ``event`` is the value that means one."""
-
-    kind: str  # "0/1", "1/2" or "logical"
-
-    @property
-    def values(self) -> tuple:
-        return {"0/1": (0.0, 1.0), "1/2": (1.0, 2.0), "logical": (False, True)}[self.kind]
-
-
-def status_coding(column: pd.Series) -> StatusCoding:
-    """The coding of a status column as ``Surv`` reads it (ValueError if none fits).
-
-    Logical columns are logical; numeric ones are 1/2 when their largest value
-    is 2 and 0/1 otherwise, and every value must then be one of the two.
-    """
-    if pd.api.types.is_bool_dtype(column):
-        return StatusCoding("logical")
-    values = pd.to_numeric(column, errors="coerce")
-    if values.isna().any():
-        raise ValueError("the status column must be 0/1, 1/2 (R's coding) or TRUE/FALSE, "
-                         "with no missing values")
-    kind = "1/2" if float(values.max()) == 2.0 else "0/1"
-    allowed = StatusCoding(kind).values
-    if not values.isin(allowed).all():
-        raise ValueError(f"the status column must be coded {kind.replace('/', ' or ')} "
-                         "(event = the larger value), or TRUE/FALSE")
-    return StatusCoding(kind)
-
-
-@dataclass(frozen=True, eq=False)
-class CoxSiteSpec:
-    """The public model every site fits: formula, agreed design, status coding, ties."""
-
-    formula: SurvFormula
-    design_spec: object  # formulaic ModelSpec agreed by the consortium
-    names: tuple[str, ...]
-    logical: frozenset[str]
-    coding: StatusCoding
-    ties: str
+__all__ = ["CoxRows", "bfi_survival_vector", "concordance_vector", "prepare_cox_rows",
+           "summary_vector", "terms_vector"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,99 +33,62 @@ class CoxRows:
     time: np.ndarray
     event: np.ndarray
     X: np.ndarray  # not centred: concordance ties compare risk scores x' beta
+    n_omitted: int = 0
 
 
-def survival_spec(frame: pd.DataFrame, formula_text: str, site_column: str,
-                  ties: str = "efron") -> CoxSiteSpec:
-    """The public model of a survival formula: InputError (one line) if the table cannot fit it.
-
-    The design (factor levels from the pooled columns, as R codes them), its R
-    column names and the status coding are agreed once; every site then checks
-    its own rows against them (:func:`prepare_cox_rows`).
-    """
-    from formulaic import model_matrix
-
-    from core_stats.design import _lme4_name
-
-    try:
-        formula = parse_surv_formula(formula_text)
-    except DesignError as err:
-        raise InputError(str(err)) from None
-    source = frame.attrs.get("source", "the data")
-    for col in (site_column, formula.time, formula.status, *formula.terms):
-        if col not in frame.columns:
-            raise InputError(f"column '{col}' is not in {source} "
-                             f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
-    for col in (site_column, *formula.terms):
-        if frame[col].isna().any():
-            raise InputError(f"column '{col}' has missing values: remove or impute those "
-                             "rows first")
-    logical = frozenset(t for t in formula.terms if pd.api.types.is_bool_dtype(frame[t]))
-    covariates = frame[list(formula.terms)].assign(**{c: frame[c].astype(float) for c in logical})
-    try:
-        matrix = model_matrix(formula.design_rhs, covariates, na_action="raise")
-    except Exception as err:  # formulaic raises many types; one line, no values
-        raise InputError(f"cannot build the design of '{formula.design_rhs}' "
-                         f"({type(err).__name__}): numeric columns and factors only") from None
-    names = tuple(r_column_name(_lme4_name(str(c)), formula, logical)
-                  for c in matrix.columns)[1:]
-    try:
-        coding = status_coding(frame[formula.status])
-    except ValueError as err:
-        raise InputError(f"status column '{formula.status}': {err}") from None
-    return CoxSiteSpec(formula, matrix.model_spec, names, logical, coding, ties)
-
-
-def _covariate_frame(frame: pd.DataFrame, spec: CoxSiteSpec) -> pd.DataFrame:
-    missing = [c for c in spec.formula.terms if frame[c].isna().any()]
-    if missing:
-        raise ValueError(f"covariate '{missing[0]}' has missing values")
-    return frame.assign(**{c: frame[c].astype(float) for c in spec.logical})
-
-
-def prepare_cox_rows(site: str, frame: pd.DataFrame, spec: CoxSiteSpec) -> CoxRows:
-    """Check this site's rows against ``spec`` and index its stratum (ValueError if not)."""
-    from formulaic import model_matrix
-
-    f = spec.formula
-    for col in (f.time, f.status, *f.terms):
-        if col not in frame.columns:
-            raise ValueError(f"site {site}: column '{col}' is missing")
-    time = pd.to_numeric(frame[f.time], errors="coerce").to_numpy(dtype=float)
-    if not np.all(np.isfinite(time)):
-        raise ValueError(f"site {site}: the time column '{f.time}' must be numbers, "
-                         "with no missing values")
-    if np.any(time < 0):
-        raise ValueError(f"site {site}: the time column '{f.time}' has negative times")
-    status = frame[f.status]
-    if spec.coding.kind == "logical":
+def _events(site: str, status: pd.Series, coding: StatusCoding) -> np.ndarray:
+    if coding.kind == "logical":
         if not pd.api.types.is_bool_dtype(status):
             raise ValueError(f"site {site}: the status column must be TRUE/FALSE like the "
                              "other sites'")
-        event = status.to_numpy(dtype=bool)
-    else:
-        values = pd.to_numeric(status, errors="coerce")
-        low, high = spec.coding.values
-        if values.isna().any() or not values.isin((low, high)).all():
-            raise ValueError(f"site {site}: the status column must be coded "
-                             f"{spec.coding.kind.replace('/', ' or ')} like the other sites'")
-        event = (values.to_numpy(dtype=float) == high)
+        return status.to_numpy(dtype=bool)
+    values = pd.to_numeric(status, errors="coerce")
+    low, high = coding.values
+    if values.isna().any() or not values.isin((low, high)).all():
+        raise ValueError(f"site {site}: the status column must be coded "
+                         f"{coding.kind.replace('/', ' or ')} like the other sites'")
+    return values.to_numpy(dtype=float) == high
+
+
+def prepare_cox_rows(site: str, frame: pd.DataFrame, spec: CoxSiteSpec) -> CoxRows:
+    """Check this site's rows against ``spec`` and index its stratum (ValueError if not).
+
+    Rows with a missing time, status or covariate are omitted and counted (R's
+    ``na.omit``), or refused under ``na_action = "fail"``.
+    """
+    from core_stats.formula import FormulaError, model_data
+
+    f = spec.formula
+    used = [f.time, f.status, *f.covariates]
+    missing = [c for c in used if c not in frame.columns]
+    if missing:
+        raise ValueError(f"site {site}: column '{missing[0]}' is missing")
+    incomplete = frame[used].isna().any(axis=1).to_numpy()
+    if incomplete.any() and spec.na_action == "fail":
+        raise ValueError(f"site {site}: {int(incomplete.sum())} row(s) have missing values in "
+                         "the model's columns (use --na-action omit to drop them, as R does)")
+    rows = frame.loc[~incomplete]
+    time = pd.to_numeric(rows[f.time], errors="coerce").to_numpy(dtype=float)
+    if not np.all(np.isfinite(time)):
+        raise ValueError(f"site {site}: the time column '{f.time}' must hold numbers")
+    if np.any(time < 0):
+        raise ValueError(f"site {site}: the time column '{f.time}' has negative times")
+    event = _events(site, rows[f.status], spec.coding)
     try:
-        X = np.asarray(model_matrix(spec.design_spec, _covariate_frame(frame, spec),
-                                    na_action="raise"), dtype=float)[:, 1:]
-    except Exception as err:  # formulaic raises many types; one line, no values
-        raise ValueError(f"site {site}: the covariates do not fit the study's design "
-                         f"({type(err).__name__})") from None
-    if X.shape[1] != len(spec.names):
-        raise ValueError(f"site {site}: the design has {X.shape[1]} columns, the model "
-                         f"{len(spec.names)}")
-    return CoxRows(cox_stratum(time, event, X), time, event, X)
+        data = model_data(spec.schema, rows, na_action="fail")
+    except FormulaError as err:
+        raise ValueError(f"site {site}: {err}") from None
+    if data.fixed_names[1:] != spec.names:
+        raise ValueError(f"site {site}: the design has columns {list(data.fixed_names[1:])}, "
+                         f"the model {list(spec.names)}")
+    X = data.X[:, 1:]
+    return CoxRows(cox_stratum(time, event, X), time, event, X, int(incomplete.sum()))
 
 
 def summary_vector(rows: CoxRows) -> np.ndarray:
-    """``[rows, events, 1, upper(Xc'Xc)]`` with ``Xc`` centred by this site's means."""
+    """``[rows, events, omitted rows, 1, upper(Xc'Xc)]``, ``Xc`` centred by the site's means."""
     Xc = rows.stratum.X
-    return np.concatenate([[rows.stratum.n_rows, rows.stratum.n_events, 1.0],
+    return np.concatenate([[rows.stratum.n_rows, rows.stratum.n_events, rows.n_omitted, 1.0],
                            upper_triangle(Xc.T @ Xc)])
 
 

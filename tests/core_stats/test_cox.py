@@ -79,6 +79,25 @@ def test_shift_of_covariates_and_large_eta_change_nothing():
     np.testing.assert_allclose(shifted.gradient, base.gradient, rtol=1e-8, atol=1e-8)
 
 
+def test_far_apart_linear_predictors_stay_finite_and_exact():
+    """Late risk sets whose eta lie ~3000 below the early ones' (no underflow to log 0)."""
+    time, event, X = _data(10, tied=False)
+    order = np.argsort(time)
+    X = X.copy()
+    X[order, 0] = np.linspace(30.0, -30.0, len(time))  # early rows: large eta
+    beta = np.array([50.0, 0.1, -0.2])
+    eta = (X - X.mean(axis=0)) @ beta
+    expected = 0.0
+    for t in np.unique(time[event]):
+        dead = event & (time == t)
+        at_risk = eta[time >= t]
+        top = at_risk.max()
+        expected += eta[dead].sum() - dead.sum() * (top + np.log(np.exp(at_risk - top).sum()))
+    terms = stratum_terms(cox_stratum(time, event, X), beta, "breslow")
+    assert terms.loglik == pytest.approx(expected, rel=1e-12)
+    assert np.all(np.isfinite(terms.gradient)) and np.all(np.isfinite(terms.hessian))
+
+
 def test_stratum_without_events_contributes_zero():
     time, _, X = _data(8)
     terms = stratum_terms(cox_stratum(time, np.zeros(len(time), bool), X), np.ones(3))

@@ -41,7 +41,8 @@ def test_matches_r_coxph(key):
                                rtol=1e-6)
     assert fit.loglik == pytest.approx(case["loglik"][1], abs=1e-6)
     assert fit.loglik_null == pytest.approx(case["loglik"][0], abs=1e-6)
-    assert (fit.n_obs, fit.n_events) == (case["n"], case["nevent"])
+    assert (fit.n_obs, fit.n_events, fit.n_omitted) == (case["n"], case["nevent"],
+                                                        case["n_omitted"])
     for name, r_key in (("likelihood_ratio", "lr_test"), ("wald", "wald_test"),
                         ("score", "score_test")):
         assert fit.tests[name].statistic == pytest.approx(case[r_key], rel=1e-6)
@@ -121,9 +122,11 @@ BAD = [
     ("Surv(time, status) ~ weight", "column 'weight' is not in"),
     ("time ~ trt", "left-hand side must be Surv(time, status)"),
     ("Surv(time, status) ~ trt + strata(site)", "stratified by the sites"),
-    ("Surv(time, status) ~ trt * karno", "cannot read the term"),
-    ("Surv(time, status) ~ log(karno)", "cannot read the term"),
-    ("Surv(time, status) ~ __import__('os')", "cannot read the term"),
+    ("Surv(time, status) ~ trt - 1", "no intercept to remove"),
+    ("Surv(time, status) ~ trt + (1 | site)", "no random-effects term"),
+    ("Surv(time, status) ~ trt + offset(age)", "offset() is not supported"),
+    ("Surv(time, status) ~ time + trt", "cannot be a covariate"),
+    ("Surv(time, status) ~ __import__('os')", "cannot read the formula"),
 ]
 
 
@@ -139,7 +142,6 @@ def test_formula_errors_exit_2_with_one_line(formula, message, capsys):
     (lambda f: f.assign(time=f["time"] - 500), "negative times"),
     (lambda f: f.assign(status=f["status"] * 3), "status column"),
     (lambda f: f.assign(status=0), "no events"),
-    (lambda f: f.assign(karno=f["karno"].where(f.index != 3)), "missing values"),
     (lambda f: f.assign(age=1.0), "constant within every site"),
 ])
 def test_data_errors_exit_2_with_one_line(tmp_path, capsys, change, message):
@@ -149,6 +151,19 @@ def test_data_errors_exit_2_with_one_line(tmp_path, capsys, change, message):
                  "--site-column", "site"])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_values_omitted_or_refused(tmp_path, capsys):
+    path = tmp_path / "missing.csv"
+    frame = pd.read_csv(GOLDEN / "veteran.csv")
+    frame.assign(karno=frame["karno"].where(frame.index != 3)).to_csv(path, index=False)
+    args = ["cox", str(path), "--formula", "Surv(time, status) ~ karno + age",
+            "--site-column", "site", "--json", str(tmp_path / "out.json")]
+    assert main(args) == 0
+    assert "(1 observation deleted due to missingness)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out.json").read_text())["n_omitted"] == 1
+    assert main([*args, "--na-action", "fail"]) == 2
+    assert "1 row(s) have missing values" in capsys.readouterr().err
 
 
 def test_dp_is_refused(capsys):

@@ -17,10 +17,16 @@ col <- na.omit(colon[colon$etype == 2, c("id", "time", "status", "rx", "sex", "a
 col$site <- paste0("c", 1 + col$id %% 5)
 col$rx <- as.character(col$rx)
 
+lung_na <- lung[!is.na(lung$inst), c("inst", "time", "status", "age", "sex", "wt.loss")]
+lung_na$site <- paste0("inst", lung_na$inst)  # wt.loss has missing values: na.omit drops them
+
 cases <- list(
   lung = list(data = lung_d, rhs = "age + sex + ph.ecog", file = "lung.csv"),
   veteran = list(data = vet, rhs = "trt + karno + age + celltype", file = "veteran.csv"),
-  colon = list(data = col, rhs = "rx + sex + age + nodes", file = "colon.csv")
+  colon = list(data = col, rhs = "rx + sex + age + nodes", file = "colon.csv"),
+  lung_missing = list(data = lung_na, rhs = "age + sex + wt.loss", file = "lung_missing.csv"),
+  veteran_terms = list(data = vet, rhs = "trt * karno + log(age) + factor(prior) + celltype",
+                       file = "veteran.csv")
 )
 golden <- list(R = R.version.string, survival = as.character(packageVersion("survival")))
 for (name in names(cases)) {
@@ -36,7 +42,7 @@ for (name in names(cases)) {
     cc <- fit$concordance
     golden[[paste(name, ties, sep = "_")]] <- list(
       data = case$file, formula = paste("Surv(time, status) ~", case$rhs), ties = ties,
-      terms = names(coef(fit)), coef = unname(coef(fit)), se = unname(sqrt(diag(vcov(fit)))),
+      n_omitted = length(fit$na.action), terms = names(coef(fit)), coef = unname(coef(fit)), se = unname(sqrt(diag(vcov(fit)))),
       vcov = unname(vcov(fit)), loglik = fit$loglik, n = fit$n, nevent = fit$nevent,
       iter = fit$iter, score_test = unname(fit$score), wald_test = unname(fit$wald.test),
       lr_test = 2 * diff(fit$loglik),
