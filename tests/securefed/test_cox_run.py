@@ -170,3 +170,24 @@ def test_dp_is_refused(capsys):
     code = main(["cox", str(GOLDEN / "veteran.csv"), "--formula", "Surv(time, status) ~ age",
                  "--site-column", "site", "--protect", "secagg,dp"])
     assert code == 2
+
+
+@pytest.mark.parametrize(("method", "poison", "check"), [
+    ("cox_terms_vector", lambda v: np.r_[abs(v[0]) + 1e4, v[1:]], "partial-loglik"),
+    ("cox_summary_vector", lambda v: np.r_[v[0], v[1] + 0.5, v[2:]], "cox-count"),
+    ("cox_concordance_vector", lambda v: np.r_[v[:3] + 0.5, v[3:]], "pair-counts"),
+])
+def test_a_poisoned_site_vector_is_refused(monkeypatch, method, poison, check):
+    from securefed.plausibility import ImplausibleAggregate
+    from securefed.site import Site
+
+    original = getattr(Site, method)
+
+    def poisoned(self, *args, **kwargs):
+        vector = original(self, *args, **kwargs)
+        return poison(vector) if self.name == "s2" else vector
+
+    monkeypatch.setattr(Site, method, poisoned)
+    with pytest.raises(ImplausibleAggregate) as caught:
+        _fit(CASES["veteran_efron"], SecAggSum())
+    assert caught.value.check == check
