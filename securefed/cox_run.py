@@ -34,7 +34,7 @@ from core_stats.cox_concordance import CONCORDANCE_LENGTH, concordance
 from core_stats.cox_results import CoxFit, global_tests
 from core_stats.inference import covariance, wald_fixed_effects
 from core_stats.optimize import SummedTerms, newton_maximize
-from protocols.errors import ProtocolError
+from protocols.errors import AbortError, ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
@@ -98,11 +98,21 @@ def run_cox(frame: pd.DataFrame, opts: CoxOptions, *, protection: ProtectedSum |
     return fit
 
 
+def _stop_if_dropped(coordinator: Coordinator) -> None:
+    """A site that drops out ends the fit: the model over the others is another model (its
+    log-likelihood is not comparable with the rounds so far), and re-running the rounds
+    without the site would reveal its sums by difference."""
+    if coordinator.dropped:
+        raise AbortError(f"site(s) {', '.join(coordinator.dropped)} dropped out during the "
+                         "Cox fit; it stops here (rerun without them)")
+
+
 def _fit(coordinator: Coordinator, opts: CoxOptions, spec: CoxSiteSpec, started: float) -> CoxFit:
     p = len(spec.names)
     if p == 0:
         raise InputError("the model has no covariates: name at least one after '~'")
     summary = coordinator.secure_sum("cox-summary", lambda s: s.cox_summary_vector())
+    _stop_if_dropped(coordinator)
     counts = check_cox_summary(summary, coordinator, p)
     if counts.n_events == 0:
         raise InputError("no events: the status column marks no row as an event")
@@ -118,6 +128,7 @@ def _fit(coordinator: Coordinator, opts: CoxOptions, spec: CoxSiteSpec, started:
         total = coordinator.secure_sum(
             "cox-terms", lambda s: s.cox_terms_vector(beta, opts.ties, derivatives),
             key=("cox-terms", derivatives, np.asarray(beta).tobytes()))
+        _stop_if_dropped(coordinator)
         check_cox_terms(total, coordinator, counts, p, derivatives)
         value, grad, hess = unpack_terms(total, p)
         terms = SummedTerms(value, grad, hess)

@@ -191,3 +191,11 @@ def test_a_poisoned_site_vector_is_refused(monkeypatch, method, poison, check):
     with pytest.raises(ImplausibleAggregate) as caught:
         _fit(CASES["veteran_efron"], SecAggSum())
     assert caught.value.check == check
+
+
+def test_a_site_dropping_out_stops_the_fit(capsys):
+    code = main(["cox", str(GOLDEN / "veteran.csv"), "--formula", "Surv(time, status) ~ trt",
+                 "--site-column", "site", "--protect", "secagg", "--drop-sites", "s2",
+                 "--drop-phase", "after-masked-input", "--drop-round", "3"])
+    err = capsys.readouterr().err
+    assert code == 1 and "s2 dropped out during the Cox fit" in err
