@@ -66,9 +66,16 @@ def test_summary_table_as_r_prints_it(key):
         assert line.rstrip() in [o.rstrip() for o in ours]
 
 
-@pytest.mark.parametrize("protection", [lambda: SecAggSum(), lambda: CkksSum()],
-                         ids=["secagg", "ckks"])
-def test_protected_equals_pooled(protection):
+def _stack(name: str):
+    from securefed.protection import ProtectionOptions, build_protection
+
+    return build_protection(ProtectionOptions(protect=name), ["s1", "s2", "s3", "s4"])
+
+
+@pytest.mark.parametrize(("protection", "name"), [(SecAggSum, "secagg"), (CkksSum, "ckks"),
+                                                  (lambda: _stack("secagg,ckks"), "secagg,ckks")],
+                         ids=["secagg", "ckks", "secagg,ckks"])
+def test_protected_equals_pooled(protection, name):
     case = CASES["veteran_efron"]
     plain, protected = _fit(case, PlaintextSum()), _fit(case, protection())
     np.testing.assert_allclose([f.estimate for f in protected.fixed_effects],
@@ -77,7 +84,7 @@ def test_protected_equals_pooled(protection):
                                [f.std_error for f in plain.fixed_effects], atol=1e-8)
     assert protected.loglik == pytest.approx(plain.loglik, abs=1e-8)
     assert protected.concordance == plain.concordance
-    assert protected.protection == protection().name
+    assert protected.protection == name
 
 
 def test_status_codings_and_logical_covariate_agree():
