@@ -9,8 +9,10 @@ of its local MAP (:mod:`core_stats.bfi_survival`), through the protection
 stack; the coordinator combines the sum,
 ``theta = (sum A_l + Lambda - sum Lambda_l)^{-1} sum A_l theta_l``.
 ``A_l`` is the exact curvature at the site's MAP (R BFI 3.1.0 over-counts the
-prior in it; see ``docs/survival.md``). Homogeneous layout only: centre-specific
-parameters, centre covariates, DP and Flower are refused for this family.
+prior in it; see ``docs/survival.md``). Layouts: homogeneous, or centre-specific
+parameters of the baseline (``--stratify omega_1[,omega_2]``, Appendix B; each
+site computes its own from the broadcast shared estimate); centre covariates,
+DP and Flower are refused for this family.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class SurvivalBFIOptions:
     baseline: str
     lam: float = 0.01
     combined_lam: float | None = None
+    stratify: tuple[str, ...] = ()  # centre-specific baseline parameters (omega_1, omega_2)
     level: float = 0.95
 
 
@@ -62,13 +65,23 @@ class SurvivalBFIReport:
     bytes_sent_per_site: int
     seconds: float
     timings: dict
+    centres: tuple[tuple[str, bfi.CentreEstimate], ...] = ()
 
     @property
     def estimates(self) -> list[dict]:
+        """Shared parameters, then each site's own (``omega_1[SITE=name]``)."""
+        from scipy import stats
+
         f = self.fit
-        return [{"term": n, "estimate": float(e), "sd": float(s), "ci_low": float(lo),
+        rows = [{"term": n, "estimate": float(e), "sd": float(s), "ci_low": float(lo),
                  "ci_high": float(hi)} for n, e, s, lo, hi in
                 zip(f.names, f.estimate, f.sd, f.lower, f.upper, strict=True)]
+        z = float(stats.norm.ppf(0.5 + self.options.level / 2.0))
+        for site, est in self.centres:
+            rows += [{"term": f"{n}[{self.options.site_column}={site}]", "estimate": float(e),
+                      "sd": float(s), "ci_low": float(e - z * s), "ci_high": float(e + z * s)}
+                     for n, e, s in zip(est.names, est.estimate, est.sd, strict=True)]
+        return rows
 
     def to_dict(self) -> dict:
         return {
@@ -76,6 +89,7 @@ class SurvivalBFIReport:
             "baseline": self.options.baseline, "baseline_hazard": HAZARDS[self.options.baseline],
             "baseline_parameters": {n: SCALES[n] for n in baseline_names(self.options.baseline)},
             "lambda": self.options.lam, "combined_lambda": self.options.combined_lam,
+            "stratify": list(self.options.stratify),
             "n_sites": self.fit.n_sites, "n_obs": self.fit.n_obs, "formula": self.options.formula,
             "covariance": self.fit.covariance.tolist(), "protection": self.protection,
             "rounds": self.rounds, "releases": list(self.releases),
@@ -102,6 +116,13 @@ def _check_options(opts: SurvivalBFIOptions) -> None:
                          "(poly, pwexp and unspecified are not available yet)")
     if opts.lam <= 0 or (opts.combined_lam is not None and opts.combined_lam <= 0):
         raise InputError("--lambda and --combined-lambda must be positive")
+    allowed = baseline_names(opts.baseline) if opts.baseline in BASELINES else ()
+    for name in opts.stratify:
+        if name not in allowed:
+            raise InputError(f"--stratify {name!r}: a survival model's centre-specific "
+                             f"parameters are its baseline's ({', '.join(allowed)})")
+    if len(set(opts.stratify)) != len(opts.stratify):
+        raise InputError("--stratify names a parameter twice")
 
 
 def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
@@ -124,7 +145,12 @@ def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="bfi",
                                  config=asdict(opts), protection=describe_protection(protection))
     coordinator = Coordinator(sites, protection, audit=audit)
-    layout = bfi.HomogeneousLayout(names, SURVIVAL)
+    centre = tuple(names.index(n) for n in opts.stratify)
+    layout = bfi.CentreSpecificLayout(names, SURVIVAL, centre) if centre else \
+        bfi.HomogeneousLayout(names, SURVIVAL)
+    if centre and combined is not None:
+        shared = list(layout.shared_params)
+        combined = combined[np.ix_(shared, shared)]
     try:
         try:
             coordinator.setup(lambda s: s.prepare_cox(spec))
@@ -142,6 +168,8 @@ def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
             fit = layout.combine(total, combined, opts.level)
         except ValueError as err:
             raise InputError(str(err)) from None
+        centres = () if not centre else tuple(  # each site's own, from the broadcast fit
+            (s.name, s.bfi_survival_centre(layout, fit)) for s in coordinator.live_sites)
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
@@ -149,7 +177,7 @@ def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
     report = SurvivalBFIReport(
         opts, fit, coordinator.protection.name, coordinator.round_id,
         coordinator.release_list(), coordinator.mean_bytes_per_site(), seconds,
-        coordinator.timings(seconds))
+        coordinator.timings(seconds), centres)
     coordinator.finish_audit(report.to_dict(), "bfi")
     return report
 

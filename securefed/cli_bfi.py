@@ -107,7 +107,7 @@ def bfi(
 
     frame = read_table(data)
     if family.lower() == "survival":
-        _survival_only({"--stratify": stratify, "--center-covariate": center_covariate,
+        _survival_only({"--center-covariate": center_covariate,
                         "--standardize": standardize, "--compare-pooled": compare_pooled or None,
                         "--heterogeneity": heterogeneity, "--predict": predict,
                         "--epsilon": epsilon, "--intercept-lambda": intercept_lambda,
@@ -121,7 +121,7 @@ def bfi(
                                   drop_sites, drop_phase, drop_round)
         report = run_bfi_survival(
             frame, SurvivalBFIOptions(formula, site_column, baseline.lower(), lam,
-                                      combined_lambda),
+                                      combined_lambda, _names(stratify)),
             protection=protection_for(frame, site_column, prot), audit_log=audit_log)
         typer.echo(report.summary())
         if json_out is not None:

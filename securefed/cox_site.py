@@ -21,7 +21,7 @@ from core_stats.cox_concordance import concordance_sums
 from securefed.survival_spec import CoxSiteSpec, StatusCoding
 from securefed.vectors import pack_terms, upper_triangle
 
-__all__ = ["CoxRows", "bfi_survival_vector", "concordance_vector", "prepare_cox_rows",
+__all__ = ["CoxRows", "bfi_survival_fit", "concordance_vector", "prepare_cox_rows",
            "summary_vector", "terms_vector"]
 
 
@@ -103,9 +103,8 @@ def concordance_vector(rows: CoxRows, beta: np.ndarray) -> np.ndarray:
     return concordance_sums(rows.time, rows.event, rows.X @ np.asarray(beta, dtype=float))
 
 
-def bfi_survival_vector(site: str, rows: CoxRows, layout, baseline: str,
-                        prior: np.ndarray) -> np.ndarray:
-    """The homogeneous BFI vector of this site's local MAP of a parametric hazard model."""
+def bfi_survival_fit(site: str, rows: CoxRows, layout, baseline: str, prior: np.ndarray):
+    """This site's local MAP of a parametric hazard model (ValueError naming the site)."""
     from core_stats.bfi_local import MAPConvergenceError
     from core_stats.bfi_survival import fit_survival_map
 
@@ -115,4 +114,4 @@ def bfi_survival_vector(site: str, rows: CoxRows, layout, baseline: str,
                                  names=covariates)
     except (ValueError, MAPConvergenceError) as err:
         raise ValueError(f"site {site}: the local {baseline} fit failed ({err})") from None
-    return layout.site_vector(local)
+    return local

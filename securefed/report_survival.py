@@ -66,6 +66,12 @@ def curves_section(result: dict, profiles: list[str], stem: str, folder: Path,
     from core_stats.survival_curves import survival_curve, time_grid
     from securefed.report import _img, _plt, _table
 
+    if result.get("stratify"):
+        if profiles:
+            raise InputError("--profile: curves are drawn for homogeneous fits only (with "
+                             "centre-specific baseline parameters each centre has its own)")
+        return ('<p class="muted">No survival curves: the baseline parameters are '
+                "centre-specific.</p>")
     rows = result["estimates"]
     names = tuple(str(r["term"]) for r in rows)
     terms = tuple(n for n in names if not n.startswith("omega_"))

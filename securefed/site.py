@@ -326,10 +326,20 @@ class Site:
         return concordance_vector(self._require_cox(), beta)
 
     def bfi_survival_vector(self, layout, baseline: str, prior: np.ndarray) -> np.ndarray:
-        """This site's local MAP of a parametric survival model, as a BFI site vector."""
-        from securefed.cox_site import bfi_survival_vector
+        """This site's local MAP of a parametric survival model, as a BFI site vector
+        (the fit stays here, for its centre-specific estimate)."""
+        from securefed.cox_site import bfi_survival_fit
 
-        return bfi_survival_vector(self.name, self._require_cox(), layout, baseline, prior)
+        self._survival_fit = bfi_survival_fit(self.name, self._require_cox(), layout,
+                                              baseline, prior)
+        return layout.site_vector(self._survival_fit)
+
+    def bfi_survival_centre(self, layout, fit):
+        """This site's own parameters given the broadcast shared estimate (Appendix B)."""
+        local = getattr(self, "_survival_fit", None)
+        if local is None:
+            raise RuntimeError("bfi_survival_vector() must run before the centre estimate")
+        return layout.centre_estimate(local, fit)
 
     def _require_cox(self):
         if getattr(self, "_cox", None) is None:

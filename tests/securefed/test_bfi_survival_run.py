@@ -62,7 +62,7 @@ def test_cli_gompertz_matches_r_bfi(tmp_path):
 @pytest.mark.parametrize(("extra", "message"), [
     ([], "needs --baseline"),
     (["--baseline", "poly"], "choose one of"),
-    (["--baseline", "weibull", "--stratify", "x1"], "not available with --family survival"),
+    (["--baseline", "weibull", "--standardize", "x1"], "not available with --family survival"),
     (["--baseline", "weibull", "--protect", "secagg,dp", "--epsilon", "1"],
      "not available with --family survival"),
 ])
@@ -80,3 +80,25 @@ def test_weibull_refuses_zero_times(tmp_path, capsys):
     code = main(["bfi", str(path), "--formula", FORMULA, "--family", "survival",
                  "--baseline", "weibull", "--site-column", "centre"])
     assert code == 2 and "positive times" in capsys.readouterr().err
+
+
+def test_cli_centre_specific_baseline_matches_r_bfi(tmp_path):
+    out = tmp_path / "strat.json"
+    assert main(["bfi", str(GOMPERTZ), "--formula", FORMULA, "--family", "survival",
+                 "--baseline", "gompertz", "--site-column", "centre", "--stratify", "omega_1",
+                 "--protect", "ckks", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    case = CASES["gomp_stratified"]["1"]
+    ours = {r["term"]: r for r in result["estimates"]}
+    r_names = [n if "_loc" not in n else n.replace("_loc", "[centre=") + "]"
+               for n in case["names"]]
+    np.testing.assert_allclose([ours[n]["estimate"] for n in r_names], case["theta_bfi"],
+                               atol=2e-3)
+    np.testing.assert_allclose([ours[n]["sd"] for n in r_names], case["sd_bfi"], atol=2e-3)
+    assert result["stratify"] == ["omega_1"]
+
+
+def test_stratify_takes_baseline_parameters_only(capsys):
+    code = main(["bfi", str(GOMPERTZ), "--formula", FORMULA, "--family", "survival",
+                 "--baseline", "exponential", "--site-column", "centre", "--stratify", "x1"])
+    assert code == 2 and "baseline's (omega_1)" in capsys.readouterr().err
