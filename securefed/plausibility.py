@@ -552,7 +552,10 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
       min_{x_b} x'A_l x >= min_{x_b} x'Lambda x >= x_a'Lambda_a x_a``); centre
       covariate ``sum J_l'(A_l - Lambda_l)J_l >= 0``. For the Gaussian family
       on the coordinates other than the scale, and only when the scale is
-      shared.
+      shared; for survival models (homogeneous layout) on the coefficients
+      (``sum u x x'``), not on the baseline's ``omega`` parameters; the Schur
+      bound of the other layouts needs ``A_l >= Lambda_l`` on every parameter,
+      which survival models do not give.
     * ``binomial-intercept``: binomial with an intercept: the intercept's
       entries of ``sum (A_l - Lambda_l)`` add up to at most ``n / 4``
       (``(X_l'W_l X_l)_00 = sum_i mu_i (1 - mu_i) <= n_l / 4``; a Schur
@@ -607,6 +610,9 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
         kept = []
     if family.name != "gaussian":
         kept = list(range(dim))
+    if family.name == "survival":  # concave in beta (sum u x x'), not in the baseline's scales
+        kept = [] if not isinstance(layout, HomogeneousLayout) else \
+            [c for c, name in enumerate(names) if not name.startswith("omega_")]
     if kept:
         block = above[np.ix_(kept, kept)]
         diag = np.sqrt(np.maximum(np.abs(np.diag(block)), 1e-300))

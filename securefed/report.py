@@ -251,7 +251,8 @@ def _img(path: Path, alt: str) -> str:
     return f'<p><img src="{html.escape(path.name)}" alt="{html.escape(alt)}"></p>'
 
 
-def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
+def write_report(result_path: str | Path, out: str | Path,
+                 profiles: list[str] | None = None) -> ReportFiles:
     """Write the HTML report of ``result_path`` to ``out`` and its PNG figures beside it.
 
     Parameters
@@ -260,7 +261,10 @@ def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
         A GLMM or BFI result JSON.
     out : str or Path
         The HTML file; figures are ``<stem>_forest.png``, ``<stem>_trace.png`` (GLMM)
-        and ``<stem>_pooled.png`` (BFI with a pooled comparison) in its folder.
+        and ``<stem>_pooled.png`` (BFI with a pooled comparison) in its folder;
+        ``<stem>_survival.png`` for a BFI survival fit.
+    profiles : list of str, optional
+        Covariate profiles (``"sex=1,age=60"``) for a survival fit's curves.
 
     Returns
     -------
@@ -275,7 +279,9 @@ def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
         raise InputError(f"cannot create {out.parent}: {err.strerror}") from None
     rows = coefficient_rows(result)
     figures: list[Path] = []
-    model = "Generalized linear mixed model" if kind == "glmm" else "Bayesian Federated Inference"
+    cox = result.get("model") == "cox"
+    model = ("Stratified Cox model (strata: sites)" if cox else
+             "Generalized linear mixed model" if kind == "glmm" else "Bayesian Federated Inference")
     title = (result.get("study") or {}).get("title") or f"{model} ({result.get('family', '')})"
     parts = [f"<h1>{html.escape(title)}</h1>",
              f"<p>{html.escape(model)} · family {_fmt(result.get('family'))} · formula "
@@ -292,10 +298,21 @@ def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
         _forest(rows, forest, "Coefficients (95% intervals)")
         figures.append(forest)
         parts.append(_img(forest, "forest plot of the coefficients"))
-    if kind == "glmm":
+    if cox:
+        from securefed.report_survival import cox_section
+
+        parts.append(cox_section(result))
+    elif kind == "glmm":
         parts.append(_glmm_sections(result, out.stem, out.parent, figures))
     else:
         parts.append(_bfi_sections(result, rows, out.stem, out.parent, figures))
+    if result.get("family") == "survival" and result.get("baseline"):
+        from securefed.report_survival import curves_section
+
+        parts.append(curves_section(result, list(profiles or []), out.stem, out.parent,
+                                    figures))
+    elif profiles:
+        raise InputError("--profile draws survival curves: it needs a BFI survival result")
     parts.append(_protection_section(result))
     timings = result.get("timings")
     if isinstance(timings, dict) and timings:

@@ -104,6 +104,7 @@ class Site:
         self._design: GLMMSiteDesign | None = None
         self._omitted = 0
         self._multi = None  # rows of a model with several random-effects terms
+        self._cox = None
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={len(self._frame)})"
@@ -352,6 +353,52 @@ class Site:
     def n_omitted(self) -> int:
         """Rows the last design dropped for missing values (R's na.omit)."""
         return self._omitted
+
+    # ------------------------------------------------------------ Cox
+    def prepare_cox(self, spec) -> None:
+        """Check this site's rows against the study's Cox model; index its stratum."""
+        from securefed.cox_site import prepare_cox_rows
+
+        self._cox = prepare_cox_rows(self.name, self._frame, spec)
+
+    def cox_summary_vector(self) -> np.ndarray:
+        """``[rows, events, 1, upper(Xc'Xc)]`` of this site's stratum."""
+        from securefed.cox_site import summary_vector
+
+        return summary_vector(self._require_cox())
+
+    def cox_terms_vector(self, beta: np.ndarray, ties: str, derivatives: bool) -> np.ndarray:
+        """``[l, g, upper(H)]`` (or ``[l]``) of this site's partial likelihood."""
+        from securefed.cox_site import terms_vector
+
+        return terms_vector(self._require_cox(), beta, ties, derivatives)
+
+    def cox_concordance_vector(self, beta: np.ndarray) -> np.ndarray:
+        """This site's concordance pair counts and jackknife sums at ``beta``."""
+        from securefed.cox_site import concordance_vector
+
+        return concordance_vector(self._require_cox(), beta)
+
+    def bfi_survival_vector(self, layout, baseline: str, prior: np.ndarray) -> np.ndarray:
+        """This site's local MAP of a parametric survival model, as a BFI site vector
+        (the fit stays here, for its centre-specific estimate)."""
+        from securefed.cox_site import bfi_survival_fit
+
+        self._survival_fit = bfi_survival_fit(self.name, self._require_cox(), layout,
+                                              baseline, prior)
+        return layout.site_vector(self._survival_fit)
+
+    def bfi_survival_centre(self, layout, fit):
+        """This site's own parameters given the broadcast shared estimate (Appendix B)."""
+        local = getattr(self, "_survival_fit", None)
+        if local is None:
+            raise RuntimeError("bfi_survival_vector() must run before the centre estimate")
+        return layout.centre_estimate(local, fit)
+
+    def _require_cox(self):
+        if getattr(self, "_cox", None) is None:
+            raise RuntimeError("prepare_cox() must run before the site computes Cox terms")
+        return self._cox
 
     def _require_rows(self) -> GroupedRows:
         if self._rows is None:
