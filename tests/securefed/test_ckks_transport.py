@@ -222,6 +222,19 @@ def test_too_few_sites_abort_before_anything_is_decrypted(world):
     assert "decrypt" not in [stage for stage, _, _ in engine.stage_log] and ledger(world) == []
 
 
+@pytest.mark.parametrize("field, value", [("chunks", ["AAAA"]), ("chunks", [12]),
+                                          ("receipt", "AAAA"), ("length", "12"),
+                                          ("fingerprint", 7)])
+def test_a_malformed_ciphertext_reply_is_that_sites_dropout(world, field, value):
+    from test_robust_rounds import TamperingGrid, set_field
+
+    world.grid = TamperingGrid(world.grid, Stage.OPEN, set_field(field, value))
+    result = ckks_engine(world).run_round(1, "summary", summary_call(), SITES)
+    assert result.contributors == ("A", "C", "D") and result.dropped == ("B",)
+    assert list(result.details["dropout_reasons"]) == ["B"]
+    np.testing.assert_allclose(result.total, expected_summary(world.frames, "ACD"), atol=1e-10)
+
+
 # ---------------------------------------------------------------- key holder
 def decrypt_request(world, names=SITES, round_id=1, min_contributors=3):
     """A coordinator's decrypt request for ``names``' encrypted summaries."""
