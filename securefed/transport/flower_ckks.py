@@ -36,6 +36,7 @@ receipted ones: ``threat_model/ckks_dp.md`` says what that leaves open.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import struct
@@ -290,16 +291,20 @@ def _decrypt(request: Mapping[str, Any], node: KeyHolderNode) -> np.ndarray:
 
 
 def _burn_round(ledger: Path, entry: str) -> None:
-    """Record ``entry`` as decrypted, refusing if it already was (before decrypting)."""
-    done = ledger.read_text().split() if ledger.exists() else []
-    if entry in done:
-        raise DecryptionRefused(f"round {entry.split(':', 1)[1]} was decrypted already")
-    fd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, (entry + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Record ``entry`` as decrypted, refusing if it already was (before decrypting).
+
+    Check and record are one step: under an exclusive lock on the ledger file,
+    so of two concurrent requests for one round exactly one is recorded.
+    """
+    fd = os.open(ledger, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a+b") as handle:  # closing it releases the lock
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        if entry.encode() in handle.read().split():
+            raise DecryptionRefused(f"round {entry.split(':', 1)[1]} was decrypted already")
+        handle.write((entry + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 # ----------------------------------------------------- coordinator side
