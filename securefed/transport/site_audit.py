@@ -26,7 +26,7 @@ from securefed.audit_log import CheckpointRequest, parse_entry
 from securefed.audit_trail import trail_paths
 from securefed.keys import Identity, check_party_name
 
-__all__ = ["log_release", "countersign", "site_log_paths"]
+__all__ = ["log_release", "log_site_refusal", "countersign", "site_log_paths"]
 
 
 def site_log_paths(audit_dir: str | Path, run_id: str, site: str) -> tuple[Path, Path]:
@@ -59,6 +59,12 @@ def log_release(audit_dir: str | Path, identity: Identity, vector: np.ndarray, r
     signed = log.record_release(vector, round_id=round_id, vector_kind=purpose,
                                 layers=list(context["layers"]), privacy=dict(privacy or {}))
     return signed.to_payload()
+
+
+def log_site_refusal(audit_dir: str | Path, identity: Identity, run_id: str, round_id: int,
+                     code: str) -> None:
+    """Log in this site's own log that it refused a request of the run (its refusal code)."""
+    _site_log(audit_dir, identity, run_id).record_refusal(round_id, code)
 
 
 def countersign(audit_dir: str | Path, identity: Identity, checkpoint: Mapping,

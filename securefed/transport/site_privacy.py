@@ -297,6 +297,8 @@ def check_receipts(replies: Mapping[str, Mapping], query: DpQuery, min_contribut
 
 def raise_budget_refusals(errors: Mapping[str, str]) -> None:
     """:class:`SiteBudgetExceeded` if any site refused over its budget."""
-    over = {n: e for n, e in errors.items() if e.startswith(PrivacyBudgetExceeded.__name__)}
+    from securefed.transport.refusal import Refusal
+
+    over = {n: e for n, e in errors.items() if e.startswith(Refusal.BUDGET.value + ":")}
     if over:
         raise SiteBudgetExceeded("; ".join(f"{n}: {e}" for n, e in sorted(over.items())))

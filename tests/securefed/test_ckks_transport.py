@@ -201,9 +201,10 @@ def test_the_site_check_refuses_every_substituted_context(world):
 def test_sites_refuse_a_substituted_context_before_releasing(world):
     engine = ckks_engine(world)
     engine._ckks._signed = forged_contexts(world)["signed by the coordinator as the key holder"]
-    with pytest.raises(SiteRefused, match="UntrustedContext") as refused:
+    with pytest.raises(SiteRefused, match="untrusted-context") as refused:
         engine.run_round(1, "summary", summary_call(), SITES)
-    assert all(f"{name}: UntrustedContext" in str(refused.value) for name in SITES)
+    assert all(f"{name}: untrusted-context: the CKKS public context is not signed"
+               in str(refused.value) for name in SITES)
     assert engine._ckks.received == {} and ledger(world) == []
 
 
