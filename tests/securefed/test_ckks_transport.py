@@ -273,6 +273,30 @@ def test_the_key_holder_decrypts_a_round_once(world):
         serve_key_holder(Stage.DECRYPT, request, node)
 
 
+def test_concurrent_decrypt_requests_for_one_round_decrypt_once(world):
+    import threading
+
+    node = key_holder(world)
+    for round_id in range(1, 4):  # three rounds, each asked twice at the same moment
+        request, _ = decrypt_request(world, round_id=round_id)
+        start, outcomes = threading.Barrier(2), []
+
+        def ask(request=request, start=start, outcomes=outcomes):
+            start.wait(timeout=30)
+            try:
+                outcomes.append(bool(serve_key_holder(Stage.DECRYPT, request, node)))
+            except DecryptionRefused:
+                outcomes.append(False)
+
+        threads = [threading.Thread(target=ask) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(outcomes) == [False, True]
+    assert len(node.ledger_path.read_text().split()) == 3
+
+
 def test_the_key_holder_refuses_aggregates_without_enough_valid_receipts(world):
     node = key_holder(world)
     few, _ = decrypt_request(world, names=("A", "B"), min_contributors=2)
