@@ -84,3 +84,53 @@ def test_gauss_hermite_rule_integrates_polynomials() -> None:
     assert np.sum(w * nodes[:, 0] ** 2 * nodes[:, 1] ** 2) == pytest.approx(np.pi / 4)
     with pytest.raises(ValueError):
         gauss_hermite_rule(0, 1)
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson", "gaussian"])
+@pytest.mark.parametrize("nagq", [1, 3])
+def test_weighted_rows_with_an_offset_match_finite_differences(family: str, nagq: int) -> None:
+    """Prior weights (binomial: trials) and an offset keep the derivatives exact."""
+    plain, fam, layout = _site(family, 1)
+    rng = np.random.default_rng(11)
+    n = plain.n_rows
+    weights = rng.integers(1, 6, size=n).astype(float)
+    y = np.round(plain.y * weights) / weights if family == "binomial" else plain.y
+    rows = grouped_rows(y, plain.X, plain.Z, plain.group_of_row, rng.normal(0, 0.3, n), weights)
+    theta = rng.normal(0, 0.3, size=layout.size)
+    terms = site_terms(rows, fam, layout, theta, nagq=nagq)
+    eps, eye = 1e-5, np.eye(layout.size)
+
+    def value(t):
+        return site_terms(rows, fam, layout, t, nagq=nagq, derivatives=False).loglik
+
+    def grad(t):
+        return site_terms(rows, fam, layout, t, nagq=nagq).gradient
+
+    fd_grad = np.array([(value(theta + eps * e) - value(theta - eps * e)) / (2 * eps) for e in eye])
+    fd_hess = np.array([(grad(theta + eps * e) - grad(theta - eps * e)) / (2 * eps) for e in eye])
+    assert np.max(np.abs(terms.gradient - fd_grad)) < 1e-6 * (1.0 + np.abs(fd_grad).max())
+    assert np.max(np.abs(terms.hessian - fd_hess)) < 1e-6 * (1.0 + np.abs(fd_hess).max())
+
+
+def test_binomial_trials_equal_expanded_bernoulli_rows() -> None:
+    """k successes of m trials is m Bernoulli rows, up to log choose(m, k)."""
+    plain, fam, layout = _site("binomial", 1)
+    rng = np.random.default_rng(5)
+    trials = rng.integers(1, 4, size=plain.n_rows)
+    successes = rng.binomial(trials, 0.4)
+    rows = grouped_rows(successes / trials, plain.X, plain.Z, plain.group_of_row,
+                        weights=trials.astype(float))
+    index = np.repeat(np.arange(plain.n_rows), trials)
+    bern = np.concatenate([np.r_[np.ones(k), np.zeros(m - k)]
+                           for k, m in zip(successes, trials, strict=True)])
+    expanded = grouped_rows(bern, plain.X[index], plain.Z[index], plain.group_of_row[index])
+    theta = np.array([0.1, 0.3, -0.2, np.log(0.8)])
+    from scipy.special import gammaln
+
+    const = float(np.sum(gammaln(trials + 1) - gammaln(successes + 1)
+                         - gammaln(trials - successes + 1)))
+    a, b = site_terms(rows, fam, layout, theta, nagq=5), site_terms(expanded, fam, layout, theta,
+                                                                    nagq=5)
+    assert a.loglik == pytest.approx(b.loglik + const, abs=1e-9)
+    np.testing.assert_allclose(a.gradient, b.gradient, atol=1e-9)
+    np.testing.assert_allclose(a.hessian, b.hessian, atol=1e-9)
