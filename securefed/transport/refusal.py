@@ -33,6 +33,7 @@ class Refusal(enum.Enum):
     BUDGET = "budget-exceeded"
     DP_TERMS = "dp-refused"
     UNTRUSTED_CONTEXT = "untrusted-context"
+    UNTRUSTED_REGISTRY = "untrusted-registry"
     KEY_HOLDER = "key-holder-refused"
     BOUND = "above-bound"
     REPLAY = "replay"
@@ -58,6 +59,8 @@ _MESSAGES = {
     Refusal.DP_TERMS: "the site does not accept this round's differential-privacy terms",
     Refusal.UNTRUSTED_CONTEXT: "the CKKS public context is not signed by the key holder this "
                                "site trusts",
+    Refusal.UNTRUSTED_REGISTRY: "the run's registry is not this site's own pinned copy of the "
+                                "consortium registry",
     Refusal.KEY_HOLDER: "the CKKS key holder refused: it holds no data and decrypts at most "
                         "one aggregate with enough valid receipts per round",
     Refusal.BOUND: "a value the site would release is above the round's declared bound or "
@@ -80,6 +83,7 @@ _BY_CLASS = {
     "DpRefused": Refusal.DP_TERMS,
     "UntrustedContext": Refusal.UNTRUSTED_CONTEXT,
     "DecryptionRefused": Refusal.KEY_HOLDER,
+    "RegistryMismatch": Refusal.UNTRUSTED_REGISTRY,
     "EncodingError": Refusal.BOUND,
     "ReplayError": Refusal.REPLAY,
     "ProtocolError": Refusal.PROTOCOL,
