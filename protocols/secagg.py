@@ -253,5 +253,5 @@ def secure_sum(
         bytes_received_by_server=sum(sent.values()),
         seconds_site=clock.site,
         seconds_server=clock.server,
-        rejected=rejected,
+        rejected={**outcome.rejected, **rejected},
     )

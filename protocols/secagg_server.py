@@ -47,7 +47,7 @@ from protocols.secagg_messages import (
     UnmaskShares,
 )
 from protocols.secagg_site import pair_key
-from protocols.shamir import PRIME, SHARE_BYTES, ShamirError, Share, combine
+from protocols.shamir import PRIME, SHARE_BYTES, ShamirError, Share, robust_combine
 
 if TYPE_CHECKING:
     from protocols.ckks import CkksAggregate
@@ -380,7 +380,13 @@ class SecAggServer:
         return shares
 
     def _reconstruct(self, owner: int, shares: Mapping[int, list[Share]]) -> bytes:
+        """``owner``'s secret from its holders' shares; a holder whose share is off the
+        polynomial the others agree on is recorded in :attr:`rejected` (the secret stands)."""
         received = shares.get(owner, [])
         if len(received) < self._config.t:
             raise self._abort(f"fewer than t shares for site {owner}")
-        return combine(received, self._config.t)
+        secret, wrong = robust_combine(received, self._config.t)
+        for x in wrong:
+            self._rejected.setdefault(x - 1, f"{ServerStage.COLLECT_UNMASK.value}: its share "
+                                             f"of site {owner}'s secret disagrees with the others")
+        return secret

@@ -355,6 +355,8 @@ class FlowerEngine:
             if stage is Stage.MASKED_INPUT:
                 self._masked = replies
         outcome = server.outcome
+        for uid, why in outcome.rejected.items():  # e.g. a share off the others' polynomial
+            rejected.setdefault(by_id[uid], why)
         contributors = tuple(sorted(by_id[u] for u in outcome.contributors))
         answered_all = set(replies) - set(rejected)
         dropped = tuple(n for n in names if n not in answered_all)

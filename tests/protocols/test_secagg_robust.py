@@ -51,6 +51,14 @@ def _share_above_p(body: UnmaskShares) -> UnmaskShares:
         (owner, PRIME.to_bytes(SHARE_BYTES, "big")), *rest))
 
 
+def _shifted_share(body: UnmaskShares) -> UnmaskShares:
+    """A well-formed share value that is not the site's share: y + 1 (mod p)."""
+    (owner, value), *rest = body.self_mask_shares
+    wrong = (int.from_bytes(value, "big") + 1) % PRIME
+    return dataclasses.replace(body, self_mask_shares=(
+        (owner, wrong.to_bytes(SHARE_BYTES, "big")), *rest))
+
+
 def _long_input(body: MaskedInput) -> MaskedInput:
     return MaskedInput(np.concatenate([body.words, np.zeros(1, dtype=np.uint64)]))
 
@@ -75,6 +83,8 @@ CASES = {  # case: (step at which it is sent, how it is altered, what the reason
                                   "collect-unmask: a share value is not a field element"),
     "share >= p": ("unmask", lambda d, k: _resigned(d, k, _share_above_p),
                    "collect-unmask: a share value is not a field element"),
+    "a wrong share in the field": ("unmask", lambda d, k: _resigned(d, k, _shifted_share),
+                                   "collect-unmask: its share of site"),
     "masked input of the wrong length": ("masked_input",
                                          lambda d, k: _resigned(d, k, _long_input),
                                          "collect-inputs: masked input has the wrong length"),

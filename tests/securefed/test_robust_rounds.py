@@ -141,6 +141,16 @@ def test_too_few_well_formed_replies_abort_cleanly(world, case):
     assert isinstance(aborted.value, ProtocolError)
 
 
+def test_a_wrong_share_that_cannot_be_outvoted_aborts_instead_of_a_wrong_sum(world):
+    # 4 holders, t = 3: one wrong share leaves 3 on each candidate polynomial, fewer
+    # than the ceil((4 + 3) / 2) = 4 needed, so the secret is not trusted: abort
+    shift = first_share(lambda v: ((int.from_bytes(v, "big") + 1) % PRIME).to_bytes(
+        SHARE_BYTES, "big"))
+    world.grid = TamperingGrid(world.grid, Stage.UNMASK, shift)
+    with pytest.raises(AbortError, match="do not reconstruct"):
+        summary(engine_for(world, SecAggSum()))
+
+
 @pytest.mark.parametrize("alter", [set_field("vector", "AAAA"), set_field("vector", b"\x01" * 7),
                                    set_field("vector", np.float64(np.inf).tobytes() * 3),
                                    drop_record])
