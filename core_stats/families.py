@@ -51,6 +51,11 @@ class Family:
     link: str
     has_dispersion: bool
 
+    @property
+    def canonical(self) -> bool:
+        """Whether the link is the family's canonical one (logit, log, identity)."""
+        return self.link == CANONICAL_LINKS[self.name]
+
     # ------------------------------------------------------------------ checks
     def check_outcome(self, y: np.ndarray, weights: np.ndarray | None = None) -> None:
         """Raise ``ValueError`` with a one-line reason if ``y`` is not valid.
@@ -88,6 +93,10 @@ class Family:
     def mean(self, eta: np.ndarray) -> np.ndarray:
         """Inverse link: the mean ``mu`` for linear predictor ``eta``."""
         eta = np.asarray(eta, dtype=float)
+        if self.name == "binomial" and not self.canonical:
+            from core_stats.links import inverse_link
+
+            return inverse_link(self.link, eta)
         if self.name == "binomial":
             return expit(eta)
         if self.name == "poisson":
@@ -96,6 +105,10 @@ class Family:
 
     def link_value(self, mu: float) -> float:
         """The link ``g(mu)`` of one mean (used for starting values)."""
+        if self.name == "binomial" and not self.canonical:
+            from core_stats.links import link_value
+
+            return link_value(self.link, mu)
         if self.name == "binomial":
             mu = min(max(mu, 1e-6), 1 - 1e-6)
             return float(np.log(mu / (1.0 - mu)))
@@ -116,6 +129,10 @@ class Family:
             raise ValueError("order must be between 0 and 4")
         y = np.asarray(y, dtype=float)
         eta = np.asarray(eta, dtype=float)
+        if self.name == "binomial" and not self.canonical:
+            from core_stats.links import binomial_kernel_derivatives
+
+            return binomial_kernel_derivatives(self.link, y, eta, order)
         if self.name == "binomial":
             mu = expit(eta)
             v = mu * (1.0 - mu)
@@ -162,13 +179,22 @@ BINOMIAL = Family("binomial", "logit", has_dispersion=False)
 POISSON = Family("poisson", "log", has_dispersion=False)
 GAUSSIAN = Family("gaussian", "identity", has_dispersion=True)
 FAMILIES: dict[str, Family] = {f.name: f for f in (BINOMIAL, POISSON, GAUSSIAN)}
+CANONICAL_LINKS = {f.name: f.link for f in FAMILIES.values()}
+LINKS = {"binomial": ("logit", "probit", "cloglog"), "poisson": ("log",),
+         "gaussian": ("identity",)}
 
 
-def get_family(name: str) -> Family:
-    """Look up a family by name; ``ValueError`` names the valid choices."""
+def get_family(name: str, link: str | None = None) -> Family:
+    """Look up a family (and a link it allows); ``ValueError`` names the valid choices."""
     try:
-        return FAMILIES[name.lower()]
+        family = FAMILIES[name.lower()]
     except KeyError:
         raise ValueError(
             f"unknown family {name!r}: choose one of {', '.join(FAMILIES)}"
         ) from None
+    if link is None or link == family.link:
+        return family
+    if link not in LINKS[family.name]:
+        raise ValueError(f"link {link!r} is not available for the {family.name} family "
+                         f"(choose {', '.join(LINKS[family.name])})")
+    return Family(family.name, link, family.has_dispersion)

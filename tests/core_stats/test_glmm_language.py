@@ -25,7 +25,8 @@ def _case(name: str):
 @pytest.fixture(scope="module", params=NAMES)
 def fitted(request):
     spec, frame = _case(request.param)
-    opts = GLMMOptions(spec["formula"], spec["family"], spec["site_column"])
+    opts = GLMMOptions(spec["formula"], spec["family"], spec["site_column"],
+                       link=spec.get("link"))
     return spec, frame, opts, run_glmm(frame, opts)
 
 
