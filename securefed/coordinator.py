@@ -168,7 +168,8 @@ class Coordinator:
             if f"seconds_{side}" in result.details:
                 self.seconds[f"protection_{side}"] += float(result.details[f"seconds_{side}"])
         if self.audit is not None:
-            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped)
+            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped,
+                                   result.details.get("dropout_reasons"))
         return result
 
     def _remote_round(self, purpose: str, compute: Callable[[Site], np.ndarray],
@@ -191,7 +192,8 @@ class Coordinator:
             self.audit.round_spec(self.round_id, purpose, len(result.total))
             for payload in result.details.get("releases", {}).values():
                 self.audit.remote_release(payload)
-            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped)
+            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped,
+                                   result.details.get("dropout_reasons"))
         return result
 
     def abort_audit(self, error: Exception) -> None:

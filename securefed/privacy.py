@@ -25,10 +25,12 @@ the sensitivity in grid units, which the accounting includes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,6 +201,37 @@ class SitePrivacy:
         self.ledger = ledger
         self._file = ledger_file
         self._rng = rng if rng is not None else OsRandom()
+        self._lock_depth = 0
+
+    @contextmanager
+    def locked(self) -> Iterator[SitePrivacy]:
+        """Hold the ledger file's exclusive lock, with the ledger re-read from it.
+
+        Every check and charge of a file-backed ledger runs inside this, so two
+        runs (threads or processes) on one ledger file never both spend the
+        same budget: the second sees the first's spending. Re-entrant; a
+        ledger without a file needs no lock.
+        """
+        if self._file is None or self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
+        epsilon, delta = self.ledger.budget
+        with open(self._file.with_name(self._file.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                fresh = PrivacyLedger(epsilon, delta)
+                if self._file.exists():
+                    _replay(fresh, self._file, self.name, epsilon, delta)
+                self.ledger = fresh
+                yield self
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @classmethod
     def open(cls, name: str, epsilon: float, delta: float,
@@ -243,17 +276,23 @@ class SitePrivacy:
         cal = calibrate(query, len(vector), min_contributors)
         units = query.units(len(vector))
         release = cal.release(release_label(query, round_id))
-        refused = self.refusal(query, release, round_id)
-        if refused is not None:
-            raise refused
-        self.charge(release)
+        with self.locked():
+            refused = self.refusal(query, release, round_id)
+            if refused is not None:
+                raise refused
+            self.charge(release)
         return self.noisy(vector, units, cal)
 
     def charge(self, release: NoiseRelease) -> None:
-        """Commit ``release`` to the ledger (raises, unchanged, if over budget)."""
-        self.ledger.spend(release)
-        if self._file is not None:
-            _save(self.ledger, self._file, self.name)
+        """Commit ``release`` to the ledger (raises, unchanged, if over budget).
+
+        Under :meth:`locked`: the ledger on disk is re-read, charged and
+        written back while no other run can touch it.
+        """
+        with self.locked():
+            self.ledger.spend(release)
+            if self._file is not None:
+                _save(self.ledger, self._file, self.name)
 
     def fields(self) -> dict[str, float]:
         """Cumulative spending, for the site's RELEASE audit entries."""
@@ -379,10 +418,13 @@ class PrivacyGuard:
         cal = calibrate(query, length, contributors)
         if not local:
             self._check_grid(units, cal, length)
-        self._check_all(query, cal.release(release_label(query, round_id)), round_id, vectors)
+        with self._locked(vectors):  # check all, then charge all, with no run in between
+            self._check_all(query, cal.release(release_label(query, round_id)), round_id,
+                            vectors)
+            noisy = {name: self.sites[name].release(vec, query, round_id, contributors)
+                     for name, vec in vectors.items()}
         self._record(query, round_id, cal, units, local)
-        return {name: self.sites[name].release(vec, query, round_id, contributors)
-                for name, vec in vectors.items()}
+        return noisy
 
     def admit_remote(self, query: DpQuery, round_id: int, site_names: Sequence[str],
                      length: int, min_contributors: int) -> None:
@@ -400,9 +442,10 @@ class PrivacyGuard:
         if min_contributors > 1:
             self._check_grid(units, cal, length)
         release = cal.release(release_label(query, round_id))
-        self._check_all(query, release, round_id, site_names)
-        for name in site_names:
-            self.sites[name].charge(release)
+        with self._locked(site_names):
+            self._check_all(query, release, round_id, site_names)
+            for name in site_names:
+                self.sites[name].charge(release)
         self._record(query, round_id, cal, units, local)
         if local:
             self.releases.append({"round": round_id, "purpose": "released: a function of the "
@@ -413,6 +456,14 @@ class PrivacyGuard:
     def plan_rho_left(self) -> float:
         """ρ the run may still spend: its planned total less what it has released so far."""
         return max(0.0, self.options.run_rho - sum(r["rho"] for r in self.releases))
+
+    @contextmanager
+    def _locked(self, site_names) -> Iterator[None]:
+        """Every named site's ledger locked and re-read (in name order: no deadlock)."""
+        with ExitStack() as stack:
+            for name in sorted(site_names):
+                stack.enter_context(self.sites[name].locked())
+            yield
 
     def _check_all(self, query: DpQuery, release: NoiseRelease, round_id: int,
                    site_names) -> None:
