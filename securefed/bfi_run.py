@@ -283,7 +283,7 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
             try:
                 locals_[name] = bfi.fit_map(designs[name], outcome[name], family, prior,
                                             names=names)
-            except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
+            except (bfi.MAPConvergenceError, np.linalg.LinAlgError, ValueError) as err:
                 raise InputError(f"site {name}: the local fit failed ({err})") from None
         warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
     else:
@@ -533,9 +533,9 @@ def _regression_dict(reg) -> dict:
 
 
 def _z(level: float) -> float:
-    from scipy import stats
+    from scipy.special import ndtri
 
-    return float(stats.norm.ppf(0.5 + level / 2.0))
+    return float(ndtri(0.5 + level / 2.0))
 
 
 def _combine_categorical(coordinator, opts, family, locals_, parts, names, centre, guard,

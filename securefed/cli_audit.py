@@ -20,10 +20,10 @@ from typing import Annotated
 
 import typer
 
-from securefed.audit_report import ReportFormat, build_report, render_report
-from securefed.audit_verify import verify_log
 from securefed.errors import InputError
-from securefed.keys import Identity, Registry, check_party_name
+
+# The audit, key and report modules (cryptography, numpy, rich) are imported
+# inside each command, so ``securefed --help`` stays fast.
 
 __all__ = ["audit_app", "keygen", "register"]
 
@@ -37,7 +37,9 @@ _KEYS_FROM_LOG = ("warning: no --keys registry given; keys were taken from the l
                   "RUN_START, which shows integrity but not who signed")
 
 
-def _registry(keys: Path | None) -> Registry | None:
+def _registry(keys: Path | None):
+    from securefed.keys import Registry
+
     return None if keys is None else Registry.load(keys)
 
 
@@ -48,12 +50,17 @@ def verify(
         "--site-log", help="A site's own log to cross-check (repeatable).")] = None,
     keys: Annotated[Path | None, typer.Option(
         "--keys", help="Consortium registry (registry.json) with every public key.")] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="Print only a failure (the exit code says the rest).")] = False,
 ) -> None:
     """Check every hash, link, signature and countersignature; exit 1 at the first bad entry."""
+    from securefed.audit_verify import verify_log
+
     report = verify_log(log, _registry(keys), site_log or ())
-    if report.keys_from == "log":
+    if report.keys_from == "log" and not quiet:
         typer.echo(_KEYS_FROM_LOG, err=True)
-    typer.echo(report.summary())
+    if not quiet or not report.ok:
+        typer.echo(report.summary())
     if not report.ok:
         sys.exit(1)
 
@@ -67,11 +74,17 @@ def report(
         "--out", help="Write here instead of standard output.")] = None,
     keys: Annotated[Path | None, typer.Option(
         "--keys", help="Registry to verify the log against before reporting.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No 'wrote' line with --out.")] = False,
 ) -> None:
     """Per site: releases, their kinds and sizes, dropouts, refusals, ε/δ spent vs budget."""
+    from securefed.audit_report import ReportFormat, build_report, render_report
+    from securefed.audit_verify import verify_log
+    from securefed.preflight import check_output
+
     formats = [choice.value for choice in ReportFormat]
     if fmt not in formats:
         raise InputError(f"--format {fmt!r}: choose one of {', '.join(formats)}")
+    check_output(out, "--out")
     verification = verify_log(log, _registry(keys))
     text = render_report(build_report(log, verification), fmt)
     if out is None:
@@ -81,7 +94,8 @@ def report(
         out.write_text(text, encoding="utf-8")
     except OSError as err:
         raise InputError(f"cannot write {out}: {err.strerror}") from None
-    typer.echo(f"wrote {out}")
+    if not quiet:
+        typer.echo(f"wrote {out}")
 
 
 def keygen(
@@ -91,8 +105,11 @@ def keygen(
     registry: Annotated[Path | None, typer.Option(
         "--registry", help="Registry file to add the public key to (created if absent).")
     ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
 ) -> None:
     """Create a signing key: NAME.key (private, mode 0600) and NAME.pub (public, hex)."""
+    from securefed.keys import Identity, Registry, check_party_name
+
     name = check_party_name(site)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -108,11 +125,13 @@ def keygen(
     identity = Identity.generate(name)
     private = identity.save_private_key(out / f"{name}.key")
     public = identity.save_public_key(out / f"{name}.pub")
-    typer.echo(f"wrote {private} (private, mode 0600) and {public}")
+    if not quiet:
+        typer.echo(f"wrote {private} (private, mode 0600) and {public}")
     if current is not None and registry is not None:
         updated = current.add(name, identity.public_key_hex)
         updated.save(registry)
-        typer.echo(f"added {name} to {registry} (fingerprint {updated.fingerprint[:16]})")
+        if not quiet:
+            typer.echo(f"added {name} to {registry} (fingerprint {updated.fingerprint[:16]})")
 
 
 def register(app: typer.Typer) -> None:

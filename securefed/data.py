@@ -56,7 +56,7 @@ def check_numeric_columns(frame: pd.DataFrame, columns: Iterable[str]) -> None:
             bad = np.flatnonzero(numeric.isna() & values.notna())
             if bad.size:
                 raise InputError(f"column '{col}' of {source} has text where a number is "
-                                 f"expected: {values.iloc[bad[0]]!r} in row {bad[0] + 1}")
+                                 f"expected, first in row {bad[0] + 1}")
             values = numeric
         arr = values.to_numpy(dtype=float)
         bad = np.flatnonzero(~np.isfinite(arr))

@@ -83,7 +83,7 @@ BAD_CASES = {
     "infinite value": (lambda d, t: _bad(t, pd.read_csv(d).assign(
         x1=lambda f: f.x1.where(f.index != 2, np.inf))), "binomial", "row 3"),
     "text in numeric": (lambda d, t: _bad(t, pd.read_csv(d).astype({"x1": object}).assign(
-        x1=lambda f: f.x1.where(f.index != 9, "abc"))), "binomial", "'abc' in row 10"),
+        x1=lambda f: f.x1.where(f.index != 9, "abc"))), "binomial", "first in row 10"),
     "binomial outcome": (lambda d, t: _bad(t, pd.read_csv(d).assign(y=lambda f: f.y * 2)),
                          "binomial", "0 or 1"),
     "negative poisson": (lambda d, t: _bad(t, pd.read_csv(d).assign(y=lambda f: f.y - 1)),
