@@ -24,6 +24,7 @@ from core_stats.standardize import StandardizeLayout
 from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
+from securefed.bfi_tables import BFITables
 from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
 from securefed.errors import InputError
@@ -59,7 +60,7 @@ class BFIOptions:
 
 
 @dataclass(frozen=True)
-class BFIReport:
+class BFIReport(BFITables):
     """A BFI result with the run's bookkeeping; ``to_dict`` is the JSON contract."""
 
     options: BFIOptions
