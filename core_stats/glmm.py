@@ -157,6 +157,8 @@ class _SiteEvaluator:
         self.G = rows.n_groups
         self.D = rows.D
         self.eta_fixed = rows.X @ self.theta[layout.beta]
+        if rows.offset is not None:
+            self.eta_fixed = self.eta_fixed + rows.offset
         self.lam = self._lambda_jets()
         self.scale_factor = self._scale_factor_jet()
 

@@ -1,15 +1,15 @@
 """Predictions and tidy tables from a fitted GLMM, for new rows.
 
-Population level: ``mu = g^{-1}(X beta)`` with ``X`` the fixed-effect design
-of the new rows. Conditional on a group: ``mu = g^{-1}(X beta + Z b_g)``,
-with ``b_g`` the group's conditional mode. Modes live at the site that holds
-the group's rows, so a conditional prediction is made from the modes the
-site passes in, never from anything the fit released.
+Population level: ``mu = g^{-1}(X beta + offset)`` with ``X`` the fixed-effect
+design of the new rows (lme4's ``predict(fit, newdata, re.form = NA)``).
+Conditional on a group: ``mu = g^{-1}(X beta + offset + Z b_g)``, with ``b_g``
+the group's conditional mode. Modes live at the site that holds the group's
+rows, so a conditional prediction is made from the modes the site passes in,
+never from anything the fit released.
 
-The fixed design of new rows is rebuilt from the formula; it is used only
-when it has exactly the fitted terms and every covariate is numeric, so a
-category coded differently in the new rows (another reference level, a
-missing level) is refused instead of predicted silently wrong.
+The design of new rows is built under the fit's own schema (its formula and
+the factor levels the sites agreed, ``extra["factor_levels"]``), so a
+category is coded exactly as in the fit; a level the fit never saw is refused.
 """
 
 from __future__ import annotations
@@ -19,31 +19,33 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from core_stats.design import fixed_design, parse_mixed_formula
 from core_stats.families import get_family
+from core_stats.formula import DesignSchema, fixed_column_names, predictor_matrix
+from core_stats.formula.design import evaluate_numeric
 
 __all__ = ["predict_glmm", "coefficient_frame", "confint_frame"]
 
 
-def _numeric_design(rhs: str, rows: pd.DataFrame, terms: tuple[str, ...], what: str
-                    ) -> np.ndarray:
-    text = [c for c in rows.columns if not (pd.api.types.is_numeric_dtype(rows[c])
-                                            or pd.api.types.is_bool_dtype(rows[c]))]
-    try:
-        X, names = fixed_design(rhs, rows)
-    except ValueError as err:
-        raise ValueError(f"cannot build the {what} design of the new rows: {err}") from None
-    if tuple(names) != tuple(terms):
-        hint = (f" (non-numeric columns: {', '.join(map(str, text[:5]))}; code a category "
-                "as 0/1 columns)" if text else "")
-        raise ValueError(f"the new rows give the {what} terms {list(names)}, the fit has "
-                         f"{list(terms)}{hint}")
-    return X
+def _schema(fit) -> DesignSchema:
+    levels = fit.extra.get("factor_levels") or {}
+    return DesignSchema(fit.formula, tuple((str(k), tuple(map(str, v)))
+                                           for k, v in levels.items()))
+
+
+def _fixed_columns(fit, schema: DesignSchema) -> list[int]:
+    """Positions of the fitted terms among the schema's columns (collinear ones dropped)."""
+    names = fixed_column_names(schema)
+    terms = [fe.term for fe in fit.fixed_effects]
+    unknown = [t for t in terms if t not in names]
+    if unknown or any(n not in terms and n not in fit.dropped_columns for n in names):
+        raise ValueError(f"the fit's terms cannot be rebuilt from its formula and factor "
+                         f"levels (term {(unknown or [''])[0]!r}); predict from a fit made "
+                         "by this version")
+    return [names.index(t) for t in terms]
 
 
 def predict_glmm(fit, rows: pd.DataFrame, *, response: bool = True,
-                 modes: Mapping[object, np.ndarray] | None = None,
-                 group_column: str | None = None) -> np.ndarray:
+                 modes: Mapping[object, np.ndarray] | None = None) -> np.ndarray:
     """Predicted means (or linear predictors) of a :class:`~core_stats.results.GLMMFit`.
 
     Parameters
@@ -51,15 +53,14 @@ def predict_glmm(fit, rows: pd.DataFrame, *, response: bool = True,
     fit : GLMMFit
         The fitted model.
     rows : pandas.DataFrame
-        New rows with the formula's covariates (numeric).
+        New rows with the formula's covariates (and offset columns).
     response : bool
         ``True``: the mean ``g^{-1}(eta)``; ``False``: the linear predictor ``eta``.
     modes : mapping, optional
-        Conditional modes ``b_g`` by group label (a site's own, for its groups).
-        Rows whose group has a mode get ``eta = X beta + Z b_g``; rows of any
-        other group get the population-level ``X beta``.
-    group_column : str, optional
-        The column naming each row's group (default: the formula's group).
+        Conditional modes ``b_g`` by group label (a site's own, for its groups;
+        labels as R writes them, e.g. ``"3"``). Rows of those groups get
+        ``eta + Z b_g`` (they need the group column); every other row gets the
+        population-level ``eta``.
 
     Returns
     -------
@@ -69,25 +70,25 @@ def predict_glmm(fit, rows: pd.DataFrame, *, response: bool = True,
     Raises
     ------
     ValueError
-        If the rows do not give the fitted terms.
+        A missing column or value, or a factor level the fit never saw.
     """
-    formula = parse_mixed_formula(fit.formula)
-    terms = tuple(fe.term for fe in fit.fixed_effects)
-    X = _numeric_design(formula.fixed, rows, terms, "fixed-effect")
-    beta = np.array([fe.estimate for fe in fit.fixed_effects])
-    eta = X @ beta
+    schema = _schema(fit)
+    X = predictor_matrix(schema, rows)[:, _fixed_columns(fit, schema)]
+    eta = X @ np.array([fe.estimate for fe in fit.fixed_effects])
+    for node in schema.parsed.offsets:
+        eta = eta + evaluate_numeric(node, rows)
     if modes:
-        column = group_column or formula.group
-        if column not in rows.columns:
-            raise ValueError(f"conditional predictions need the group column '{column}'")
-        random_terms = tuple(re.term for re in fit.random_effects
-                             if re.group == formula.group)
-        Z = _numeric_design(formula.random, rows, random_terms, "random-effect")
-        labels = rows[column].to_numpy()
+        from core_stats.formula.frame import _random_design
+
+        term = schema.parsed.random[0]
+        missing = [g for g in term.group if g not in rows.columns]
+        if missing:
+            raise ValueError(f"conditional predictions need the group column '{missing[0]}'")
+        design = _random_design(term, schema.levels, schema.parsed.variable_nodes, rows)
         for label, mode in modes.items():
-            mask = labels == label
+            mask = design.groups == str(label)
             if mask.any():
-                eta[mask] += Z[mask] @ np.asarray(mode, dtype=float)
+                eta[mask] += design.Z[mask] @ np.asarray(mode, dtype=float)
     return get_family(fit.family).mean(eta) if response else eta
 
 

@@ -67,18 +67,17 @@ class GLMMFit:
                              [fe.estimate for fe in self.fixed_effects],
                              [fe.std_error for fe in self.fixed_effects], level)
 
-    def predict(self, rows, *, response: bool = True, modes=None, group_column=None):
+    def predict(self, rows, *, response: bool = True, modes=None):
         """Predictions for new rows; see :func:`core_stats.predict.predict_glmm`.
 
-        Population level by default (``g^{-1}(X beta)``, as lme4's
+        Population level by default (``g^{-1}(X beta + offset)``, as lme4's
         ``predict(fit, newdata, re.form = NA)``); conditional for the groups
         whose modes ``b_g`` are given (``modes``: group label to vector, a
-        site's own), ``g^{-1}(X beta + Z b_g)``.
+        site's own), ``g^{-1}(X beta + offset + Z b_g)``.
         """
         from core_stats.predict import predict_glmm
 
-        return predict_glmm(self, rows, response=response, modes=modes,
-                            group_column=group_column)
+        return predict_glmm(self, rows, response=response, modes=modes)
 
     def to_dict(self) -> dict:
         """JSON-ready dict; the key names are a public contract."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -18,10 +19,12 @@ from securefed.cli_fit import (
     DROP_ROUND,
     DROP_SITES,
     EPSILON,
+    NA_ACTION,
     NEIGHBOURS,
     PRIVACY_LEDGER,
     PROTECT,
     THRESHOLD,
+    check_na_action,
     dp_options,
     preflight,
     protection_options,
@@ -92,6 +95,7 @@ def bfi(
     privacy_ledger: Path = PRIVACY_LEDGER,
     audit_log: Path = AUDIT_LOG,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
+    na_action: str = NA_ACTION,
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Combine local MAP fits of a GLM in one shot (BFI)."""
@@ -115,6 +119,7 @@ def bfi(
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity, combined_lambda)
+    opts = replace(opts, na_action=check_na_action(na_action))
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, 3, 8.0,
                     dp_min_contributors, privacy_ledger, dp_standardize_range)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,

@@ -10,6 +10,8 @@ import typer
 from securefed.errors import InputError
 
 FORMULA_HELP = "Model formula, lme4 style: 'y ~ x1 + x2 + (1 | group)'."
+NA_ACTION = typer.Option("omit", "--na-action", help="omit (as R: drop rows with a missing "
+                         "model value, counted per site) or fail.")
 PROTECT = typer.Option("none", "--protect", help="Protection layers, comma-separated: none, "
                        "secagg or ckks, plus dp (e.g. secagg,dp).")
 NEIGHBOURS = typer.Option(None, "--secagg-neighbours",
@@ -107,6 +109,12 @@ def preflight(data: Path, formula: str, family: str, site_column: str, protect: 
     pre.check_csv(data, (site_column, *pre.formula_columns(formula), *columns))
 
 
+def check_na_action(value: str) -> str:
+    if value not in ("omit", "fail"):
+        raise InputError(f"--na-action {value!r}: choose omit or fail")
+    return value
+
+
 def write_json(path: Path, payload: dict) -> None:
     try:
         path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
@@ -142,6 +150,7 @@ def fit(
     audit_log: Path = AUDIT_LOG,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     seed: int = typer.Option(None, "--seed", help="Seed for the validation split."),
+    na_action: str = NA_ACTION,
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
 ) -> None:
     """Fit a GLMM federated over the sites in SITE_COLUMN."""
@@ -153,7 +162,8 @@ def fit(
 
     frame = read_table(data)
     opts = GLMMOptions(formula=formula, family=family, site_column=site_column, nagq=nagq,
-                       lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed)
+                       lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed,
+                       na_action=check_na_action(na_action))
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, dp_rounds,
                     dp_group_clip, dp_min_contributors, privacy_ledger)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,

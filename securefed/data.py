@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from securefed.errors import InputError
+from securefed.preflight import check_unique_columns
 
 __all__ = ["read_table", "check_numeric_columns", "builtin_path"]
 
@@ -39,6 +40,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise InputError(f"cannot parse {path} as CSV: {first}") from None
     if frame.shape[0] == 0:
         raise InputError(f"{path} has a header but no data rows")
+    header = pd.read_csv(path, header=None, nrows=1).iloc[0].astype(str).tolist()
+    check_unique_columns(path, header)
     frame.attrs["source"] = str(path)
     return frame
 
@@ -56,7 +59,7 @@ def check_numeric_columns(frame: pd.DataFrame, columns: Iterable[str]) -> None:
             bad = np.flatnonzero(numeric.isna() & values.notna())
             if bad.size:
                 raise InputError(f"column '{col}' of {source} has text where a number is "
-                                 f"expected, first in row {bad[0] + 1}")
+                                 f"expected (first in row {bad[0] + 1})")
             values = numeric
         arr = values.to_numpy(dtype=float)
         bad = np.flatnonzero(~np.isfinite(arr))

@@ -18,6 +18,12 @@ import pandas as pd
 
 from core_stats.design import DesignError, parse_mixed_formula
 from core_stats.families import get_family
+from core_stats.formula import (
+    DesignSchema,
+    agree_schema,
+    fixed_column_names,
+    random_column_names,
+)
 from core_stats.glmm import ParameterLayout
 from core_stats.glmm_fit import GLMMEstimate, fit_glmm, starting_values
 from core_stats.inference import (
@@ -33,7 +39,6 @@ from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
-from securefed.data import check_numeric_columns
 from securefed.errors import InputError
 from securefed.plausibility import (
     check_design_summary,
@@ -64,6 +69,7 @@ class GLMMOptions:
     validation_fraction: float = 0.3
     seed: int | None = None
     tol: float = 1e-8
+    na_action: str = "omit"
 
 
 def _check_options(opts: GLMMOptions) -> None:
@@ -77,45 +83,54 @@ def _check_options(opts: GLMMOptions) -> None:
         raise InputError("the validation fraction must be between 0 and 1")
 
 
-def _check_frame(frame: pd.DataFrame, opts: GLMMOptions):
+def _check_frame(frame: pd.DataFrame, opts: GLMMOptions, sites: list[Site]):
+    """The formula, family and agreed design schema; bad input raises InputError."""
+    formula, family = _parse_model(opts)
+    group_columns = formula.model.group_columns
+    for col in (opts.site_column, *group_columns):
+        _require_column(frame, col)
+    try:
+        schema = agree_schema(opts.formula, [s.variable_report(opts.formula) for s in sites])
+        checked = [s.outcome_for_checks(schema, opts.na_action) for s in sites]
+        outcomes = [y for y, _ in checked]
+    except DesignError as err:
+        raise InputError(str(err)) from None
+    for col in (opts.site_column, *group_columns):
+        if frame[col].isna().any() and opts.na_action == "fail":
+            raise InputError(f"column '{col}' has missing values")
+    try:
+        family.check_outcome(np.concatenate(outcomes))
+    except ValueError as err:
+        raise InputError(f"outcome '{formula.outcome}': {err}") from None
+    groups = frame[list(group_columns)].astype(str).agg(":".join, axis=1)
+    complete = frame[list(group_columns)].notna().all(axis=1)
+    sites_per_group = frame.loc[complete, opts.site_column].groupby(groups[complete]).nunique()
+    if (sites_per_group > 1).any():
+        raise InputError(f"a group of '{formula.group}' appears in more than one site: "
+                         f"groups must be nested within '{opts.site_column}'")
+    if sites_per_group.size < 2:
+        raise InputError(f"'{formula.group}' has a single group: a random effect needs at "
+                         "least two (lme4 refuses it too)")
+    omitted = {s.name: n for s, (_, n) in zip(sites, checked, strict=True) if n}
+    return formula, family, schema, omitted
+
+
+def _parse_model(opts: GLMMOptions):
     try:
         formula = parse_mixed_formula(opts.formula)
         family = get_family(opts.family)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
-    from formulaic import Formula
-
-    try:
-        variables = sorted(Formula(formula.fixed).required_variables
-                           | Formula(formula.random).required_variables)
-    except Exception as err:  # formulaic parse errors
-        raise InputError(f"cannot read the formula: {err}".splitlines()[0]) from None
-    for col in [formula.outcome, opts.site_column, formula.group, *variables]:
-        if col not in frame.columns:
-            raise InputError(f"column '{col}' is not in {frame.attrs.get('source', 'the data')} "
-                             f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
-    numeric = [formula.outcome] + [v for v in variables if _looks_numeric(frame[v])]
-    check_numeric_columns(frame, numeric)
-    for col in (opts.site_column, formula.group):
-        if frame[col].isna().any():
-            raise InputError(f"column '{col}' has missing values")
-    try:
-        family.check_outcome(frame[formula.outcome].to_numpy(dtype=float))
-    except ValueError as err:
-        raise InputError(f"outcome '{formula.outcome}': {err}") from None
-    sites_per_group = frame.groupby(formula.group)[opts.site_column].nunique()
-    if (sites_per_group > 1).any():
-        bad = sites_per_group[sites_per_group > 1].index[0]
-        raise InputError(f"group {bad!r} of '{formula.group}' appears in more than one site: "
-                         f"groups must be nested within '{opts.site_column}'")
+    if formula.outcome.startswith("cbind("):
+        raise InputError("cbind() responses are not supported by the GLMM yet: give one row "
+                         "per trial with a 0/1 outcome")
     return formula, family
 
 
-def _looks_numeric(column: pd.Series) -> bool:
-    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        return True
-    parsed = pd.to_numeric(column, errors="coerce")
-    return bool(parsed.notna().mean() > 0.5)
+def _require_column(frame: pd.DataFrame, col: str) -> None:
+    if col not in frame.columns:
+        raise InputError(f"column '{col}' is not in {frame.attrs.get('source', 'the data')} "
+                         f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
 
 
 def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
@@ -155,9 +170,11 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
 def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     started = time.perf_counter()
     _check_options(opts)
-    formula, family = _check_frame(frame, opts)
-    fixed_spec, fixed_names, random_names = _public_design(formula, frame)
+    _parse_model(opts)
+    _require_column(frame, opts.site_column)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
+    formula, family, schema, omitted = _check_frame(frame, opts, sites)
+    fixed_names, random_names = _public_design(schema)
     protection = protection or PlaintextSum()
     audit = None
     if audit_log is not None:
@@ -166,14 +183,17 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
     warnings = [w for s in sites for w in s.warnings()]
-    return _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names,
+    warnings += [f"site {name}: {n} row(s) with missing values omitted"
+                 for name, n in omitted.items()]
+    return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
                 on_step, started, warnings)
 
 
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
                     protection: ProtectedSum,
                     on_step: Callable[[NewtonStep], None] | None = None,
-                    audit: AuditTrail | None = None) -> GLMMFit:
+                    audit: AuditTrail | None = None,
+                    schema: DesignSchema | None = None) -> GLMMFit:
     """Fit a GLMM over remote sites (e.g. Flower SuperNodes) through ``transport``.
 
     The coordinator holds no rows: the public design comes from the formula
@@ -184,48 +204,33 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     """
     started = time.perf_counter()
     _check_options(opts)
-    try:
-        formula = parse_mixed_formula(opts.formula)
-        family = get_family(opts.family)
-    except (DesignError, ValueError) as err:
-        raise InputError(str(err)) from None
-    fixed_spec, fixed_names, random_names = _public_design(formula, None)
+    formula, family = _parse_model(opts)
+    schema = DesignSchema(opts.formula) if schema is None else schema
+    fixed_names, random_names = _public_design(schema)
     from securefed.coordinator import RemoteSite
 
     coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
                               audit=audit, transport=transport)
     try:
-        return _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names,
+        return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
                     on_step, started, [])
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
 
 
-def _public_design(formula, frame: pd.DataFrame | None):
-    """The fixed-effect model spec and term names; without rows, from the formula alone."""
-    from formulaic import Formula, model_matrix
-
-    from core_stats.design import _lme4_name
-
-    if frame is None:
-        try:
-            variables = sorted(Formula(formula.fixed).required_variables
-                               | Formula(formula.random).required_variables)
-        except Exception as err:  # formulaic parse errors
-            raise InputError(f"cannot read the formula: {err}".splitlines()[0]) from None
-        frame = pd.DataFrame({v: [0.0, 1.0, 2.0] for v in variables})
-    fixed_mm = model_matrix(formula.fixed, frame, na_action="raise")
-    random_mm = model_matrix(formula.random, frame.head(1), na_action="raise")
-    return (fixed_mm.model_spec, tuple(_lme4_name(str(c)) for c in fixed_mm.columns),
-            tuple(_lme4_name(str(c)) for c in random_mm.columns))
+def _public_design(schema: DesignSchema) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Fixed-effect and random-effect column names, from the schema alone."""
+    try:
+        return fixed_column_names(schema), random_column_names(schema)[0]
+    except DesignError as err:
+        raise InputError(str(err)) from None
 
 
-def _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names, on_step,
+def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, on_step,
          started, warnings) -> GLMMFit:
     """The federated part: the same rounds whether the sites are here or remote."""
-    design = GLMMSiteDesign(formula.outcome, fixed_spec, formula.random, formula.group,
-                            family, opts.nagq)
+    design = GLMMSiteDesign(schema, family, opts.nagq, opts.na_action)
     seed = opts.seed if opts.seed is not None else int(np.random.default_rng().integers(2**62))
 
     def prepare(keep: np.ndarray | None, fraction: float) -> None:
@@ -233,6 +238,8 @@ def _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_nam
 
     prepare(None, 0.0)
     if coordinator.privacy is not None:
+        if formula.model.offsets:
+            raise InputError("offset() under differential privacy is not supported yet")
         return _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names,
                             on_step, started)
     p = len(fixed_names)
@@ -291,6 +298,7 @@ def _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_nam
         warnings.append("site(s) dropped out and were excluded from the fit: "
                         + ", ".join(coordinator.dropped))
     seconds = time.perf_counter() - started
+    extra["factor_levels"] = {k: list(v) for k, v in schema.factors}  # for predict()
     extra["timings"] = coordinator.timings(seconds)
     fit = _make_fit(opts, estimate, family, int(n_obs), n_groups, len(live), coordinator,
                     warnings, dropped_cols, extra, seconds)

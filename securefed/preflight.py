@@ -1,11 +1,12 @@
 """Checks that run before any heavy import and before any work.
 
-A missing file, a column the file does not have, a formula with an unclosed
-parenthesis, an unknown family or layer, an output folder that does not exist,
-a ``--predict`` file that is not there: each is reported in one line within a
-fraction of a second, before pandas, scipy or the cryptography are imported and
-long before a fit starts. Only the standard library is used here; the full
-checks (values, types, nesting) still run later, on the data.
+A missing file, a column the file does not have, a formula the parser cannot
+read (:mod:`core_stats.formula` is pure Python), an unknown family or layer, an
+output folder that does not exist, a ``--predict`` file that is not there: each
+is reported in one line within a fraction of a second, before pandas, scipy or
+the cryptography are imported and long before a fit starts. Only the standard
+library and the formula parser are used here; the full checks (values, types,
+nesting) still run later, on the data.
 
 Nothing here echoes a data value: messages name files, flags and columns only.
 """
@@ -15,22 +16,18 @@ from __future__ import annotations
 import csv
 import importlib.util
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from securefed.errors import InputError
 
-__all__ = ["check_csv", "check_formula", "check_output", "check_family", "check_layers",
-           "require_package", "formula_columns"]
+__all__ = ["check_csv", "check_unique_columns", "check_formula", "check_output", "check_family",
+           "check_layers", "require_package", "formula_columns"]
 
 FAMILIES = ("binomial", "poisson", "gaussian")
 LAYERS = ("none", "secagg", "ckks", "dp")
 EXTRAS = {"tenseal": "ckks", "flwr": "flower"}
 _SHOWN_COLUMNS = 12
-_IDENTIFIER = re.compile(r"[A-Za-z_.][\w.]*")
-_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-_OPERATORS = ("**", "||", "+", "-", "*", ":", "/", "^", "|", "%in%")
 
 
 def _header(path: Path) -> list[str]:
@@ -52,7 +49,16 @@ def _header(path: Path) -> list[str]:
         raise InputError(f"{path} is empty: it needs a header line and data rows")
     if first is None:
         raise InputError(f"{path} has a header but no data rows")
+    check_unique_columns(path, header)
     return header
+
+
+def check_unique_columns(path: Path, header: list[str]) -> None:
+    """Refuse a header that names a column twice."""
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise InputError(f"{path} has more than one column named '{duplicated[0]}': "
+                         "rename them so each column name is unique")
 
 
 def _separator_hint(header: list[str]) -> str:
@@ -98,133 +104,32 @@ def check_csv(path: str | Path, columns: Iterable[str | None] = ()) -> tuple[str
     return tuple(header)
 
 
-def _tokens(text: str, start: int = 0) -> list[tuple[str, str, int]]:
-    """``(kind, text, position)`` tokens of ``text`` from character ``start``.
+def _parsed(formula: str):
+    from core_stats.formula import FormulaError, parse_formula
 
-    Kinds: name, number, quoted, op, ``(``, ``)``, ``~``, ``,`` and other.
-    """
-    out, i = [], start
-    while i < len(text):
-        char = text[i]
-        if char.isspace():
-            i += 1
-            continue
-        if char in "()~,":
-            out.append((char, char, i))
-            i += 1
-            continue
-        if char in "\"'`":
-            end = text.find(char, i + 1)
-            if end < 0:
-                raise InputError(f"the formula has an unclosed {char} (character {i + 1})")
-            out.append(("quoted", text[i:end + 1], i))
-            i = end + 1
-            continue
-        number = _NUMBER.match(text, i)
-        if number:
-            out.append(("number", number.group(), i))
-            i = number.end()
-            continue
-        name = _IDENTIFIER.match(text, i)
-        if name:
-            out.append(("name", name.group(), i))
-            i = name.end()
-            continue
-        op = next((o for o in _OPERATORS if text.startswith(o, i)), None)
-        if op is None:
-            out.append(("other", char, i))
-            i += 1
-            continue
-        out.append(("op", op, i))
-        i += len(op)
-    return out
-
-
-def _check_parentheses(tokens: list[tuple[str, str, int]]) -> None:
-    opened: list[int] = []
-    for kind, _, pos in tokens:
-        if kind == "(":
-            opened.append(pos)
-        elif kind == ")":
-            if not opened:
-                raise InputError(f"the formula has a ')' with no '(' before it "
-                                 f"(character {pos + 1})")
-            opened.pop()
-    if opened:
-        raise InputError(f"the formula has an unclosed '(' (character {opened[-1] + 1}): "
-                         "close it, e.g. (1 | hospital)")
-
-
-def _calls(tokens: list[tuple[str, str, int]]) -> bool:
-    """Whether the tokens call a function (a name right before ``(``)."""
-    return any(kind == "name" and following[0] == "("
-               for (kind, *_), following in zip(tokens, tokens[1:], strict=False))
-
-
-def _check_operators(tokens: list[tuple[str, str, int]]) -> None:
-    """No operator without a term on each side, no two terms without an operator."""
-    operand = ("name", "number", "quoted", ")")
-    strict = not _calls(tokens)  # a function's arguments may hold any literal
-    previous = "~"
-    for kind, text, pos in tokens:
-        if kind == ")" and previous == "(":
-            raise InputError(f"the formula has empty parentheses (character {pos})")
-        if kind == "op" and text != "-" and previous in ("~", "(", "op", ","):
-            raise InputError(f"the formula has '{text}' with no term before it "
-                             f"(character {pos + 1})")
-        if kind in (")", "~", ",") and previous == "op":
-            raise InputError(f"the formula has an operator with no term after it "
-                             f"(character {pos + 1})")
-        if kind in ("name", "number", "quoted") and previous in operand:
-            raise InputError(f"the formula has two terms with no operator between them "
-                             f"(character {pos + 1}): join them with '+'")
-        if kind == "other" and strict:
-            raise InputError(f"the formula has a character it cannot read (character {pos + 1})")
-        previous = "op" if kind == "op" else kind
-    if previous == "op":
-        raise InputError("the formula ends with an operator: a term is missing")
+    try:
+        return parse_formula(formula)
+    except FormulaError as err:
+        raise InputError(str(err)) from None
 
 
 def check_formula(formula: str, *, random_effects: bool = True) -> None:
-    """Check the shape of an R-style formula without building anything from it.
-
-    One ``~`` with a single outcome name before it, balanced parentheses,
-    every operator between two terms; with ``random_effects=False`` (a GLM,
-    as BFI fits) no ``(... | group)`` term. The formula is only scanned, never run.
+    """Read the formula with the project's parser (:mod:`core_stats.formula`, pure Python);
+    with ``random_effects=False`` (a GLM, as BFI fits) refuse a ``(... | group)`` term.
 
     Raises
     ------
     InputError
-        Naming the first problem and its character position.
+        The parser's one-line reason (with the character position).
     """
-    if formula.count("~") != 1:
-        raise InputError("the formula needs exactly one '~': write it as "
-                         "'y ~ x1 + x2 + (1 | group)'")
-    lhs = formula.split("~")[0]
-    if not _IDENTIFIER.fullmatch(lhs.strip()):
-        raise InputError("the outcome (left of '~') must be a single column name")
-    tokens = _tokens(formula, len(lhs) + 1)
-    if not tokens:
-        raise InputError("the formula has no terms after '~' (write '~ 1' for an intercept)")
-    _check_parentheses(tokens)
-    _check_operators(tokens)
-    if not random_effects and any(text in ("|", "||") for _, text, _ in tokens):
+    if not random_effects and _parsed(formula).random:
         raise InputError("BFI formulas have no random-effects term: drop the '(... | group)'")
+    _parsed(formula)
 
 
 def formula_columns(formula: str) -> tuple[str, ...]:
-    """Column names a formula plainly uses: every name, when it calls no function.
-
-    A formula with a function call (``log(x)``, ``C(ward, Sum)``) or a quoted
-    name gives only its outcome: what such a formula needs is the full parser's
-    call.
-    """
-    lhs = formula.partition("~")[0]
-    tokens = _tokens(formula, len(lhs) + 1)
-    names = [lhs.strip()]
-    if not _calls(tokens) and not any(kind in ("quoted", ",") for kind, *_ in tokens):
-        names += [text for kind, text, _ in tokens if kind == "name" and text != "."]
-    return tuple(dict.fromkeys(names))
+    """Every data column the formula reads: outcome, covariates, offsets and groups."""
+    return _parsed(formula).columns
 
 
 def check_output(path: str | Path | None, flag: str) -> None:

@@ -214,21 +214,13 @@ class _Parser:
         return kind, bfi, columns + tuple((c, k, at(k)) for c, k in named)
 
     def formula_columns(self, formula: str, kind: str, line: int) -> tuple:
-        from formulaic import Formula
-
         from core_stats.design import DesignError, parse_mixed_formula
 
         try:
             parsed = parse_mixed_formula(formula, require_random=kind == "glmm")
-            if kind == "bfi" and parsed.group is not None:
-                raise DesignError("BFI formulas have no random-effects term: drop the "
-                                  "'(... | group)'")
-            names = set(Formula(parsed.fixed).required_variables)
-            if parsed.random:
-                names |= set(Formula(parsed.random).required_variables) | {parsed.group}
-        except Exception as err:  # DesignError or a formulaic parse error
-            self.fail(line, f"formula: {str(err).splitlines()[0]}")
-        names = sorted(n for n in names | {parsed.outcome} if n != SITE_COLUMN)
+        except DesignError as err:
+            self.fail(line, f"formula: {err}")
+        names = sorted(n for n in parsed.model.columns if n != SITE_COLUMN)
         return tuple((n, "formula", line) for n in names)
 
     def glmm_options(self, m: dict, at) -> GLMMOptions:

@@ -84,12 +84,12 @@ def test_semicolon_file_lists_the_columns_found(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize(("formula", "fragment"), [
-    ("stress ~ age + (1 | hospital", "unclosed '('"),
-    ("stress ~ age + gender)", "')' with no '('"),
-    ("stress ~ age + * gender", "'*' with no term before it"),
-    ("stress ~ age +", "ends with an operator"),
-    ("stress ~ age gender + (1 | hospital)", "no operator between"),
-    ("stress age", "exactly one '~'"),
+    ("stress ~ age + (1 | hospital", "missing ')' at the end"),
+    ("stress ~ age + gender)", "character 22 (')')"),
+    ("stress ~ age + * gender", "character 16 ('*')"),
+    ("stress ~ age +", "malformed at the end"),
+    ("stress ~ age gender + (1 | hospital)", "character 14 ('gender')"),
+    ("stress age", "character 8 ('age')"),
 ])
 @pytest.mark.parametrize("command", ["fit", "bfi"])
 def test_formula_syntax_errors_are_one_line(command, formula, fragment, capsys) -> None:
