@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from securefed.errors import InputError
+from securefed.report_tables import (
+    _fmt,
+    _num,
+    _table,
+    method_line,
+    p_text,
+    privacy_tables,
+    timing_rows,
+)
 
 __all__ = ["ReportFiles", "load_result", "result_kind", "coefficient_rows", "write_report"]
 
@@ -67,30 +76,10 @@ def coefficient_rows(result: dict) -> list[dict]:
     try:
         return [{"term": str(r["term"]), "estimate": _num(r["estimate"]), "se": _num(r.get(se_key)),
                  "ci_low": _num(r.get("ci_low")), "ci_high": _num(r.get("ci_high")),
-                 "p_value": _num(r.get("p_value"))} for r in rows]
+                 "z_value": _num(r.get("z_value")), "p_value": _num(r.get("p_value"))}
+                for r in rows]
     except (KeyError, TypeError, ValueError):
         raise InputError("the result's coefficient rows need 'term' and 'estimate'") from None
-
-
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "—"
-        big_or_tiny = abs(value) >= 1e6 or 0 < abs(value) < 1e-4
-        return f"{value:.{digits}g}" if big_or_tiny else f"{value:.{digits}f}"
-    return html.escape("—" if value is None else str(value))
-
-
-def _table(header: list[str], rows: list[list[Any]], ident: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>"
-                   for row in rows)
-    ident = f' id="{ident}"' if ident else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _plt():
@@ -169,10 +158,7 @@ def _protection_section(result: dict) -> str:
     out = "<h2>Protection</h2>" + _table(["", "value"], rows, "protection")
     privacy = result.get("privacy")
     if privacy:
-        items = privacy.items() if isinstance(privacy, dict) else [("privacy", privacy)]
-        out += "<h2>Privacy</h2>" + _table(["", "value"], [
-            [k, v if isinstance(v, int | float | str) else json.dumps(v)] for k, v in items],
-            "privacy")
+        out += "<h2>Privacy</h2>" + privacy_tables(privacy)
     else:
         out += ('<p class="muted">No differential privacy in this run: the released sums are '
                 "exact.</p>")
@@ -186,7 +172,7 @@ def _glmm_sections(result: dict, stem: str, folder: Path, figures: list[Path]) -
           _num(r.get("ci_high"))] for r in result.get("random_effects") or []], "random-effects")
     out += _table(["logLik", "AIC", "BIC", "converged", "singular"], [[
         _num(result.get("loglik")), _num(result.get("aic")), _num(result.get("bic")),
-        str(result.get("converged")), str(result.get("singular"))]], "fit")
+        bool(result.get("converged")), bool(result.get("singular"))]], "fit")
     trace = result.get("trace") or []
     if trace:
         path = folder / f"{stem}_trace.png"
@@ -252,11 +238,17 @@ def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
              f"<p>{html.escape(model)} · family {_fmt(result.get('family'))} · formula "
              f"<code>{_fmt(result.get('formula'))}</code> · {_fmt(result.get('n_obs'))} rows in "
              f"{_fmt(result.get('n_sites'))} sites</p>"]
-    se = "Std. Error" if kind == "glmm" else "SD"
-    parts.append("<h2>Coefficients</h2>" + _table(
-        ["term", "estimate", se, "CI low", "CI high"],
-        [[r["term"], r["estimate"], r["se"], r["ci_low"], r["ci_high"]] for r in rows],
-        "coefficients"))
+    parts.append(f"<p id=\"method\">{html.escape(method_line(result))}</p>")
+    if kind == "glmm":
+        parts.append("<h2>Coefficients</h2>" + _table(
+            ["term", "estimate", "Std. Error", "z value", "Pr(>|z|)", "CI low", "CI high"],
+            [[r["term"], r["estimate"], r["se"], r["z_value"], p_text(r["p_value"]),
+              r["ci_low"], r["ci_high"]] for r in rows], "coefficients"))
+    else:
+        parts.append("<h2>Coefficients</h2>" + _table(
+            ["term", "estimate", "SD", "CI low", "CI high"],
+            [[r["term"], r["estimate"], r["se"], r["ci_low"], r["ci_high"]] for r in rows],
+            "coefficients"))
     if rows:
         forest = out.parent / f"{out.stem}_forest.png"
         _forest(rows, forest, "Coefficients (95% intervals)")
@@ -270,7 +262,7 @@ def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
     timings = result.get("timings")
     if isinstance(timings, dict) and timings:
         parts.append("<h2>Timings (seconds)</h2>" + _table(
-            ["stage", "seconds"], [[k, _num(v)] for k, v in timings.items()], "timings"))
+            ["stage", "seconds"], timing_rows(timings), "timings"))
     parts += [f'<p class="warn">warning: {html.escape(str(w))}</p>'
               for w in result.get("warnings") or []]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
