@@ -85,8 +85,7 @@ def _unexpected(err: Exception) -> int:
     if isinstance(err, ProtocolError):
         return _protocol_failure(err)
     if _is_usage_error(err):
-        err.show()
-        return EXIT_INPUT
+        return _usage_failure(err)
     if isinstance(err, ModuleNotFoundError) and err.name:
         package = err.name.split(".")[0]
         extra = MISSING_EXTRA.get(package)
@@ -97,6 +96,17 @@ def _unexpected(err: Exception) -> int:
     _fail(f"securefed stopped on an internal error ({type(err).__name__}); no result was "
           "written by this step. Please report it with the command you ran.")
     return EXIT_PROTOCOL
+
+
+def _usage_failure(err: Exception) -> int:
+    """A click usage error (bad flag or value): one line naming the help to read."""
+    if type(err).__name__ == "NoArgsIsHelpError":  # `securefed` alone: the help, as click does
+        err.show()
+        return EXIT_INPUT
+    ctx = getattr(err, "ctx", None)
+    hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    _fail(f"{err.format_message()}{hint}")
+    return EXIT_INPUT
 
 
 def _protocol_failure(err: Exception) -> int:

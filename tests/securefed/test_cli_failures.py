@@ -221,3 +221,15 @@ def test_bfi_progress_shows_on_a_terminal_and_quiet_silences_it(monkeypatch, cap
     assert "BFI over 25 sites" in err and "progress.py" not in err
     assert main(["bfi", str(NURSES), *BFI_MODEL, "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["fit", "x.csv", "--nagq", "abc"], "'--nagq': 'abc' is not a valid integer"),
+    (["fit", "x.csv"], "Missing option '--formula'"),
+    (["audit", "verify"], "Missing argument 'LOG'"),
+])
+def test_usage_errors_are_one_line_naming_the_help(args, fragment, capsys) -> None:
+    assert main(args) == 2
+    line = _one_line(capsys)
+    assert fragment in line and f"securefed {' '.join(args[:2 if args[0] == 'audit' else 1])}" \
+        " --help" in line
