@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,21 +92,59 @@ def _plt():
     return plt
 
 
-def _forest(rows: list[dict], path: Path, title: str) -> None:
+SCALE_TERMS = ("log_sigma", "sigma")
+
+
+def forest_panels(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Rows in separate panels, each on its own scale: fixed effects, site-specific terms
+    (``term[site=...]``) and scale parameters; empty panels are left out."""
+    site = [r for r in rows if r["term"].endswith("]") and "[" in r["term"]]
+    scale = [r for r in rows if r["term"] in SCALE_TERMS]
+    fixed = [r for r in rows if r not in site and r not in scale]
+    return [(title, part) for title, part in (("fixed effects", fixed),
+                                              ("site-specific terms", site),
+                                              ("scale parameters", scale)) if part]
+
+
+def _panel_plot(rows: list[dict], path: Path, title: str, xlabel: str,
+                series: list[tuple[str, str, Callable[[dict], tuple[float, float, float]]]]
+                ) -> None:
+    """A dot-and-interval plot of ``rows`` in :func:`forest_panels`, each on its own scale;
+    ``series``: ``(label, colour, row -> (estimate, low, high))``, drawn side by side."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4))
-    ys = list(range(len(rows)))[::-1]
-    for y, row in zip(ys, rows, strict=True):
-        if not (math.isnan(row["ci_low"]) or math.isnan(row["ci_high"])):
-            ax.plot([row["ci_low"], row["ci_high"]], [y, y], color="#1f77b4", lw=2)
-        ax.plot(row["estimate"], y, "o", color="#d62728")
-    ax.axvline(0.0, color="#888", ls="--", lw=1)
-    ax.set_yticks(ys, [r["term"] for r in rows])
-    ax.set_xlabel("estimate with 95% interval")
-    ax.set_title(title)
+    panels = forest_panels(rows)
+    heights = [len(part) + 1.2 for _, part in panels]
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights},
+                             figsize=(7, 0.45 * sum(heights) + 0.8))
+    shifts = [0.3 * (0.5 - k / max(len(series) - 1, 1)) if len(series) > 1 else 0.0
+              for k in range(len(series))]
+    for ax, (name, part) in zip(axes[:, 0], panels, strict=True):
+        ys = list(range(len(part)))[::-1]
+        for y, row in zip(ys, part, strict=True):
+            for shift, (_, colour, values) in zip(shifts, series, strict=True):
+                estimate, low, high = values(row)
+                if not (math.isnan(low) or math.isnan(high)):
+                    ax.plot([low, high], [y + shift] * 2, color=colour, lw=2)
+                ax.plot(estimate, y + shift, "o", color=colour)
+        if name != "scale parameters":
+            ax.axvline(0.0, color="#888", ls="--", lw=1)
+        ax.set_yticks(ys, [r["term"] for r in part], fontsize=8 if len(part) > 15 else 10)
+        ax.set_ylim(-0.7, len(part) - 0.3)
+        ax.set_title(name, fontsize=10, loc="left")
+    if len(series) > 1:
+        for label, colour, _ in series:
+            axes[0, 0].plot([], [], "o-", color=colour, label=label)
+        axes[0, 0].legend(loc="best", fontsize=8)
+    axes[-1, 0].set_xlabel(xlabel)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _forest(rows: list[dict], path: Path, title: str) -> None:
+    _panel_plot(rows, path, title, "estimate with 95% interval",
+                [("estimate", "#d62728", lambda r: (r["estimate"], r["ci_low"], r["ci_high"]))])
 
 
 def _trace(trace: list[dict], path: Path) -> None:
@@ -126,22 +165,18 @@ def _trace(trace: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _scatter(pairs: list[tuple[str, float, float]], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    xs, ys = [p[1] for p in pairs], [p[2] for p in pairs]
-    lo, hi = min(xs + ys), max(xs + ys)
-    pad = 0.05 * (hi - lo or 1.0)
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#888", ls="--", lw=1)
-    ax.plot(xs, ys, "o", color="#1f77b4")
-    for term, x, y in pairs:
-        ax.annotate(term, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("pooled estimate")
-    ax.set_ylabel("BFI estimate")
-    ax.set_title("BFI vs pooled fit")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _paired(pairs: list[tuple[dict, dict]], path: Path) -> None:
+    """BFI and pooled estimates side by side per term, each with its 95% interval."""
+    pooled = {b["term"]: p for b, p in pairs}
+
+    def interval(fit: dict) -> tuple[float, float, float]:
+        half = 1.96 * fit["se"]
+        return fit["estimate"], fit["estimate"] - half, fit["estimate"] + half
+
+    _panel_plot([b for b, _ in pairs], path, "BFI vs pooled fit",
+                "estimate with 95% interval (± 1.96 SD)",
+                [("BFI", "#1f77b4", interval),
+                 ("pooled", "#ff7f0e", lambda r: interval(pooled[r["term"]]))])
 
 
 def _protection_section(result: dict) -> str:
@@ -191,16 +226,18 @@ def _bfi_sections(result: dict, rows: list[dict], stem: str, folder: Path,
     pooled = (result.get("pooled") or {}).get("estimates") or []
     if not pooled:
         return out
-    by_term = {str(r["term"]): _num(r["estimate"]) for r in pooled}
-    pairs = [(r["term"], by_term[r["term"]], r["estimate"]) for r in rows if r["term"] in by_term]
+    by_term = {str(r["term"]): {"term": str(r["term"]), "estimate": _num(r["estimate"]),
+                                "se": _num(r.get("sd"))} for r in pooled}
+    pairs = [(r, by_term[r["term"]]) for r in rows if r["term"] in by_term]
     out += "<h2>BFI vs pooled fit</h2>" + _table(
-        ["term", "BFI", "pooled", "difference"],
-        [[t, b, p, b - p] for t, p, b in pairs], "pooled")
+        ["term", "BFI", "BFI SD", "pooled", "pooled SD", "difference"],
+        [[b["term"], b["estimate"], b["se"], p["estimate"], p["se"],
+          b["estimate"] - p["estimate"]] for b, p in pairs], "pooled")
     if pairs:
         path = folder / f"{stem}_pooled.png"
-        _scatter(pairs, path)
+        _paired(pairs, path)
         figures.append(path)
-        out += _img(path, "BFI estimates against the pooled fit")
+        out += _img(path, "BFI and pooled estimates with their intervals, term by term")
     return out
 
 

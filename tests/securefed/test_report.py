@@ -18,6 +18,7 @@ from securefed.bfi_run import BFIOptions, run_bfi
 from securefed.cli import main
 from securefed.data import builtin_path
 from securefed.glmm_run import GLMMOptions, run_glmm
+from securefed.report import forest_panels
 from securefed.synthetic import make_hospitals
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -136,6 +137,11 @@ def test_bfi_report_with_pooled_comparison_from_a_study(tmp_path, capsys) -> Non
     page = _check_page(out, 2)  # forest + BFI vs pooled scatter
     assert [r[0] for r in page.rows["coefficients"]] == ["(Intercept)", "age", "ISS"]
     assert [r[0] for r in page.rows["pooled"]] == ["(Intercept)", "age", "ISS"]
+    saved = json.loads(result.read_text())
+    pooled_sd = [r["sd"] for r in saved["pooled"]["estimates"]]
+    assert [float(r[4]) for r in page.rows["pooled"]] == pytest.approx(pooled_sd, abs=1e-4)
+    assert [float(r[2]) for r in page.rows["pooled"]] == pytest.approx(
+        [r["sd"] for r in saved["estimates"]], abs=1e-4)
     seconds = {r[0]: float(r[1]) for r in page.rows["timings"]}
     assert {"loading the sites' files", "federated rounds (part of fitting)", "sites' statistics",
             "writing the results", "whole run"} <= set(seconds)
@@ -169,3 +175,16 @@ def test_bad_result_files_exit_2_with_one_line(tmp_path, capsys, content, fragme
     err = capsys.readouterr().err.strip()
     assert code == 2 and fragment in err and "\n" not in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_forest_panels_separate_fixed_site_and_scale_terms(tmp_path, capsys) -> None:
+    nurses = pd.read_csv(builtin_path("Nurses"))
+    report = run_bfi(nurses, BFIOptions("stress ~ age + gender", "gaussian", "hospital",
+                                        stratify=("(Intercept)",)))
+    rows = [{"term": r["term"]} for r in report.estimates]
+    panels = dict(forest_panels(rows))
+    assert [r["term"] for r in panels["fixed effects"]] == ["age", "gender"]
+    assert len(panels["site-specific terms"]) == 25
+    assert [r["term"] for r in panels["scale parameters"]] == ["log_sigma"]
+    out = _report(report.to_dict(), tmp_path, capsys, "stratified")
+    _check_page(out, 1)
