@@ -33,6 +33,14 @@ def run(
     from securefed.study import load_study, run_study
 
     study = load_study(study_file)
+    from securefed.preflight import check_output
+
+    folder = study.output_dir  # checked before any work: the folder is made, then written
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"the study's output folder {study.output_dir}: {folder} is a file")
+    check_output(folder / "result.json", "the study's output folder")
     console = Console(stderr=True, quiet=quiet)
     live = not quiet and console.is_terminal  # progress only on a terminal
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())

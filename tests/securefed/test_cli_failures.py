@@ -233,3 +233,20 @@ def test_usage_errors_are_one_line_naming_the_help(args, fragment, capsys) -> No
     line = _one_line(capsys)
     assert fragment in line and f"securefed {' '.join(args[:2 if args[0] == 'audit' else 1])}" \
         " --help" in line
+
+
+def test_a_study_whose_output_folder_cannot_be_made_fails_before_loading(tmp_path, capsys,
+                                                                        monkeypatch) -> None:
+    import securefed.study
+
+    (tmp_path / "taken").write_text("a file where the output folder should go")
+    nurses = pd.read_csv(NURSES)
+    for k in range(3):
+        nurses[nurses.hospital == k + 1].to_csv(tmp_path / f"s{k}.csv", index=False)
+    (tmp_path / "study.toml").write_text(
+        '[model]\nkind = "bfi"\nformula = "stress ~ age"\nfamily = "gaussian"\n'
+        '[output]\ndir = "taken/out"\n'
+        + "".join(f'[[sites]]\nname = "s{k}"\ndata = "s{k}.csv"\n' for k in range(3)))
+    monkeypatch.setattr(securefed.study, "run_study", lambda *a, **k: 1 / 0)
+    assert main(["run", str(tmp_path / "study.toml")]) == 2
+    assert "is a file" in _one_line(capsys)
