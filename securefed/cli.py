@@ -12,6 +12,7 @@ checks of :mod:`securefed.preflight`.
 
 from __future__ import annotations
 
+import re
 import sys
 
 import typer
@@ -105,7 +106,8 @@ def _usage_failure(err: Exception) -> int:
         return EXIT_INPUT
     ctx = getattr(err, "ctx", None)
     hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-    _fail(f"{err.format_message()}{hint}")
+    sentences = re.split(r"(?<=[.?!]) ", err.format_message())  # typer and click may both
+    _fail(" ".join(dict.fromkeys(sentences)) + hint)  # add "Did you mean ...?": say it once
     return EXIT_INPUT
 
 

@@ -227,12 +227,15 @@ def test_bfi_progress_shows_on_a_terminal_and_quiet_silences_it(monkeypatch, cap
     (["fit", "x.csv", "--nagq", "abc"], "'--nagq': 'abc' is not a valid integer"),
     (["fit", "x.csv"], "Missing option '--formula'"),
     (["audit", "verify"], "Missing argument 'LOG'"),
+    (["fitt"], "No such command 'fitt'"),
 ])
 def test_usage_errors_are_one_line_naming_the_help(args, fragment, capsys) -> None:
     assert main(args) == 2
     line = _one_line(capsys)
-    assert fragment in line and f"securefed {' '.join(args[:2 if args[0] == 'audit' else 1])}" \
-        " --help" in line
+    command = {"audit": "securefed audit verify", "fitt": "securefed"}.get(args[0],
+                                                                          "securefed fit")
+    assert fragment in line and f"(see: {command} --help)" in line
+    assert line.count("Did you mean") <= 1
 
 
 def test_a_study_whose_output_folder_cannot_be_made_fails_before_loading(tmp_path, capsys,
