@@ -85,6 +85,7 @@ class GroupedRows:
     group_of_row: np.ndarray
     size_buckets: tuple[tuple[np.ndarray, np.ndarray], ...]  # (group ids, row index matrix)
     offset: np.ndarray | None = None  # a known term of each row's linear predictor (R's offset)
+    weights: np.ndarray | None = None  # prior weights (binomial: trials), as glmer's weights=
 
     @property
     def n_rows(self) -> int:
@@ -100,7 +101,8 @@ class GroupedRows:
 
 
 def grouped_rows(y: np.ndarray, X: np.ndarray, Z: np.ndarray, groups: np.ndarray,
-                 offset: np.ndarray | None = None) -> GroupedRows:
+                 offset: np.ndarray | None = None,
+                 weights: np.ndarray | None = None) -> GroupedRows:
     """Sort a site's rows by group and index them for per-group sums."""
     labels, codes = np.unique(np.asarray(groups), return_inverse=True)
     order = np.argsort(codes, kind="stable")
@@ -121,4 +123,5 @@ def grouped_rows(y: np.ndarray, X: np.ndarray, Z: np.ndarray, groups: np.ndarray
         group_of_row=codes,
         size_buckets=tuple(buckets),
         offset=None if offset is None else np.ascontiguousarray(offset[order], dtype=float),
+        weights=None if weights is None else np.ascontiguousarray(weights[order], dtype=float),
     )

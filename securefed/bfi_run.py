@@ -30,6 +30,7 @@ from core_stats.formula import (
 from core_stats.standardize import StandardizeLayout
 from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.audit_keys import TrailKeys
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.bfi_tables import BFITables
 from securefed.coordinator import Coordinator
@@ -65,6 +66,7 @@ class BFIOptions:
     heterogeneity: tuple[str, ...] = ()
     level: float = 0.95
     na_action: str = "omit"
+    link: str | None = None  # None: the family's canonical link
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def _parse_model(opts: BFIOptions) -> tuple:
     """The formula and family of ``opts``, checked without any data."""
     try:
         formula = parse_mixed_formula(opts.formula, require_random=False)
-        family = get_family(opts.family)
+        family = get_family(opts.family, opts.link)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
     if formula.model.offsets or formula.outcome.startswith("cbind("):
@@ -269,22 +271,24 @@ def _dp_standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
 
 
 def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum | None = None,
-            audit_log: str | Path | None = None) -> BFIReport:
+            audit_log: str | Path | None = None,
+            audit_keys: TrailKeys | None = None) -> BFIReport:
     """BFI over the sites named by ``opts.site_column`` (see module docstring).
 
-    A protocol abort or a refused aggregate is logged (REFUSAL, then a
-    countersigned checkpoint) before the error propagates.
+    ``audit_keys``: the consortium identities that sign the trail at ``audit_log``
+    (default: keys made for the run). A protocol abort or a refused aggregate is
+    logged (REFUSAL, then a countersigned checkpoint) before the error propagates.
     """
     created: list[Coordinator] = []
     try:
-        return _run_bfi(frame, opts, protection, audit_log, created)
+        return _run_bfi(frame, opts, protection, audit_log, created, audit_keys)
     except ProtocolError as err:
         if created:
             created[0].abort_audit(err)
         raise
 
 
-def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
+def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIReport:
     from securefed.site import Site
 
     started = time.perf_counter()
@@ -298,7 +302,8 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=list(parts), model="bfi",
-                                 config=asdict(opts), protection=describe_protection(protection))
+                                 config=asdict(opts), protection=describe_protection(protection),
+                                 keys=audit_keys)
     coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection, audit=audit)
     created.append(coordinator)
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in

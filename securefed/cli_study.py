@@ -22,6 +22,13 @@ def run(
     study_file: Annotated[Path, typer.Argument(help="The study file (TOML).")],
     quiet: Annotated[bool, typer.Option(
         "--quiet", help="No progress; print only the summary.")] = False,
+    site_keys: Annotated[Path | None, typer.Option(
+        "--site-keys", help="Sign the audit trail with securefed keygen's keys: DIR holds "
+        "coordinator.key, NAME.key per site and registry.json (replaces [audit] site_keys).")
+    ] = None,
+    expect_fingerprint: Annotated[str | None, typer.Option(
+        "--expect-fingerprint", help="Refuse to run unless the registry has this "
+        "fingerprint (as [audit] expect_fingerprint).")] = None,
 ) -> None:
     """Run a study: every site in-process, then result.json, summary.txt and the audit trail."""
     from rich.console import Console
@@ -30,17 +37,18 @@ def run(
     if not study_file.is_file():  # before securefed.study's imports (pandas, crypto)
         raise InputError(f"cannot read study file {study_file}: "
                          f"{'it is a folder' if study_file.is_dir() else 'no such file'}")
+    from securefed.audit_keys import study_trail_keys
+    from securefed.preflight import check_output
     from securefed.study import load_study, run_study
 
     study = load_study(study_file)
-    from securefed.preflight import check_output
-
     folder = study.output_dir  # checked before any work: the folder is made, then written
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir():
         raise InputError(f"the study's output folder {study.output_dir}: {folder} is a file")
     check_output(folder / "result.json", "the study's output folder")
+    study_trail_keys(study, site_keys, expect_fingerprint)  # refused before any progress
     console = Console(stderr=True, quiet=quiet)
     live = not quiet and console.is_terminal  # progress only on a terminal
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
@@ -66,16 +74,19 @@ def run(
             note(f"Newton step {step.iteration}: logLik {step.value:.6f}, "
                  f"max |gradient| {step.max_abs_gradient:.2e}")
 
-        done = run_study(study, on_site=on_site, on_round=on_round, on_step=on_step)
+        done = run_study(study, on_site=on_site, on_round=on_round, on_step=on_step,
+                         site_keys=site_keys, expect_fingerprint=expect_fingerprint)
         note(f"{done.result.get('rounds')} rounds over {done.result.get('n_sites')} sites")
     typer.echo(done.summary)
     if not quiet:
         log = _shown(done.audit_log)
         site_logs = " ".join(f"--site-log {_shown(p)}" for p in done.site_logs)
+        pin = "" if done.registry_fingerprint is None else \
+            f" --expect-fingerprint {done.registry_fingerprint}"
         console.print(f"wrote {', '.join(_shown(p) for p in done.files)} and the audit trail "
                       f"{log}\ncheck it: securefed audit verify {log} --keys "
-                      f"{_shown(done.audit_log.with_suffix('.registry.json'))} {site_logs}",
-                      highlight=False, soft_wrap=True)
+                      f"{_shown(done.audit_log.with_suffix('.registry.json'))}{pin} "
+                      f"{site_logs}", highlight=False, soft_wrap=True)
 
 
 def _shown(path: Path) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from core_stats.optimize import NewtonStep, SummedTerms
 from core_stats.results import GLMMFit
 from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.audit_keys import TrailKeys
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.errors import InputError
@@ -70,6 +71,8 @@ class GLMMOptions:
     seed: int | None = None
     tol: float = 1e-8
     na_action: str = "omit"
+    weights: str | None = None  # a column of prior weights, as glmer's weights=
+    link: str | None = None  # None: the family's canonical link
 
 
 def _check_options(opts: GLMMOptions) -> None:
@@ -91,15 +94,17 @@ def _check_frame(frame: pd.DataFrame, opts: GLMMOptions, sites: list[Site]):
         _require_column(frame, col)
     try:
         schema = agree_schema(opts.formula, [s.variable_report(opts.formula) for s in sites])
-        checked = [s.outcome_for_checks(schema, opts.na_action) for s in sites]
-        outcomes = [y for y, _ in checked]
+        checked = [s.outcome_for_checks(schema, opts.na_action, opts.weights) for s in sites]
+        outcomes = [y for y, _, _ in checked]
+        weighted = any(w is not None for _, w, _ in checked)
+        weights = np.concatenate([w for _, w, _ in checked]) if weighted else None
     except DesignError as err:
         raise InputError(str(err)) from None
     for col in (opts.site_column, *group_columns):
         if frame[col].isna().any() and opts.na_action == "fail":
             raise InputError(f"column '{col}' has missing values")
     try:
-        family.check_outcome(np.concatenate(outcomes))
+        family.check_outcome(np.concatenate(outcomes), weights)
     except ValueError as err:
         raise InputError(f"outcome '{formula.outcome}': {err}") from None
     groups = frame[list(group_columns)].astype(str).agg(":".join, axis=1)
@@ -111,20 +116,28 @@ def _check_frame(frame: pd.DataFrame, opts: GLMMOptions, sites: list[Site]):
     if sites_per_group.size < 2:
         raise InputError(f"'{formula.group}' has a single group: a random effect needs at "
                          "least two (lme4 refuses it too)")
-    omitted = {s.name: n for s, (_, n) in zip(sites, checked, strict=True) if n}
+    omitted = {s.name: n for s, (_, _, n) in zip(sites, checked, strict=True) if n}
     return formula, family, schema, omitted
 
 
 def _parse_model(opts: GLMMOptions):
     try:
         formula = parse_mixed_formula(opts.formula)
-        family = get_family(opts.family)
+        family = get_family(opts.family, opts.link)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
-    if formula.outcome.startswith("cbind("):
-        raise InputError("cbind() responses are not supported by the GLMM yet: give one row "
-                         "per trial with a 0/1 outcome")
+    weighted = _weighted(opts, formula)
+    if weighted and family.name != "binomial" and formula.outcome.startswith("cbind("):
+        raise InputError("cbind(successes, failures) is a binomial response: use "
+                         "--family binomial")
+    if weighted and opts.lambda_grid:
+        raise InputError("--lambda-grid with weights or cbind() is not supported yet: "
+                         "give --lambda")
     return formula, family
+
+
+def _weighted(opts: GLMMOptions, formula) -> bool:
+    return opts.weights is not None or formula.outcome.startswith("cbind(")
 
 
 def _require_column(frame: pd.DataFrame, col: str) -> None:
@@ -152,22 +165,24 @@ def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
 
 def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum | None = None,
              on_step: Callable[[NewtonStep], None] | None = None,
-             audit_log: str | Path | None = None) -> GLMMFit:
+             audit_log: str | Path | None = None,
+             audit_keys: TrailKeys | None = None) -> GLMMFit:
     """Fit a GLMM federated over the sites named by ``opts.site_column``.
 
-    A protocol abort or a refused aggregate is logged (REFUSAL, then a
-    countersigned checkpoint) before the error propagates.
+    ``audit_keys``: the consortium identities that sign the trail at ``audit_log``
+    (default: keys made for the run). A protocol abort or a refused aggregate is
+    logged (REFUSAL, then a countersigned checkpoint) before the error propagates.
     """
     created: list[Coordinator] = []
     try:
-        return _run_glmm(frame, opts, protection, on_step, audit_log, created)
+        return _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys)
     except ProtocolError as err:
         if created:
             created[0].abort_audit(err)
         raise
 
 
-def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
+def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys) -> GLMMFit:
     started = time.perf_counter()
     _check_options(opts)
     _parse_model(opts)
@@ -179,14 +194,17 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
-                                 config=asdict(opts), protection=describe_protection(protection))
+                                 config=asdict(opts), protection=describe_protection(protection),
+                                 keys=audit_keys)
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
     warnings = [w for s in sites for w in s.warnings()]
     warnings += [f"site {name}: {n} row(s) with missing values omitted"
                  for name, n in omitted.items()]
-    return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
-                on_step, started, warnings)
+    fit = _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
+               on_step, started, warnings)
+    source = frame.attrs.get("source")
+    return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
 
 
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
@@ -230,7 +248,7 @@ def _public_design(schema: DesignSchema) -> tuple[tuple[str, ...], tuple[str, ..
 def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, on_step,
          started, warnings) -> GLMMFit:
     """The federated part: the same rounds whether the sites are here or remote."""
-    design = GLMMSiteDesign(schema, family, opts.nagq, opts.na_action)
+    design = GLMMSiteDesign(schema, family, opts.nagq, opts.na_action, opts.weights)
     seed = opts.seed if opts.seed is not None else int(np.random.default_rng().integers(2**62))
 
     def prepare(keep: np.ndarray | None, fraction: float) -> None:
@@ -238,13 +256,15 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
 
     prepare(None, 0.0)
     if coordinator.privacy is not None:
-        if formula.model.offsets:
-            raise InputError("offset() under differential privacy is not supported yet")
+        if formula.model.offsets or _weighted(opts, formula) or not family.canonical:
+            raise InputError("offset(), weights, cbind() and non-canonical links under "
+                             "differential privacy are not supported yet")
         return _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names,
                             on_step, started)
     p = len(fixed_names)
     summary = coordinator.secure_sum("design-summary", lambda s: s.design_summary_vector())
-    checked = check_design_summary(summary, coordinator, family=family, fixed_names=fixed_names)
+    checked = check_design_summary(summary, coordinator, family=family, fixed_names=fixed_names,
+                                   weighted=_weighted(opts, formula))
     n_obs, sum_y, sum_y2 = summary[:3]
     xty, xtx = summary[3:3 + p], from_upper_triangle(summary[3 + p:], p)
     dropped_idx = _collinear_columns(xtx)
@@ -290,7 +310,7 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
     live = coordinator.live_sites
     if coordinator.transport is None:  # the sites are here: read their group counts
         n_groups = sum(s.glmm_rows.n_groups for s in live)
-        n_obs = sum(s.glmm_rows.n_rows for s in live) if coordinator.dropped else n_obs
+        n_obs = sum(s.glmm_rows.n_rows for s in live)  # rows (the summary's n sums weights)
     else:
         counts = coordinator.secure_sum("glmm-counts", lambda s: s.glmm_counts_vector())
         n_obs, n_groups = int(round(counts[0])), int(round(counts[1]))

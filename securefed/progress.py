@@ -67,7 +67,7 @@ class Display:
             self._progress = None
 
 
-def run_with_progress(frame, opts, *, protect, quiet: bool, audit_log=None):
+def run_with_progress(frame, opts, *, protect, quiet: bool, audit_log=None, audit_keys=None):
     """Run a GLMM fit (:func:`securefed.glmm_run.run_glmm`), showing each Newton step."""
     from securefed.glmm_run import run_glmm
     from securefed.protection import protection_for
@@ -80,4 +80,4 @@ def run_with_progress(frame, opts, *, protect, quiet: bool, audit_log=None):
                            f"max |gradient| {step.max_abs_gradient:.2e}")
 
         return run_glmm(frame, opts, protection=protection, on_step=on_step,
-                        audit_log=audit_log)
+                        audit_log=audit_log, audit_keys=audit_keys)

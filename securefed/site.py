@@ -35,6 +35,7 @@ class GLMMSiteDesign:
     family: Family
     nagq: int
     na_action: str = "omit"
+    weights: str | None = None  # the column of prior weights (glmer's weights=)
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,13 +129,12 @@ class Site:
         """
         from core_stats.formula import model_data
 
-        data = model_data(design.schema, self._frame, na_action=design.na_action)
-        if data.trials is not None:
-            raise ValueError("cbind() responses are not supported by the GLMM yet")
+        data = model_data(design.schema, self._frame, na_action=design.na_action,
+                          weights_column=design.weights)
         X = data.X if keep_columns is None else data.X[:, keep_columns]
         (random,) = data.random
         y, Z, groups = data.y, random.Z, random.groups
-        offset = data.offset
+        offset, weights = data.offset, data.weights
         self._omitted = data.n_omitted
         self._validation = None
         if validation_fraction > 0:
@@ -142,10 +142,12 @@ class Site:
             held_out = rng.random(len(y)) < validation_fraction
             self._validation = grouped_rows(
                 y[held_out], X[held_out], Z[held_out], groups[held_out],
-                None if offset is None else offset[held_out])
+                None if offset is None else offset[held_out],
+                None if weights is None else weights[held_out])
             y, X, Z, groups = y[~held_out], X[~held_out], Z[~held_out], groups[~held_out]
             offset = None if offset is None else offset[~held_out]
-        self._rows = grouped_rows(y, X, Z, groups, offset)
+            weights = None if weights is None else weights[~held_out]
+        self._rows = grouped_rows(y, X, Z, groups, offset, weights)
         self._design = design
         self._modes.clear()
 
@@ -159,10 +161,15 @@ class Site:
         return np.array([float(rows.n_rows), float(rows.n_groups)])
 
     def design_summary_vector(self) -> np.ndarray:
-        """``[n, sum y, sum y^2, X'y, upper(X'X)]``: counts, start values, collinearity."""
+        """``[n, sum y, sum y^2, X'y, upper(X'X)]``: counts, start values, collinearity.
+
+        With prior weights ``w`` each sum is weighted (``n = sum w``, ``X'WX``).
+        """
         rows = self._require_rows()
-        return np.concatenate([[rows.n_rows, rows.y.sum(), rows.y @ rows.y], rows.X.T @ rows.y,
-                               upper_triangle(rows.X.T @ rows.X)])
+        w = np.ones(rows.n_rows) if rows.weights is None else rows.weights
+        wy = w * rows.y
+        return np.concatenate([[w.sum(), wy.sum(), wy @ rows.y], rows.X.T @ wy,
+                               upper_triangle(rows.X.T @ (w[:, None] * rows.X))])
 
     def dp_summary_vector(self, clip: float, outcome_bound: float) -> np.ndarray:
         """The design summary over clipped records, plus their count (see dp_statistics)."""
@@ -286,13 +293,14 @@ class Site:
 
         return variable_report(parse_formula(formula), self._frame)
 
-    def outcome_for_checks(self, schema: DesignSchema, na_action: str = "omit"
-                           ) -> tuple[np.ndarray, int]:
+    def outcome_for_checks(self, schema: DesignSchema, na_action: str = "omit",
+                           weights: str | None = None
+                           ) -> tuple[np.ndarray, np.ndarray | None, int]:
         """The outcome under ``schema`` and the rows omitted (in-process input checks only)."""
         from core_stats.formula import model_data
 
-        data = model_data(schema, self._frame, na_action=na_action)
-        return data.y, data.n_omitted
+        data = model_data(schema, self._frame, na_action=na_action, weights_column=weights)
+        return data.y, data.weights, data.n_omitted
 
     @property
     def n_omitted(self) -> int:

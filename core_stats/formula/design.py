@@ -63,6 +63,7 @@ class DesignSchema:
 
 
 _DUMMY, _CONTRAST = 2, 1
+MAX_COLUMNS = 1000  # a design wider than this is a mistake (or an attack on a site's memory)
 
 
 def term_coding(terms: TermList, levels: dict[str, tuple[str, ...]]
@@ -100,6 +101,12 @@ def column_names(terms: TermList, levels: dict[str, tuple[str, ...]]) -> tuple[s
     """The design's column names, from the schema alone (no rows needed)."""
     names = ["(Intercept)"] if terms.intercept else []
     for codes in term_coding(terms, levels):
+        width = 1
+        for var, code in codes:
+            width *= len(_pieces(var, code, levels))
+        if len(names) + width > MAX_COLUMNS:
+            raise FormulaError(f"the design would have more than {MAX_COLUMNS} columns: "
+                               "interactions of factors with many levels multiply")
         combos = [""]
         for var, code in codes:  # first variable varies fastest
             combos = [f"{c}:{p}" if c else p for p in _pieces(var, code, levels) for c in combos]
@@ -110,6 +117,7 @@ def column_names(terms: TermList, levels: dict[str, tuple[str, ...]]) -> tuple[s
 def model_matrix(terms: TermList, levels: dict[str, tuple[str, ...]], nodes: dict[str, Node],
                  frame: pd.DataFrame) -> np.ndarray:
     """The ``(n, p)`` design of ``terms`` for ``frame``'s rows (no missing values)."""
+    column_names(terms, levels)  # refuses a design too wide before building it
     n = len(frame)
     columns = [np.ones(n)] if terms.intercept else []
     cache: dict[str, np.ndarray] = {}

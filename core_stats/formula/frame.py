@@ -44,8 +44,8 @@ class RandomDesign:
 class ModelData:
     """What a site's rows give under a schema (after dropping incomplete rows)."""
 
-    y: np.ndarray
-    trials: np.ndarray | None  # binomial totals for a cbind(successes, failures) response
+    y: np.ndarray  # a proportion for cbind(successes, failures)
+    weights: np.ndarray | None  # prior weights; cbind's trials (times any weights= column)
     X: np.ndarray  # noqa: N815
     fixed_names: tuple[str, ...]
     offset: np.ndarray | None
@@ -71,12 +71,12 @@ def _used_columns(formula: ModelFormula) -> list[str]:
 
 
 def model_data(schema: DesignSchema, frame: pd.DataFrame, *, na_action: str = "omit",
-               weights: str | None = None) -> ModelData:
+               weights_column: str | None = None) -> ModelData:
     """Build this site's model frame under ``schema``."""
     if na_action not in NA_ACTIONS:
         raise FormulaError(f"na_action {na_action!r}: choose omit or fail")
     formula = schema.parsed
-    used = _used_columns(formula) + ([weights] if weights else [])
+    used = _used_columns(formula) + ([weights_column] if weights_column else [])
     missing = [c for c in used if c not in frame.columns]
     if missing:
         found = ", ".join(map(str, frame.columns[:12]))
@@ -88,7 +88,13 @@ def model_data(schema: DesignSchema, frame: pd.DataFrame, *, na_action: str = "o
     rows = frame.loc[~incomplete]
     levels = schema.levels
     nodes = formula.variable_nodes
-    y, trials = _response(formula, rows, levels)
+    y, weights = _response(formula, rows, levels)
+    if weights_column is not None:
+        prior = pd.to_numeric(rows[weights_column], errors="coerce").to_numpy(dtype=float)
+        if not np.all(np.isfinite(prior)) or np.any(prior <= 0):
+            raise FormulaError(f"the weights column '{weights_column}' must hold positive "
+                               "numbers in every row")
+        weights = prior if weights is None else weights * prior
     X = model_matrix(formula.fixed, levels, nodes, rows)
     fixed_names = column_names(formula.fixed, levels)
     _require_finite(X, fixed_names)
@@ -99,7 +105,7 @@ def model_data(schema: DesignSchema, frame: pd.DataFrame, *, na_action: str = "o
             raise FormulaError("offset() gives a missing or infinite value in some rows "
                                "(log of zero or a negative number?)")
     random = tuple(_random_design(term, levels, nodes, rows) for term in formula.random)
-    return ModelData(y=y, trials=trials, X=X, fixed_names=fixed_names,
+    return ModelData(y=y, weights=weights, X=X, fixed_names=fixed_names,
                      offset=offset, random=random, n_omitted=int(incomplete.sum()))
 
 
@@ -140,7 +146,14 @@ def _response(formula: ModelFormula, rows: pd.DataFrame, levels: dict[str, tuple
     if isinstance(node, Call) and node.func == "cbind":
         successes = evaluate_numeric(node.args[0], rows)
         failures = evaluate_numeric(node.args[1], rows)
-        return successes, successes + failures
+        trials = successes + failures
+        if not (np.all(np.isfinite(trials)) and np.all(successes >= 0)
+                and np.all(failures >= 0)):
+            raise FormulaError("cbind(successes, failures) needs counts that are not negative")
+        if np.any(trials == 0):
+            raise FormulaError("some rows of cbind(successes, failures) have no trials: "
+                               "drop them")
+        return successes / trials, trials
     if isinstance(node, Name) and not _numeric_column(rows[node.id]):
         raise FormulaError(f"the outcome '{node.id}' is text: a binomial outcome may be a "
                            "two-category column; other families need numbers")

@@ -76,6 +76,9 @@ _TOKEN = re.compile(r"""
   | (?P<op>\|\||\*\*|%in%|[~+\-*/^:|(),])
 """, re.VERBOSE)
 
+MAX_FORMULA_LENGTH = 5000
+MAX_DEPTH = 64
+
 _BINARY_PRECEDENCE = {"~": 1, "|": 2, "||": 2, "+": 3, "-": 3, "*": 4, "/": 4, "%in%": 5,
                       ":": 6, "^": 8}
 _UNARY_PRECEDENCE = 7
@@ -112,6 +115,7 @@ class _Parser:
         self.text = text
         self.tokens = _tokens(text)
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> _Token:
         return self.tokens[self.i]
@@ -129,6 +133,15 @@ class _Parser:
                                "(check that every '(' is closed)")
 
     def expression(self, min_precedence: int = 0) -> Node:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise FormulaError(f"the formula nests deeper than {MAX_DEPTH} levels")
+        try:
+            return self._expression(min_precedence)
+        finally:
+            self.depth -= 1
+
+    def _expression(self, min_precedence: int) -> Node:
         left = self.prefix()
         while True:
             token = self.peek()
@@ -172,8 +185,10 @@ class _Parser:
 
 def parse_expression(text: str) -> Node:
     """Parse ``text`` (a whole formula or an expression) into a tree of nodes."""
-    if not text or not text.strip():
+    if not isinstance(text, str) or not text.strip():
         raise FormulaError("the formula is empty: write it as 'y ~ x1 + x2 + (1 | group)'")
+    if len(text) > MAX_FORMULA_LENGTH:
+        raise FormulaError(f"the formula is longer than {MAX_FORMULA_LENGTH} characters")
     parser = _Parser(text)
     node = parser.expression()
     token = parser.peek()

@@ -162,13 +162,17 @@ def apply_call(site: Site, call: SiteCall) -> np.ndarray | None:
 
 # ----------------------------------------------------------------- registry
 def _design_fields(design: GLMMSiteDesign) -> dict[str, Any]:
-    return {"schema": design.schema, "family": design.family.name, "nagq": design.nagq,
-            "na_action": design.na_action}
+    return {"schema": design.schema, "family": design.family, "nagq": design.nagq,
+            "na_action": design.na_action, "weights": design.weights}
 
 
 def _design_from_fields(fields: dict[str, Any]) -> GLMMSiteDesign:
-    return GLMMSiteDesign(schema=fields["schema"], family=get_family(fields["family"]),
-                          nagq=int(fields["nagq"]), na_action=str(fields["na_action"]))
+    if not isinstance(fields["family"], Family):
+        raise ValueError("the design's family is not a family")
+    weights = fields.get("weights")
+    return GLMMSiteDesign(schema=fields["schema"], family=fields["family"],
+                          nagq=int(fields["nagq"]), na_action=str(fields["na_action"]),
+                          weights=None if weights is None else str(weights))
 
 
 def _schema_from_fields(fields: dict[str, Any]) -> DesignSchema:
@@ -180,8 +184,9 @@ def _schema_from_fields(fields: dict[str, Any]) -> DesignSchema:
 register_dataclass("core_stats.formula.DesignSchema", DesignSchema,
                    lambda schema: schema.to_fields(), _schema_from_fields)
 register_dataclass("core_stats.glmm.ParameterLayout", ParameterLayout)
-register_dataclass("core_stats.families.Family", Family, lambda f: {"name": f.name},
-                   lambda fields: get_family(fields["name"]))
+register_dataclass("core_stats.families.Family", Family,
+                   lambda f: {"name": f.name, "link": f.link},
+                   lambda fields: get_family(fields["name"], fields.get("link")))
 register_dataclass("securefed.site.GLMMSiteDesign", GLMMSiteDesign, _design_fields,
                    _design_from_fields)
 register_dataclass("securefed.site.BFISiteSpec", BFISiteSpec)

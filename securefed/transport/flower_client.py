@@ -13,6 +13,10 @@ The SuperNode's node config says who the site is and where its files are::
   of the site's own audit log and salts (:mod:`securefed.transport.site_audit`).
 * ``ckks-key-holder`` (optional, default ``"keyholder"``): the party whose
   signature a CKKS public context must carry (:mod:`~securefed.transport.flower_ckks`).
+* ``expect-fingerprint`` (optional): the registry fingerprint the consortium
+  agreed on (64 hex, ``securefed keygen`` prints it); the site refuses to take
+  part if its ``registry`` file differs, and refuses any audited run started under
+  a registry other than its own (:func:`~securefed.transport.site_audit.check_registry`).
 
 A node whose config has ``ckks-key`` (the path of a secret CKKS context) is
 the CKKS key holder instead of a site: it holds no data and serves only the
@@ -83,10 +87,12 @@ def _site_identity(context: Context):
 
 
 def _countersign(checkpoint: dict, log_text: str, context: Context) -> dict:
+    from securefed.keys import Registry
     from securefed.transport.site_audit import countersign
 
     signature = countersign(_node(context, "audit-dir"), _site_identity(context), checkpoint,
-                            log_text)
+                            log_text, Registry.load(_node(context, "registry")),
+                            context.node_config)
     return {"countersignature": json.dumps(signature, sort_keys=True)}
 
 
@@ -157,6 +163,15 @@ def _key_holder_node(context: Context):
     return KeyHolderNode(_node(context, "site-name"), private, registry, secret, ledger, floor)
 
 
+def _check_registry(context: Context, audit: dict | None) -> None:
+    """Before anything is computed: the site's registry is its pinned one, and the run's."""
+    from securefed.keys import Registry
+    from securefed.transport.site_audit import check_registry
+
+    check_registry(Registry.load(_node(context, "registry")), context.node_config,
+                   None if audit is None else audit.get("registry_fingerprint"))
+
+
 def _site_dp(context: Context, dp_text: str, params: RoundParams):
     """This site's DP terms for the round (its own budget; see ``site_privacy``)."""
     from securefed.transport.site_privacy import SiteDp
@@ -188,6 +203,7 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     name = _node(context, "site-name")
     if name not in params.sites:
         raise ValueError(f"site {name!r} is not in this round")
+    _check_registry(context, audit)
     dp = _site_dp(context, dp_text, params)
     _keep_setup(setup, context)
     if params.layer == "ckks":  # trust the key before anything is computed or released

@@ -148,3 +148,41 @@ def test_duplicated_column_names_are_refused():
     frame = pd.DataFrame([[0, 1.0, 2.0]], columns=["y", "age", "age"])
     with pytest.raises(FormulaError, match="more than one column"):
         variable_report(parse_formula("y ~ age"), frame)
+
+
+def test_hostile_nesting_and_length_are_refused_not_crashed():
+    with pytest.raises(FormulaError, match="nests deeper"):
+        parse_formula("y ~ " + "(" * 500 + "x" + ")" * 500)
+    with pytest.raises(FormulaError, match="nests deeper"):
+        parse_formula("y ~ " + "-" * 500 + "x")
+    with pytest.raises(FormulaError, match="longer than"):
+        parse_formula("y ~ " + " + ".join(f"x{i}" for i in range(2000)))
+
+
+_ALPHABET = list("yxabg~+-*/^:|(),.01 2`'\"[]$;=!@#") + ["%in%", "||", "I(", "log(", "factor(",
+                                                            "offset(", "cbind(", "**", "1e5"]
+
+
+def test_any_text_either_parses_or_gets_a_formula_error():
+    """Fuzz: nothing but FormulaError ever escapes the parser (no crash, no traceback)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(st.lists(st.sampled_from(_ALPHABET), max_size=40).map("".join))
+    def check(text):
+        try:
+            parse_formula(text)
+        except FormulaError as err:
+            assert "\n" not in str(err)
+
+    check()
+
+
+def test_a_design_too_wide_is_refused_before_it_is_built():
+    frame = pd.DataFrame({"y": [0, 1] * 50, "a": [f"a{i}" for i in range(100)],
+                          "b": [f"b{i % 50}" for i in range(100)]})
+    formula = "y ~ a:b"
+    schema = agree_schema(formula, [variable_report(parse_formula(formula), frame)])
+    with pytest.raises(FormulaError, match="more than 1000 columns"):
+        model_data(schema, frame)

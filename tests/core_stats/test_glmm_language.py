@@ -25,7 +25,8 @@ def _case(name: str):
 @pytest.fixture(scope="module", params=NAMES)
 def fitted(request):
     spec, frame = _case(request.param)
-    opts = GLMMOptions(spec["formula"], spec["family"], spec["site_column"])
+    opts = GLMMOptions(spec["formula"], spec["family"], spec["site_column"],
+                       link=spec.get("link"))
     return spec, frame, opts, run_glmm(frame, opts)
 
 
@@ -50,3 +51,26 @@ def test_federated_equals_pooled(fitted):
     pooled = run_glmm(frame.assign(**{spec["site_column"]: "all"}), opts)
     np.testing.assert_allclose(fit.theta, pooled.theta, rtol=1e-8, atol=1e-8)
     assert fit.loglik == pytest.approx(pooled.loglik, abs=1e-8)
+
+
+def test_summary_prints_what_glmer_prints():
+    spec, frame = _case("owls_factor_slope")
+    fit = run_glmm(frame, GLMMOptions(spec["formula"], spec["family"], spec["site_column"]))
+    text = fit.summary()
+    for piece in ("Generalized linear mixed model fit by maximum likelihood (Laplace "
+                  "Approximation)", " Family: poisson  ( log )", "deviance", "df.resid",
+                  "Variance", "Std.Dev.", "Corr", "groups:  Nest, 27", "z value", "Pr(>|z|)",
+                  "Correlation of Fixed Effects:", "Signif. codes"):
+        assert piece in text, piece
+    assert f"{-2 * fit.loglik:.1f}" in text and f"{fit.n_obs - len(fit.theta)}" in text
+    assert fit.to_dict()["df_resid"] == fit.n_obs - len(fit.theta)
+
+
+def test_gaussian_summary_prints_t_as_lmer_does():
+    golden = Path(__file__).parents[1] / "golden" / "glmm"
+    frame = pd.read_csv(golden / "data" / "sleepstudy_ri.csv")
+    fit = run_glmm(frame.assign(site=frame.Subject % 3),
+                   GLMMOptions("Reaction ~ Days + (1 | Subject)", "gaussian", "site"))
+    text = fit.summary()
+    assert text.startswith("Linear mixed model fit by maximum likelihood")
+    assert "t value" in text and "Pr(>|z|)" not in text and "Residual" in text

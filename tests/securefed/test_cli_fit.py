@@ -181,3 +181,25 @@ def test_duplicated_column_names_are_refused(data_csv, tmp_path, capsys) -> None
     code, _, err = _run(["fit", str(path), "--formula", FORMULA, "--site-column", "hospital",
                          "--quiet"], capsys)
     assert code == 2 and "more than one column named 'y'" in err
+
+
+def test_cbind_response_and_prior_weights(tmp_path, capsys) -> None:
+    golden = Path(__file__).parents[1] / "golden" / "glmm_language" / "data" / "cbpp_cbind.csv"
+    out_json = tmp_path / "fit.json"
+    formula = "cbind(incidence, size - incidence) ~ factor(period) + (1 | herd)"
+    code, _, _ = _run(["fit", str(golden), "--formula", formula, "--site-column", "site",
+                       "--protect", "secagg", "--json", str(out_json), "--quiet"], capsys)
+    assert code == 0
+    cbind = json.loads(out_json.read_text())
+    frame = pd.read_csv(golden).assign(prop=lambda f: f.incidence / f["size"])
+    path = _bad(tmp_path, frame)
+    code, _, _ = _run(["fit", str(path), "--formula", "prop ~ factor(period) + (1 | herd)",
+                       "--weights", "size", "--site-column", "site", "--json", str(out_json),
+                       "--quiet"], capsys)
+    assert code == 0
+    weighted = json.loads(out_json.read_text())
+    assert weighted["loglik"] == pytest.approx(cbind["loglik"], abs=1e-8)
+    assert cbind["n_obs"] == 56 and cbind["loglik"] == pytest.approx(-92.02628, abs=1e-3)
+    code, _, err = _run(["fit", str(golden), "--formula", formula, "--family", "poisson",
+                         "--site-column", "site", "--quiet"], capsys)
+    assert code == 2 and "binomial" in err

@@ -145,5 +145,5 @@ def test_the_readme_snippet_runs_as_written(tmp_path) -> None:
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                           text=True, env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Federated over 3 sites; protection: secagg" in done.stdout
+    assert "federated over 3 sites; protection: secagg" in done.stdout
     assert "Bayesian Federated Inference (gaussian), 25 sites, protection: secagg" in done.stdout

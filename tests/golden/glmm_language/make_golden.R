@@ -20,6 +20,24 @@ cases <- list(
              c("site", "region", "deaths", "expected", "uvb")],
     formula = deaths ~ uvb + offset(log(expected)) + (1 | region),
     family = poisson, site_column = "site", group = "region"),
+  mmmec_slope_boundary = list(
+    data = transform(mlmRev::Mmmec, site = as.character(nation))[,
+             c("site", "region", "deaths", "expected", "uvb")],
+    formula = deaths ~ uvb + log(expected) + (1 + uvb | region),
+    family = poisson, site_column = "site", group = "region"),
+  cbpp_cbind = list(
+    data = transform(lme4::cbpp, site = sites_for(herd, 3)),
+    formula = cbind(incidence, size - incidence) ~ factor(period) + (1 | herd),
+    family = binomial, site_column = "site", group = "herd"),
+  cbpp_probit = list(
+    data = transform(lme4::cbpp, site = sites_for(herd, 3)),
+    formula = cbind(incidence, size - incidence) ~ factor(period) + (1 | herd),
+    family = binomial(link = "probit"), site_column = "site", group = "herd"),
+  guimmun_cloglog = list(
+    data = transform(mlmRev::guImmun, site = sites_for(comm, 6))[,
+             c("site", "comm", "immun", "kid2p", "mom25p", "ord", "momWork", "rural")],
+    formula = immun ~ kid2p + mom25p + ord + momWork + rural + (1 | comm),
+    family = binomial(link = "cloglog"), site_column = "site", group = "comm"),
   owls_factors = list(
     data = transform(glmmTMB::Owls, site = sites_for(Nest, 4))[,
              c("site", "Nest", "FoodTreatment", "SexParent", "ArrivalTime",
@@ -44,6 +62,7 @@ cases <- list(
 
 for (name in names(cases)) {
   case <- cases[[name]]
+  if (is.function(case$family)) case$family <- case$family()
   csv <- file.path(out, "data", paste0(name, ".csv"))
   write.csv(case$data, csv, row.names = FALSE)
   d <- read.csv(csv)  # exactly what securefed reads: text columns, numbers
@@ -60,7 +79,7 @@ for (name in names(cases)) {
   tmb_sd <- sqrt(diag(VarCorr(m_tmb)$cond[[1]]))
   res <- list(
     formula = paste(deparse(case$formula, width.cutoff = 500L), collapse = ""),
-    family = case$family()$family, site_column = case$site_column,
+    family = case$family$family, link = case$family$link, site_column = case$site_column,
     dataset_path = file.path("data", paste0(name, ".csv")),
     n_obs = nobs(m_lme4), n_groups = as.integer(ngrps(m_lme4)),
     lme4 = list(fixef = as.list(fixef(m_lme4)),
