@@ -139,8 +139,7 @@ def bfi(
         report = run_bfi(frame, opts, protection=protection, audit_log=audit_log,
                          audit_keys=keys)
     typer.echo(report.summary())
-    if not quiet:
-        echo_trail_note(audit_log, keys)
+    echo_trail_note(audit_log, keys)  # with --quiet too: it says what the trail proves
     if json_out is not None:
         write_json(json_out, report.to_dict())
     if predict is not None:

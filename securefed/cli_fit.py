@@ -205,8 +205,7 @@ def fit(
     result = run_with_progress(frame, opts, protect=prot, quiet=quiet, audit_log=audit_log,
                                audit_keys=keys)
     typer.echo(result.summary())
-    if not quiet:
-        echo_trail_note(audit_log, keys)
+    echo_trail_note(audit_log, keys)  # with --quiet too: it says what the trail proves
     if json_out is not None:
         write_json(json_out, result.to_dict())
 
