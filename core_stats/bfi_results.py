@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtri
 
 from core_stats.bfi_local import SCALE_NAME
 from core_stats.families import Family
@@ -28,7 +28,7 @@ def normal_interval(estimate: np.ndarray, sd: np.ndarray, level: float):
     """``estimate -/+ z sd`` with ``z`` the ``(1 + level) / 2`` normal quantile."""
     if not 0.0 < level < 1.0:
         raise ValueError("level must lie strictly between 0 and 1")
-    z = float(norm.ppf(0.5 + level / 2.0))
+    z = float(ndtri(0.5 + level / 2.0))
     return estimate - z * sd, estimate + z * sd
 
 

@@ -87,7 +87,7 @@ class Family:
             if not np.all(y == np.round(y)):
                 raise ValueError("a Poisson outcome must be whole counts")
         if np.all(y == y.flat[0]):
-            raise ValueError(f"the outcome is constant ({y.flat[0]:g}) in every row")
+            raise ValueError("the outcome is constant: the same value in every row")
 
     # ------------------------------------------------------------- the model
     def mean(self, eta: np.ndarray) -> np.ndarray:

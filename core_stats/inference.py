@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy.special import ndtr, ndtri
 
 from core_stats.glmm import ParameterLayout
 from core_stats.jets import Jet
@@ -65,10 +65,10 @@ def covariance(neg_hessian: np.ndarray) -> np.ndarray:
 def wald_fixed_effects(names: tuple[str, ...], beta: np.ndarray, cov_beta: np.ndarray,
                        level: float = 0.95) -> list[FixedEffect]:
     """``z = beta / se``, two-sided normal p-values, ``beta -/+ z_{1-a/2} se``."""
-    crit = stats.norm.ppf(0.5 + level / 2.0)
+    crit = ndtri(0.5 + level / 2.0)
     se = np.sqrt(np.diag(cov_beta))
     z = beta / se
-    p = 2.0 * stats.norm.sf(np.abs(z))
+    p = 2.0 * ndtr(-np.abs(z))
     return [FixedEffect(n, float(b), float(s), float(zz), float(pp), float(b - crit * s),
                         float(b + crit * s)) for n, b, s, zz, pp in zip(names, beta, se, z, p,
                                                                         strict=True)]
@@ -96,7 +96,7 @@ def random_effect_table(layout: ParameterLayout, theta: np.ndarray, cov_theta: n
                         level: float = 0.95) -> tuple[list[RandomEffectSD],
                                                       list[RandomEffectCorrelation]]:
     """SDs and correlations of the random effects (and the residual SD) with CIs."""
-    crit = stats.norm.ppf(0.5 + level / 2.0)
+    crit = ndtri(0.5 + level / 2.0)
     sds: list[RandomEffectSD] = []
     corrs: list[RandomEffectCorrelation] = []
     if layout.random_effects:

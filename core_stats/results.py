@@ -52,6 +52,34 @@ class GLMMFit:
         """Fixed-effect estimates by term name."""
         return {fe.term: fe.estimate for fe in self.fixed_effects}
 
+    def to_frame(self):
+        """The fixed effects as a pandas DataFrame indexed by term: estimate, std_error,
+        z_value, p_value, ci_low, ci_high (95% Wald limits)."""
+        from core_stats.predict import coefficient_frame
+
+        return coefficient_frame([asdict(fe) for fe in self.fixed_effects], "std_error")
+
+    def confint(self, level: float = 0.95):
+        """Wald intervals ``beta -/+ z_{(1+level)/2} se`` of the fixed effects, as R's
+        ``confint(fit, method = "Wald")``: a DataFrame indexed by term, columns in percent."""
+        from core_stats.predict import confint_frame
+
+        return confint_frame([fe.term for fe in self.fixed_effects],
+                             [fe.estimate for fe in self.fixed_effects],
+                             [fe.std_error for fe in self.fixed_effects], level)
+
+    def predict(self, rows, *, response: bool = True, modes=None):
+        """Predictions for new rows; see :func:`core_stats.predict.predict_glmm`.
+
+        Population level by default (``g^{-1}(X beta + offset)``, as lme4's
+        ``predict(fit, newdata, re.form = NA)``); conditional for the groups
+        whose modes ``b_g`` are given (``modes``: group label to vector, a
+        site's own), ``g^{-1}(X beta + offset + Z b_g)``.
+        """
+        from core_stats.predict import predict_glmm
+
+        return predict_glmm(self, rows, response=response, modes=modes)
+
     def to_dict(self) -> dict:
         """JSON-ready dict; the key names are a public contract."""
         out = {

@@ -18,9 +18,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from securefed.audit_log import Entry, EventKind, read_entries
 from securefed.audit_verify import VerifyReport
 from securefed.canonical import decode_float
@@ -256,6 +253,9 @@ def render_report(report: AuditReport, fmt: ReportFormat | str = ReportFormat.TA
         return json.dumps(report.to_json(), indent=2, sort_keys=True, ensure_ascii=False)
     if fmt is ReportFormat.HTML:
         return _html(report)
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(title=f"run {report.run_id}: {report.model}, "
                         f"protection {' → '.join(report.protection) or 'none'}")
     for header in _HEADERS:

@@ -32,6 +32,7 @@ from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_keys import TrailKeys
 from securefed.audit_trail import AuditTrail, describe_protection
+from securefed.bfi_tables import BFITables
 from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
 from securefed.dp_bfi import fit_from_noisy_sums, precision_weighted
@@ -70,7 +71,7 @@ class BFIOptions:
 
 
 @dataclass(frozen=True)
-class BFIReport:
+class BFIReport(BFITables):
     """A BFI result with the run's bookkeeping; ``to_dict`` is the JSON contract."""
 
     options: BFIOptions
@@ -334,7 +335,7 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
             try:
                 locals_[name] = bfi.fit_map(designs[name], outcome[name], family, prior,
                                             names=names)
-            except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
+            except (bfi.MAPConvergenceError, np.linalg.LinAlgError, ValueError) as err:
                 raise InputError(f"site {name}: the local fit failed ({err})") from None
         warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
         warnings += omitted
@@ -600,9 +601,9 @@ def _regression_dict(reg) -> dict:
 
 
 def _z(level: float) -> float:
-    from scipy import stats
+    from scipy.special import ndtri
 
-    return float(stats.norm.ppf(0.5 + level / 2.0))
+    return float(ndtri(0.5 + level / 2.0))
 
 
 def _combine_categorical(coordinator, opts, family, locals_, parts, names, centre, guard,

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from securefed.audit_report import ReportFormat, build_report, render_report
-from securefed.audit_verify import VerifyReport, verify_log
 from securefed.errors import InputError
-from securefed.keys import Identity, Registry, check_party_name, key_fingerprint
+
+# The audit, key and report modules (cryptography, numpy, rich) are imported
+# inside each command, so ``securefed --help`` stays fast.
+if TYPE_CHECKING:
+    from securefed.audit_verify import VerifyReport
+    from securefed.keys import Registry
 
 __all__ = ["audit_app", "keygen", "register"]
 
@@ -45,9 +48,13 @@ _EXPECT_HELP = ("The registry fingerprint (64 hex) the sites agreed on, obtained
 SiteLogs = Annotated[list[Path] | None, typer.Option(
     "--site-log", help="A site's own log to cross-check (repeatable).")]
 Expect = Annotated[str | None, typer.Option("--expect-fingerprint", help=_EXPECT_HELP)]
+Quiet = Annotated[bool, typer.Option("--quiet", help="Print only what the command is for: "
+                                     "no warnings or 'wrote' lines (failures still print).")]
 
 
 def _registry(keys: Path | None) -> Registry | None:
+    from securefed.keys import Registry
+
     return None if keys is None else Registry.load(keys)
 
 
@@ -67,12 +74,17 @@ def verify(
     keys: Annotated[Path | None, typer.Option(
         "--keys", help="Consortium registry (registry.json) with every public key.")] = None,
     expect_fingerprint: Expect = None,
+    quiet: Quiet = False,
 ) -> None:
     """Check every hash, link, signature and countersignature; exit 1 at the first bad entry."""
+    from securefed.audit_verify import verify_log
+
     report = verify_log(log, _registry(keys), site_log or (),
                         expect_fingerprint=expect_fingerprint)
-    _warn(report)
-    typer.echo(report.summary())
+    if not quiet:
+        _warn(report)
+    if not quiet or not report.ok:
+        typer.echo(report.summary())
     if not report.ok:
         sys.exit(1)
 
@@ -88,15 +100,21 @@ def report(
         "--keys", help="Registry to verify the log against before reporting.")] = None,
     site_log: SiteLogs = None,
     expect_fingerprint: Expect = None,
+    quiet: Quiet = False,
 ) -> None:
     """Per site: releases, their kinds and sizes, dropouts, refusals, ε/δ spent vs budget.
 
     The log is verified first; the exit code is that of ``audit verify`` (1 if it
     does not verify), whatever the format, and the report marks the bad entries.
     """
+    from securefed.audit_report import ReportFormat, build_report, render_report
+    from securefed.audit_verify import verify_log
+    from securefed.preflight import check_output
+
     formats = [choice.value for choice in ReportFormat]
     if fmt not in formats:
         raise InputError(f"--format {fmt!r}: choose one of {', '.join(formats)}")
+    check_output(out, "--out")
     verification = verify_log(log, _registry(keys), site_log or (),
                               expect_fingerprint=expect_fingerprint)
     try:
@@ -106,7 +124,8 @@ def report(
             raise
         typer.echo(f"cannot summarise a log that does not verify: {verification.summary()}")
         sys.exit(1)
-    _warn(verification)
+    if not quiet:
+        _warn(verification)
     if out is None:
         typer.echo(text)
     else:
@@ -114,7 +133,8 @@ def report(
             out.write_text(text, encoding="utf-8")
         except OSError as err:
             raise InputError(f"cannot write {out}: {err.strerror}") from None
-        typer.echo(f"wrote {out}")
+        if not quiet:
+            typer.echo(f"wrote {out}")
     if not verification.ok:
         typer.echo(verification.summary(), err=True)
         sys.exit(1)
@@ -123,9 +143,16 @@ def report(
 @audit_app.command("fingerprint")
 def fingerprint(
     registry: Annotated[Path, typer.Argument(help="A registry file (registry.json).")],
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="Print only the registry's fingerprint (64 hex).")] = False,
 ) -> None:
     """Print a registry's full fingerprint (compare it out of band) and each key's."""
+    from securefed.keys import Registry, key_fingerprint
+
     loaded = Registry.load(registry)
+    if quiet:
+        typer.echo(loaded.fingerprint)
+        return
     typer.echo(f"registry fingerprint: {loaded.fingerprint}")
     for name, key in loaded.parties.items():
         typer.echo(f"  {name}: key fingerprint {key_fingerprint(key)}")
@@ -138,8 +165,12 @@ def keygen(
     registry: Annotated[Path | None, typer.Option(
         "--registry", help="Registry file to add the public key to (created if absent).")
     ] = None,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", help="Print only the fingerprints (no 'wrote' lines).")] = False,
 ) -> None:
     """Create a signing key: NAME.key (private, mode 0600) and NAME.pub (public, hex)."""
+    from securefed.keys import Identity, Registry, check_party_name
+
     name = check_party_name(site)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -155,15 +186,18 @@ def keygen(
     identity = Identity.generate(name)
     private = identity.save_private_key(out / f"{name}.key")
     public = identity.save_public_key(out / f"{name}.pub")
-    typer.echo(f"wrote {private} (private, mode 0600) and {public}")
+    if not quiet:
+        typer.echo(f"wrote {private} (private, mode 0600) and {public}")
     typer.echo(f"key fingerprint of {name} (SHA-256 of its public key): {identity.fingerprint}")
     if current is not None and registry is not None:
         updated = current.add(name, identity.public_key_hex)
         updated.save(registry)
-        typer.echo(f"added {name} to {registry}")
+        if not quiet:
+            typer.echo(f"added {name} to {registry}")
         typer.echo(f"registry fingerprint (SHA-256 of its canonical parties): "
                    f"{updated.fingerprint}")
-        typer.echo("compare it with every site's copy out of band before a run; pin it with "
+        if not quiet:
+            typer.echo("compare it with every site's copy out of band before a run; pin it with "
                    "audit verify --expect-fingerprint or a study's [audit] expect_fingerprint")
 
 

@@ -30,6 +30,7 @@ from securefed.cli_fit import (
     check_na_action,
     dp_options,
     echo_trail_note,
+    preflight,
     protection_options,
     trail_keys,
     write_json,
@@ -109,8 +110,20 @@ def bfi(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Combine local MAP fits of a GLM in one shot (BFI)."""
+    if predictions_out is not None and predict is None:
+        raise InputError("--predictions-out needs --predict NEW.csv")
+    target = None
+    if predict is not None:
+        from securefed.preflight import check_csv, formula_columns
+
+        check_csv(predict, formula_columns(formula)[1:])
+        target = predictions_out or predict.with_name(predict.stem + "_predictions.csv")
+    preflight(data, formula, family, site_column, protect,
+              {"--json": json_out, "--audit-log": audit_log, "--predictions-out": target},
+              (center_covariate, *_names(standardize)), random_effects=False)
     from securefed.bfi_run import run_bfi
     from securefed.data import read_table
+    from securefed.progress import Display
     from securefed.protection import protection_for
 
     keys = trail_keys(audit_log, site_keys, expect_fingerprint)
@@ -146,10 +159,13 @@ def bfi(
                     dp_min_contributors, privacy_ledger, dp_standardize_range)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
                               drop_phase, drop_round, dp)
-    report = run_bfi(frame, opts, protection=protection_for(frame, site_column, prot, family),
-                     audit_log=audit_log, audit_keys=keys)
+    protection = protection_for(frame, site_column, prot, family)
+    with Display(f"BFI over {frame[site_column].nunique()} sites: local fits, one sum...",
+                 quiet=quiet):
+        report = run_bfi(frame, opts, protection=protection, audit_log=audit_log,
+                         audit_keys=keys)
     typer.echo(report.summary())
-    echo_trail_note(audit_log, keys)
+    echo_trail_note(audit_log, keys)  # with --quiet too: it says what the trail proves
     if json_out is not None:
         write_json(json_out, report.to_dict())
     if predict is not None:
@@ -157,12 +173,12 @@ def bfi(
 
         new = read_table(predict)
         out = new.assign(prediction=predict_rows(report, new))
-        target = predictions_out or predict.with_name(predict.stem + "_predictions.csv")
-        out.to_csv(target, index=False)
+        try:
+            out.to_csv(target, index=False)
+        except OSError as err:
+            raise InputError(f"cannot write {target}: {err.strerror}") from None
         if not quiet:
             typer.echo(f"predictions written to {target}")
-    elif predictions_out is not None:
-        raise InputError("--predictions-out needs --predict NEW.csv")
 
 
 def _survival_only(given: dict) -> None:
@@ -186,23 +202,30 @@ def bfi_holdout(
     seed: int = typer.Option(0, "--seed"),
     png: Path = typer.Option(..., "--png", help="Where to write the Fig. 2 style scatter."),
     csv: Path = typer.Option(None, "--csv", help="Where to write every prediction."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
 ) -> None:
     """BFI vs pooled predictions on held-out rows (BFI paper, Fig. 2): heterogeneous
     as given, and homogeneous with rows shuffled across centres."""
+    preflight(data, formula, family, site_column, "none", {"--png": png, "--csv": csv},
+              (center_covariate, *_names(standardize)), random_effects=False)
     from securefed.bfi_predict import agreement, holdout_study, plot_holdout
     from securefed.data import read_table
+    from securefed.progress import Display
 
     frame = read_table(data)
     opts = _options(formula, family, site_column, lam, None, None, None, None,
                     "categorical", standardize)
     study = {"repeats": repeats, "fraction": holdout, "seed": seed}
-    panels = {"heterogeneous (centres as given)": holdout_study(frame, opts, **study)}
-    if center_covariate:
-        with_cov = _options(formula, family, site_column, lam, None, None, None,
-                            center_covariate, "categorical", standardize)
-        panels[f"with {center_covariate}"] = holdout_study(frame, with_cov, **study)
-    panels["homogeneous (rows shuffled)"] = holdout_study(frame, opts, shuffle_sites=True,
-                                                          **study)
+    with Display(f"held-out study: {repeats} splits, centres as given", quiet=quiet) as shown:
+        panels = {"heterogeneous (centres as given)": holdout_study(frame, opts, **study)}
+        if center_covariate:
+            shown.update(f"held-out study: {repeats} splits, with {center_covariate}")
+            with_cov = _options(formula, family, site_column, lam, None, None, None,
+                                center_covariate, "categorical", standardize)
+            panels[f"with {center_covariate}"] = holdout_study(frame, with_cov, **study)
+        shown.update(f"held-out study: {repeats} splits, rows shuffled")
+        panels["homogeneous (rows shuffled)"] = holdout_study(frame, opts, shuffle_sites=True,
+                                                              **study)
     plot_holdout(panels, str(png))
     for title, table in panels.items():
         stats = agreement(table)

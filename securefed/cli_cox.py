@@ -41,8 +41,14 @@ def cox(
     audit_log: Path = AUDIT_LOG,
     na_action: str = NA_ACTION,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
 ) -> None:
     """Fit coxph(Surv(time, status) ~ ... + strata(site)) federated over the sites."""
+    from securefed.preflight import check_output
+
+    for path, flag in ((json_out, "--json"), (audit_log, "--audit-log")):
+        if path is not None:
+            check_output(path, flag)
     from securefed.cox_run import CoxOptions, run_cox
     from securefed.data import read_table
     from securefed.protection import protection_for

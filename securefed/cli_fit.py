@@ -126,6 +126,21 @@ def parse_grid(text: str | None) -> tuple[float, ...]:
         raise InputError(f"--lambda-grid {text!r}: give numbers separated by commas") from None
 
 
+def preflight(data: Path, formula: str, family: str, site_column: str, protect: str,
+              outputs: dict[str, Path | None], columns: tuple[str | None, ...] = (), *,
+              random_effects: bool = True) -> None:
+    """Everything checkable before pandas, scipy or any work: the data file and its columns,
+    the formula's shape, the family, the protection layers and every output path."""
+    from securefed import preflight as pre
+
+    pre.check_formula(formula, random_effects=random_effects)
+    pre.check_family(family)
+    pre.check_layers(protect)
+    for flag, path in outputs.items():
+        pre.check_output(path, flag)
+    pre.check_csv(data, (site_column, *pre.formula_columns(formula), *columns))
+
+
 def check_na_action(value: str) -> str:
     if value not in ("omit", "fail"):
         raise InputError(f"--na-action {value!r}: choose omit or fail")
@@ -177,6 +192,8 @@ def fit(
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
 ) -> None:
     """Fit a GLMM federated over the sites in SITE_COLUMN."""
+    preflight(data, formula, family, site_column, protect,
+              {"--json": json_out, "--audit-log": audit_log})
     from securefed.data import read_table
     from securefed.glmm_run import GLMMOptions
     from securefed.progress import run_with_progress
@@ -194,7 +211,7 @@ def fit(
     result = run_with_progress(frame, opts, protect=prot, quiet=quiet, audit_log=audit_log,
                                audit_keys=keys)
     typer.echo(result.summary())
-    echo_trail_note(audit_log, keys)
+    echo_trail_note(audit_log, keys)  # with --quiet too: it says what the trail proves
     if json_out is not None:
         write_json(json_out, result.to_dict())
 
@@ -207,6 +224,10 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Fit the built-in multi-hospital example (synthetic, seeded), securely aggregated."""
+    from securefed.preflight import check_layers, check_output
+
+    check_layers(protect)
+    check_output(json_out, "--json")
     from securefed.glmm_run import GLMMOptions
     from securefed.progress import run_with_progress
     from securefed.synthetic import make_hospitals

@@ -16,13 +16,13 @@ def privacy_curve(
     epsilons: str = typer.Option("0.25,0.5,1,2,4,8,16,inf", "--epsilons",
                                  help="Comma-separated; inf = the non-private fit."),
     repeats: int = typer.Option(5, "--repeats", help="Repetitions per epsilon."),
-    quiet: bool = typer.Option(False, "--quiet"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress; print only the table."),
 ) -> None:
     """Fit built-in models under secagg,dp over a grid of epsilon; write CSV and PNG."""
-    from rich.console import Console
-
+    from securefed.preflight import check_output
     from securefed.privacy_curve import MODELS, plot_curve, summarise
     from securefed.privacy_curve import privacy_curve as run_curve
+    from securefed.progress import Display
 
     chosen = [m.strip() for m in models.split(",") if m.strip()]
     unknown = [m for m in chosen if m not in MODELS]
@@ -37,18 +37,20 @@ def privacy_curve(
         raise InputError("--epsilons must be positive")
     if repeats < 1:
         raise InputError("--repeats must be at least 1")
-    if not out_dir.parent.exists():
-        raise InputError(f"folder {out_dir.parent} does not exist")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file; give a folder")
+    check_output(out_dir / "privacy_curve.csv" if out_dir.is_dir() else out_dir, "--out")
     out_dir.mkdir(exist_ok=True)
-    console = Console(stderr=True, quiet=quiet)
+    with Display("privacy curve", quiet=quiet) as display:
 
-    def progress(model: str, eps: float, rep: int) -> None:
-        console.log(f"{model}: epsilon={eps:g}, repetition {rep + 1}")
+        def progress(model: str, eps: float, rep: int) -> None:
+            display.update(f"privacy curve: {model}, epsilon={eps:g}, repetition {rep + 1}")
 
-    table = run_curve(chosen, grid, repeats, progress)
+        table = run_curve(chosen, grid, repeats, progress)
     summary = summarise(table)
     table.to_csv(out_dir / "privacy_curve_fits.csv", index=False)
     summary.to_csv(out_dir / "privacy_curve.csv", index=False)
     plot_curve(summary, out_dir / "privacy_curve.png")
     typer.echo(summary.to_string(index=False))
-    typer.echo(f"wrote {out_dir / 'privacy_curve.csv'} and {out_dir / 'privacy_curve.png'}")
+    if not quiet:
+        typer.echo(f"wrote {out_dir / 'privacy_curve.csv'} and {out_dir / 'privacy_curve.png'}")

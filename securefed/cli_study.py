@@ -13,6 +13,8 @@ from typing import Annotated
 
 import typer
 
+from securefed.errors import InputError
+
 __all__ = ["register", "report", "run"]
 
 
@@ -32,36 +34,49 @@ def run(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    if not study_file.is_file():  # before securefed.study's imports (pandas, crypto)
+        raise InputError(f"cannot read study file {study_file}: "
+                         f"{'it is a folder' if study_file.is_dir() else 'no such file'}")
     from securefed.audit_keys import study_trail_keys
+    from securefed.preflight import check_output
     from securefed.study import load_study, run_study
 
     study = load_study(study_file)
+    folder = study.output_dir  # checked before any work: the folder is made, then written
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"the study's output folder {study.output_dir}: {folder} is a file")
+    check_output(folder / "result.json", "the study's output folder")
     study_trail_keys(study, site_keys, expect_fingerprint)  # refused before any progress
     console = Console(stderr=True, quiet=quiet)
+    live = not quiet and console.is_terminal  # progress only on a terminal
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, console=console, disable=quiet, transient=True) as progress:
+    with Progress(*columns, console=console, disable=not live, transient=True) as progress:
         sites = progress.add_task("reading site files", total=len(study.sites))
         rounds = progress.add_task(f"{study.kind} rounds", total=None)
 
+        def note(text: str) -> None:
+            if live:
+                progress.console.print(text, highlight=False, markup=False)
+
         def on_site(name: str, rows: int) -> None:
             progress.advance(sites)
-            progress.console.print(f"site {name}: {rows} rows", highlight=False)
+            note(f"site {name}: {rows} rows")
 
         def on_round(round_id: int, purpose: str, contributors: int, dropped: tuple) -> None:
             progress.update(rounds, completed=round_id,
                             description=f"round {round_id}: {purpose} ({contributors} sites)")
             if dropped:
-                progress.console.print(f"round {round_id}: dropped {', '.join(dropped)}",
-                                       highlight=False)
+                note(f"round {round_id}: dropped {', '.join(dropped)}")
 
         def on_step(step) -> None:
-            progress.console.print(f"Newton step {step.iteration}: logLik {step.value:.6f}, "
-                                   f"max |gradient| {step.max_abs_gradient:.2e}", highlight=False)
+            note(f"Newton step {step.iteration}: logLik {step.value:.6f}, "
+                 f"max |gradient| {step.max_abs_gradient:.2e}")
 
         done = run_study(study, on_site=on_site, on_round=on_round, on_step=on_step,
                          site_keys=site_keys, expect_fingerprint=expect_fingerprint)
-        progress.console.print(f"{done.result.get('rounds')} rounds over "
-                               f"{done.result.get('n_sites')} sites", highlight=False)
+        note(f"{done.result.get('rounds')} rounds over {done.result.get('n_sites')} sites")
     typer.echo(done.summary)
     if not quiet:
         log = _shown(done.audit_log)
@@ -89,13 +104,21 @@ def report(
     profile: Annotated[list[str] | None, typer.Option(
         "--profile", help="Survival curves for this covariate profile, e.g. 'sex=1,age=60' "
         "(repeatable; BFI survival results).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
 ) -> None:
     """An HTML report: coefficients, forest plot, protection, convergence, BFI vs pooled,
     survival curves."""
+    from securefed.preflight import check_output
+
+    if not result.is_file():
+        raise InputError(f"cannot read {result}: no such file")
+    if out.parent.exists():  # a missing folder is created
+        check_output(out, "--out")
     from securefed.report import write_report
 
     written = write_report(result, out, profiles=profile)
-    typer.echo(f"wrote {written.html} ({len(written.figures)} figures beside it)")
+    if not quiet:
+        typer.echo(f"wrote {written.html} ({len(written.figures)} figures beside it)")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from securefed.errors import InputError
+from securefed.preflight import check_unique_columns
 
 __all__ = ["read_table", "check_numeric_columns", "builtin_path"]
 
@@ -40,10 +41,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if frame.shape[0] == 0:
         raise InputError(f"{path} has a header but no data rows")
     header = pd.read_csv(path, header=None, nrows=1).iloc[0].astype(str).tolist()
-    duplicated = sorted({name for name in header if header.count(name) > 1})
-    if duplicated:
-        raise InputError(f"{path} has more than one column named '{duplicated[0]}': "
-                         "rename them so each column name is unique")
+    check_unique_columns(path, header)
     frame.attrs["source"] = str(path)
     return frame
 

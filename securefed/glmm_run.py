@@ -340,6 +340,7 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
         warnings.append("site(s) dropped out and were excluded from the fit: "
                         + ", ".join(coordinator.dropped))
     seconds = time.perf_counter() - started
+    extra["factor_levels"] = {k: list(v) for k, v in schema.factors}  # for predict()
     extra["timings"] = coordinator.timings(seconds)
     fit = _make_fit(opts, estimate, family, int(n_obs), n_groups, len(live), coordinator,
                     warnings, dropped_cols, extra, seconds)

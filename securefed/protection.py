@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from protocols.stack import DEFAULT_BOUND, CkksSum, DropPlan, PlaintextSum, SecAggSum
 from securefed.errors import InputError
+from securefed.preflight import require_package
 from securefed.privacy import DPOptions, PrivacyGuard
 
 __all__ = ["ProtectionOptions", "PrivateSum", "build_protection", "AVAILABLE"]
@@ -67,6 +68,8 @@ def build_protection(opts: ProtectionOptions, site_names: list[str], family: str
     layers = [part.strip().lower() for part in opts.protect.split(",") if part.strip()]
     if len(set(layers)) != len(layers):
         raise InputError(f"--protect {opts.protect!r} names a layer twice")
+    if "ckks" in layers:
+        require_package("tenseal", "--protect ckks")
     if "dp" in layers:
         layers.remove("dp")
         summing = _build_summing(opts, layers or ["none"], site_names, remote)

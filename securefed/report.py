@@ -12,11 +12,21 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from securefed.errors import InputError
+from securefed.report_tables import (
+    _fmt,
+    _num,
+    _table,
+    method_line,
+    p_text,
+    privacy_tables,
+    timing_rows,
+)
 
 __all__ = ["ReportFiles", "load_result", "result_kind", "coefficient_rows", "write_report"]
 
@@ -67,30 +77,10 @@ def coefficient_rows(result: dict) -> list[dict]:
     try:
         return [{"term": str(r["term"]), "estimate": _num(r["estimate"]), "se": _num(r.get(se_key)),
                  "ci_low": _num(r.get("ci_low")), "ci_high": _num(r.get("ci_high")),
-                 "p_value": _num(r.get("p_value"))} for r in rows]
+                 "z_value": _num(r.get("z_value")), "p_value": _num(r.get("p_value"))}
+                for r in rows]
     except (KeyError, TypeError, ValueError):
         raise InputError("the result's coefficient rows need 'term' and 'estimate'") from None
-
-
-def _num(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "—"
-        big_or_tiny = abs(value) >= 1e6 or 0 < abs(value) < 1e-4
-        return f"{value:.{digits}g}" if big_or_tiny else f"{value:.{digits}f}"
-    return html.escape("—" if value is None else str(value))
-
-
-def _table(header: list[str], rows: list[list[Any]], ident: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>"
-                   for row in rows)
-    ident = f' id="{ident}"' if ident else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _plt():
@@ -102,21 +92,59 @@ def _plt():
     return plt
 
 
-def _forest(rows: list[dict], path: Path, title: str) -> None:
+SCALE_TERMS = ("log_sigma", "sigma")
+
+
+def forest_panels(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Rows in separate panels, each on its own scale: fixed effects, site-specific terms
+    (``term[site=...]``) and scale parameters; empty panels are left out."""
+    site = [r for r in rows if r["term"].endswith("]") and "[" in r["term"]]
+    scale = [r for r in rows if r["term"] in SCALE_TERMS]
+    fixed = [r for r in rows if r not in site and r not in scale]
+    return [(title, part) for title, part in (("fixed effects", fixed),
+                                              ("site-specific terms", site),
+                                              ("scale parameters", scale)) if part]
+
+
+def _panel_plot(rows: list[dict], path: Path, title: str, xlabel: str,
+                series: list[tuple[str, str, Callable[[dict], tuple[float, float, float]]]]
+                ) -> None:
+    """A dot-and-interval plot of ``rows`` in :func:`forest_panels`, each on its own scale;
+    ``series``: ``(label, colour, row -> (estimate, low, high))``, drawn side by side."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.4))
-    ys = list(range(len(rows)))[::-1]
-    for y, row in zip(ys, rows, strict=True):
-        if not (math.isnan(row["ci_low"]) or math.isnan(row["ci_high"])):
-            ax.plot([row["ci_low"], row["ci_high"]], [y, y], color="#1f77b4", lw=2)
-        ax.plot(row["estimate"], y, "o", color="#d62728")
-    ax.axvline(0.0, color="#888", ls="--", lw=1)
-    ax.set_yticks(ys, [r["term"] for r in rows])
-    ax.set_xlabel("estimate with 95% interval")
-    ax.set_title(title)
+    panels = forest_panels(rows)
+    heights = [len(part) + 1.2 for _, part in panels]
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights},
+                             figsize=(7, 0.45 * sum(heights) + 0.8))
+    shifts = [0.3 * (0.5 - k / max(len(series) - 1, 1)) if len(series) > 1 else 0.0
+              for k in range(len(series))]
+    for ax, (name, part) in zip(axes[:, 0], panels, strict=True):
+        ys = list(range(len(part)))[::-1]
+        for y, row in zip(ys, part, strict=True):
+            for shift, (_, colour, values) in zip(shifts, series, strict=True):
+                estimate, low, high = values(row)
+                if not (math.isnan(low) or math.isnan(high)):
+                    ax.plot([low, high], [y + shift] * 2, color=colour, lw=2)
+                ax.plot(estimate, y + shift, "o", color=colour)
+        if name != "scale parameters":
+            ax.axvline(0.0, color="#888", ls="--", lw=1)
+        ax.set_yticks(ys, [r["term"] for r in part], fontsize=8 if len(part) > 15 else 10)
+        ax.set_ylim(-0.7, len(part) - 0.3)
+        ax.set_title(name, fontsize=10, loc="left")
+    if len(series) > 1:
+        for label, colour, _ in series:
+            axes[0, 0].plot([], [], "o-", color=colour, label=label)
+        axes[0, 0].legend(loc="best", fontsize=8)
+    axes[-1, 0].set_xlabel(xlabel)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _forest(rows: list[dict], path: Path, title: str) -> None:
+    _panel_plot(rows, path, title, "estimate with 95% interval",
+                [("estimate", "#d62728", lambda r: (r["estimate"], r["ci_low"], r["ci_high"]))])
 
 
 def _trace(trace: list[dict], path: Path) -> None:
@@ -137,22 +165,18 @@ def _trace(trace: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _scatter(pairs: list[tuple[str, float, float]], path: Path) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    xs, ys = [p[1] for p in pairs], [p[2] for p in pairs]
-    lo, hi = min(xs + ys), max(xs + ys)
-    pad = 0.05 * (hi - lo or 1.0)
-    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="#888", ls="--", lw=1)
-    ax.plot(xs, ys, "o", color="#1f77b4")
-    for term, x, y in pairs:
-        ax.annotate(term, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("pooled estimate")
-    ax.set_ylabel("BFI estimate")
-    ax.set_title("BFI vs pooled fit")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _paired(pairs: list[tuple[dict, dict]], path: Path) -> None:
+    """BFI and pooled estimates side by side per term, each with its 95% interval."""
+    pooled = {b["term"]: p for b, p in pairs}
+
+    def interval(fit: dict) -> tuple[float, float, float]:
+        half = 1.96 * fit["se"]
+        return fit["estimate"], fit["estimate"] - half, fit["estimate"] + half
+
+    _panel_plot([b for b, _ in pairs], path, "BFI vs pooled fit",
+                "estimate with 95% interval (± 1.96 SD)",
+                [("BFI", "#1f77b4", interval),
+                 ("pooled", "#ff7f0e", lambda r: interval(pooled[r["term"]]))])
 
 
 def _protection_section(result: dict) -> str:
@@ -169,12 +193,10 @@ def _protection_section(result: dict) -> str:
     out = "<h2>Protection</h2>" + _table(["", "value"], rows, "protection")
     privacy = result.get("privacy")
     if privacy:
-        items = privacy.items() if isinstance(privacy, dict) else [("privacy", privacy)]
-        items = [(k, {a: b for a, b in v.items() if "covariance" not in a}
-                  if k == "inference" and isinstance(v, dict) else v) for k, v in items]
-        out += "<h2>Privacy</h2>" + _table(["", "value"], [
-            [k, v if isinstance(v, int | float | str) else json.dumps(v)] for k, v in items],
-            "privacy")
+        if isinstance(privacy, dict) and isinstance(privacy.get("inference"), dict):
+            privacy = {**privacy, "inference": {k: v for k, v in privacy["inference"].items()
+                                                if "covariance" not in k}}
+        out += "<h2>Privacy</h2>" + privacy_tables(privacy)
     else:
         out += ('<p class="muted">No differential privacy in this run: the released sums are '
                 "exact.</p>")
@@ -215,7 +237,7 @@ def _glmm_sections(result: dict, stem: str, folder: Path, figures: list[Path]) -
           _num(r.get("ci_high"))] for r in result.get("random_effects") or []], "random-effects")
     out += _table(["logLik", "AIC", "BIC", "converged", "singular"], [[
         _num(result.get("loglik")), _num(result.get("aic")), _num(result.get("bic")),
-        str(result.get("converged")), str(result.get("singular"))]], "fit")
+        bool(result.get("converged")), bool(result.get("singular"))]], "fit")
     trace = result.get("trace") or []
     if trace:
         path = folder / f"{stem}_trace.png"
@@ -234,16 +256,18 @@ def _bfi_sections(result: dict, rows: list[dict], stem: str, folder: Path,
     pooled = (result.get("pooled") or {}).get("estimates") or []
     if not pooled:
         return out
-    by_term = {str(r["term"]): _num(r["estimate"]) for r in pooled}
-    pairs = [(r["term"], by_term[r["term"]], r["estimate"]) for r in rows if r["term"] in by_term]
+    by_term = {str(r["term"]): {"term": str(r["term"]), "estimate": _num(r["estimate"]),
+                                "se": _num(r.get("sd"))} for r in pooled}
+    pairs = [(r, by_term[r["term"]]) for r in rows if r["term"] in by_term]
     out += "<h2>BFI vs pooled fit</h2>" + _table(
-        ["term", "BFI", "pooled", "difference"],
-        [[t, b, p, b - p] for t, p, b in pairs], "pooled")
+        ["term", "BFI", "BFI SD", "pooled", "pooled SD", "difference"],
+        [[b["term"], b["estimate"], b["se"], p["estimate"], p["se"],
+          b["estimate"] - p["estimate"]] for b, p in pairs], "pooled")
     if pairs:
         path = folder / f"{stem}_pooled.png"
-        _scatter(pairs, path)
+        _paired(pairs, path)
         figures.append(path)
-        out += _img(path, "BFI estimates against the pooled fit")
+        out += _img(path, "BFI and pooled estimates with their intervals, term by term")
     return out
 
 
@@ -288,11 +312,17 @@ def write_report(result_path: str | Path, out: str | Path,
              f"<code>{_fmt(result.get('formula'))}</code> · {_rows_text(result)} in "
              f"{_fmt(result.get('n_sites'))} sites</p>"]
     parts += _noise_banner(result)
-    se = "Std. Error" if kind == "glmm" else "SD"
-    parts.append("<h2>Coefficients</h2>" + _table(
-        ["term", "estimate", se, "CI low", "CI high"],
-        [[r["term"], r["estimate"], r["se"], r["ci_low"], r["ci_high"]] for r in rows],
-        "coefficients"))
+    parts.append(f"<p id=\"method\">{html.escape(method_line(result))}</p>")
+    if kind == "glmm":
+        parts.append("<h2>Coefficients</h2>" + _table(
+            ["term", "estimate", "Std. Error", "z value", "Pr(>|z|)", "CI low", "CI high"],
+            [[r["term"], r["estimate"], r["se"], r["z_value"], p_text(r["p_value"]),
+              r["ci_low"], r["ci_high"]] for r in rows], "coefficients"))
+    else:
+        parts.append("<h2>Coefficients</h2>" + _table(
+            ["term", "estimate", "SD", "CI low", "CI high"],
+            [[r["term"], r["estimate"], r["se"], r["ci_low"], r["ci_high"]] for r in rows],
+            "coefficients"))
     if rows:
         forest = out.parent / f"{out.stem}_forest.png"
         _forest(rows, forest, "Coefficients (95% intervals)")
@@ -317,7 +347,7 @@ def write_report(result_path: str | Path, out: str | Path,
     timings = result.get("timings")
     if isinstance(timings, dict) and timings:
         parts.append("<h2>Timings (seconds)</h2>" + _table(
-            ["stage", "seconds"], [[k, _num(v)] for k, v in timings.items()], "timings"))
+            ["stage", "seconds"], timing_rows(timings), "timings"))
     parts += [f'<p class="warn">warning: {html.escape(str(w))}</p>'
               for w in result.get("warnings") or []]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

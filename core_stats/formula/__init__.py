@@ -13,20 +13,29 @@ from core_stats.formula.terms import ModelFormula, RandomTerm, TermList, parse_f
 __all__ = ["FormulaError", "ModelFormula", "RandomTerm", "TermList", "deparse",
            "parse_expression", "parse_formula"]
 
-from core_stats.formula.design import DesignSchema, column_names  # noqa: E402
-from core_stats.formula.frame import (  # noqa: E402
-    ModelData,
-    RandomDesign,
-    fixed_column_names,
-    model_data,
-    predictor_matrix,
-    random_column_names,
-)
-from core_stats.formula.levels import agree_levels, variable_report  # noqa: E402
+# The design half (numpy, pandas) loads on first use, so parsing a formula, e.g. the
+# command line's checks before any work (securefed.preflight), imports neither.
+_LAZY = {"DesignSchema": "design", "column_names": "design", "ModelData": "frame",
+         "RandomDesign": "frame", "fixed_column_names": "frame", "model_data": "frame",
+         "predictor_matrix": "frame", "random_column_names": "frame",
+         "agree_levels": "levels", "variable_report": "levels"}
 
 
-def agree_schema(formula_text: str, reports) -> DesignSchema:
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'core_stats.formula' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"core_stats.formula.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def agree_schema(formula_text: str, reports):
     """The schema every site builds, from the sites' own variable reports."""
+    from core_stats.formula.design import DesignSchema
+    from core_stats.formula.levels import agree_levels
+
     return DesignSchema(formula_text, agree_levels(parse_formula(formula_text), reports))
 
 

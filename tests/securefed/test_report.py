@@ -18,6 +18,7 @@ from securefed.bfi_run import BFIOptions, run_bfi
 from securefed.cli import main
 from securefed.data import builtin_path
 from securefed.glmm_run import GLMMOptions, run_glmm
+from securefed.report import forest_panels
 from securefed.synthetic import make_hospitals
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -92,6 +93,33 @@ def test_glmm_report_has_table_forest_and_trace(tmp_path, capsys) -> None:
     assert len(page.rows["random-effects"]) == 1
     protection = dict(r[:2] for r in page.rows["protection"])
     assert protection["layers"] == "none" and protection["rounds"] == str(fit.rounds)
+    first = page.rows["coefficients"][0]  # term, estimate, SE, z, p, CI
+    fe = fit.fixed_effects[0]
+    assert float(first[3]) == pytest.approx(fe.z_value, abs=1e-4)
+    assert first[4] == f"{fe.p_value:.3g}" or first[4] == "< 2e-16"
+    assert page.rows["fit"][0][3:] == ["yes" if fit.converged else "no",
+                                       "yes" if fit.singular else "no"]
+    text = out.read_text(encoding="utf-8")
+    assert "Laplace approximation (nAGQ = 1)" in text and "no penalty" in text
+
+
+def test_glmm_report_names_nagq_the_chosen_lambda_and_dp_releases(tmp_path, capsys) -> None:
+    fit = run_glmm(make_hospitals(4, 80, seed=3), GLMMOptions(
+        "y ~ x2 + x6 + (1 | hospital)", "binomial", "hospital", nagq=3,
+        lambda_grid=(0.0, 2.0), select="bic")).to_dict()
+    fit["privacy"] = {"epsilon_spent": 1.5, "releases": [
+        {"round": 2, "purpose": "GLMM terms", "mechanism": "distributed discrete Gaussian",
+         "rho": 0.01}, {"round": 3, "purpose": "GLMM terms", "rho": 0.02}]}
+    out = _report(fit, tmp_path, capsys, "grid")
+    page = _check_page(out, 2)
+    text = out.read_text(encoding="utf-8")
+    chosen = fit["lambda_selection"]["chosen"]
+    assert "adaptive Gauss-Hermite quadrature, nAGQ = 3" in text
+    assert f"λ = {chosen:.4f} chosen by bic from 0.0000, 2.0000" in text
+    assert page.rows["privacy-releases"] == [
+        ["2", "GLMM terms", "distributed discrete Gaussian", "0.0100"],
+        ["3", "GLMM terms", "—", "0.0200"]]
+    assert ["epsilon_spent", "1.5000"] in page.rows["privacy"]
 
 
 def test_bfi_report_with_pooled_comparison_from_a_study(tmp_path, capsys) -> None:
@@ -109,8 +137,19 @@ def test_bfi_report_with_pooled_comparison_from_a_study(tmp_path, capsys) -> Non
     page = _check_page(out, 2)  # forest + BFI vs pooled scatter
     assert [r[0] for r in page.rows["coefficients"]] == ["(Intercept)", "age", "ISS"]
     assert [r[0] for r in page.rows["pooled"]] == ["(Intercept)", "age", "ISS"]
-    stages = {r[0] for r in page.rows["timings"]}
-    assert {"loading", "fitting", "writing", "sites_statistics"} <= stages
+    saved = json.loads(result.read_text())
+    pooled_sd = [r["sd"] for r in saved["pooled"]["estimates"]]
+    assert [float(r[4]) for r in page.rows["pooled"]] == pytest.approx(pooled_sd, abs=1e-4)
+    assert [float(r[2]) for r in page.rows["pooled"]] == pytest.approx(
+        [r["sd"] for r in saved["estimates"]], abs=1e-4)
+    seconds = {r[0]: float(r[1]) for r in page.rows["timings"]}
+    assert {"loading the sites' files", "federated rounds (part of fitting)", "sites' statistics",
+            "writing the results", "whole run"} <= set(seconds)
+    timings = json.loads(result.read_text())["timings"]  # the table adds up, as printed
+    assert seconds["whole run"] == pytest.approx(
+        timings["loading"] + timings["fitting"] + timings["writing"], abs=1e-4)
+    assert seconds["federated rounds (part of fitting)"] <= seconds[
+        "fitting: rounds, audit checkpoint and checks"]
 
 
 def test_bfi_report_without_pooled_has_only_the_forest_plot(tmp_path, capsys) -> None:
@@ -154,3 +193,16 @@ def test_a_dp_fit_whose_noise_dominates_gets_a_banner_and_noisy_counts(tmp_path,
     assert "rows (noisy count)" in text
     plain = _report(run_glmm(frame, opts).to_dict(), tmp_path, capsys, "plain")
     assert 'class="banner"' not in plain.read_text(encoding="utf-8")
+
+
+def test_forest_panels_separate_fixed_site_and_scale_terms(tmp_path, capsys) -> None:
+    nurses = pd.read_csv(builtin_path("Nurses"))
+    report = run_bfi(nurses, BFIOptions("stress ~ age + gender", "gaussian", "hospital",
+                                        stratify=("(Intercept)",)))
+    rows = [{"term": r["term"]} for r in report.estimates]
+    panels = dict(forest_panels(rows))
+    assert [r["term"] for r in panels["fixed effects"]] == ["age", "gender"]
+    assert len(panels["site-specific terms"]) == 25
+    assert [r["term"] for r in panels["scale parameters"]] == ["log_sigma"]
+    out = _report(report.to_dict(), tmp_path, capsys, "stratified")
+    _check_page(out, 1)

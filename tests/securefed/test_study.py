@@ -60,7 +60,9 @@ def _without(result: dict, keys=RUN_ONLY) -> dict:
     return {k: v for k, v in result.items() if k not in keys}
 
 
-def test_glmm_study_equals_run_glmm_and_writes_every_output(tmp_path, hospitals, capsys) -> None:
+def test_glmm_study_equals_run_glmm_and_writes_every_output(tmp_path, hospitals, capsys,
+                                                            monkeypatch) -> None:
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # stderr counts as a terminal: progress shows
     study = tmp_path / "study.toml"
     study.write_text(_study(hospitals, f'kind = "glmm"\nformula = "{GLMM_FORMULA}"\n'
                                        'family = "binomial"\nnagq = 2'))
