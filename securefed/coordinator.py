@@ -220,6 +220,11 @@ class Coordinator:
         out["total"] = round(total_seconds, 6)
         return out
 
+    def release_list(self) -> tuple[dict, ...]:
+        """Every round so far: its id, purpose, vector length and number of contributors."""
+        return tuple({"round": r.round_id, "purpose": r.purpose, "length": r.length,
+                      "contributors": len(r.contributors)} for r in self.rounds)
+
     def mean_bytes_per_site(self) -> int:
         if not self.bytes_sent:
             return 0

@@ -63,6 +63,9 @@ class DPOptions:
     vector (L2, intercept included), ``outcome_bound`` its outcome (gaussian
     and poisson). ``rounds`` is the number of GLMM Newton rounds under DP and
     ``group_clip`` the records-equivalent bound on one group's GLMM terms.
+    ``max_se_ratio``: a GLMM fit whose predicted noise-aware standard error of
+    a fixed effect exceeds this multiple of the non-private one is refused
+    after its first release (:mod:`securefed.dp_inference`).
     """
 
     epsilon: float
@@ -74,7 +77,8 @@ class DPOptions:
     group_clip: float = 8.0
     min_contributors: int | None = None
     ledger_dir: Path | None = None
-    start_share: float = 0.25
+    start_share: float = 0.6
+    max_se_ratio: float = 10.0
     standardize_ranges: tuple[tuple[str, float, float], ...] = ()
 
     def standardize_range_for(self, columns) -> list[tuple[float, float]]:
@@ -107,6 +111,8 @@ class DPOptions:
             raise InputError("--dp-outcome-bound must be a positive number")
         if not 1 <= self.rounds <= 50:
             raise InputError("--dp-rounds must be between 1 and 50")
+        if not (math.isfinite(self.max_se_ratio) and self.max_se_ratio > 1):
+            raise InputError("--dp-max-se-ratio must be a number above 1")
         if not self.group_clip > 0:
             raise InputError("--dp-group-clip must be positive")
         for name, low, high in self.standardize_ranges:
@@ -270,6 +276,11 @@ class SitePrivacy:
         return words * step
 
 
+def _sum_sd(cal: _Calibration, units: np.ndarray, n_contributors: int) -> np.ndarray:
+    """Per-coordinate SD of a sum of ``n_contributors`` noise shares (in the vector's units)."""
+    return cal.local_sigma * math.sqrt(n_contributors) * np.ldexp(1.0, units + cal.grid_bits)
+
+
 def _replay(ledger: PrivacyLedger, path: Path, name: str, epsilon: float, delta: float) -> None:
     try:
         stored = json.loads(path.read_text())
@@ -428,7 +439,12 @@ class PrivacyGuard:
     def sum_noise_sd(self, n_contributors: int) -> np.ndarray:
         """Per-coordinate noise SD of the last released sum over ``n_contributors`` sites."""
         cal, units = self._last
-        return cal.local_sigma * math.sqrt(n_contributors) * np.ldexp(1.0, units + cal.grid_bits)
+        return _sum_sd(cal, units, n_contributors)
+
+    def planned_noise_sd(self, query: DpQuery, length: int, n_contributors: int) -> np.ndarray:
+        """Per-coordinate noise SD a release of ``query`` would have (nothing is released)."""
+        cal = calibrate(query, length, self.min_contributors)
+        return _sum_sd(cal, query.units(length), n_contributors)
 
     def privacy_fields(self, site: str) -> dict[str, float]:
         """A site's cumulative spending, for its RELEASE audit entries."""
