@@ -11,6 +11,8 @@ The attacker is site ``1``. Attacks (the table of issue 22):
 
 * ``tilt``: GLMM, adds ``delta beta_j`` to its log-likelihood (and ``delta
   e_j`` to its gradient) in every round, ``delta`` a multiple of its rows.
+  The searched worst case: the largest ``delta`` in ``[n_l, 10 n_l]`` that
+  passes (bisection).
 * ``scale``: GLMM, multiplies its honest ``[l, g, H]`` by ``k``.
 * ``b-shift``: BFI, adds ``delta e_j`` to ``A_l theta_l``; ``delta`` set to
   move the estimate by a given number of SEs, and the largest ``delta`` that
@@ -139,8 +141,29 @@ def glmm_rows(family: str, nagq: int, n_sites: int, quick: bool) -> list[dict]:
         return (fit.theta[j] - honest.theta[j]) / se, fit.converged, fit.rounds
 
     flip = ("flip", "1 - y" if family == "binomial" else "-y", None)
-    return [measure(model, n_sites, attack, setting, lambda t=tamper: attacked(t))
+    rows = [measure(model, n_sites, attack, setting, lambda t=tamper: attacked(t))
             for attack, setting, tamper in [*attacks, flip]]
+    if not quick:
+        rows.append(searched_tilt(model, n_sites, rows_l, j, attacked))
+    return rows
+
+
+def searched_tilt(model: str, n_sites: int, rows_l: int, j: int, attacked) -> dict:
+    """The largest tilt ``m n_l`` (``1 <= m <= 10``, bisection on ``log m``, 6 steps)
+    that passes every check: the searched worst case."""
+    low, high, best = 1.0, 10.0, None
+    for _ in range(6):
+        mid = float(np.sqrt(low * high))
+        row = measure(model, n_sites, "tilt", f"searched: delta = {mid:.2f} n_l",
+                      lambda m=mid: attacked(glmm_tamper("tilt", m * rows_l, j)))
+        if row["verdict"].startswith("passed"):
+            low, best = mid, row
+        else:
+            high = mid
+    if best is None:
+        best = measure(model, n_sites, "tilt", "searched: delta = 1.00 n_l",
+                       lambda: attacked(glmm_tamper("tilt", rows_l, j)))
+    return best
 
 
 def measure(model: str, n_sites: int, attack: str, setting: str, run) -> dict:
