@@ -8,12 +8,15 @@ moves an estimate by more than the bound's room, which is reported here.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 import securefed.bfi_run as bfi_run
 from core_stats.bfi_combine import HomogeneousLayout
+from core_stats.bfi_layout import triu_length
 from core_stats.bfi_local import fit_map, prior_precision
 from core_stats.families import get_family
 from protocols.stack import SecAggSum
@@ -175,3 +178,31 @@ def test_a_study_bound_tightens_the_gaussian_room(honest) -> None:
     wide = linear_room(total, layout, layout.family, 1, 100.0)
     narrow = linear_room(total, layout, layout.family, 1, 1.0)
     assert np.isclose((narrow[1] - narrow[0]) * 100, wide[1] - wide[0], rtol=0.02)
+
+
+def test_survival_bfi_refuses_a_shifted_linear_slot(monkeypatch) -> None:
+    """BFI survival (homogeneous, Weibull: the public-bound form (3)) runs the same
+    check: the honest run passes, ``1e8`` added to one site's ``b_0`` is refused."""
+    import securefed.bfi_survival_run as survival_run
+
+    frame = pd.read_csv(Path(__file__).parents[1] / "golden" / "bfi_survival" / "gompertz_bfi.csv")
+    opts = survival_run.SurvivalBFIOptions("Surv(time, status) ~ x1 + x2", "centre", "weibull")
+    survival_run.run_bfi_survival(frame, opts)
+    honest = survival_run.Coordinator
+
+    class Crafting(honest):
+        def secure_sum(self, purpose, compute, key=None, dp=None):
+            if purpose == "bfi-terms":
+                inner = compute
+
+                def compute(site):
+                    vector = np.asarray(inner(site), dtype=float)
+                    if site.name == self.live_sites[0].name:
+                        vector[triu_length(4)] += 1e8
+                    return vector
+            return super().secure_sum(purpose, compute, key=key, dp=dp)
+
+    monkeypatch.setattr(survival_run, "Coordinator", Crafting)
+    with pytest.raises(ImplausibleAggregate) as refused:
+        survival_run.run_bfi_survival(frame, opts)
+    assert refused.value.check == "linear-consistency"
