@@ -138,18 +138,19 @@ def _shift_in_se(total, attacked, layout, j: int) -> float:
     return float((moved.estimate[j] - honest.estimate[j]) / honest.sd[j])
 
 
-# largest undetected shift (honest SEs) allowed per run at the default bound B = 100,
-# and at a study-set bound
-ROOM = {"nurses": (100.0, 7e5), "nurses-standardized": (100.0, 7e5),
+# (B, largest undetected shift in honest SEs) per run: the default bound B = 100, and
+# B = 1 on standardised Nurses (a study-set bound every honest |theta_j| there obeys)
+ROOM = {"nurses": (100.0, 7e5), "nurses-standardized": (100.0, 3e4),
+        "nurses-standardized-b1": (1.0, 300.0),
         "trauma": (100.0, 40.0), "trauma-standardized": (100.0, 40.0)}
 
 
-@pytest.mark.parametrize("run", list(RUNS))
+@pytest.mark.parametrize("run", list(ROOM))
 def test_shift_of_b_is_refused_beyond_the_room(run: str, honest) -> None:
     """Inside ``[lo, hi]`` the sum passes, just outside it is refused; the room in
     SEs is what ``ROOM`` states, and every larger attack (up to the issue's 1e10 SE)
     is refused."""
-    total, layout, _ = honest[run]
+    total, layout, _ = honest[run.removesuffix("-b1")]
     theta_bound, room = ROOM[run]
     tol = Tolerance()
     assert check_bfi_linear(total, layout, layout.family, tol, theta_bound) < 1.0
