@@ -68,6 +68,7 @@ class BFIOptions:
     level: float = 0.95
     na_action: str = "omit"
     link: str | None = None  # None: the family's canonical link
+    theta_bound: float | None = None  # public |theta_l,j| bound of the linear check; None: 100
 
 
 @dataclass(frozen=True)
@@ -322,7 +323,7 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     parts = {s.name: parts[s.name] for s in coordinator.live_sites}
     names = fixed_column_names(schema)
     prior, combined = _priors(opts, family, names)
-    guard = BFIGuard(count, prior, family) if privacy is None else _Unchecked()
+    guard = BFIGuard(count, prior, family, opts.theta_bound) if privacy is None else _Unchecked()
     standardization = _standardize(coordinator, parts, opts.standardize, guard) \
         if opts.standardize else None
     data = {n: model_data(schema, p) for n, p in parts.items()}
@@ -706,7 +707,7 @@ def _bfi_remote(coordinator, opts, schema, family, names, started) -> BFIReport:
     privacy = coordinator.privacy
     count = _count_round(coordinator)
     prior, combined = _priors(opts, family, names)
-    guard = BFIGuard(count, prior, family) if privacy is None else _Unchecked()
+    guard = BFIGuard(count, prior, family, opts.theta_bound) if privacy is None else _Unchecked()
     standardization, scaling = None, ()
     if opts.standardize:
         columns = tuple(opts.standardize)

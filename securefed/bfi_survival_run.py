@@ -32,6 +32,7 @@ from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.errors import InputError
 from securefed.plausibility import check_bfi_count, check_bfi_terms
+from securefed.plausibility_linear import check_bfi_linear
 from securefed.site import Site
 from securefed.survival_spec import survival_spec
 
@@ -164,6 +165,7 @@ def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
         except (ValueError, bfi.MAPConvergenceError) as err:
             raise InputError(str(err)) from None
         check_bfi_terms(total, coordinator, layout, count, prior)
+        check_bfi_linear(total, layout, SURVIVAL, count.tolerance)
         try:
             fit = layout.combine(total, combined, opts.level)
         except ValueError as err:

@@ -514,19 +514,29 @@ class BFIGuard:
     prior : ndarray
         The public per-site prior precision ``Lambda`` every honest site uses.
     family : Family
+    theta_bound : float or None
+        The public bound on every parameter of a site's MAP used by
+        ``linear-consistency`` (:mod:`securefed.plausibility_linear`); None:
+        its default.
     """
 
     count: BFICount
     prior: np.ndarray
     family: Family
+    theta_bound: float | None = None
 
     def standardize(self, total: np.ndarray, coordinator) -> None:
         """:func:`check_bfi_standardize` against this run's count."""
         check_bfi_standardize(total, coordinator, self.count)
 
     def terms(self, total: np.ndarray, coordinator, layout) -> None:
-        """:func:`check_bfi_terms` against this run's count and prior."""
+        """:func:`check_bfi_terms` against this run's count and prior, then the
+        ``linear-consistency`` bound on ``sum A_l theta_l``."""
+        from securefed.plausibility_linear import DEFAULT_THETA_BOUND, check_bfi_linear
+
         check_bfi_terms(total, coordinator, layout, self.count, self.prior)
+        bound = DEFAULT_THETA_BOUND if self.theta_bound is None else self.theta_bound
+        check_bfi_linear(total, layout, self.family, self.count.tolerance, bound)
 
 
 def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,

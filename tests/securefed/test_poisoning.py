@@ -248,6 +248,15 @@ ATTACKS: dict[str, Attack] = {
     "bfi-gaussian-linear-shift": Attack(
         "bfi-nurses", "bfi-terms", _bfi(lambda A, b, P, n, s: (A, b + A @ np.ones(b.size), P,
                                                                 n, s)), None, "shifted"),
+    "bfi-gaussian-linear-1e11": Attack(
+        "bfi-nurses", "bfi-terms", _bfi(lambda A, b, P, n, s: (A, b + 1e11 * np.eye(b.size)[1],
+                                                                P, n, s)), "linear-consistency"),
+    "bfi-binomial-linear-1e4": Attack(
+        "bfi-trauma", "bfi-terms", _bfi(lambda A, b, P, n, s: (A, b + 1e4 * np.eye(b.size)[1],
+                                                                P, n, s)), "linear-consistency"),
+    "bfi-binomial-linear-shift": Attack(
+        "bfi-trauma", "bfi-terms", _bfi(lambda A, b, P, n, s: (A, b + A @ np.ones(b.size), P,
+                                                                n, s)), None, "shifted"),
     "bfi-binomial-A-negated": Attack("bfi-trauma", "bfi-terms",
                                      _bfi(lambda A, b, P, n, s: (-A, b, P, n, s)),
                                      "curvature-pd"),
