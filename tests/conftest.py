@@ -11,6 +11,7 @@ extras installed runs the whole suite with a plain ``pytest``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -20,8 +21,20 @@ FLOWER_TESTS = tuple(HERE / "securefed" / name for name in (
 ENVIRONMENTS = ("user", "flower")
 
 
+# a test module that imports flwr, or a module that imports it, needs the [flower] extra too
+_FLOWER_IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:flwr\b|securefed\.transport\."
+                            r"(?:flower_client|flower_server|flower_study|flower_smoke|flower"
+                            r"|loopback)\b|securefed\.transport\s+import\s+(?:flower|loopback))",
+                            re.MULTILINE)
+
+
 def _needs_flower(path: Path) -> bool:
-    return any(path == test or test in path.parents for test in FLOWER_TESTS)
+    if any(path == test or test in path.parents for test in FLOWER_TESTS):
+        return True
+    if path.suffix == ".py" and path.is_file():
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        return _FLOWER_IMPORT.search(text) is not None
+    return False
 
 
 def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
