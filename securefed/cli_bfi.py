@@ -118,9 +118,17 @@ def bfi(
 
         check_csv(predict, formula_columns(formula)[1:])
         target = predictions_out or predict.with_name(predict.stem + "_predictions.csv")
-    preflight(data, formula, family, site_column, protect,
-              {"--json": json_out, "--audit-log": audit_log, "--predictions-out": target},
-              (center_covariate, *_names(standardize)), random_effects=False)
+    outputs = {"--json": json_out, "--audit-log": audit_log, "--predictions-out": target}
+    if family.lower() == "survival":  # Surv(...) formulas are read by the survival parser
+        from securefed import preflight as pre
+
+        pre.check_layers(protect)
+        for flag, path in outputs.items():
+            pre.check_output(path, flag)
+        pre.check_csv(data, (site_column,))
+    else:
+        preflight(data, formula, family, site_column, protect, outputs,
+                  (center_covariate, *_names(standardize)), random_effects=False)
     from securefed.bfi_run import run_bfi
     from securefed.data import read_table
     from securefed.progress import Display

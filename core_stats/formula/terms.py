@@ -47,6 +47,8 @@ _REFUSED_FUNCTIONS = {
     "C": "C() (a contrast other than treatment) is not supported: securefed uses R's default "
          "treatment contrasts",
     "relevel": "relevel() is not supported: name the reference level by recoding the column",
+    "Surv": "Surv(time, status) outcomes are fitted by 'securefed cox' or "
+            "'securefed bfi --family survival'",
 }
 
 
