@@ -13,6 +13,11 @@ The SuperNode's node config says who the site is and where its files are::
   of the site's own audit log and salts (:mod:`securefed.transport.site_audit`).
 * ``ckks-key-holder`` (optional, default ``"keyholder"``): the party whose
   signature a CKKS public context must carry (:mod:`~securefed.transport.flower_ckks`).
+* ``policy`` (optional): the site's policy file (``securefed site init``,
+  ``docs/site_policy.md``); every round is checked against it before the site
+  computes, and every vector before it leaves (:mod:`securefed.policy.guard`).
+  Without it the safe default applies, recording releases in ``record-dir``
+  (default ``securefed-releases`` beside the data file).
 
 A node whose config has ``ckks-key`` (the path of a secret CKKS context) is
 the CKKS key holder instead of a site: it holds no data and serves only the
@@ -157,6 +162,21 @@ def _key_holder_node(context: Context):
     return KeyHolderNode(_node(context, "site-name"), private, registry, secret, ledger, floor)
 
 
+def _guard(context: Context):
+    """This site's policy guard, from its node config and its own registry."""
+    from securefed.keys import Registry
+    from securefed.policy.guard import SiteGuard
+
+    registry = Registry.load(_node(context, "registry"))
+    return SiteGuard.from_node_config(context.node_config, registry.parties)
+
+
+def _dp_query(dp_text: str):
+    from securefed.transport.site_privacy import query_from_json
+
+    return query_from_json(dp_text)[0] if dp_text else None
+
+
 def _site_dp(context: Context, dp_text: str, params: RoundParams):
     """This site's DP terms for the round (its own budget; see ``site_privacy``)."""
     from securefed.transport.site_privacy import SiteDp
@@ -186,18 +206,21 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     from securefed.transport.secagg_state import export_site
 
     name = _node(context, "site-name")
-    if name not in params.sites:
-        raise ValueError(f"site {name!r} is not in this round")
-    dp = _site_dp(context, dp_text, params)
     _keep_setup(setup, context)
+    call = SiteCall.from_json(call_text)
+    guard = _guard(context)  # the site's own policy decides before anything is computed
+    admitted = guard.admit(params, call, call_text, list(_state(context)["setup"]),
+                           _dp_query(dp_text))
+    dp = _site_dp(context, dp_text, params)
     if params.layer == "ckks":  # trust the key before anything is computed or released
         from securefed.transport.flower_ckks import KEY_HOLDER, trusted_context
 
         private, registry, _ = _identity(context)
         public = trusted_context(params, request or {}, registry,
                                  str(context.node_config.get("ckks-key-holder", KEY_HOLDER)))
-    call = SiteCall.from_json(call_text)
-    vector = release(_load_site(context), call, params.round_id, params.purpose, dp)
+    site = _load_site(context)
+    vector = release(site, call, params.round_id, params.purpose, dp)
+    guard.release(admitted, site, call, vector)  # the policy's last word before it leaves
     # a local DP query: the site noises this vector for itself, keeps it, releases a function
     local = dp.query is not None and dp.query.local_length is not None
     if params.layer == "none":
