@@ -137,28 +137,45 @@ def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
 
 def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum | None = None,
              on_step: Callable[[NewtonStep], None] | None = None,
-             audit_log: str | Path | None = None) -> GLMMFit:
+             audit_log: str | Path | None = None, site_runtime: bool = True) -> GLMMFit:
     """Fit a GLMM federated over the sites named by ``opts.site_column``.
 
-    A protocol abort or a refused aggregate is logged (REFUSAL, then a
-    countersigned checkpoint) before the error propagates.
+    Every site is simulated in this process. Where the site runtime carries
+    the protection (:func:`runtime_supports`) and ``site_runtime`` is true, each
+    site answers through the ClientApp handler with its own keys and policy
+    (:mod:`securefed.transport.loopback`); otherwise the coordinator applies
+    each round's closure to the sites' objects directly (the same rounds and
+    results). A protocol abort or a refused aggregate is logged (REFUSAL, then
+    a countersigned checkpoint) before the error propagates.
     """
     created: list[Coordinator] = []
     try:
-        return _run_glmm(frame, opts, protection, on_step, audit_log, created)
+        return _run_glmm(frame, opts, protection, on_step, audit_log, created, site_runtime)
     except ProtocolError as err:
         if created:
             created[0].abort_audit(err)
         raise
 
 
-def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
+def _run_glmm(frame, opts, protection, on_step, audit_log, created, site_runtime) -> GLMMFit:
     started = time.perf_counter()
     _check_options(opts)
     formula, family = _check_frame(frame, opts)
     fixed_spec, fixed_names, random_names = _public_design(formula, frame)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
     protection = protection or PlaintextSum()
+    design = GLMMSiteDesign(formula.outcome, fixed_spec, formula.random, formula.group,
+                            family, opts.nagq)
+    if site_runtime and audit_log is None and runtime_supports(protection, design):
+        from securefed.transport.loopback import loopback_rounds
+
+        # the sites answer through the site runtime (the ClientApp handler, their policy)
+        with loopback_rounds({s.name: s._frame for s in sites}, protection) as rounds:
+            return run_glmm_remote(opts, rounds, [s.name for s in sites],
+                                   protection=protection, on_step=on_step,
+                                   public_design=(fixed_spec, fixed_names, random_names),
+                                   warnings=[w for s in sites for w in s.warnings()],
+                                   started=started)
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
@@ -170,10 +187,35 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created) -> GLMMFit:
                 on_step, started, warnings)
 
 
+def runtime_supports(protection: ProtectedSum, design: GLMMSiteDesign | None = None) -> bool:
+    """True if an in-process run with ``protection`` goes through the site runtime.
+
+    The runtime carries ``none`` and ``secagg`` (SecAgg+ included) without
+    DP and without simulated dropouts, and designs whose encoding can travel;
+    the other stacks (ckks, secagg,ckks, ...,dp) and audit trails still run in
+    the coordinator's process (the runtime does not carry them in-process yet).
+    """
+    if getattr(protection, "privacy", None) is not None or getattr(protection, "drop", None):
+        return False
+    if getattr(protection, "name", None) not in ("none", "secagg"):
+        return False
+    if design is not None:
+        from securefed.transport.calls import SiteCall
+        from securefed.transport.codec import CodecError
+
+        try:
+            SiteCall("prepare_glmm", {"design": design}).to_json()
+        except CodecError:
+            return False
+    return True
+
+
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
                     protection: ProtectedSum,
                     on_step: Callable[[NewtonStep], None] | None = None,
-                    audit: AuditTrail | None = None) -> GLMMFit:
+                    audit: AuditTrail | None = None, public_design: tuple | None = None,
+                    warnings: list[str] | None = None, started: float | None = None
+                    ) -> GLMMFit:
     """Fit a GLMM over remote sites (e.g. Flower SuperNodes) through ``transport``.
 
     The coordinator holds no rows: the public design comes from the formula
@@ -181,22 +223,25 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     as 0/1 columns); a site whose rows do not fit the design refuses the
     round. ``protection`` gives the layer's public parameters (the sites run
     it). Results equal :func:`run_glmm` on the pooled rows of the same sites.
+    ``public_design`` (an in-process run: the fixed-effect spec and term names
+    the consortium agreed on, e.g. with categorical levels) replaces the
+    design from the formula alone.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     _check_options(opts)
     try:
         formula = parse_mixed_formula(opts.formula)
         family = get_family(opts.family)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
-    fixed_spec, fixed_names, random_names = _public_design(formula, None)
+    fixed_spec, fixed_names, random_names = public_design or _public_design(formula, None)
     from securefed.coordinator import RemoteSite
 
     coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
                               audit=audit, transport=transport)
     try:
         return _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names,
-                    on_step, started, [])
+                    on_step, started, list(warnings or []))
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
@@ -281,12 +326,9 @@ def _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_nam
     estimate = fit_glmm_restarting(evaluate, layout, start, lam=lam, tol=opts.tol,
                                    on_step=on_step)
     live = coordinator.live_sites
-    if coordinator.transport is None:  # the sites are here: read their group counts
-        n_groups = sum(s.glmm_rows.n_groups for s in live)
-        n_obs = sum(s.glmm_rows.n_rows for s in live) if coordinator.dropped else n_obs
-    else:
-        counts = coordinator.secure_sum("glmm-counts", lambda s: s.glmm_counts_vector())
-        n_obs, n_groups = int(round(counts[0])), int(round(counts[1]))
+    # the coordinator never reads a site's rows, in-process either: the counts are a sum
+    counts = coordinator.secure_sum("glmm-counts", lambda s: s.glmm_counts_vector())
+    n_obs, n_groups = int(round(counts[0])), int(round(counts[1]))
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded from the fit: "
                         + ", ".join(coordinator.dropped))

@@ -10,6 +10,7 @@ likelihood's curvature). Each raises :class:`PolicyRefused` with a code.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -75,18 +76,21 @@ def admit_round(policy: SitePolicy, site_name: str, params: Any, registry: Colle
 
 
 # ------------------------------------------------------------------ model
+@functools.lru_cache(maxsize=256)
 def _canonical_fixed(text: str) -> str:
     from formulaic import Formula
 
     return "".join(str(Formula(text)).split())
 
 
-def _variables(text: str) -> set[str]:
+@functools.lru_cache(maxsize=256)
+def _variables(text: str) -> frozenset[str]:
     from formulaic import Formula
 
-    return {str(v) for v in Formula(text).required_variables}
+    return frozenset(str(v) for v in Formula(text).required_variables)
 
 
+@functools.lru_cache(maxsize=256)
 def canonical_formula(text: str) -> str:
     """A formula as the site compares it: ``y~1+x1+x2+(1|g)`` (terms canonical, no spaces)."""
     from core_stats.design import parse_mixed_formula
@@ -146,12 +150,12 @@ def _theta_in_bounds(policy: SitePolicy, layout: Any, theta: np.ndarray) -> bool
         return False
     if np.any(np.abs(theta[layout.beta]) > policy.max_abs_beta):
         return False
-    logs = [theta[layout.p + k] for k, (r, c) in enumerate(layout.cholesky_entries())
-            if layout.log_scale(r, c)]
+    entries = layout.cholesky_entries() if layout.random_effects else []
+    cov = theta[layout.cov]
+    logs = [v for v, (r, c) in zip(cov, entries, strict=True) if layout.log_scale(r, c)]
     if layout.has_dispersion:
         logs.append(theta[layout.scale_index])
-    off = [theta[layout.p + k] for k, (r, c) in enumerate(layout.cholesky_entries())
-           if not layout.log_scale(r, c)]
+    off = [v for v, (r, c) in zip(cov, entries, strict=True) if not layout.log_scale(r, c)]
     if any(not policy.log_sd_min <= v <= policy.log_sd_max for v in logs):
         return False
     return all(abs(v) <= np.exp(policy.log_sd_max) for v in off)

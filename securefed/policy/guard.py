@@ -30,6 +30,9 @@ from securefed.policy.refusal import PolicyRefused, Refusal
 __all__ = ["SiteGuard", "Admitted", "POLICY_KEY", "RECORD_DIR_KEY"]
 
 POLICY_KEY, RECORD_DIR_KEY = "policy", "record-dir"
+#: node config: ``false`` skips fsync of the release record (the in-process loopback only,
+#: whose records are temporary)
+DURABLE_KEY = "record-durable"
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class SiteGuard:
     """One site's policy, registry names and release record."""
 
     def __init__(self, site_name: str, policy: SitePolicy, registry: Collection[str],
-                 key_holder: str | None = None, dp_delta: float = 1e-6) -> None:
+                 key_holder: str | None = None, dp_delta: float = 1e-6,
+                 durable: bool = True) -> None:
         if policy.record_dir is None:
             raise PolicyError("the policy has no record folder")
         self.site_name = str(site_name)
@@ -67,7 +71,7 @@ class SiteGuard:
         self.registry = frozenset(str(n) for n in registry)
         self.key_holder = key_holder
         self.dp_delta = float(dp_delta)
-        self.record = ReleaseRecord(policy.record_dir)
+        self.record = ReleaseRecord(policy.record_dir, durable)
 
     @classmethod
     def from_node_config(cls, config: Mapping[str, Any], registry: Collection[str]
@@ -76,7 +80,9 @@ class SiteGuard:
         name = str(config["site-name"])
         try:
             if POLICY_KEY in config:
-                policy = load_policy(str(config[POLICY_KEY]))
+                from securefed.transport.file_cache import load_cached
+
+                policy = load_cached(str(config[POLICY_KEY]), load_policy)
             else:
                 folder = config.get(RECORD_DIR_KEY) or (
                     Path(str(config["data-path"])).parent / "securefed-releases")
@@ -85,7 +91,8 @@ class SiteGuard:
             raise PolicyRefused(Refusal.POLICY_UNREADABLE) from None
         key_holder = config.get("ckks-key-holder")
         return cls(name, policy, registry, None if key_holder is None else str(key_holder),
-                   float(config.get("privacy-delta", 1e-6)))
+                   float(config.get("privacy-delta", 1e-6)),
+                   str(config.get(DURABLE_KEY, "true")).lower() != "false")
 
     def _refused(self, error: PolicyRefused, round_id: int, purpose: str) -> PolicyRefused:
         self.record.log_refusal(error.code, round_id, purpose)
@@ -94,12 +101,12 @@ class SiteGuard:
     def admit(self, params: Any, call: Any, call_text: str, setup_texts: Sequence[str],
               dp_query: Any = None) -> Admitted:
         """Check the round and the call (nothing computed yet); refuse or admit."""
-        from securefed.transport.calls import SiteCall
+        from securefed.transport.calls import parsed_call
 
         try:
             admit_round(self.policy, self.site_name, params, self.registry, dp_query,
                         self.dp_delta, self.key_holder)
-            setup = [SiteCall.from_json(t) for t in setup_texts if t]
+            setup = [parsed_call(t) for t in setup_texts if t]
             model = admit_call(self.policy, call, setup)
         except PolicyRefused as err:
             raise self._refused(err, params.round_id, params.purpose) from None

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["SitePolicy", "PolicyError", "DEFAULT_TEXT", "POLICY_FILE", "load_policy",
-           "write_default_policy"]
+           "policy_text", "write_default_policy"]
 
 POLICY_FILE = "policy.toml"
 LAYERS = ("secagg", "ckks", "none")
@@ -209,6 +209,20 @@ def load_policy(path: str | Path) -> SitePolicy:
             values[name] = _value(name, value)
     record = values.pop("record_dir", "releases")
     return SitePolicy(**values, record_dir=(path.parent / record).resolve())
+
+
+def policy_text(policy: SitePolicy) -> str:
+    """The TOML text of ``policy`` (:func:`load_policy` reads it back equal)."""
+    lines = ["# securefed site policy (written by securefed)"]
+    for section, table in _SECTIONS.items():
+        lines.append(f"\n[{section}]")
+        for key, name in table.items():
+            value = getattr(policy, name)
+            if name == "record_dir":
+                value = str(value) if value is not None else "releases"
+            value = list(value) if isinstance(value, tuple) else value
+            lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
 
 
 def write_default_policy(folder: str | Path, columns: tuple[str, ...] = ()) -> Path:

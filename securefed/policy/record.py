@@ -57,10 +57,11 @@ class _State:
 
 
 class ReleaseRecord:
-    """The record in ``folder`` (created 0700 if missing)."""
+    """The record in ``folder`` (created 0700 if missing); ``durable``: fsync each write."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, durable: bool = True) -> None:
         self.folder = Path(folder)
+        self.durable = durable
 
     @contextmanager
     def _locked(self) -> Iterator[_State]:
@@ -90,7 +91,8 @@ class ReleaseRecord:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(text)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if self.durable:
+                    os.fsync(handle.fileno())
             os.replace(tmp, self.folder / RECORD_FILE)
         except BaseException:
             if os.path.exists(tmp):

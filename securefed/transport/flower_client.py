@@ -32,6 +32,7 @@ Vectors are produced only by :func:`securefed.transport.release.release`.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -83,8 +84,9 @@ def _serve(stage: Stage, request: ConfigRecord, context: Context) -> dict:
 
 def _site_identity(context: Context):
     from securefed.keys import Identity
+    from securefed.transport.file_cache import load_cached
 
-    return Identity.load(_node(context, "identity-key"), _node(context, "site-name"))
+    return load_cached(_node(context, "identity-key"), Identity.load, _node(context, "site-name"))
 
 
 def _countersign(checkpoint: dict, log_text: str, context: Context) -> dict:
@@ -108,7 +110,11 @@ def _load_site(context: Context):
 
     from securefed.site import Site
     from securefed.transport.calls import SiteCall, apply_call
+    from securefed.transport.loopback import HELD_KEY, held_site
 
+    if HELD_KEY in context.node_config:  # an in-process run: the rows are in this process
+        return held_site(str(context.node_config[HELD_KEY]),
+                         [t for t in _state(context)["setup"] if t])
     site = Site(_node(context, "site-name"), pd.read_csv(Path(_node(context, "data-path"))))
     for text in _state(context)["setup"]:
         if text:
@@ -118,15 +124,15 @@ def _load_site(context: Context):
 
 def _keep_setup(texts: list[str], context: Context) -> None:
     """Remember setup calls; each replaces an earlier call of the same method."""
-    from securefed.transport.calls import RemoteCallError, SiteCall
+    from securefed.transport.calls import RemoteCallError, parsed_call
 
     state = _state(context)
     kept = [t for t in state["setup"] if t]
     for text in texts:
-        call = SiteCall.from_json(text)
+        call = parsed_call(text)
         if call.releases:
             raise RemoteCallError(f"Site.{call.method} releases a vector; it is not setup")
-        kept = [t for t in kept if SiteCall.from_json(t).method != call.method] + [text]
+        kept = [t for t in kept if parsed_call(t).method != call.method] + [text]
     state["setup"] = [""] + kept
 
 
@@ -134,10 +140,11 @@ def _identity(context: Context):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from securefed.keys import Identity, Registry, public_key_from_hex
+    from securefed.transport.file_cache import load_cached
 
     name = _node(context, "site-name")
-    identity = Identity.load(_node(context, "identity-key"), name)
-    registry = Registry.load(_node(context, "registry"))
+    identity = load_cached(_node(context, "identity-key"), Identity.load, name)
+    registry = load_cached(_node(context, "registry"), Registry.load)
     if registry.public_key_hex(name) != identity.public_key_hex:
         raise ValueError(f"the identity key is not the one registered for {name!r}")
     private = Ed25519PrivateKey.from_private_bytes(identity.export_private_key_raw())
@@ -147,9 +154,18 @@ def _identity(context: Context):
 def _keys(params: RoundParams, context: Context):
     from securefed.keys import COORDINATOR
 
-    private, registry, parse = _identity(context)
-    roster = {uid: parse(registry.public_key_hex(name)) for name, uid in params.sites.items()}
-    return private, roster, parse(registry.public_key_hex(COORDINATOR))
+    private, registry, _ = _identity(context)
+    roster = {uid: _public_key(registry.public_key_hex(name))
+              for name, uid in params.sites.items()}
+    return private, roster, _public_key(registry.public_key_hex(COORDINATOR))
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(public_key_hex: str):
+    """A registry entry as a key object (parsed once per process)."""
+    from securefed.keys import public_key_from_hex
+
+    return public_key_from_hex(public_key_hex)
 
 
 def _key_holder_node(context: Context):
@@ -166,8 +182,9 @@ def _guard(context: Context):
     """This site's policy guard, from its node config and its own registry."""
     from securefed.keys import Registry
     from securefed.policy.guard import SiteGuard
+    from securefed.transport.file_cache import load_cached
 
-    registry = Registry.load(_node(context, "registry"))
+    registry = load_cached(_node(context, "registry"), Registry.load)
     return SiteGuard.from_node_config(context.node_config, registry.parties)
 
 
