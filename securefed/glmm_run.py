@@ -170,7 +170,7 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, site_runtime
         from securefed.transport.loopback import loopback_rounds
 
         # the sites answer through the site runtime (the ClientApp handler, their policy)
-        with loopback_rounds({s.name: s._frame for s in sites}, protection) as rounds:
+        with loopback_rounds({s.name: s for s in sites}, protection) as rounds:
             return run_glmm_remote(opts, rounds, [s.name for s in sites],
                                    protection=protection, on_step=on_step,
                                    public_design=(fixed_spec, fixed_names, random_names),

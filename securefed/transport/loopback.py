@@ -34,28 +34,24 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pandas as pd
-
 from securefed.policy.model import SitePolicy, policy_text
 from securefed.site import Site
 
 __all__ = ["HELD_KEY", "held_site", "loopback_rounds", "policy_from_flags", "LoopbackGrid"]
 
 HELD_KEY = "held-site"
-_HELD: dict[str, tuple[pd.DataFrame, str, list]] = {}  # token -> (rows, name, [site, setup])
+_HELD: dict[str, tuple[Site, list[str]]] = {}  # token -> (the site, setup calls applied)
 
 
 def held_site(token: str, setup: list[str]) -> Site:
     """The held site of ``token`` with exactly the setup calls ``setup`` applied."""
     from securefed.transport.calls import apply_call, parsed_call
 
-    frame, name, cached = _HELD[token]
-    site, applied = cached if cached else (None, [])
-    if site is None or applied != setup[:len(applied)]:
-        site, applied = Site(name, frame), []
-    for text in setup[len(applied):]:
+    site, applied = _HELD[token]
+    start = len(applied) if applied == setup[:len(applied)] else 0  # a replaced setup call:
+    for text in setup[start:]:  # apply them all again (each one rebuilds what it prepares)
         apply_call(site, parsed_call(text))
-    cached[:] = [site, list(setup)]
+    _HELD[token] = (site, list(setup))
     return site
 
 
@@ -134,12 +130,12 @@ class _Rounds:
 
 
 @contextmanager
-def loopback_rounds(parts: Mapping[str, pd.DataFrame], protection: Any,
+def loopback_rounds(sites: Mapping[str, Site], protection: Any,
                     policy: SitePolicy | None = None) -> Iterator[_Rounds]:
     """Rounds over simulated sites, each served by the ClientApp handler.
 
-    ``parts``: each site's rows; ``protection``: ``secagg`` or ``none`` (the
-    engine's layer); ``policy``: every site's policy (default
+    ``sites``: each site (its rows never leave the object); ``protection``:
+    ``secagg`` or ``none`` (the engine's layer); ``policy``: every site's policy (default
     :func:`policy_from_flags`). Keys, registry, policy and release records live
     in a temporary folder removed on exit.
     """
@@ -155,7 +151,7 @@ def loopback_rounds(parts: Mapping[str, pd.DataFrame], protection: Any,
     with tempfile.TemporaryDirectory(prefix="securefed-loopback-", dir=where) as folder, \
             _task_identity():
         root = Path(folder)
-        parties = [Identity.generate(COORDINATOR), *(Identity.generate(n) for n in parts)]
+        parties = [Identity.generate(COORDINATOR), *(Identity.generate(n) for n in sites)]
         registry = Registry.of(*parties)
         registry.save(root / "registry.json")
         configs = {}
@@ -166,7 +162,7 @@ def loopback_rounds(parts: Mapping[str, pd.DataFrame], protection: Any,
             (root / name / "policy.toml").write_text(policy_text(
                 policy.with_record_dir(root / name / "releases")), encoding="utf-8")
             token = secrets.token_hex(8)
-            _HELD[token] = (parts[name], name, [])
+            _HELD[token] = (sites[name], [])
             tokens.append(token)
             configs[name] = {"site-name": name, HELD_KEY: token,
                              "identity-key": str(root / f"{name}.key"),
