@@ -1,97 +1,71 @@
-"""Formula to design matrices, split by site, with groups nested within sites.
+"""Mixed-model formulas read for a fit, and a site's rows grouped for the GLMM.
 
-A mixed-model formula names the outcome, the fixed effects and one
-random-effects term, as in lme4::
+A mixed-model formula names the outcome, the fixed effects and the
+random-effects terms, as in lme4::
 
     y ~ x1 + x2 + (1 | group)          random intercept
     y ~ x1 + (1 + x1 | group)          random intercept and slope
     y ~ x1 + (0 + x1 | group)          random slope only
+    y ~ x1 + (1 + x1 || group)         uncorrelated intercept and slope
 
-The fixed part is parsed with formulaic; terms are named as lme4 names them
-(``(Intercept)``, column names, ``period2`` for level 2 of a factor
-``period``). Every group must lie in exactly one site, so the marginal
-log-likelihood is a sum over sites.
+It is read by the project's own parser (:mod:`core_stats.formula`: data,
+never code) with R's semantics; design columns are named as lme4 names them.
+Every group must lie in exactly one site, so the marginal log-likelihood is
+a sum over sites.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
+
+from core_stats.formula import FormulaError, ModelFormula, RandomTerm, deparse, parse_formula
 
 __all__ = [
     "DesignError",
     "MixedFormula",
     "parse_mixed_formula",
-    "fixed_design",
     "GroupedRows",
     "grouped_rows",
 ]
 
-_RANDOM_TERM = re.compile(r"\(\s*([^()|]+?)\s*\|\s*([A-Za-z_.][\w.]*)\s*\)")
-
-
-class DesignError(ValueError):
-    """The formula or the data cannot make a valid design; the message says why."""
+DesignError = FormulaError  # one exception for every formula or design problem
 
 
 @dataclass(frozen=True)
 class MixedFormula:
-    """A parsed ``y ~ fixed + (random | group)`` formula."""
+    """A formula with at most one random-effects term (the fits' current scope)."""
 
-    outcome: str
-    fixed: str  # right-hand side of the fixed part, formulaic syntax
-    random: str | None  # left of the bar, e.g. "1" or "1 + x"
-    group: str | None
+    text: str
+    model: ModelFormula
 
     @property
-    def fixed_formula(self) -> str:
-        return f"{self.outcome} ~ {self.fixed}"
+    def outcome(self) -> str:
+        return deparse(self.model.response)
+
+    @property
+    def random(self) -> RandomTerm | None:
+        return self.model.random[0] if self.model.random else None
+
+    @property
+    def group(self) -> str | None:
+        return None if self.random is None else self.random.group_name
 
 
 def parse_mixed_formula(formula: str, *, require_random: bool = True) -> MixedFormula:
-    """Split a formula into outcome, fixed part and one random-effects term."""
-    if "~" not in formula:
-        raise DesignError(
-            f"formula {formula!r} has no '~': write it as 'y ~ x1 + x2 + (1 | group)'")
-    lhs, rhs = (part.strip() for part in formula.split("~", 1))
-    if not re.fullmatch(r"[A-Za-z_.][\w.]*", lhs):
-        raise DesignError(f"the outcome {lhs!r} must be a single column name")
-    terms = _RANDOM_TERM.findall(rhs)
-    if len(terms) > 1:
-        raise DesignError("only one random-effects term (... | group) is supported")
-    if require_random and not terms:
+    """Read ``formula``; refuse what the fits cannot mean yet, in one line."""
+    model = parse_formula(formula)
+    if require_random and not model.random:
         raise DesignError("the formula needs a random-effects term such as (1 | group)")
-    fixed = _RANDOM_TERM.sub("", rhs)
-    fixed = re.sub(r"\+\s*\+", "+", fixed).strip().strip("+").strip() or "1"
-    if "|" in fixed:
-        raise DesignError(f"cannot read the random-effects term in {formula!r}")
-    random, group = (terms[0] if terms else (None, None))
-    return MixedFormula(outcome=lhs, fixed=fixed, random=random, group=group)
-
-
-def _lme4_name(name: str) -> str:
-    """formulaic column name to lme4's: Intercept -> (Intercept), x[T.b] -> xb."""
-    if name == "Intercept":
-        return "(Intercept)"
-    match = re.fullmatch(r"(?:C\()?([\w.]+?)\)?\[T\.(.+)\]", name)
-    if match:
-        return f"{match.group(1)}{match.group(2)}"
-    return name
-
-
-def fixed_design(rhs: str, data: pd.DataFrame) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Model matrix of a right-hand side, with lme4 term names."""
-    from formulaic import model_matrix
-
-    try:
-        matrix = model_matrix(rhs, data, na_action="raise")
-    except Exception as err:  # formulaic raises many types; report one line
-        raise DesignError(f"cannot build the design for '{rhs}': {err}".splitlines()[0]) from None
-    names = tuple(_lme4_name(str(c)) for c in matrix.columns)
-    return np.asarray(matrix, dtype=float), names
+    if len(model.random) > 1:
+        kinds = "'||' splits a term into uncorrelated ones" if any(
+            not t.correlated for t in model.random) else "several grouping factors"
+        raise DesignError(f"only one random-effects term is supported yet ({kinds}): "
+                          "write a single (... | group)")
+    if not require_random and model.random:
+        raise DesignError("BFI formulas have no random-effects term: drop the '(... | group)'")
+    return MixedFormula(formula, model)
 
 
 @dataclass(frozen=True)
@@ -110,6 +84,8 @@ class GroupedRows:
     starts: np.ndarray
     group_of_row: np.ndarray
     size_buckets: tuple[tuple[np.ndarray, np.ndarray], ...]  # (group ids, row index matrix)
+    offset: np.ndarray | None = None  # a known term of each row's linear predictor (R's offset)
+    weights: np.ndarray | None = None  # prior weights (binomial: trials), as glmer's weights=
 
     @property
     def n_rows(self) -> int:
@@ -124,7 +100,9 @@ class GroupedRows:
         return np.hstack([self.X, self.Z])
 
 
-def grouped_rows(y: np.ndarray, X: np.ndarray, Z: np.ndarray, groups: np.ndarray) -> GroupedRows:
+def grouped_rows(y: np.ndarray, X: np.ndarray, Z: np.ndarray, groups: np.ndarray,
+                 offset: np.ndarray | None = None,
+                 weights: np.ndarray | None = None) -> GroupedRows:
     """Sort a site's rows by group and index them for per-group sums."""
     labels, codes = np.unique(np.asarray(groups), return_inverse=True)
     order = np.argsort(codes, kind="stable")
@@ -144,4 +122,6 @@ def grouped_rows(y: np.ndarray, X: np.ndarray, Z: np.ndarray, groups: np.ndarray
         starts=starts,
         group_of_row=codes,
         size_buckets=tuple(buckets),
+        offset=None if offset is None else np.ascontiguousarray(offset[order], dtype=float),
+        weights=None if weights is None else np.ascontiguousarray(weights[order], dtype=float),
     )

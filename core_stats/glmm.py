@@ -157,6 +157,8 @@ class _SiteEvaluator:
         self.G = rows.n_groups
         self.D = rows.D
         self.eta_fixed = rows.X @ self.theta[layout.beta]
+        if rows.offset is not None:
+            self.eta_fixed = self.eta_fixed + rows.offset
         self.lam = self._lambda_jets()
         self.scale_factor = self._scale_factor_jet()
 
@@ -191,8 +193,12 @@ class _SiteEvaluator:
         prior_const = -0.5 * self.layout.q * _LOG_2PI
         if self.layout.has_dispersion:
             s = self._param(self.layout.scale_index)
-            return s * (-sizes) + (-0.5 * _LOG_2PI * sizes + prior_const)
-        norm = np.add.reduceat(self.family.log_normalizer(rows.y), rows.starts)
+            const = -0.5 * _LOG_2PI * sizes + prior_const
+            if rows.weights is not None:
+                const = const + np.add.reduceat(
+                    self.family.log_normalizer(rows.y, rows.weights), rows.starts)
+            return s * (-sizes) + const
+        norm = np.add.reduceat(self.family.log_normalizer(rows.y, rows.weights), rows.starts)
         return Jet.constant(norm + prior_const, G, self.P)
 
     # ------------------------------------------------------------- row sums
@@ -236,7 +242,9 @@ class _SiteEvaluator:
 
     def _kernel(self, offsets: list[Jet], first: int) -> list[np.ndarray]:
         eta = self._eta(np.stack([c.val for c in offsets], axis=1))
-        return self.family.kernel_derivatives(self.rows.y, eta, first + 2)[first:]
+        derivs = self.family.kernel_derivatives(self.rows.y, eta, first + 2)[first:]
+        weights = self.rows.weights
+        return derivs if weights is None else [d * weights for d in derivs]
 
     # ---------------------------------------------------- h and its u-derivatives
     def score_u(self, u: list[Jet]) -> list[Jet]:
@@ -388,6 +396,8 @@ def _boundary_score(values: _SiteEvaluator) -> np.ndarray:
     rows = values.rows
     a = float(values.scale_factor.val[0])
     _, d1, d2 = values.family.kernel_derivatives(rows.y, values.eta_fixed, 2)
+    if rows.weights is not None:
+        d1, d2 = d1 * rows.weights, d2 * rows.weights
     s = np.add.reduceat(a * d1[:, None] * rows.Z, rows.starts, axis=0)
     curvature = (a * d2[:, None, None] * rows.Z[:, :, None] * rows.Z[:, None, :]).sum(axis=0)
     return 0.5 * (s.T @ s + curvature)

@@ -282,6 +282,13 @@ class _Fitter:
             if heading is None:
                 break
             column, face = heading
+            if face in self.rejected and self._above(res, self.rejected[face]):
+                # the face was fitted from elsewhere and stopped at a lower stationary
+                # point; fit it again from here, where the objective is already higher
+                found = self.boundary(lay, res.theta, column, face)
+                if isinstance(found, GLMMEstimate):
+                    return found
+                self.rejected[face] = found
             if face in self.rejected and lay.zero_columns:
                 return self.rejected[face]
             if face in self.rejected:
@@ -302,6 +309,11 @@ class _Fitter:
         if res.converged and not negative_semidefinite(res.terms.extra):
             return Rejected(lay, res.theta, res.terms.extra, res.terms.value)
         return self.finish(lay, res, singular=True)
+
+    @staticmethod
+    def _above(res: NewtonResult, rejected: Rejected) -> bool:
+        """Whether ``res`` is higher than a rejected face's optimum (beyond rounding)."""
+        return bool(res.terms.value > rejected.value + 1e-7 * (1.0 + abs(rejected.value)))
 
     def resume_point(self, lay: ParameterLayout, res: NewtonResult,
                      rejected: list[Rejected | None]) -> np.ndarray:

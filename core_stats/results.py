@@ -63,6 +63,9 @@ class GLMMFit:
             "loglik": self.loglik,
             "aic": self.aic,
             "bic": self.bic,
+            "deviance": -2.0 * self.loglik,
+            "df_resid": self.n_obs - len(self.theta),
+            "statistic": "t" if self.family == "gaussian" else "z",
             "converged": self.converged,
             "singular": self.singular,
             "rounds": self.rounds,
@@ -86,47 +89,11 @@ class GLMMFit:
         return _clean(out)
 
     def summary(self) -> str:
-        """A text summary in the layout of lme4's ``summary(glmer(...))``."""
-        method = ("Laplace Approximation" if self.nagq == 1
-                  else f"Adaptive Gauss-Hermite Quadrature (nAGQ = {self.nagq})")
-        lines = [
-            f"Generalized linear mixed model fit by maximum likelihood ({method})",
-            f" Family: {self.family}  ( {self.link} )",
-            f"Formula: {self.formula}",
-            f"Federated over {self.n_sites} sites; protection: {self.protection}",
-        ]
-        if self.penalty_lambda:
-            lines.append(f"L2 penalty lambda = {self.penalty_lambda:g} (intercept not penalised)")
-        lines += ["", f"{'AIC':>10} {'BIC':>10} {'logLik':>10}",
-                  f"{self.aic:10.1f} {self.bic:10.1f} {self.loglik:10.1f}", "",
-                  "Random effects:",
-                  f" {'Groups':<10} {'Name':<14} {'Std.Dev.':>9} {'95% CI':>20}"]
-        for re in self.random_effects:
-            ci = (f"[{re.ci_low:.4f}, {re.ci_high:.4f}]" if re.ci_low is not None else "")
-            lines.append(f" {re.group:<10} {re.term:<14} {re.sd:9.4f} {ci:>20}")
-        for c in self.correlations:
-            lines.append(f" Corr({c.term1}, {c.term2}) = {c.correlation:.3f}")
-        lines.append(f"Number of obs: {self.n_obs}, groups: {self.n_groups}, sites: {self.n_sites}")
-        lines += ["", "Fixed effects:",
-                  f"{'':<14} {'Estimate':>10} {'Std. Error':>10} {'z value':>8} {'Pr(>|z|)':>10}"
-                  f" {'2.5 %':>9} {'97.5 %':>9}"]
-        for fe in self.fixed_effects:
-            lines.append(f"{fe.term:<14} {fe.estimate:10.5f} {fe.std_error:10.5f} "
-                         f"{fe.z_value:8.3f} {_pformat(fe.p_value):>10} {fe.ci_low:9.4f} "
-                         f"{fe.ci_high:9.4f}")
-        status = "converged" if self.converged else f"NOT converged: {self.message}"
-        lines += ["", f"Rounds: {self.rounds} ({self.iterations} Newton steps), {status}"]
-        if self.singular:
-            lines.append("boundary (singular) fit: the random-effect variance is estimated as 0"
-                         if len(self.random_effects) <= 1 + (self.family == "gaussian") else
-                         "boundary (singular) fit: the random-effect covariance is singular "
-                         "(a variance at 0 or a correlation at ±1)")
-        lines += [f"warning: {w}" for w in self.warnings]
-        return "\n".join(lines)
+        """A text summary in the layout of lme4's ``summary(glmer(...))`` (see
+        :mod:`core_stats.summary`)."""
+        from core_stats.summary import glmm_summary
 
-
-def _pformat(p: float) -> str:
-    return "< 2e-16" if p < 2e-16 else f"{p:.3g}"
+        return glmm_summary(self)
 
 
 def _clean(value):

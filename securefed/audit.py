@@ -83,18 +83,26 @@ __all__ = [
 def run_start_payload(*, run_id: str, study_config_hash: str, model: str,
                       protection: Mapping[str, Any], registry: Registry,
                       sites: Sequence[str], budget: Mapping[str, float],
-                      coordinator: str = "coordinator") -> dict[str, Any]:
+                      coordinator: str = "coordinator",
+                      key_origin: str | None = None) -> dict[str, Any]:
     """Build a RUN_START payload; site and coordinator keys come from ``registry``.
+
+    ``key_origin`` (optional): ``"consortium"`` (persistent keys of the consortium's
+    registry) or ``"ephemeral"`` (keys made for this run, which nobody can pin).
 
     ``protection`` is ``{"layers": [{"name": ..., <parameters>}, ...]}``; ``budget``
     has per-site totals such as ``{"epsilon": 1.0, "delta": 1e-6}`` (floats are
     stored as ``repr`` strings).
     """
-    return {"run_id": run_id, "study_config_hash": study_config_hash, "model": model,
-            "protection": dict(protection),
-            "sites": {name: registry.public_key_hex(name) for name in sites},
-            "coordinator": coordinator, "coordinator_key": registry.public_key_hex(coordinator),
-            "registry_fingerprint": registry.fingerprint, "budget": dict(budget)}
+    payload = {"run_id": run_id, "study_config_hash": study_config_hash, "model": model,
+               "protection": dict(protection),
+               "sites": {name: registry.public_key_hex(name) for name in sites},
+               "coordinator": coordinator,
+               "coordinator_key": registry.public_key_hex(coordinator),
+               "registry_fingerprint": registry.fingerprint, "budget": dict(budget)}
+    if key_origin is not None:
+        payload["key_origin"] = key_origin
+    return payload
 
 
 class SaltStore:

@@ -26,8 +26,8 @@ from securefed.audit_verify import VerifyReport
 from securefed.canonical import decode_float
 from securefed.errors import InputError
 
-__all__ = ["AuditReport", "ReportFormat", "ReleaseLine", "SiteSummary", "build_report",
-           "render_report"]
+__all__ = ["AuditReport", "EntryLine", "ReportFormat", "ReleaseLine", "SiteSummary",
+           "build_report", "render_report"]
 
 
 class ReportFormat(enum.Enum):
@@ -51,6 +51,17 @@ class ReleaseLine:
     layers: tuple[str, ...]
     commitment: str
     epsilon_spent: str | None
+
+
+@dataclass(frozen=True)
+class EntryLine:
+    """One entry of the coordinator's log as listed in the report."""
+
+    seq: int
+    time: str
+    kind: str
+    actor: str
+    what: str
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,14 @@ class AuditReport:
     sites: tuple[SiteSummary, ...]
     releases: tuple[ReleaseLine, ...]
     verification: VerifyReport | None
+    entry_lines: tuple[EntryLine, ...] = ()
+
+    def first_bad_here(self) -> int | None:
+        """The seq of the first bad entry when it is in this log (not in a site log)."""
+        check = self.verification
+        if check is None or check.ok or check.bad_log != self.log:
+            return None
+        return check.first_bad_seq
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (floats as numbers: this is for reading, not for signing)."""
@@ -172,7 +191,27 @@ def _summarise(path: str, entries: list[Entry],
         study_config_hash=run["study_config_hash"], protection=layers,
         budget={k: str(v) for k, v in run["budget"].items()}, entries=len(entries),
         rounds=len(rounds), results=tuple(results), sites=tuple(summaries),
-        releases=tuple(releases), verification=verification)
+        releases=tuple(releases), verification=verification,
+        entry_lines=tuple(EntryLine(e.seq, e.time, e.kind.value, e.actor, _what(e))
+                          for e in entries))
+
+
+def _what(entry: Entry) -> str:
+    """A few words on an entry's content."""
+    payload = entry.payload
+    if entry.kind is EventKind.RELEASE:
+        record = payload["release"]
+        return f"{record['site']}: {record['vector_kind']}, round {record['round']}"
+    if entry.kind in (EventKind.ROUND_SPEC, EventKind.AGGREGATION):
+        return f"round {payload['round']}: {payload['vector_kind']}"
+    if entry.kind is EventKind.REFUSAL:
+        return f"round {payload['round']}: {payload['site']} ({payload['reason']})"
+    if entry.kind is EventKind.RESULT:
+        return f"{payload['result_kind']}: {payload['result_hash']}"
+    if entry.kind is EventKind.CHECKPOINT:
+        return "countersigned by " + (", ".join(sorted(payload["countersignatures"])) or
+                                      "no site")
+    return f"{payload.get('model', '')}, sites {', '.join(payload.get('sites', {}))}"
 
 
 def _layer_text(layer: Mapping[str, Any]) -> str:
@@ -232,9 +271,12 @@ def render_report(report: AuditReport, fmt: ReportFormat | str = ReportFormat.TA
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.3em .6em;
-text-align:left}th{background:#eee}code{font-size:.85em;word-break:break-all}
-.ok{background:#e6f4e6;padding:.6em}.bad{background:#fbe3e3;padding:.6em}"""
+.scroll{max-width:100%;overflow-x:auto;margin:1em 0}
+table{border-collapse:collapse;max-width:100%}td,th{border:1px solid #bbb;padding:.3em .6em;
+text-align:left;vertical-align:top;overflow-wrap:break-word}
+th{background:#eee}code{font-size:.85em;word-break:break-all}
+.ok{background:#e6f4e6;padding:.6em}.bad{background:#fbe3e3;padding:.6em}
+tr.untrusted td{background:#fbe3e3}tr.first-bad td{background:#f4b6b6;font-weight:bold}"""
 
 _GLOSSARY = [
     ("release", "one flat vector of numbers a hospital sent in one round; the coordinator "
@@ -249,14 +291,55 @@ _GLOSSARY = [
              "patient; smaller is more private. Spent figures are cumulative"),
     ("countersigned", "whether the hospital signed the final state of this log; without "
                       "its signature the log could have been rewritten afterwards"),
+    ("pinned", "checked against the fingerprint of the hospitals' public keys that they "
+               "agreed on beforehand, by a channel the coordinator does not control; a check "
+               "that is not pinned shows only that the log agrees with itself"),
+    ("marked in red", "the first entry that fails the check, and every entry after it: "
+                      "none of them can be trusted"),
 ]
 
 
-def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+def _html_table(headers: list[str], rows: list[list[str]],
+                classes: list[str] | None = None) -> str:
+    """A table inside a box that scrolls sideways, so the page never grows wider."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
-    return f"<table>{f'<tr>{head}</tr>' if headers else ''}{body}</table>"
+    marks = classes or [""] * len(rows)
+    body = "".join((f'<tr class="{mark}">' if mark else "<tr>")
+                   + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>"
+                   for row, mark in zip(rows, marks, strict=True))
+    return (f'<div class="scroll"><table>{f"<tr>{head}</tr>" if headers else ""}{body}'
+            "</table></div>")
+
+
+def _cell(text: str) -> str:
+    """A cell's HTML; a long unbroken token (a hash) may break anywhere, so it wraps."""
+    escaped = html.escape(text)
+    return f"<code>{escaped}</code>" if len(text) > 24 and " " not in text else escaped
+
+
+def _marks(seqs: list[int], first_bad: int | None) -> list[str]:
+    """Row classes: the first bad entry, and every entry after it (none can be trusted)."""
+    if first_bad is None:
+        return [""] * len(seqs)
+    return ["first-bad" if seq == first_bad else "untrusted" if seq > first_bad else ""
+            for seq in seqs]
+
+
+def _where_bad(report: AuditReport) -> str:
+    """A sentence on where the first bad entry is (empty when the log verifies)."""
+    check = report.verification
+    if check is None or check.ok:
+        return ""
+    first = report.first_bad_here()
+    if first is None:
+        return (f"<p>The first bad entry is seq {check.first_bad_seq} of "
+                f"<code>{html.escape(str(check.bad_log))}</code>; rows of this log are not "
+                "marked.</p>")
+    if first >= report.entries:
+        return (f"<p>Entries from seq {first} on are missing: the log was cut after its "
+                "last row below.</p>")
+    return (f"<p>The first bad entry, seq {first}, and everything after it are marked in "
+            "red: none of it can be trusted.</p>")
 
 
 def _html(report: AuditReport) -> str:
@@ -273,6 +356,12 @@ def _html(report: AuditReport) -> str:
                                                    sorted(report.budget.items())) or "none"],
              ["log entries / rounds", f"{report.entries} / {report.rounds}"],
              ["results", "; ".join(report.results) or "none"]]
+    first_bad = report.first_bad_here()
+    entry_rows = [[str(e.seq), e.time, e.kind, e.actor,
+                   ("FIRST BAD ENTRY: " if e.seq == first_bad else "") + e.what]
+                  for e in report.entry_lines]
+    entries = _html_table(["seq", "time", "kind", "written by", "what"], entry_rows,
+                          _marks([e.seq for e in report.entry_lines], first_bad))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>securefed audit report: {html.escape(report.run_id)}</title>
@@ -284,9 +373,11 @@ chained to the line before, so that any change, deletion or reordering is detect
 <p class="{'ok' if ok else 'bad'}"><b>Integrity check:</b> {html.escape(_status(report))}</p>
 <h2>The run</h2>{_html_table([], facts)}
 <h2>Per hospital</h2>{_html_table(_HEADERS, _site_rows(report))}
-<h2>Every release</h2>{_html_table(["log entry", "site", "round", "kind", "shape",
-                                     "values", "protection layers", "commitment (SHA-256)",
-                                     "ε spent"], releases)}
+<h2>Every release</h2>{_where_bad(report)}{_html_table(
+    ["log entry", "site", "round", "kind", "shape", "values", "protection layers",
+     "commitment (SHA-256)", "ε spent"], releases,
+    _marks([r.seq for r in report.releases], first_bad))}
+<h2>Every log entry</h2>{entries}
 <h2>Words used on this page</h2><dl>{glossary}</dl>
 </body></html>
 """

@@ -7,13 +7,18 @@ For ``--audit-log run.jsonl`` a run writes, next to it:
 * ``run.site-NAME.salts.jsonl`` — each site's private commitment salts (0600);
 * ``run.registry.json`` — the public keys of every party of this run.
 
-In-process, every party gets a fresh Ed25519 identity for the run (its
-private key is never written). Over a transport (:meth:`AuditTrail.start_remote`)
-the parties use their consortium identities: each site writes its own log and
-salts on its own disk and sends the coordinator only its signed release
-records and its checkpoint countersignature. Check the whole trail with::
+In-process, the parties sign with the consortium keys of ``securefed keygen``
+when given (:class:`~securefed.audit_keys.TrailKeys`, ``--site-keys DIR``), so a
+reviewer can pin the registry's fingerprint; otherwise every party gets a fresh
+Ed25519 identity for the run (its private key is never written), and the trail
+is only self-consistent: RUN_START records which (``key_origin``). Over a
+transport (:meth:`AuditTrail.start_remote`) the parties use their consortium
+identities: each site writes its own log and salts on its own disk and sends the
+coordinator only its signed release records and its checkpoint countersignature.
+Check the whole trail, pinned to the registry fingerprint the sites agreed on, with::
 
-    securefed audit verify run.jsonl --keys run.registry.json --site-log run.site-A.jsonl ...
+    securefed audit verify run.jsonl --keys run.registry.json --expect-fingerprint HEX \
+        --site-log run.site-A.jsonl ...
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from securefed.audit import (
     read_entries,
     run_start_payload,
 )
+from securefed.audit_keys import TrailKeys
 from securefed.audit_log import CheckpointRequest, Countersignature, SignedRelease
 from securefed.canonical import canonical_bytes
 from securefed.errors import InputError
@@ -60,6 +66,7 @@ class AuditTrail:
                  site_identities: dict[str, Identity],
                  countersign: Countersigner | None = None) -> None:
         self.path = path
+        self.registry = registry
         self._countersign = countersign
         self._coordinator = coordinator
         self._sites = sites
@@ -71,8 +78,13 @@ class AuditTrail:
 
     @classmethod
     def start(cls, path: str | Path, *, site_names: Sequence[str], model: str,
-              config: Mapping[str, Any], protection: Mapping[str, Any]) -> AuditTrail:
-        """Create every file of the trail and log RUN_START (refuses to overwrite)."""
+              config: Mapping[str, Any], protection: Mapping[str, Any],
+              keys: TrailKeys | None = None) -> AuditTrail:
+        """Create every file of the trail and log RUN_START (refuses to overwrite).
+
+        ``keys``: the consortium identities to sign with (the registry is copied next
+        to the log); without them every party gets a key made for this run.
+        """
         path = Path(path)
         if not path.parent.exists():
             raise InputError(f"cannot write the audit log: folder {path.parent} does not exist")
@@ -83,12 +95,16 @@ class AuditTrail:
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise InputError(f"{existing[0]} exists; audit logs are never overwritten")
-        coordinator = Identity.generate(COORDINATOR)
-        identities = {n: Identity.generate(n) for n in site_names}
-        registry = Registry.of(coordinator, *identities.values())
+        if keys is None:
+            coordinator = Identity.generate(COORDINATOR)
+            identities = {n: Identity.generate(n) for n in site_names}
+            registry, origin = Registry.of(coordinator, *identities.values()), "ephemeral"
+        else:
+            coordinator, identities = keys.coordinator, keys.for_sites(site_names)
+            registry, origin = keys.registry, "consortium"
         registry.save(registry_path)
         log, run_id, layers = _run_start(path, coordinator, registry, site_names, model, config,
-                                         protection)
+                                         protection, origin)
         sites = {}
         for name in site_names:
             log_path, salt_path = trail_paths(path, name)
@@ -120,8 +136,10 @@ class AuditTrail:
         return cls(path, coordinator, {}, registry, log, run_id, layers, {}, countersign)
 
     def remote_context(self) -> dict:
-        """What a remote site needs to log its release in this run."""
-        return {"run_id": self.run_id, "layers": self._layers}
+        """What a remote site needs to log its release in this run (and the registry
+        fingerprint the run was started under, which a site checks against its own)."""
+        return {"run_id": self.run_id, "layers": self._layers,
+                "registry_fingerprint": self._registry.fingerprint}
 
     def remote_release(self, payload: Mapping[str, Any]) -> None:
         """Log a remote site's signed release record (InvalidMessage if it does not verify)."""
@@ -183,7 +201,8 @@ class AuditTrail:
 
 def _run_start(path: Path, coordinator: Identity, registry: Registry,
                site_names: Sequence[str], model: str, config: Mapping[str, Any],
-               protection: Mapping[str, Any]) -> tuple[AuditLog, str, list[dict]]:
+               protection: Mapping[str, Any],
+               key_origin: str = "consortium") -> tuple[AuditLog, str, list[dict]]:
     """Create the coordinator's log with its RUN_START entry; the log, run id and layers."""
     run_id = secrets.token_hex(16)
     log = AuditLog.create(path)
@@ -191,7 +210,8 @@ def _run_start(path: Path, coordinator: Identity, registry: Registry,
     config_hash = hashlib.sha256(canonical_bytes(_plain(dict(config)))).hexdigest()
     log.append(EventKind.RUN_START, coordinator, run_start_payload(
         run_id=run_id, study_config_hash=config_hash, model=model,
-        protection={"layers": layers}, registry=registry, sites=list(site_names), budget={}))
+        protection={"layers": layers}, registry=registry, sites=list(site_names), budget={},
+        key_origin=key_origin))
     return log, run_id, layers
 
 

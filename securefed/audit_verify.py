@@ -21,8 +21,14 @@ told apart (``e`` the entry, ``s`` its successor):
     the signature does not verify, yet ``s`` (validly signed) vouches for ``e``'s
     content; or a site's release record is not signed by that site
 ``UNKNOWN_KEY``
-    an actor is not in the registry, or RUN_START names a key that differs from the
-    registry's
+    an actor is not in the registry, or RUN_START names a party the registry lacks
+``WRONG_REGISTRY``
+    RUN_START verifies under the coordinator key it lists itself, but the log names
+    keys this registry does not hold, or was started under a registry with another
+    fingerprint: an intact log checked against a wrong or substituted registry (not
+    an edit; :func:`securefed.audit_chain.registry_failure`)
+``FINGERPRINT_MISMATCH``
+    a fingerprint was expected and the registry does not have it
 ``REPLAYED``
     a release from another run, or the same release twice
 ``BAD_COUNTERSIGNATURE``
@@ -44,14 +50,16 @@ signature breaks only that entry, while a changed field also breaks the link.
 
 from __future__ import annotations
 
-import enum
-import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 
+from securefed.audit_chain import Chain as _Chain
+from securefed.audit_chain import Failure as _Failure
+from securefed.audit_chain import FailureReason, registry_failure, registry_from_run_start
+from securefed.audit_chain import first_failure as _first
+from securefed.audit_chain import load_chain as _load
 from securefed.audit_log import (
     PAYLOAD_KEYS,
     CheckpointRequest,
@@ -60,31 +68,11 @@ from securefed.audit_log import (
     EventKind,
     RefusalReason,
     SignedRelease,
-    parse_entry,
-    read_lines,
 )
-from securefed.canonical import ZERO_HASH
 from securefed.errors import InputError
-from securefed.keys import Registry, verify_signature
+from securefed.keys import Registry, parse_fingerprint, verify_signature
 
 __all__ = ["FailureReason", "VerifyReport", "verify_log"]
-
-
-class FailureReason(enum.Enum):
-    """Why a log does not verify (see the module docstring for how each is detected)."""
-
-    MALFORMED = "MALFORMED"
-    DELETED = "DELETED"
-    REORDERED = "REORDERED"
-    EDITED = "EDITED"
-    BAD_SIGNATURE = "BAD_SIGNATURE"
-    UNKNOWN_KEY = "UNKNOWN_KEY"
-    REPLAYED = "REPLAYED"
-    BAD_COUNTERSIGNATURE = "BAD_COUNTERSIGNATURE"
-    MISSING_COUNTERSIGNATURE = "MISSING_COUNTERSIGNATURE"
-    MISSING_CHECKPOINT = "MISSING_CHECKPOINT"
-    TRUNCATED = "TRUNCATED"
-    SITE_LOG_MISMATCH = "SITE_LOG_MISMATCH"
 
 
 @dataclass(frozen=True)
@@ -94,6 +82,10 @@ class VerifyReport:
     ``first_bad_seq`` and ``reason`` are ``None`` when ``ok``; ``bad_log`` is the
     file ``first_bad_seq`` refers to (the coordinator's log or a site log).
     ``keys_from`` is ``"registry"`` or ``"log"`` (keys taken from RUN_START itself).
+    ``pinned`` is the registry fingerprint the log was checked against when one was
+    expected (``None``: nothing pinned, the trail is only shown self-consistent);
+    ``key_origin`` is RUN_START's ``key_origin`` (``"consortium"``, ``"ephemeral"``,
+    or ``"unstated"`` in logs that predate it).
     """
 
     ok: bool
@@ -103,111 +95,32 @@ class VerifyReport:
     message: str
     bad_log: str | None = None
     keys_from: str = "registry"
+    pinned: str | None = None
+    key_origin: str = "unstated"
 
     def summary(self) -> str:
         """One line for a terminal."""
         if self.ok:
             return f"OK: {self.message}"
-        reason = self.reason.value if self.reason else "?"
+        reason = f"{self.reason.value} ({self.reason.meaning})" if self.reason else "?"
         return f"FAIL at seq {self.first_bad_seq} of {self.bad_log}: {reason}: {self.message}"
 
-
-@dataclass(frozen=True)
-class _Failure:
-    seq: int | None
-    reason: FailureReason
-    message: str
-    log: str
-
-
-class _Chain:
-    """One parsed log file and the keys its entries are checked against."""
-
-    def __init__(self, path: Path, entries: list[Entry], registry: Registry) -> None:
-        self.path, self.entries, self.registry = path, entries, registry
-
-    def fail(self, seq: int | None, reason: FailureReason, message: str) -> _Failure:
-        return _Failure(seq, reason, message, str(self.path))
-
-    def signed(self, entry: Entry) -> bool:
-        return entry.actor in self.registry and \
-            entry.signature_valid(self.registry.public_key_hex(entry.actor))
-
-    def walk(self, actor: str | None = None) -> _Failure | None:
-        """Check sequence numbers, links, actors and signatures; first failure or None."""
-        entries = self.entries
-        for i, entry in enumerate(entries):
-            if entry.seq != i:
-                elsewhere = any(other.seq == i for other in entries)
-                reason = FailureReason.REORDERED if elsewhere or entry.seq < i \
-                    else FailureReason.DELETED
-                return self.fail(i, reason, f"position {i} holds seq {entry.seq}")
-            if actor is not None and entry.actor != actor:
-                return self.fail(i, FailureReason.UNKNOWN_KEY,
-                                 f"entry by {entry.actor!r} in the log of {actor!r}")
-            if entry.actor not in self.registry:
-                return self.fail(i, FailureReason.UNKNOWN_KEY,
-                                 f"actor {entry.actor!r} is not in the registry")
-            expected = entries[i - 1].hash if i else ZERO_HASH
-            if entry.prev_hash != expected:
-                if not self.signed(entry):
-                    return self.fail(i, FailureReason.EDITED, "prev_hash or seq was altered")
-                if i == 0:
-                    return self.fail(0, FailureReason.DELETED, "entries before seq 0 are gone")
-                return self.fail(i - 1, FailureReason.EDITED,
-                                 f"seq {i} was signed after a different seq {i - 1}")
-            if not self.signed(entry):
-                return self._bad_signature(i)
-        return None
-
-    def _bad_signature(self, i: int) -> _Failure:
-        entry = self.entries[i]
-        other = [name for name, key in self.registry.parties.items()
-                 if name != entry.actor and entry.signature_valid(key)]
-        if other:
-            return self.fail(i, FailureReason.BAD_SIGNATURE,
-                             f"signed by {other[0]!r}, not by its actor {entry.actor!r}")
-        key = self.registry.public_key_hex(entry.actor)
-        moved = [e.seq for e in self.entries if e is not entry
-                 and verify_signature(key, entry.signature, e.signed_bytes())]
-        if moved:
-            return self.fail(i, FailureReason.BAD_SIGNATURE,
-                             f"carries the signature of seq {moved[0]}")
-        if i + 1 < len(self.entries):
-            successor = self.entries[i + 1]
-            if successor.prev_hash != entry.hash or not self.signed(successor):
-                return self.fail(i, FailureReason.EDITED,
-                                 "content differs from what its actor signed")
-        return self.fail(i, FailureReason.BAD_SIGNATURE,
-                         f"signature of {entry.actor!r} does not verify")
-
-
-def _load(path: Path) -> tuple[list[Entry], _Failure | None]:
-    """Parse a log; a first line that is not an entry is bad input, later ones MALFORMED."""
-    lines = read_lines(path)
-    entries: list[Entry] = []
-    for i, line in enumerate(lines):
-        try:
-            entries.append(parse_entry(line))
-        except ValueError as err:
-            if i == 0:
-                raise InputError(f"{path} is not a securefed audit log: {err}") from None
-            return entries, _Failure(i, FailureReason.MALFORMED, str(err), str(path))
-    return entries, None
-
-
-def _registry_from_run_start(entry: Entry) -> Registry:
-    payload = entry.payload
-    parties = dict(payload.get("sites", {}))
-    parties[payload["coordinator"]] = payload.get("coordinator_key", "")
-    try:
-        return Registry(MappingProxyType(parties))
-    except InputError as err:
-        raise InputError(f"RUN_START does not list usable keys: {err}") from None
+    def trust_warning(self) -> str | None:
+        """The warning line an intact but unpinned trail carries (``None`` when pinned)."""
+        if self.pinned is not None:
+            return None
+        if self.key_origin == "ephemeral":
+            return ("warning: nothing was pinned: this trail was signed with keys made for "
+                    "the run (no --site-keys), so it is only self-consistent; anyone able to "
+                    "rewrite the log and its registry could have re-signed it")
+        return ("warning: nothing was pinned: the trail is only self-consistent; pass "
+                "--expect-fingerprint HEX (the registry fingerprint the sites agreed on, "
+                "obtained out of band) to check who signed it")
 
 
 def verify_log(path: str | os.PathLike[str], registry: Registry | None = None,
-               site_logs: Iterable[str | os.PathLike[str]] = ()) -> VerifyReport:
+               site_logs: Iterable[str | os.PathLike[str]] = (), *,
+               expect_fingerprint: str | None = None) -> VerifyReport:
     """Verify a coordinator's audit log and, optionally, the sites' own logs.
 
     Parameters
@@ -219,6 +132,10 @@ def verify_log(path: str | os.PathLike[str], registry: Registry | None = None,
         used, which shows integrity but not who the parties are.
     site_logs : iterable of path-like
         Site logs to cross-check release by release and checkpoint by checkpoint.
+    expect_fingerprint : str, optional
+        The registry fingerprint obtained out of band (64 hex). The log verifies
+        only if ``registry`` has this fingerprint, RUN_START names it, and every
+        signature verifies under its keys (``FINGERPRINT_MISMATCH`` otherwise).
 
     Returns
     -------
@@ -230,9 +147,15 @@ def verify_log(path: str | os.PathLike[str], registry: Registry | None = None,
     Raises
     ------
     InputError
-        If a file is missing or is not an audit log at all.
+        If a file is missing or is not an audit log at all, or a fingerprint is
+        expected without a registry or is not 64 hex characters.
     """
     path = Path(path)
+    pinned = None
+    if expect_fingerprint is not None:
+        pinned = parse_fingerprint(expect_fingerprint, "--expect-fingerprint")
+        if registry is None:
+            raise InputError("--expect-fingerprint pins a registry: pass it with --keys")
     entries, malformed = _load(path)
     keys_from = "registry"
     if not entries:
@@ -243,36 +166,41 @@ def verify_log(path: str | os.PathLike[str], registry: Registry | None = None,
         if start.kind is not EventKind.RUN_START or "coordinator" not in start.payload:
             raise InputError(f"{path} does not start with RUN_START; pass the registry "
                              "(--keys) to find out what happened to it")
-        registry, keys_from = _registry_from_run_start(start), "log"
+        registry, keys_from = registry_from_run_start(start), "log"
     chain = _Chain(path, entries, registry)
-    failure = _first([chain.walk(), malformed, _check_run_start(chain)])
+    if pinned is not None and registry.fingerprint != pinned:
+        return _report(entries, chain.fail(
+            0, FailureReason.FINGERPRINT_MISMATCH,
+            f"the registry's fingerprint is {registry.fingerprint[:16]}..., not the expected "
+            f"{pinned[:16]}...: nothing in this trail chains to the registry the sites agreed "
+            "on"), keys_from)
+    failure = _first([registry_failure(chain, keys_from == "registry"), chain.walk(),
+                      malformed, _check_run_start(chain)])
     if failure is None:
         failure = _check_payloads(chain)
     if failure is not None:
         return _report(entries, failure, keys_from)
     others = [_check_site_log(chain, Path(site_log)) for site_log in site_logs]
     others.append(_check_end(chain))
-    return _report(entries, _first(others, str(path)), keys_from, len(others) - 1)
-
-
-def _first(failures: Sequence[_Failure | None], primary: str = "") -> _Failure | None:
-    """The failure with the lowest seq, those in the ``primary`` log first."""
-    found = [f for f in failures if f is not None]
-    if not found:
-        return None
-    return min(found, key=lambda f: (f.log != primary, math.inf if f.seq is None else f.seq))
+    return _report(entries, _first(others, str(path)), keys_from, len(others) - 1, pinned)
 
 
 def _report(entries: list[Entry], failure: _Failure | None, keys_from: str,
-            site_logs: int = 0) -> VerifyReport:
+            site_logs: int = 0, pinned: str | None = None) -> VerifyReport:
+    origin = "unstated"
+    if entries and entries[0].kind is EventKind.RUN_START:
+        origin = str(entries[0].payload.get("key_origin", "unstated"))
     if failure is None:
         final = entries[-1].payload["countersignatures"]
+        trust = f"pinned to registry {pinned}" if pinned else \
+            "nothing pinned: only self-consistent"
         message = (f"{len(entries)} entries, {site_logs} site log(s); every hash, link and "
                    f"signature holds; final checkpoint countersigned by "
-                   f"{', '.join(sorted(final)) or 'no site'}")
-        return VerifyReport(True, len(entries), None, None, message, None, keys_from)
+                   f"{', '.join(sorted(final)) or 'no site'}; {trust}")
+        return VerifyReport(True, len(entries), None, None, message, None, keys_from, pinned,
+                            origin)
     return VerifyReport(False, len(entries), failure.seq, failure.reason, failure.message,
-                        failure.log, keys_from)
+                        failure.log, keys_from, None, origin)
 
 
 def _check_run_start(chain: _Chain) -> _Failure | None:

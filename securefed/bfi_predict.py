@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from core_stats import bfi
-from core_stats.design import fixed_design, parse_mixed_formula
 from core_stats.families import get_family
+from core_stats.formula import DesignSchema, FormulaError, predictor_matrix
 from securefed.bfi_run import BFIOptions, BFIReport, run_bfi
 from securefed.errors import InputError
 
@@ -41,10 +41,13 @@ def predict_rows(report: BFIReport, frame: pd.DataFrame, *, response: bool = Tru
     parameters, so ``frame`` must then hold the site column.
     """
     opts = report.options
-    formula = parse_mixed_formula(opts.formula, require_random=False)
     family = get_family(opts.family)
     data = _standardized(report, frame)
-    X, _ = fixed_design(formula.fixed, data)
+    schema = report.schema or DesignSchema(opts.formula)
+    try:
+        X = predictor_matrix(schema, data)
+    except FormulaError as err:
+        raise InputError(f"--predict: {err}") from None
     out = np.empty(len(frame))
     if opts.site_column in frame.columns:
         sites = frame[opts.site_column].astype(str).to_numpy()

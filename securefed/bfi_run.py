@@ -18,11 +18,19 @@ import numpy as np
 import pandas as pd
 
 from core_stats import bfi
-from core_stats.design import DesignError, fixed_design, parse_mixed_formula
+from core_stats.design import DesignError, parse_mixed_formula
 from core_stats.families import Family, get_family
+from core_stats.formula import (
+    DesignSchema,
+    agree_schema,
+    fixed_column_names,
+    model_data,
+    variable_report,
+)
 from core_stats.standardize import StandardizeLayout
 from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.audit_keys import TrailKeys
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
@@ -57,6 +65,8 @@ class BFIOptions:
     compare_pooled: bool = False
     heterogeneity: tuple[str, ...] = ()
     level: float = 0.95
+    na_action: str = "omit"
+    link: str | None = None  # None: the family's canonical link
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class BFIReport:
     pooled_site_thetas: dict = field(default_factory=dict, repr=False)
     parameter_names: tuple[str, ...] = ()
     privacy: dict | None = None
+    schema: DesignSchema | None = None  # the agreed design (factor levels) for predictions
 
     def theta_for(self, site: str | None) -> np.ndarray:
         """The parameter vector that predicts for ``site`` (shared when homogeneous)."""
@@ -103,6 +114,8 @@ class BFIReport:
             "n_sites": self.n_sites,
             "n_obs": self.fit.n_obs,
             "formula": self.options.formula,
+            "factor_levels": {} if self.schema is None else
+            {k: list(v) for k, v in self.schema.factors},
             "stratify": list(self.options.stratify),
             "center_covariate": self.options.center_covariate,
             "protection": self.protection,
@@ -159,11 +172,11 @@ def _parse_model(opts: BFIOptions) -> tuple:
     """The formula and family of ``opts``, checked without any data."""
     try:
         formula = parse_mixed_formula(opts.formula, require_random=False)
-        family = get_family(opts.family)
+        family = get_family(opts.family, opts.link)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
-    if formula.group is not None:
-        raise InputError("BFI formulas have no random-effects term: drop the '(... | group)'")
+    if formula.model.offsets or formula.outcome.startswith("cbind("):
+        raise InputError("offset() and cbind() responses are not supported by BFI yet")
     if opts.lam <= 0:
         raise InputError("--lambda must be positive for BFI (it is the prior precision)")
     return formula, family
@@ -173,21 +186,45 @@ def _validate(frame: pd.DataFrame, opts: BFIOptions) -> tuple:
     formula, family = _parse_model(opts)
     if opts.center_covariate_kind not in ("categorical", "continuous"):
         raise InputError("--center-covariate-kind must be categorical or continuous")
-    from formulaic import Formula
-
-    variables = sorted(Formula(formula.fixed).required_variables)
-    columns = [formula.outcome, *variables, *opts.standardize]
-    if opts.center_covariate:
-        columns.append(opts.center_covariate)
-    for col in [opts.site_column, *columns]:
+    columns = [*opts.standardize] + ([opts.center_covariate] if opts.center_covariate else [])
+    for col in [opts.site_column, *formula.model.columns, *columns]:
         if col not in frame.columns:
-            raise InputError(f"column '{col}' is not in {frame.attrs.get('source', 'the data')}")
+            raise InputError(f"column '{col}' is not in {frame.attrs.get('source', 'the data')} "
+                             f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
     check_numeric_columns(frame, columns)
+    return formula, family
+
+
+def _complete_rows(parts: dict[str, pd.DataFrame], formula, opts: BFIOptions
+                   ) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """R's na.omit at each site: rows missing a model value are dropped and counted."""
+    used = list(formula.model.columns)
+    out, notes = {}, []
+    for name, part in parts.items():
+        incomplete = part[used].isna().any(axis=1)
+        if incomplete.any():
+            if opts.na_action == "fail":
+                raise InputError(f"site {name}: {int(incomplete.sum())} row(s) have missing "
+                                 "values in the model's columns (use --na-action omit)")
+            notes.append(f"site {name}: {int(incomplete.sum())} row(s) with missing values "
+                         "omitted")
+        out[name] = part.loc[~incomplete]
+    return out, notes
+
+
+def _schema(opts: BFIOptions, formula, family, parts: dict[str, pd.DataFrame]) -> DesignSchema:
+    """The agreed design (factor levels from every site's own report) and its outcome checks."""
     try:
-        family.check_outcome(frame[formula.outcome].to_numpy(dtype=float))
+        schema = agree_schema(opts.formula, [variable_report(formula.model, p)
+                                             for p in parts.values()])
+        outcome = np.concatenate([model_data(schema, p).y for p in parts.values()])
+    except DesignError as err:
+        raise InputError(str(err)) from None
+    try:
+        family.check_outcome(outcome)
     except ValueError as err:
         raise InputError(f"outcome '{formula.outcome}': {err}") from None
-    return formula, family
+    return schema
 
 
 def _standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
@@ -234,7 +271,8 @@ def _dp_standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
 
 
 def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum | None = None,
-            audit_log: str | Path | None = None, site_runtime: bool = True) -> BFIReport:
+            audit_log: str | Path | None = None,
+            audit_keys: TrailKeys | None = None, site_runtime: bool = True) -> BFIReport:
     """BFI over the sites named by ``opts.site_column`` (see module docstring).
 
     Every site is simulated in this process. A homogeneous model (no
@@ -243,15 +281,16 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
     with ``site_runtime``, through the site runtime: each site fits itself and
     answers through the ClientApp handler with its own keys and policy
     (:mod:`securefed.transport.loopback`). Otherwise the coordinator fits each
-    site's local model from its rows (the same result). A protocol abort or a
-    refused aggregate is logged (REFUSAL, then a countersigned checkpoint)
-    before the error propagates.
+    site's local model from its rows (the same result). ``audit_keys``: the
+    consortium identities that sign the trail at ``audit_log`` (default: keys
+    made for the run). A protocol abort or a refused aggregate is logged
+    (REFUSAL, then a countersigned checkpoint) before the error propagates.
     """
     created: list[Coordinator] = []
     try:
         if site_runtime and audit_log is None and _runtime_carries(opts, protection):
             return _run_bfi_runtime(frame, opts, protection or PlaintextSum())
-        return _run_bfi(frame, opts, protection, audit_log, created)
+        return _run_bfi(frame, opts, protection, audit_log, created, audit_keys)
     except ProtocolError as err:
         if created:
             created[0].abort_audit(err)
@@ -271,28 +310,32 @@ def _run_bfi_runtime(frame: pd.DataFrame, opts: BFIOptions, protection) -> BFIRe
     from securefed.transport.loopback import loopback_rounds
 
     started = time.perf_counter()
-    _validate(frame, opts)
-    parts = {str(k): v.reset_index(drop=True)
-             for k, v in frame.groupby(opts.site_column, sort=True)}
+    formula, family = _validate(frame, opts)
+    parts = {str(k): v for k, v in frame.groupby(opts.site_column, sort=True)}
     if not parts:
         raise InputError("no sites found")
+    parts, omitted = _complete_rows(parts, formula, opts)
+    schema = _schema(opts, formula, family, parts)
     warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
     with loopback_rounds({n: Site(n, p) for n, p in parts.items()}, protection) as rounds:
-        return run_bfi_remote(opts, rounds, list(parts), protection=protection,
-                              warnings=warnings, started=started)
+        return run_bfi_remote(opts, rounds, list(parts), protection=protection, schema=schema,
+                              warnings=warnings + omitted, started=started)
 
 
-def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
+def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIReport:
     started = time.perf_counter()
     formula, family = _validate(frame, opts)
     parts = {str(k): v for k, v in frame.groupby(opts.site_column, sort=True)}
     if len(parts) < 1:
         raise InputError("no sites found")
+    parts, omitted = _complete_rows(parts, formula, opts)
+    schema = _schema(opts, formula, family, parts)
     protection = protection or PlaintextSum()
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=list(parts), model="bfi",
-                                 config=asdict(opts), protection=describe_protection(protection))
+                                 config=asdict(opts), protection=describe_protection(protection),
+                                 keys=audit_keys)
     coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection, audit=audit)
     created.append(coordinator)
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
@@ -302,13 +345,14 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
         _check_dp(opts, family, privacy.options)
     count = _count_round(coordinator)
     parts = {s.name: parts[s.name] for s in coordinator.live_sites}
-    _, names = fixed_design(formula.fixed, frame.head(2))
+    names = fixed_column_names(schema)
     prior, combined = _priors(opts, family, names)
     guard = BFIGuard(count, prior, family) if privacy is None else _Unchecked()
     standardization = _standardize(coordinator, parts, opts.standardize, guard) \
         if opts.standardize else None
-    designs = {n: fixed_design(formula.fixed, p)[0] for n, p in parts.items()}
-    outcome = {n: p[formula.outcome].to_numpy(dtype=float) for n, p in parts.items()}
+    data = {n: model_data(schema, p) for n, p in parts.items()}
+    designs = {n: d.X for n, d in data.items()}
+    outcome = {n: d.y for n, d in data.items()}
     if privacy is None:
         locals_ = {}
         for name in parts:
@@ -318,6 +362,7 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
             except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
                 raise InputError(f"site {name}: the local fit failed ({err})") from None
         warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
+        warnings += omitted
     else:
         locals_ = _dp_local_fits(coordinator, designs, outcome, prior, names, family,
                                  bool(opts.standardize))
@@ -350,7 +395,7 @@ def _run_bfi(frame, opts, protection, audit_log, created) -> BFIReport:
         seconds=time.perf_counter() - started, site_thetas=site_thetas,
         timings=coordinator.timings(time.perf_counter() - started),
         parameter_names=full_names, pooled_site_thetas=pooled_thetas,
-        privacy=None if privacy is None else privacy.report())
+        privacy=None if privacy is None else privacy.report(), schema=schema)
     coordinator.finish_audit(report.to_dict(), "bfi")
     return report
 
@@ -620,8 +665,8 @@ def _het(row) -> dict:
 
 def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
                    protection: ProtectedSum, audit: AuditTrail | None = None,
-                   warnings: list[str] | None = None, started: float | None = None
-                   ) -> BFIReport:
+                   schema: DesignSchema | None = None, warnings: list[str] | None = None,
+                   started: float | None = None) -> BFIReport:
     """Homogeneous BFI over remote sites (e.g. Flower SuperNodes) through ``transport``.
 
     The same rounds as :func:`run_bfi` (count, optional pooled
@@ -642,11 +687,11 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
             raise InputError(f"{flag} is not available over a remote transport yet: it needs "
                              "per-site estimates or rows at the coordinator")
     formula, family = _parse_model(opts)
-    from formulaic import Formula
-
-    schema = pd.DataFrame({v: [0.0, 1.0, 2.0]
-                           for v in sorted(Formula(formula.fixed).required_variables)})
-    _, names = fixed_design(formula.fixed, schema)
+    schema = DesignSchema(opts.formula) if schema is None else schema
+    try:
+        names = fixed_column_names(schema)
+    except DesignError as err:
+        raise InputError(str(err)) from None
     coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
                               audit=audit, transport=transport)
     if coordinator.privacy is not None:
@@ -657,7 +702,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
         if family.name == "binomial" and "(Intercept)" not in names:
             raise InputError("binomial BFI under dp needs an intercept in the formula")
     try:
-        report = _bfi_remote(coordinator, opts, formula, family, names, started,
+        report = _bfi_remote(coordinator, opts, schema, family, names, started,
                              list(warnings or []))
     except ProtocolError as err:
         coordinator.abort_audit(err)
@@ -666,7 +711,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
     return report
 
 
-def _bfi_remote(coordinator, opts, formula, family, names, started, warnings) -> BFIReport:
+def _bfi_remote(coordinator, opts, schema, family, names, started, warnings) -> BFIReport:
     from securefed.site import BFISiteSpec
 
     privacy = coordinator.privacy
@@ -684,7 +729,7 @@ def _bfi_remote(coordinator, opts, formula, family, names, started, warnings) ->
                         for c, m, sd in zip(columns, std.mean, std.sd, strict=True))
         standardization = {"columns": list(columns), "mean": std.mean.tolist(),
                            "sd": std.sd.tolist()}
-    spec = BFISiteSpec(formula.outcome, formula.fixed, family, prior, tuple(names), scaling)
+    spec = BFISiteSpec(schema, family, prior, tuple(names), scaling)
     full_names = tuple(names) + ((SCALE_TERM,) if family.has_dispersion else ())
     layout = bfi.HomogeneousLayout(full_names, family)
     if privacy is None:
@@ -714,4 +759,4 @@ def _bfi_remote(coordinator, opts, formula, family, names, started, warnings) ->
         rounds=coordinator.round_id, seconds=time.perf_counter() - started,
         site_thetas={n: fit.estimate for n in live},
         timings=coordinator.timings(time.perf_counter() - started), parameter_names=fit.names,
-        privacy=None if privacy is None else privacy.report())
+        privacy=None if privacy is None else privacy.report(), schema=schema)

@@ -8,8 +8,11 @@ Register in :func:`securefed.cli._register`::
 which is ``app.add_typer(audit_app, name="audit")`` and ``app.command("keygen")(keygen)``,
 done once even if ``_register`` runs again.
 
-Exit codes: 0 the log verifies, 1 it does not (the first bad entry and why are
-printed), 2 bad input (:class:`securefed.errors.InputError`: missing file, not JSON).
+Exit codes (``verify`` and ``report`` alike, in every format): 0 the log verifies,
+1 it does not (the first bad entry and why are printed), 2 bad input
+(:class:`securefed.errors.InputError`: missing file, not JSON, a malformed
+fingerprint). An intact log checked without ``--expect-fingerprint`` exits 0 with
+a warning line on stderr: nothing was pinned, so the trail is only self-consistent.
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ from typing import Annotated
 import typer
 
 from securefed.audit_report import ReportFormat, build_report, render_report
-from securefed.audit_verify import verify_log
+from securefed.audit_verify import VerifyReport, verify_log
 from securefed.errors import InputError
-from securefed.keys import Identity, Registry, check_party_name
+from securefed.keys import Identity, Registry, check_party_name, key_fingerprint
 
 __all__ = ["audit_app", "keygen", "register"]
 
@@ -37,22 +40,38 @@ _KEYS_FROM_LOG = ("warning: no --keys registry given; keys were taken from the l
                   "RUN_START, which shows integrity but not who signed")
 
 
+_EXPECT_HELP = ("The registry fingerprint (64 hex) the sites agreed on, obtained out of "
+                "band: the log verifies only if the registry and every signature chain to it.")
+SiteLogs = Annotated[list[Path] | None, typer.Option(
+    "--site-log", help="A site's own log to cross-check (repeatable).")]
+Expect = Annotated[str | None, typer.Option("--expect-fingerprint", help=_EXPECT_HELP)]
+
+
 def _registry(keys: Path | None) -> Registry | None:
     return None if keys is None else Registry.load(keys)
+
+
+def _warn(report: VerifyReport) -> None:
+    """The warnings of a verification: keys from the log itself, nothing pinned."""
+    if report.keys_from == "log":
+        typer.echo(_KEYS_FROM_LOG, err=True)
+    warning = report.trust_warning() if report.ok else None
+    if warning is not None:
+        typer.echo(warning, err=True)
 
 
 @audit_app.command("verify")
 def verify(
     log: Annotated[Path, typer.Argument(help="The coordinator's audit log (JSON Lines).")],
-    site_log: Annotated[list[Path] | None, typer.Option(
-        "--site-log", help="A site's own log to cross-check (repeatable).")] = None,
+    site_log: SiteLogs = None,
     keys: Annotated[Path | None, typer.Option(
         "--keys", help="Consortium registry (registry.json) with every public key.")] = None,
+    expect_fingerprint: Expect = None,
 ) -> None:
     """Check every hash, link, signature and countersignature; exit 1 at the first bad entry."""
-    report = verify_log(log, _registry(keys), site_log or ())
-    if report.keys_from == "log":
-        typer.echo(_KEYS_FROM_LOG, err=True)
+    report = verify_log(log, _registry(keys), site_log or (),
+                        expect_fingerprint=expect_fingerprint)
+    _warn(report)
     typer.echo(report.summary())
     if not report.ok:
         sys.exit(1)
@@ -67,21 +86,49 @@ def report(
         "--out", help="Write here instead of standard output.")] = None,
     keys: Annotated[Path | None, typer.Option(
         "--keys", help="Registry to verify the log against before reporting.")] = None,
+    site_log: SiteLogs = None,
+    expect_fingerprint: Expect = None,
 ) -> None:
-    """Per site: releases, their kinds and sizes, dropouts, refusals, ε/δ spent vs budget."""
+    """Per site: releases, their kinds and sizes, dropouts, refusals, ε/δ spent vs budget.
+
+    The log is verified first; the exit code is that of ``audit verify`` (1 if it
+    does not verify), whatever the format, and the report marks the bad entries.
+    """
     formats = [choice.value for choice in ReportFormat]
     if fmt not in formats:
         raise InputError(f"--format {fmt!r}: choose one of {', '.join(formats)}")
-    verification = verify_log(log, _registry(keys))
-    text = render_report(build_report(log, verification), fmt)
+    verification = verify_log(log, _registry(keys), site_log or (),
+                              expect_fingerprint=expect_fingerprint)
+    try:
+        text = render_report(build_report(log, verification), fmt)
+    except InputError:
+        if verification.ok:
+            raise
+        typer.echo(f"cannot summarise a log that does not verify: {verification.summary()}")
+        sys.exit(1)
+    _warn(verification)
     if out is None:
         typer.echo(text)
-        return
-    try:
-        out.write_text(text, encoding="utf-8")
-    except OSError as err:
-        raise InputError(f"cannot write {out}: {err.strerror}") from None
-    typer.echo(f"wrote {out}")
+    else:
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise InputError(f"cannot write {out}: {err.strerror}") from None
+        typer.echo(f"wrote {out}")
+    if not verification.ok:
+        typer.echo(verification.summary(), err=True)
+        sys.exit(1)
+
+
+@audit_app.command("fingerprint")
+def fingerprint(
+    registry: Annotated[Path, typer.Argument(help="A registry file (registry.json).")],
+) -> None:
+    """Print a registry's full fingerprint (compare it out of band) and each key's."""
+    loaded = Registry.load(registry)
+    typer.echo(f"registry fingerprint: {loaded.fingerprint}")
+    for name, key in loaded.parties.items():
+        typer.echo(f"  {name}: key fingerprint {key_fingerprint(key)}")
 
 
 def keygen(
@@ -109,10 +156,15 @@ def keygen(
     private = identity.save_private_key(out / f"{name}.key")
     public = identity.save_public_key(out / f"{name}.pub")
     typer.echo(f"wrote {private} (private, mode 0600) and {public}")
+    typer.echo(f"key fingerprint of {name} (SHA-256 of its public key): {identity.fingerprint}")
     if current is not None and registry is not None:
         updated = current.add(name, identity.public_key_hex)
         updated.save(registry)
-        typer.echo(f"added {name} to {registry} (fingerprint {updated.fingerprint[:16]})")
+        typer.echo(f"added {name} to {registry}")
+        typer.echo(f"registry fingerprint (SHA-256 of its canonical parties): "
+                   f"{updated.fingerprint}")
+        typer.echo("compare it with every site's copy out of band before a run; pin it with "
+                   "audit verify --expect-fingerprint or a study's [audit] expect_fingerprint")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -18,12 +19,19 @@ from securefed.cli_fit import (
     DROP_ROUND,
     DROP_SITES,
     EPSILON,
+    EXPECT_FINGERPRINT,
+    LINK,
+    NA_ACTION,
     NEIGHBOURS,
     PRIVACY_LEDGER,
     PROTECT,
+    SITE_KEYS,
     THRESHOLD,
+    check_na_action,
     dp_options,
+    echo_trail_note,
     protection_options,
+    trail_keys,
     write_json,
 )
 from securefed.errors import InputError
@@ -90,7 +98,11 @@ def bfi(
         "e.g. age=18:70,experien=0:50 (values are clipped to it)."),
     privacy_ledger: Path = PRIVACY_LEDGER,
     audit_log: Path = AUDIT_LOG,
+    site_keys: Path = SITE_KEYS,
+    expect_fingerprint: str = EXPECT_FINGERPRINT,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
+    na_action: str = NA_ACTION,
+    link: str = LINK,
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Combine local MAP fits of a GLM in one shot (BFI)."""
@@ -98,17 +110,20 @@ def bfi(
     from securefed.data import read_table
     from securefed.protection import protection_for
 
+    keys = trail_keys(audit_log, site_keys, expect_fingerprint)
     frame = read_table(data)
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity, combined_lambda)
+    opts = replace(opts, na_action=check_na_action(na_action), link=link)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, 3, 8.0,
                     dp_min_contributors, privacy_ledger, dp_standardize_range)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
                               drop_phase, drop_round, dp)
     report = run_bfi(frame, opts, protection=protection_for(frame, site_column, prot, family),
-                     audit_log=audit_log)
+                     audit_log=audit_log, audit_keys=keys)
     typer.echo(report.summary())
+    echo_trail_note(audit_log, keys)
     if json_out is not None:
         write_json(json_out, report.to_dict())
     if predict is not None:

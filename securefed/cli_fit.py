@@ -10,6 +10,9 @@ import typer
 from securefed.errors import InputError
 
 FORMULA_HELP = "Model formula, lme4 style: 'y ~ x1 + x2 + (1 | group)'."
+LINK = typer.Option(None, "--link", help="binomial: logit (default), probit or cloglog.")
+NA_ACTION = typer.Option("omit", "--na-action", help="omit (as R: drop rows with a missing "
+                         "model value, counted per site) or fail.")
 PROTECT = typer.Option("none", "--protect", help="Protection layers, comma-separated: none, "
                        "secagg or ckks, plus dp (e.g. secagg,dp).")
 NEIGHBOURS = typer.Option(None, "--secagg-neighbours",
@@ -37,6 +40,33 @@ PRIVACY_LEDGER = typer.Option(None, "--privacy-ledger", help="DP: folder of the 
                               "persistent privacy ledgers (earlier runs count).")
 AUDIT_LOG = typer.Option(None, "--audit-log", help="Write a signed audit trail here "
                          "(plus per-site logs and a key registry beside it).")
+SITE_KEYS = typer.Option(None, "--site-keys", help="Sign the audit trail with the keys "
+                         "securefed keygen made: DIR holds coordinator.key, NAME.key per site "
+                         "and registry.json (without it: keys made for the run, unpinnable).")
+EXPECT_FINGERPRINT = typer.Option(None, "--expect-fingerprint", help="Refuse to run unless "
+                                  "--site-keys' registry has this fingerprint (64 hex).")
+
+
+def trail_keys(audit_log: Path | None, site_keys: Path | None, expect: str | None):
+    """The --site-keys identities (None without), checked against --expect-fingerprint."""
+    from securefed.audit_keys import load_trail_keys
+
+    if site_keys is None:
+        if expect is not None:
+            raise InputError("--expect-fingerprint pins the registry of --site-keys DIR: "
+                             "add --site-keys")
+        return None
+    if audit_log is None:
+        raise InputError("--site-keys signs the audit trail: add --audit-log FILE")
+    return load_trail_keys(site_keys, expect_fingerprint=expect)
+
+
+def echo_trail_note(audit_log: Path | None, keys) -> None:
+    """Say which keys signed the trail (and that throwaway keys pin nothing)."""
+    from securefed.audit_keys import trail_note
+
+    if audit_log is not None:
+        typer.echo(trail_note(keys))
 
 
 def protection_options(protect, neighbours, threshold, bound, drop_sites, drop_phase,
@@ -92,6 +122,12 @@ def parse_grid(text: str | None) -> tuple[float, ...]:
         raise InputError(f"--lambda-grid {text!r}: give numbers separated by commas") from None
 
 
+def check_na_action(value: str) -> str:
+    if value not in ("omit", "fail"):
+        raise InputError(f"--na-action {value!r}: choose omit or fail")
+    return value
+
+
 def write_json(path: Path, payload: dict) -> None:
     try:
         path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
@@ -103,6 +139,7 @@ def fit(
     data: Path = typer.Argument(..., help="CSV file with one row per observation."),
     formula: str = typer.Option(..., "--formula", help=FORMULA_HELP),
     family: str = typer.Option("binomial", "--family", help="binomial, poisson or gaussian."),
+    link: str = LINK,
     site_column: str = typer.Option(..., "--site-column", help="Column naming each row's site."),
     nagq: int = typer.Option(1, "--nagq", help="Gauss-Hermite nodes (1 = Laplace)."),
     lam: float = typer.Option(0.0, "--lambda", help="L2 penalty on non-intercept effects."),
@@ -125,8 +162,13 @@ def fit(
     dp_min_contributors: int = DP_MIN_CONTRIBUTORS,
     privacy_ledger: Path = PRIVACY_LEDGER,
     audit_log: Path = AUDIT_LOG,
+    site_keys: Path = SITE_KEYS,
+    expect_fingerprint: str = EXPECT_FINGERPRINT,
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     seed: int = typer.Option(None, "--seed", help="Seed for the validation split."),
+    na_action: str = NA_ACTION,
+    weights: str = typer.Option(None, "--weights", help="Column of prior weights (glmer's "
+                                "weights=; binomial: trials, with y the proportion)."),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
 ) -> None:
     """Fit a GLMM federated over the sites in SITE_COLUMN."""
@@ -134,15 +176,19 @@ def fit(
     from securefed.glmm_run import GLMMOptions
     from securefed.progress import run_with_progress
 
+    keys = trail_keys(audit_log, site_keys, expect_fingerprint)
     frame = read_table(data)
     opts = GLMMOptions(formula=formula, family=family, site_column=site_column, nagq=nagq,
-                       lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed)
+                       lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed,
+                       na_action=check_na_action(na_action), weights=weights, link=link)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, dp_rounds,
                     dp_group_clip, dp_min_contributors, privacy_ledger)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
                               drop_phase, drop_round, dp)
-    result = run_with_progress(frame, opts, protect=prot, quiet=quiet, audit_log=audit_log)
+    result = run_with_progress(frame, opts, protect=prot, quiet=quiet, audit_log=audit_log,
+                               audit_keys=keys)
     typer.echo(result.summary())
+    echo_trail_note(audit_log, keys)
     if json_out is not None:
         write_json(json_out, result.to_dict())
 

@@ -20,14 +20,23 @@ def run(
     study_file: Annotated[Path, typer.Argument(help="The study file (TOML).")],
     quiet: Annotated[bool, typer.Option(
         "--quiet", help="No progress; print only the summary.")] = False,
+    site_keys: Annotated[Path | None, typer.Option(
+        "--site-keys", help="Sign the audit trail with securefed keygen's keys: DIR holds "
+        "coordinator.key, NAME.key per site and registry.json (replaces [audit] site_keys).")
+    ] = None,
+    expect_fingerprint: Annotated[str | None, typer.Option(
+        "--expect-fingerprint", help="Refuse to run unless the registry has this "
+        "fingerprint (as [audit] expect_fingerprint).")] = None,
 ) -> None:
     """Run a study: every site in-process, then result.json, summary.txt and the audit trail."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from securefed.audit_keys import study_trail_keys
     from securefed.study import load_study, run_study
 
     study = load_study(study_file)
+    study_trail_keys(study, site_keys, expect_fingerprint)  # refused before any progress
     console = Console(stderr=True, quiet=quiet)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console, disable=quiet, transient=True) as progress:
@@ -49,17 +58,20 @@ def run(
             progress.console.print(f"Newton step {step.iteration}: logLik {step.value:.6f}, "
                                    f"max |gradient| {step.max_abs_gradient:.2e}", highlight=False)
 
-        done = run_study(study, on_site=on_site, on_round=on_round, on_step=on_step)
+        done = run_study(study, on_site=on_site, on_round=on_round, on_step=on_step,
+                         site_keys=site_keys, expect_fingerprint=expect_fingerprint)
         progress.console.print(f"{done.result.get('rounds')} rounds over "
                                f"{done.result.get('n_sites')} sites", highlight=False)
     typer.echo(done.summary)
     if not quiet:
         log = _shown(done.audit_log)
         site_logs = " ".join(f"--site-log {_shown(p)}" for p in done.site_logs)
+        pin = "" if done.registry_fingerprint is None else \
+            f" --expect-fingerprint {done.registry_fingerprint}"
         console.print(f"wrote {', '.join(_shown(p) for p in done.files)} and the audit trail "
                       f"{log}\ncheck it: securefed audit verify {log} --keys "
-                      f"{_shown(done.audit_log.with_suffix('.registry.json'))} {site_logs}",
-                      highlight=False, soft_wrap=True)
+                      f"{_shown(done.audit_log.with_suffix('.registry.json'))}{pin} "
+                      f"{site_logs}", highlight=False, soft_wrap=True)
 
 
 def _shown(path: Path) -> str:

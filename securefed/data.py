@@ -39,6 +39,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise InputError(f"cannot parse {path} as CSV: {first}") from None
     if frame.shape[0] == 0:
         raise InputError(f"{path} has a header but no data rows")
+    header = pd.read_csv(path, header=None, nrows=1).iloc[0].astype(str).tolist()
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise InputError(f"{path} has more than one column named '{duplicated[0]}': "
+                         "rename them so each column name is unique")
     frame.attrs["source"] = str(path)
     return frame
 
@@ -56,7 +61,7 @@ def check_numeric_columns(frame: pd.DataFrame, columns: Iterable[str]) -> None:
             bad = np.flatnonzero(numeric.isna() & values.notna())
             if bad.size:
                 raise InputError(f"column '{col}' of {source} has text where a number is "
-                                 f"expected: {values.iloc[bad[0]]!r} in row {bad[0] + 1}")
+                                 f"expected (first in row {bad[0] + 1})")
             values = numeric
         arr = values.to_numpy(dtype=float)
         bad = np.flatnonzero(~np.isfinite(arr))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,12 @@ import pandas as pd
 
 from core_stats.design import DesignError, parse_mixed_formula
 from core_stats.families import get_family
+from core_stats.formula import (
+    DesignSchema,
+    agree_schema,
+    fixed_column_names,
+    random_column_names,
+)
 from core_stats.glmm import ParameterLayout
 from core_stats.glmm_fit import GLMMEstimate, fit_glmm, starting_values
 from core_stats.inference import (
@@ -31,9 +37,9 @@ from core_stats.optimize import NewtonStep, SummedTerms
 from core_stats.results import GLMMFit
 from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.audit_keys import TrailKeys
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
-from securefed.data import check_numeric_columns
 from securefed.errors import InputError
 from securefed.plausibility import (
     check_design_summary,
@@ -64,6 +70,9 @@ class GLMMOptions:
     validation_fraction: float = 0.3
     seed: int | None = None
     tol: float = 1e-8
+    na_action: str = "omit"
+    weights: str | None = None  # a column of prior weights, as glmer's weights=
+    link: str | None = None  # None: the family's canonical link
 
 
 def _check_options(opts: GLMMOptions) -> None:
@@ -77,45 +86,64 @@ def _check_options(opts: GLMMOptions) -> None:
         raise InputError("the validation fraction must be between 0 and 1")
 
 
-def _check_frame(frame: pd.DataFrame, opts: GLMMOptions):
+def _check_frame(frame: pd.DataFrame, opts: GLMMOptions, sites: list[Site]):
+    """The formula, family and agreed design schema; bad input raises InputError."""
+    formula, family = _parse_model(opts)
+    group_columns = formula.model.group_columns
+    for col in (opts.site_column, *group_columns):
+        _require_column(frame, col)
     try:
-        formula = parse_mixed_formula(opts.formula)
-        family = get_family(opts.family)
-    except (DesignError, ValueError) as err:
+        schema = agree_schema(opts.formula, [s.variable_report(opts.formula) for s in sites])
+        checked = [s.outcome_for_checks(schema, opts.na_action, opts.weights) for s in sites]
+        outcomes = [y for y, _, _ in checked]
+        weighted = any(w is not None for _, w, _ in checked)
+        weights = np.concatenate([w for _, w, _ in checked]) if weighted else None
+    except DesignError as err:
         raise InputError(str(err)) from None
-    from formulaic import Formula
-
-    try:
-        variables = sorted(Formula(formula.fixed).required_variables
-                           | Formula(formula.random).required_variables)
-    except Exception as err:  # formulaic parse errors
-        raise InputError(f"cannot read the formula: {err}".splitlines()[0]) from None
-    for col in [formula.outcome, opts.site_column, formula.group, *variables]:
-        if col not in frame.columns:
-            raise InputError(f"column '{col}' is not in {frame.attrs.get('source', 'the data')} "
-                             f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
-    numeric = [formula.outcome] + [v for v in variables if _looks_numeric(frame[v])]
-    check_numeric_columns(frame, numeric)
-    for col in (opts.site_column, formula.group):
-        if frame[col].isna().any():
+    for col in (opts.site_column, *group_columns):
+        if frame[col].isna().any() and opts.na_action == "fail":
             raise InputError(f"column '{col}' has missing values")
     try:
-        family.check_outcome(frame[formula.outcome].to_numpy(dtype=float))
+        family.check_outcome(np.concatenate(outcomes), weights)
     except ValueError as err:
         raise InputError(f"outcome '{formula.outcome}': {err}") from None
-    sites_per_group = frame.groupby(formula.group)[opts.site_column].nunique()
+    groups = frame[list(group_columns)].astype(str).agg(":".join, axis=1)
+    complete = frame[list(group_columns)].notna().all(axis=1)
+    sites_per_group = frame.loc[complete, opts.site_column].groupby(groups[complete]).nunique()
     if (sites_per_group > 1).any():
-        bad = sites_per_group[sites_per_group > 1].index[0]
-        raise InputError(f"group {bad!r} of '{formula.group}' appears in more than one site: "
+        raise InputError(f"a group of '{formula.group}' appears in more than one site: "
                          f"groups must be nested within '{opts.site_column}'")
+    if sites_per_group.size < 2:
+        raise InputError(f"'{formula.group}' has a single group: a random effect needs at "
+                         "least two (lme4 refuses it too)")
+    omitted = {s.name: n for s, (_, _, n) in zip(sites, checked, strict=True) if n}
+    return formula, family, schema, omitted
+
+
+def _parse_model(opts: GLMMOptions):
+    try:
+        formula = parse_mixed_formula(opts.formula)
+        family = get_family(opts.family, opts.link)
+    except (DesignError, ValueError) as err:
+        raise InputError(str(err)) from None
+    weighted = _weighted(opts, formula)
+    if weighted and family.name != "binomial" and formula.outcome.startswith("cbind("):
+        raise InputError("cbind(successes, failures) is a binomial response: use "
+                         "--family binomial")
+    if weighted and opts.lambda_grid:
+        raise InputError("--lambda-grid with weights or cbind() is not supported yet: "
+                         "give --lambda")
     return formula, family
 
 
-def _looks_numeric(column: pd.Series) -> bool:
-    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
-        return True
-    parsed = pd.to_numeric(column, errors="coerce")
-    return bool(parsed.notna().mean() > 0.5)
+def _weighted(opts: GLMMOptions, formula) -> bool:
+    return opts.weights is not None or formula.outcome.startswith("cbind(")
+
+
+def _require_column(frame: pd.DataFrame, col: str) -> None:
+    if col not in frame.columns:
+        raise InputError(f"column '{col}' is not in {frame.attrs.get('source', 'the data')} "
+                         f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
 
 
 def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
@@ -137,7 +165,8 @@ def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
 
 def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum | None = None,
              on_step: Callable[[NewtonStep], None] | None = None,
-             audit_log: str | Path | None = None, site_runtime: bool = True) -> GLMMFit:
+             audit_log: str | Path | None = None,
+             audit_keys: TrailKeys | None = None, site_runtime: bool = True) -> GLMMFit:
     """Fit a GLMM federated over the sites named by ``opts.site_column``.
 
     Every site is simulated in this process. Where the site runtime carries
@@ -145,77 +174,75 @@ def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum
     site answers through the ClientApp handler with its own keys and policy
     (:mod:`securefed.transport.loopback`); otherwise the coordinator applies
     each round's closure to the sites' objects directly (the same rounds and
-    results). A protocol abort or a refused aggregate is logged (REFUSAL, then
-    a countersigned checkpoint) before the error propagates.
+    results). ``audit_keys``: the consortium identities that sign the trail at
+    ``audit_log`` (default: keys made for the run). A protocol abort or a
+    refused aggregate is logged (REFUSAL, then a countersigned checkpoint)
+    before the error propagates.
     """
     created: list[Coordinator] = []
     try:
-        return _run_glmm(frame, opts, protection, on_step, audit_log, created, site_runtime)
+        return _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
+                         site_runtime)
     except ProtocolError as err:
         if created:
             created[0].abort_audit(err)
         raise
 
 
-def _run_glmm(frame, opts, protection, on_step, audit_log, created, site_runtime) -> GLMMFit:
+def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
+              site_runtime) -> GLMMFit:
     started = time.perf_counter()
     _check_options(opts)
-    formula, family = _check_frame(frame, opts)
-    fixed_spec, fixed_names, random_names = _public_design(formula, frame)
+    _parse_model(opts)
+    _require_column(frame, opts.site_column)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
+    formula, family, schema, omitted = _check_frame(frame, opts, sites)
+    fixed_names, random_names = _public_design(schema)
     protection = protection or PlaintextSum()
-    design = GLMMSiteDesign(formula.outcome, fixed_spec, formula.random, formula.group,
-                            family, opts.nagq)
-    if site_runtime and audit_log is None and runtime_supports(protection, design):
+    warnings = [w for s in sites for w in s.warnings()]
+    warnings += [f"site {name}: {n} row(s) with missing values omitted"
+                 for name, n in omitted.items()]
+    source = frame.attrs.get("source")
+    if site_runtime and audit_log is None and runtime_supports(protection):
         from securefed.transport.loopback import loopback_rounds
 
         # the sites answer through the site runtime (the ClientApp handler, their policy)
         with loopback_rounds({s.name: s for s in sites}, protection) as rounds:
-            return run_glmm_remote(opts, rounds, [s.name for s in sites],
-                                   protection=protection, on_step=on_step,
-                                   public_design=(fixed_spec, fixed_names, random_names),
-                                   warnings=[w for s in sites for w in s.warnings()],
-                                   started=started)
+            fit = run_glmm_remote(opts, rounds, [s.name for s in sites],
+                                  protection=protection, on_step=on_step, schema=schema,
+                                  warnings=warnings, started=started)
+        return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
-                                 config=asdict(opts), protection=describe_protection(protection))
+                                 config=asdict(opts), protection=describe_protection(protection),
+                                 keys=audit_keys)
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
-    warnings = [w for s in sites for w in s.warnings()]
-    return _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names,
-                on_step, started, warnings)
+    fit = _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
+               on_step, started, warnings)
+    return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
 
 
-def runtime_supports(protection: ProtectedSum, design: GLMMSiteDesign | None = None) -> bool:
+def runtime_supports(protection: ProtectedSum) -> bool:
     """True if an in-process run with ``protection`` goes through the site runtime.
 
-    The runtime carries ``none`` and ``secagg`` (SecAgg+ included) without
-    DP and without simulated dropouts, and designs whose encoding can travel;
-    the other stacks (ckks, secagg,ckks, ...,dp) and audit trails still run in
-    the coordinator's process (the runtime does not carry them in-process yet).
+    The runtime carries ``none`` and ``secagg`` (SecAgg+ included) without DP
+    and without simulated dropouts in-process; the other stacks (ckks,
+    secagg,ckks, ...,dp), simulated drops and audit trails still run in the
+    coordinator's process.
     """
     if getattr(protection, "privacy", None) is not None or getattr(protection, "drop", None):
         return False
-    if getattr(protection, "name", None) not in ("none", "secagg"):
-        return False
-    if design is not None:
-        from securefed.transport.calls import SiteCall
-        from securefed.transport.codec import CodecError
-
-        try:
-            SiteCall("prepare_glmm", {"design": design}).to_json()
-        except CodecError:
-            return False
-    return True
+    return getattr(protection, "name", None) in ("none", "secagg")
 
 
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
                     protection: ProtectedSum,
                     on_step: Callable[[NewtonStep], None] | None = None,
-                    audit: AuditTrail | None = None, public_design: tuple | None = None,
-                    warnings: list[str] | None = None, started: float | None = None
-                    ) -> GLMMFit:
+                    audit: AuditTrail | None = None,
+                    schema: DesignSchema | None = None, warnings: list[str] | None = None,
+                    started: float | None = None) -> GLMMFit:
     """Fit a GLMM over remote sites (e.g. Flower SuperNodes) through ``transport``.
 
     The coordinator holds no rows: the public design comes from the formula
@@ -223,54 +250,37 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     as 0/1 columns); a site whose rows do not fit the design refuses the
     round. ``protection`` gives the layer's public parameters (the sites run
     it). Results equal :func:`run_glmm` on the pooled rows of the same sites.
-    ``public_design`` (an in-process run: the fixed-effect spec and term names
-    the consortium agreed on, e.g. with categorical levels) replaces the
-    design from the formula alone.
+    ``warnings``: the run's warnings so far; ``started``: when the run began.
     """
     started = time.perf_counter() if started is None else started
     _check_options(opts)
-    try:
-        formula = parse_mixed_formula(opts.formula)
-        family = get_family(opts.family)
-    except (DesignError, ValueError) as err:
-        raise InputError(str(err)) from None
-    fixed_spec, fixed_names, random_names = public_design or _public_design(formula, None)
+    formula, family = _parse_model(opts)
+    schema = DesignSchema(opts.formula) if schema is None else schema
+    fixed_names, random_names = _public_design(schema)
     from securefed.coordinator import RemoteSite
 
     coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
                               audit=audit, transport=transport)
     try:
-        return _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names,
+        return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
                     on_step, started, list(warnings or []))
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
 
 
-def _public_design(formula, frame: pd.DataFrame | None):
-    """The fixed-effect model spec and term names; without rows, from the formula alone."""
-    from formulaic import Formula, model_matrix
-
-    from core_stats.design import _lme4_name
-
-    if frame is None:
-        try:
-            variables = sorted(Formula(formula.fixed).required_variables
-                               | Formula(formula.random).required_variables)
-        except Exception as err:  # formulaic parse errors
-            raise InputError(f"cannot read the formula: {err}".splitlines()[0]) from None
-        frame = pd.DataFrame({v: [0.0, 1.0, 2.0] for v in variables})
-    fixed_mm = model_matrix(formula.fixed, frame, na_action="raise")
-    random_mm = model_matrix(formula.random, frame.head(1), na_action="raise")
-    return (fixed_mm.model_spec, tuple(_lme4_name(str(c)) for c in fixed_mm.columns),
-            tuple(_lme4_name(str(c)) for c in random_mm.columns))
+def _public_design(schema: DesignSchema) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Fixed-effect and random-effect column names, from the schema alone."""
+    try:
+        return fixed_column_names(schema), random_column_names(schema)[0]
+    except DesignError as err:
+        raise InputError(str(err)) from None
 
 
-def _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_names, on_step,
+def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, on_step,
          started, warnings) -> GLMMFit:
     """The federated part: the same rounds whether the sites are here or remote."""
-    design = GLMMSiteDesign(formula.outcome, fixed_spec, formula.random, formula.group,
-                            family, opts.nagq)
+    design = GLMMSiteDesign(schema, family, opts.nagq, opts.na_action, opts.weights)
     seed = opts.seed if opts.seed is not None else int(np.random.default_rng().integers(2**62))
 
     def prepare(keep: np.ndarray | None, fraction: float) -> None:
@@ -278,11 +288,15 @@ def _fit(coordinator, opts, formula, family, fixed_spec, fixed_names, random_nam
 
     prepare(None, 0.0)
     if coordinator.privacy is not None:
+        if formula.model.offsets or _weighted(opts, formula) or not family.canonical:
+            raise InputError("offset(), weights, cbind() and non-canonical links under "
+                             "differential privacy are not supported yet")
         return _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names,
                             on_step, started)
     p = len(fixed_names)
     summary = coordinator.secure_sum("design-summary", lambda s: s.design_summary_vector())
-    checked = check_design_summary(summary, coordinator, family=family, fixed_names=fixed_names)
+    checked = check_design_summary(summary, coordinator, family=family, fixed_names=fixed_names,
+                                   weighted=_weighted(opts, formula))
     n_obs, sum_y, sum_y2 = summary[:3]
     xty, xtx = summary[3:3 + p], from_upper_triangle(summary[3 + p:], p)
     dropped_idx = _collinear_columns(xtx)

@@ -9,8 +9,19 @@ Public key, ``NAME.pub``
     The 32-byte raw Ed25519 public key as 64 lowercase hex characters and a newline.
 Registry, ``registry.json``
     ``{"format": "securefed-registry/1", "parties": {name: public key hex, ...},
-    "fingerprint": hex}`` where ``fingerprint = SHA-256(canonical JSON of parties)``;
-    a registry whose fingerprint does not match its parties is refused on load.
+    "fingerprint": hex}``; a registry whose fingerprint does not match its parties is
+    refused on load.
+
+Fingerprints (64 lowercase hex characters each)
+    *Registry fingerprint* = ``SHA-256(canonical_bytes(parties))``: the SHA-256 of the
+    canonical JSON (:mod:`securefed.canonical`: keys sorted, no spaces, UTF-8) of the
+    ``parties`` object alone, e.g. ``{"coordinator":"<64 hex>","site-a":"<64 hex>"}``
+    (public keys lowercase). ``format`` and ``fingerprint`` are not hashed, so the same
+    keys always give the same fingerprint. This is the value sites agree on out of
+    band and pin (``audit verify --expect-fingerprint``, a study's ``[audit]
+    expect_fingerprint``, a SuperNode's ``expect-fingerprint``): the stored field is
+    only a check against accidental edits, since anyone can recompute it.
+    *Key fingerprint* = ``SHA-256(raw 32-byte public key)`` (:func:`key_fingerprint`).
 
 A party name is 1-64 characters from ``A-Z a-z 0-9 . _ -`` (it names files); the
 coordinator's name is ``"coordinator"``.
@@ -44,6 +55,8 @@ __all__ = [
     "Registry",
     "UnknownPartyError",
     "check_party_name",
+    "key_fingerprint",
+    "parse_fingerprint",
     "public_key_from_hex",
     "verify_signature",
 ]
@@ -77,6 +90,25 @@ def public_key_from_hex(public_key_hex: str) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(raw)
     except (ValueError, TypeError):
         raise InputError(f"bad public key {public_key_hex!r}: expected 64 hex characters") from None
+
+
+def key_fingerprint(public_key_hex: str) -> str:
+    """SHA-256 of the raw 32-byte Ed25519 public key, as 64 lowercase hex characters."""
+    public_key_from_hex(public_key_hex)
+    return sha256_hex(bytes.fromhex(public_key_hex))
+
+
+def parse_fingerprint(text: str, what: str = "fingerprint") -> str:
+    """A pinned registry fingerprint: 64 hex characters (case and ``:``/spaces ignored).
+
+    Raises :class:`InputError` for anything else, a 16-character prefix included:
+    only the full SHA-256 pins a registry.
+    """
+    value = "".join(str(text).split()).replace(":", "").lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise InputError(f"{what} must be the registry's full fingerprint, 64 hex characters "
+                         f"(securefed keygen prints it); got {len(value)} characters")
+    return value
 
 
 def verify_signature(public_key_hex: str, signature_hex: str, message: bytes) -> bool:
@@ -168,6 +200,11 @@ class Identity:
         """The raw 32-byte public key as 64 lowercase hex characters."""
         return self._public_hex
 
+    @property
+    def fingerprint(self) -> str:
+        """The key's own fingerprint: SHA-256 of the raw public key (:func:`key_fingerprint`)."""
+        return key_fingerprint(self._public_hex)
+
     def sign(self, message: bytes) -> bytes:
         """Return the 64-byte Ed25519 signature of ``message``."""
         return self._private_key.sign(message)
@@ -246,7 +283,7 @@ class Registry:
 
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical JSON of ``parties`` (64 hex characters)."""
+        """SHA-256 of the canonical JSON of ``parties`` (64 hex; see the module docstring)."""
         return _fingerprint(dict(self.parties))
 
     def add(self, name: str, public_key_hex: str) -> Registry:

@@ -161,12 +161,13 @@ class DesignSummary:
     xty: np.ndarray
     xtx: np.ndarray
     tolerance: Tolerance
+    weighted: bool = False
 
     def restricted(self, keep: np.ndarray) -> DesignSummary:
         """The summary for the kept columns (collinear ones dropped)."""
         keep = np.asarray(keep, dtype=int)
         return DesignSummary(self.family, self.n, self.sum_y, self.sum_y2, self.xty[keep],
-                             self.xtx[np.ix_(keep, keep)], self.tolerance)
+                             self.xtx[np.ix_(keep, keep)], self.tolerance, self.weighted)
 
     def rss(self, beta: np.ndarray) -> float:
         """``||y - X beta||^2 = Syy - 2 beta'X'y + beta'X'X beta``, never below 0."""
@@ -176,7 +177,7 @@ class DesignSummary:
 
 
 def check_design_summary(total: np.ndarray, coordinator, *, family: Family,
-                         fixed_names: tuple[str, ...]) -> DesignSummary:
+                         fixed_names: tuple[str, ...], weighted: bool = False) -> DesignSummary:
     """Check the design-summary sum ``[n, Sy, Syy, X'y, triu(X'X)]``; return it unpacked.
 
     Checks (each true for any honest rows, summed over any sites):
@@ -193,6 +194,13 @@ def check_design_summary(total: np.ndarray, coordinator, *, family: Family,
     * ``binomial-outcome``: ``0 <= Sy <= n`` and ``Syy = Sy`` (``y`` in {0, 1}).
     * ``poisson-outcome``: ``Sy >= 0`` and ``Syy >= Sy`` (``y`` a whole count,
       so ``y^2 >= y``).
+
+    With prior weights ``w`` (``weighted``; binomial trials) every sum is
+    weighted: ``n = sum w``, ``Sy = sum w y``, ``Syy = sum w y^2``, ``X'WX``.
+    The Gram and moment checks hold for ``W^(1/2) [X, y]``; ``count`` asks a
+    whole number only of binomial trials; a binomial proportion has
+    ``0 <= Syy <= Sy <= n``. The GLMM-round bounds below then hold with ``G =
+    X'WX`` and ``n = sum w`` (each row's score and curvature scale by ``w``).
     """
     purpose = "design-summary"
     tol = Tolerance.of(coordinator)
@@ -203,7 +211,8 @@ def check_design_summary(total: np.ndarray, coordinator, *, family: Family,
     n, sum_y, sum_y2 = (float(v) for v in total[:3])
     xty, xtx = total[3:3 + p], from_upper_triangle(total[3 + p:], p)
     sites = len(coordinator.rounds[-1].contributors) if coordinator.rounds else 1
-    if not tol.whole(n) or n < sites - tol.absolute:
+    whole = tol.whole(n) or (weighted and family.name != "binomial")
+    if not whole or (n < sites - tol.absolute and not weighted):
         _refuse(purpose, "count", f"n = {n:.6g} is not a whole number >= {sites} sites")
     if "(Intercept)" in fixed_names:
         j = fixed_names.index("(Intercept)")
@@ -221,7 +230,9 @@ def check_design_summary(total: np.ndarray, coordinator, *, family: Family,
     if n * sum_y2 < sum_y**2 - tol.absolute * (n + 2 * abs(sum_y)) - DATA_RTOL * sum_y**2:
         _refuse(purpose, "outcome-moments", f"n sum y^2 = {n * sum_y2:.6g} < (sum y)^2")
     if family.name == "binomial":
-        if not (-tol.absolute <= sum_y <= n + tol.absolute) or not tol.close(sum_y2, sum_y):
+        moments = (-tol.absolute <= sum_y2 <= sum_y * (1 + DATA_RTOL) + tol.absolute) \
+            if weighted else tol.close(sum_y2, sum_y)
+        if not (-tol.absolute <= sum_y <= n + tol.absolute) or not moments:
             _refuse(purpose, "binomial-outcome",
                     f"need 0 <= sum y <= n and sum y^2 = sum y (sum y = {sum_y:.6g}, "
                     f"sum y^2 = {sum_y2:.6g}, n = {n:.6g})")
@@ -230,7 +241,7 @@ def check_design_summary(total: np.ndarray, coordinator, *, family: Family,
             _refuse(purpose, "poisson-outcome",
                     f"need sum y >= 0 and sum y^2 >= sum y (sum y = {sum_y:.6g}, "
                     f"sum y^2 = {sum_y2:.6g})")
-    return DesignSummary(family, n, sum_y, sum_y2, xty.copy(), xtx, tol)
+    return DesignSummary(family, n, sum_y, sum_y2, xty.copy(), xtx, tol, weighted)
 
 
 def _sigma(layout: ParameterLayout, theta: np.ndarray) -> float:
@@ -238,9 +249,12 @@ def _sigma(layout: ParameterLayout, theta: np.ndarray) -> float:
 
 
 def _loglik_upper(design: DesignSummary, layout: ParameterLayout, theta: np.ndarray) -> float:
-    """Largest log-likelihood an honest sum over at most ``n`` rows can have."""
+    """Largest log-likelihood an honest sum over at most ``n`` rows can have (none is
+    known for a weighted Gaussian model: a row's density grows with its weight)."""
     if design.family.name != "gaussian":
         return 0.0
+    if design.weighted:
+        return np.inf
     per_row = -0.5 * np.log(2.0 * np.pi * _sigma(layout, theta) ** 2)
     return float(max(per_row, design.n * per_row))
 
@@ -314,6 +328,8 @@ def check_glmm_terms(total: np.ndarray, design: DesignSummary, layout: Parameter
     hess = from_upper_triangle(total[1 + size:full], size)[:p, :p]
     gram = design.xtx
     scale = _gram_scale(gram)
+    if not family.canonical:
+        return  # the score and curvature bounds below are proven for canonical links only
     _check_gradient(purpose, design, layout, theta, grad, nagq)
     lower = upper_factor = None
     if family.name == "gaussian":
@@ -577,7 +593,7 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
             _refuse(purpose, "curvature-above-prior",
                     "the summed curvature minus the summed prior is not positive "
                     "semi-definite")
-    if family.name == "binomial" and intercept_cols:
+    if family.name == "binomial" and family.canonical and intercept_cols:
         mass = float(sum(above[c, c] for c in intercept_cols))
         if mass > n / 4.0 + tol.absolute * (len(intercept_cols) + 1) \
                 + DATA_RTOL * max(1.0, n):

@@ -9,7 +9,7 @@ from core_stats.results import GLMMFit
 
 
 def run_with_progress(frame: pd.DataFrame, opts, *, protect, quiet: bool,
-                      audit_log=None) -> GLMMFit:
+                      audit_log=None, audit_keys=None) -> GLMMFit:
     """Run a GLMM fit, logging each Newton step to stderr unless ``quiet``."""
     from rich.console import Console
 
@@ -24,4 +24,5 @@ def run_with_progress(frame: pd.DataFrame, opts, *, protect, quiet: bool,
                     f"max |gradient| {step.max_abs_gradient:.2e}, step {step.max_abs_step:.2e}")
 
     with console.status("fitting (federated rounds)...", spinner="dots"):
-        return run_glmm(frame, opts, protection=protection, on_step=on_step, audit_log=audit_log)
+        return run_glmm(frame, opts, protection=protection, on_step=on_step, audit_log=audit_log,
+                        audit_keys=audit_keys)

@@ -13,6 +13,7 @@ import pandas as pd
 
 from core_stats.design import GroupedRows, grouped_rows
 from core_stats.families import Family
+from core_stats.formula import DesignSchema
 from core_stats.glmm import ParameterLayout, site_terms
 from securefed.vectors import pack_terms, upper_triangle
 
@@ -24,14 +25,17 @@ TINY_SITE_ROWS = 10
 
 @dataclass(frozen=True)
 class GLMMSiteDesign:
-    """The public model spec a site needs to build its own design."""
+    """The public model spec a site needs to build its own design.
 
-    outcome: str
-    fixed_spec: object  # formulaic ModelSpec agreed by the consortium
-    random_rhs: str
-    group: str
+    ``schema`` is the formula text and the agreed factor levels: the site
+    re-reads the formula with the project's parser (data, never code).
+    """
+
+    schema: DesignSchema
     family: Family
     nagq: int
+    na_action: str = "omit"
+    weights: str | None = None  # the column of prior weights (glmer's weights=)
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,8 +47,7 @@ class BFISiteSpec:
     from the pooled standardisation round, applied to the site's rows first.
     """
 
-    outcome: str
-    fixed: str
+    schema: DesignSchema
     family: Family
     prior: np.ndarray
     names: tuple[str, ...]
@@ -99,6 +102,7 @@ class Site:
         self._validation: GroupedRows | None = None
         self._modes: dict[tuple[bool, int], np.ndarray] = {}
         self._design: GLMMSiteDesign | None = None
+        self._omitted = 0
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={len(self._frame)})"
@@ -123,22 +127,27 @@ class Site:
         model is then fitted on the training rows and the held-out rows serve
         model selection and AUC.
         """
-        from formulaic import model_matrix
+        from core_stats.formula import model_data
 
-        X = np.asarray(model_matrix(design.fixed_spec, self._frame, na_action="raise"), dtype=float)
-        if keep_columns is not None:
-            X = X[:, keep_columns]
-        Z = np.asarray(model_matrix(design.random_rhs, self._frame, na_action="raise"), dtype=float)
-        y = self._frame[design.outcome].to_numpy(dtype=float)
-        groups = self._frame[design.group].to_numpy()
+        data = model_data(design.schema, self._frame, na_action=design.na_action,
+                          weights_column=design.weights)
+        X = data.X if keep_columns is None else data.X[:, keep_columns]
+        (random,) = data.random
+        y, Z, groups = data.y, random.Z, random.groups
+        offset, weights = data.offset, data.weights
+        self._omitted = data.n_omitted
         self._validation = None
         if validation_fraction > 0:
             rng = np.random.default_rng() if seed is None else _site_seed(seed, self.name)
             held_out = rng.random(len(y)) < validation_fraction
-            self._validation = grouped_rows(y[held_out], X[held_out], Z[held_out],
-                                            groups[held_out])
+            self._validation = grouped_rows(
+                y[held_out], X[held_out], Z[held_out], groups[held_out],
+                None if offset is None else offset[held_out],
+                None if weights is None else weights[held_out])
             y, X, Z, groups = y[~held_out], X[~held_out], Z[~held_out], groups[~held_out]
-        self._rows = grouped_rows(y, X, Z, groups)
+            offset = None if offset is None else offset[~held_out]
+            weights = None if weights is None else weights[~held_out]
+        self._rows = grouped_rows(y, X, Z, groups, offset, weights)
         self._design = design
         self._modes.clear()
 
@@ -152,10 +161,15 @@ class Site:
         return np.array([float(rows.n_rows), float(rows.n_groups)])
 
     def design_summary_vector(self) -> np.ndarray:
-        """``[n, sum y, sum y^2, X'y, upper(X'X)]``: counts, start values, collinearity."""
+        """``[n, sum y, sum y^2, X'y, upper(X'X)]``: counts, start values, collinearity.
+
+        With prior weights ``w`` each sum is weighted (``n = sum w``, ``X'WX``).
+        """
         rows = self._require_rows()
-        return np.concatenate([[rows.n_rows, rows.y.sum(), rows.y @ rows.y], rows.X.T @ rows.y,
-                               upper_triangle(rows.X.T @ rows.X)])
+        w = np.ones(rows.n_rows) if rows.weights is None else rows.weights
+        wy = w * rows.y
+        return np.concatenate([[w.sum(), wy.sum(), wy @ rows.y], rows.X.T @ wy,
+                               upper_triangle(rows.X.T @ (w[:, None] * rows.X))])
 
     def dp_summary_vector(self, clip: float, outcome_bound: float) -> np.ndarray:
         """The design summary over clipped records, plus their count (see dp_statistics)."""
@@ -221,6 +235,8 @@ class Site:
                 if label in index:
                     b[g] = lam @ modes[index[label]]
         eta = val.X @ theta[layout.beta] + np.einsum("nr,nr->n", val.Z, b[val.group_of_row])
+        if val.offset is not None:
+            eta = eta + val.offset
         score = self._design.family.mean(eta)
         pos = np.histogram(score[val.y == 1], edges)[0]
         neg = np.histogram(score[val.y == 0], edges)[0]
@@ -255,18 +271,41 @@ class Site:
         return summary_vector(X, y, clip, outcome_bound, spec.family.name)
 
     def _bfi_design(self, spec: BFISiteSpec) -> tuple[np.ndarray, np.ndarray]:
-        from core_stats.design import fixed_design
+        from core_stats.formula import model_data
 
         frame = self._frame
         if spec.standardize:
             frame = frame.assign(**{c: (frame[c].to_numpy(dtype=float) - m) / s
                                     for c, m, s in spec.standardize})
-        X, names = fixed_design(spec.fixed, frame)
-        if tuple(names) != tuple(spec.names):
-            raise ValueError(f"site {self.name}: the design has columns {list(names)}, the "
-                             f"model {list(spec.names)} (code categorical covariates as "
-                             "numeric 0/1 columns)")
-        return X, frame[spec.outcome].to_numpy(dtype=float)
+        data = model_data(spec.schema, frame)
+        if tuple(data.fixed_names) != tuple(spec.names):
+            raise ValueError(f"site {self.name}: the design has columns {list(data.fixed_names)}, "
+                             f"the model {list(spec.names)}")
+        return data.X, data.y
+
+    def variable_report(self, formula: str) -> dict:
+        """Kinds and factor levels of ``formula``'s variables in this site's rows.
+
+        Labels of the categories present, never counts (see
+        :mod:`core_stats.formula.levels`).
+        """
+        from core_stats.formula import parse_formula, variable_report
+
+        return variable_report(parse_formula(formula), self._frame)
+
+    def outcome_for_checks(self, schema: DesignSchema, na_action: str = "omit",
+                           weights: str | None = None
+                           ) -> tuple[np.ndarray, np.ndarray | None, int]:
+        """The outcome under ``schema`` and the rows omitted (in-process input checks only)."""
+        from core_stats.formula import model_data
+
+        data = model_data(schema, self._frame, na_action=na_action, weights_column=weights)
+        return data.y, data.weights, data.n_omitted
+
+    @property
+    def n_omitted(self) -> int:
+        """Rows the last design dropped for missing values (R's na.omit)."""
+        return self._omitted
 
     def _require_rows(self) -> GroupedRows:
         if self._rows is None:

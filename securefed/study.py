@@ -44,10 +44,12 @@ PRIVACY_KEYS = {"epsilon": "number", "delta": "number", "clip": "number",
                 "outcome_bound": "number", "run_epsilon": "number", "rounds": "int",
                 "group_clip": "number", "min_contributors": "int", "ledger_dir": "str",
                 "standardize_ranges": "table"}
-SITE_KEYS = {"name": "str", "data": "str"}
+SITE_KEYS = {"name": "str", "data": "str", "key": "str"}
 OUTPUT_KEYS = {"dir": "str"}
+AUDIT_KEYS = {"site_keys": "str", "registry": "str", "coordinator_key": "str",
+              "expect_fingerprint": "str"}
 TOP_KEYS = {"title": "str", "model": "table", "protection": "table", "privacy": "table",
-            "sites": "tables", "output": "table"}
+            "sites": "tables", "output": "table", "audit": "table"}
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\[\]#]+?)\s*\]\]?\s*(#.*)?$")
 _KEY = re.compile(r"^\s*(\"[^\"]*\"|'[^']*'|[A-Za-z0-9_\-]+)\s*=")
@@ -61,6 +63,26 @@ class SiteSpec:
     data: Path | None  # None for a remote site: its data path is in its own node config
     data_as_written: str
     line: int
+    key: Path | None = None  # the site's signing key (``key =``), resolved
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    """``[audit]``: the keys that sign the trail and the registry fingerprint pinned.
+
+    Paths are resolved against the study file; ``None`` where not given.
+    """
+
+    site_keys: Path | None = None
+    registry: Path | None = None
+    coordinator_key: Path | None = None
+    expect_fingerprint: str | None = None
+    line: int = 1
+
+    @property
+    def signs(self) -> bool:
+        """Whether the study names persistent keys at all."""
+        return any(p is not None for p in (self.site_keys, self.registry, self.coordinator_key))
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,7 @@ class Study:
     required_columns: tuple[tuple[str, str, int], ...] = ()  # column, where named, line
     output_line: int = 1
     protection_line: int = 1
+    audit: AuditSpec = AuditSpec()
 
     def fail(self, line: int, message: str) -> NoReturn:
         """Raise the InputError ``FILE line N: message``."""
@@ -180,9 +203,37 @@ class _Parser:
             prot = replace(prot, dp=dp)
         output = self.table(doc.get("output", {}), OUTPUT_KEYS, "output")
         out_dir = (self.path.parent / output.get("dir", "out")).resolve()
+        audit = self.audit(doc.get("audit", {}), sites)
         return Study(self.path, kind, options, prot, layers, tuple(sites), out_dir,
                      doc.get("title", ""), columns, self.lines.key("output", 0, "dir"),
-                     self.lines.header("protection"))
+                     self.lines.header("protection"), audit)
+
+    def audit(self, table: dict, sites: list[SiteSpec]) -> AuditSpec:
+        """``[audit]``: key files (in-process runs) and the pinned registry fingerprint."""
+        from securefed.keys import parse_fingerprint
+
+        self.table(table, AUDIT_KEYS, "audit")
+        at = lambda key: self.lines.key("audit", 0, key)  # noqa: E731
+        if self.remote:
+            for key in ("site_keys", "registry", "coordinator_key"):
+                if key in table:
+                    self.fail(at(key), f"over Flower the keys are in the run config and each "
+                              f"SuperNode's node config: remove '{key}' from [audit]")
+        expect = table.get("expect_fingerprint")
+        if expect is not None:
+            try:
+                expect = parse_fingerprint(expect, "expect_fingerprint")
+            except InputError as err:
+                self.fail(at("expect_fingerprint"), str(err))
+        path = lambda key: None if key not in table else \
+            (self.path.parent / table[key]).resolve()  # noqa: E731
+        spec = AuditSpec(path("site_keys"), path("registry"), path("coordinator_key"), expect,
+                         self.lines.header("audit"))
+        keyed = [s for s in sites if s.key is not None]
+        if keyed and not spec.signs:
+            self.fail(keyed[0].line, f"site '{keyed[0].name}' names a key: add [audit] "
+                      "site_keys = DIR (or registry and coordinator_key) for the other keys")
+        return spec
 
     def model(self, model: dict) -> tuple[str, GLMMOptions | BFIOptions, tuple]:
         header = self.lines.header("model")
@@ -214,21 +265,13 @@ class _Parser:
         return kind, bfi, columns + tuple((c, k, at(k)) for c, k in named)
 
     def formula_columns(self, formula: str, kind: str, line: int) -> tuple:
-        from formulaic import Formula
-
         from core_stats.design import DesignError, parse_mixed_formula
 
         try:
             parsed = parse_mixed_formula(formula, require_random=kind == "glmm")
-            if kind == "bfi" and parsed.group is not None:
-                raise DesignError("BFI formulas have no random-effects term: drop the "
-                                  "'(... | group)'")
-            names = set(Formula(parsed.fixed).required_variables)
-            if parsed.random:
-                names |= set(Formula(parsed.random).required_variables) | {parsed.group}
-        except Exception as err:  # DesignError or a formulaic parse error
-            self.fail(line, f"formula: {str(err).splitlines()[0]}")
-        names = sorted(n for n in names | {parsed.outcome} if n != SITE_COLUMN)
+        except DesignError as err:
+            self.fail(line, f"formula: {err}")
+        names = sorted(n for n in parsed.model.columns if n != SITE_COLUMN)
         return tuple((n, "formula", line) for n in names)
 
     def glmm_options(self, m: dict, at) -> GLMMOptions:
@@ -282,10 +325,12 @@ class _Parser:
             for key in ("name",) if self.remote else ("name", "data"):
                 if key not in entry:
                     self.fail(header, f"this [[sites]] entry has no {key}")
-            if self.remote and "data" in entry:
-                self.fail(self.lines.key("sites", index, "data"),
-                          "over Flower each site's data path is in its own SuperNode's node "
-                          "config (data-path): remove 'data' from the study")
+            for key, what, where in (("data", "data path", "data-path"),
+                                     ("key", "signing key", "identity-key")):
+                if self.remote and key in entry:
+                    self.fail(self.lines.key("sites", index, key),
+                              f"over Flower each site's {what} is in its own SuperNode's node "
+                              f"config ({where}): remove '{key}' from the study")
             name, name_line = entry["name"], self.lines.key("sites", index, "name")
             try:
                 check_party_name(name)
@@ -307,7 +352,8 @@ class _Parser:
                 self.fail(data_line, f"site '{name}' uses the same data file as site "
                           f"'{files[data][0]}' (line {files[data][1]})")
             files[data] = (name, data_line)
-            specs.append(SiteSpec(name, data, entry["data"], data_line))
+            key = None if "key" not in entry else (self.path.parent / entry["key"]).resolve()
+            specs.append(SiteSpec(name, data, entry["data"], data_line, key))
         return specs
 
     def protection(self, prot: dict, sites: list[str]) -> tuple[ProtectionOptions, tuple]:
@@ -465,6 +511,7 @@ class StudyRun:
     files: tuple[Path, ...]
     audit_log: Path
     site_logs: tuple[Path, ...]
+    registry_fingerprint: str | None = None  # None: signed with keys made for the run
 
 
 class _Announcing:
@@ -522,7 +569,8 @@ def _trail(study: Study) -> tuple[Path, list[Path]]:
 
 
 def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
-              on_step: Any = None) -> StudyRun:
+              on_step: Any = None, site_keys: Path | None = None,
+              expect_fingerprint: str | None = None) -> StudyRun:
     """Load every site, fit the model over them in-process, write the outputs.
 
     Parameters
@@ -533,6 +581,9 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
         Progress callbacks: ``on_site(name, rows)`` after a site file is read,
         ``on_round(round_id, purpose, contributors, dropped)`` after each protected
         sum, ``on_step(NewtonStep)`` after each GLMM Newton step.
+    site_keys, expect_fingerprint : optional
+        ``--site-keys DIR`` and ``--expect-fingerprint HEX`` of ``securefed run``
+        (see :func:`securefed.audit_keys.study_trail_keys`).
 
     Returns
     -------
@@ -543,10 +594,12 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
     import json
     import time
 
+    from securefed.audit_keys import study_trail_keys, trail_note
     from securefed.protection import build_protection
 
     started = time.perf_counter()
     audit_log, _ = _trail(study)
+    keys = study_trail_keys(study, site_keys, expect_fingerprint)
     frame = load_sites(study, on_site)
     try:
         protection = build_protection(study.protection, sorted(s.name for s in study.sites),
@@ -561,11 +614,12 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
         from securefed.glmm_run import run_glmm
 
         fit = run_glmm(frame, study.options, protection=protection, on_step=on_step,
-                       audit_log=audit_log)
+                       audit_log=audit_log, audit_keys=keys)
     else:
         from securefed.bfi_run import run_bfi
 
-        fit = run_bfi(frame, study.options, protection=protection, audit_log=audit_log)
+        fit = run_bfi(frame, study.options, protection=protection, audit_log=audit_log,
+                      audit_keys=keys)
     fitted = time.perf_counter()
     site_logs = tuple(study.output_dir / f"audit.site-{s.name}.jsonl" for s in study.sites)
     result = fit.to_dict()
@@ -577,8 +631,10 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
         "protection": study_protection_json(study),
         "audit_log": audit_log.name, "site_logs": [p.name for p in site_logs],
         "registry": audit_log.with_suffix(".registry.json").name,
+        "registry_fingerprint": None if keys is None else keys.registry.fingerprint,
+        "key_origin": "ephemeral" if keys is None else "consortium",
     }
-    summary = fit.summary()
+    summary = fit.summary() + "\n" + trail_note(keys)
     summary_path, result_path = study.output_dir / "summary.txt", study.output_dir / "result.json"
     try:
         summary_path.write_text(summary + "\n", encoding="utf-8")
@@ -588,4 +644,5 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
                                encoding="utf-8")
     except OSError as err:
         raise InputError(f"cannot write to {study.output_dir}: {err.strerror}") from None
-    return StudyRun(result, summary, (result_path, summary_path), audit_log, site_logs)
+    return StudyRun(result, summary, (result_path, summary_path), audit_log, site_logs,
+                    None if keys is None else keys.registry.fingerprint)

@@ -77,30 +77,17 @@ def admit_round(policy: SitePolicy, site_name: str, params: Any, registry: Colle
 
 # ------------------------------------------------------------------ model
 @functools.lru_cache(maxsize=256)
-def _canonical_fixed(text: str) -> str:
-    from formulaic import Formula
-
-    return "".join(str(Formula(text)).split())
-
-
-@functools.lru_cache(maxsize=256)
-def _variables(text: str) -> frozenset[str]:
-    from formulaic import Formula
-
-    return frozenset(str(v) for v in Formula(text).required_variables)
-
-
-@functools.lru_cache(maxsize=256)
 def canonical_formula(text: str) -> str:
-    """A formula as the site compares it: ``y~1+x1+x2+(1|g)`` (terms canonical, no spaces)."""
-    from core_stats.design import parse_mixed_formula
+    """A formula as the site compares it: as written, without spaces (``y~x1+x2+(1|g)``)."""
+    return "".join(str(text).split())
 
-    if "|" in text:
-        parsed = parse_mixed_formula(text)
-        return (f"{parsed.outcome.strip()}~{_canonical_fixed(parsed.fixed)}"
-                f"+({''.join(parsed.random.split())}|{parsed.group.strip()})")
-    outcome, _, fixed = text.partition("~")
-    return f"{outcome.strip()}~{_canonical_fixed(fixed)}"
+
+@functools.lru_cache(maxsize=256)
+def _columns(formula_text: str) -> frozenset[str]:
+    """The data columns a formula reads (the project's parser: data, never code)."""
+    from core_stats.formula import parse_formula
+
+    return frozenset(parse_formula(formula_text).columns)
 
 
 def model_of(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None, set[str]]:
@@ -114,17 +101,16 @@ def model_of(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None, s
         if not designs:
             return None, None, set()  # the site refuses it anyway: no design was prepared
         design = designs[-1]
-        fixed = str(getattr(design.fixed_spec, "formula", design.fixed_spec))
-        formula = (f"{design.outcome}~{_canonical_fixed(fixed)}"
-                   f"+({''.join(design.random_rhs.split())}|{design.group})")
-        columns = ({design.outcome, design.group} | _variables(fixed)
-                   | _variables(design.random_rhs))
-        return formula, f"glmm|{formula}|{design.family.name}|{design.nagq}", columns
+        formula = canonical_formula(design.schema.formula)
+        columns = set(_columns(design.schema.formula)) | (
+            {design.weights} if design.weights else set())
+        key = f"glmm|{formula}|{design.schema.factors}|{design.family.name}|{design.nagq}"
+        return formula, key, columns
     if method in _BFI_METHODS:
         spec = kwargs["spec"]
-        formula = f"{spec.outcome}~{_canonical_fixed(spec.fixed)}"
-        columns = {spec.outcome} | _variables(spec.fixed) | {c for c, _, _ in spec.standardize}
-        return formula, f"bfi|{formula}|{spec.family.name}", columns
+        formula = canonical_formula(spec.schema.formula)
+        columns = set(_columns(spec.schema.formula)) | {c for c, _, _ in spec.standardize}
+        return formula, f"bfi|{formula}|{spec.schema.factors}|{spec.family.name}", columns
     if method == "standardize_vector":
         return None, None, {str(c) for c in kwargs["columns"]}
     return None, None, set()
@@ -135,13 +121,7 @@ def _approved(policy: SitePolicy, formula: str | None, columns: set[str]) -> boo
         return False
     if formula is None or not policy.formulas:
         return True
-    allowed = set()
-    for text in policy.formulas:
-        try:
-            allowed.add(canonical_formula(text))
-        except Exception:  # an unreadable approved formula approves nothing
-            continue
-    return formula in allowed
+    return formula in {canonical_formula(text) for text in policy.formulas}
 
 
 def _theta_in_bounds(policy: SitePolicy, layout: Any, theta: np.ndarray) -> bool:

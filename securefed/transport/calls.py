@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 
 from core_stats.families import Family, get_family
+from core_stats.formula import DesignSchema
 from core_stats.glmm import ParameterLayout
 from securefed.site import BFISiteSpec, GLMMSiteDesign, Site
 from securefed.transport.codec import (
-    CodecError,
     decode_value,
     encode_value,
     parse_json,
@@ -175,55 +175,31 @@ def apply_call(site: Site, call: SiteCall) -> np.ndarray | None:
 
 # ----------------------------------------------------------------- registry
 def _design_fields(design: GLMMSiteDesign) -> dict[str, Any]:
-    spec = design.fixed_spec
-    if getattr(spec, "transform_state", {}):
-        raise CodecError("stateful transforms in the fixed formula cannot travel to a site yet")
-    state = {}
-    for name, (kind, detail) in getattr(spec, "encoder_state", {}).items():
-        if kind.value == "numerical" and not detail:
-            state[name] = ("numerical", [])
-        elif kind.value == "categorical" and _plain_treatment(detail):
-            state[name] = ("categorical", list(detail["categories"]))
-        else:
-            raise CodecError(f"the encoding of {name!r} in the fixed formula cannot travel")
-    return {"outcome": design.outcome, "fixed_formula": str(getattr(spec, "formula", spec)),
-            "encoder_state": state, "random_rhs": design.random_rhs, "group": design.group,
-            "family": design.family.name, "nagq": design.nagq}
-
-
-def _plain_treatment(detail: Mapping[str, Any]) -> bool:
-    from formulaic.transforms.contrasts import TreatmentContrasts
-
-    contrasts = detail.get("contrasts")
-    return (set(detail) == {"categories", "contrasts"}
-            and type(getattr(contrasts, "contrasts", None)) is TreatmentContrasts
-            and repr(contrasts.contrasts.base) == "UNSET"
-            and list(contrasts.levels) == list(detail["categories"]))
+    return {"schema": design.schema, "family": design.family, "nagq": design.nagq,
+            "na_action": design.na_action, "weights": design.weights}
 
 
 def _design_from_fields(fields: dict[str, Any]) -> GLMMSiteDesign:
-    from formulaic import ModelSpec
-    from formulaic.parser.types.factor import Factor
-    from formulaic.transforms.contrasts import ContrastsState, TreatmentContrasts
-
-    state = {}
-    for name, (kind, levels) in dict(fields.pop("encoder_state")).items():
-        if kind == "numerical":
-            state[name] = (Factor.Kind.NUMERICAL, {})
-        elif kind == "categorical":
-            levels = list(levels)
-            state[name] = (Factor.Kind.CATEGORICAL, {
-                "categories": levels,
-                "contrasts": ContrastsState(contrasts=TreatmentContrasts(), levels=levels)})
-        else:
-            raise CodecError(f"unknown factor kind {kind!r}")
-    spec = ModelSpec(formula=fields.pop("fixed_formula"), encoder_state=state)
-    return GLMMSiteDesign(fixed_spec=spec, family=get_family(fields.pop("family")), **fields)
+    if not isinstance(fields["family"], Family):
+        raise ValueError("the design's family is not a family")
+    weights = fields.get("weights")
+    return GLMMSiteDesign(schema=fields["schema"], family=fields["family"],
+                          nagq=int(fields["nagq"]), na_action=str(fields["na_action"]),
+                          weights=None if weights is None else str(weights))
 
 
+def _schema_from_fields(fields: dict[str, Any]) -> DesignSchema:
+    schema = DesignSchema.from_fields(fields)
+    schema.parsed  # noqa: B018 - read the formula now: a formula that is not data is refused
+    return schema
+
+
+register_dataclass("core_stats.formula.DesignSchema", DesignSchema,
+                   lambda schema: schema.to_fields(), _schema_from_fields)
 register_dataclass("core_stats.glmm.ParameterLayout", ParameterLayout)
-register_dataclass("core_stats.families.Family", Family, lambda f: {"name": f.name},
-                   lambda fields: get_family(fields["name"]))
+register_dataclass("core_stats.families.Family", Family,
+                   lambda f: {"name": f.name, "link": f.link},
+                   lambda fields: get_family(fields["name"], fields.get("link")))
 register_dataclass("securefed.site.GLMMSiteDesign", GLMMSiteDesign, _design_fields,
                    _design_from_fields)
 register_dataclass("securefed.site.BFISiteSpec", BFISiteSpec)

@@ -63,7 +63,7 @@ def register_dataclass(name: str, cls: type,
 
     By default its dataclass fields travel and ``cls(**fields)`` rebuilds it;
     ``to_fields``/``from_fields`` replace that for classes holding a value the
-    codec does not carry (for example a formulaic model spec).
+    codec does not carry (for example a design schema read on arrival).
     """
     params = getattr(cls, "__dataclass_params__", None)
     if params is None or not params.frozen:

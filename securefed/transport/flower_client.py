@@ -18,6 +18,10 @@ The SuperNode's node config says who the site is and where its files are::
   computes, and every vector before it leaves (:mod:`securefed.policy.guard`).
   Without it the safe default applies, recording releases in ``record-dir``
   (default ``securefed-releases`` beside the data file).
+* ``expect-fingerprint`` (optional): the registry fingerprint the consortium
+  agreed on (64 hex, ``securefed keygen`` prints it); the site refuses to take
+  part if its ``registry`` file differs, and refuses any audited run started under
+  a registry other than its own (:func:`~securefed.transport.site_audit.check_registry`).
 
 A node whose config has ``ckks-key`` (the path of a secret CKKS context) is
 the CKKS key holder instead of a site: it holds no data and serves only the
@@ -90,10 +94,12 @@ def _site_identity(context: Context):
 
 
 def _countersign(checkpoint: dict, log_text: str, context: Context) -> dict:
+    from securefed.keys import Registry
     from securefed.transport.site_audit import countersign
 
     signature = countersign(_node(context, "audit-dir"), _site_identity(context), checkpoint,
-                            log_text)
+                            log_text, Registry.load(_node(context, "registry")),
+                            context.node_config)
     return {"countersignature": json.dumps(signature, sort_keys=True)}
 
 
@@ -194,6 +200,16 @@ def _dp_query(dp_text: str):
     return query_from_json(dp_text)[0] if dp_text else None
 
 
+def _check_registry(context: Context, audit: dict | None) -> None:
+    """Before anything is computed: the site's registry is its pinned one, and the run's."""
+    from securefed.keys import Registry
+    from securefed.transport.file_cache import load_cached
+    from securefed.transport.site_audit import check_registry
+
+    check_registry(load_cached(_node(context, "registry"), Registry.load), context.node_config,
+                   None if audit is None else audit.get("registry_fingerprint"))
+
+
 def _site_dp(context: Context, dp_text: str, params: RoundParams):
     """This site's DP terms for the round (its own budget; see ``site_privacy``)."""
     from securefed.transport.site_privacy import SiteDp
@@ -223,6 +239,7 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     from securefed.transport.secagg_state import export_site
 
     name = _node(context, "site-name")
+    _check_registry(context, audit)
     _keep_setup(setup, context)
     call = SiteCall.from_json(call_text)
     guard = _guard(context)  # the site's own policy decides before anything is computed

@@ -41,7 +41,7 @@ server_app = ServerApp()
 
 @server_app.main()
 def main(grid: Grid, context: Context) -> None:
-    from formulaic import ModelSpec
+    from core_stats.formula import DesignSchema
 
     config = context.run_config
     started = time.perf_counter()
@@ -51,8 +51,8 @@ def main(grid: Grid, context: Context) -> None:
         identity.export_private_key_raw()), registry, SecAggSum())
     sites = sorted(name for name in registry.parties if name not in (COORDINATOR, KEY_HOLDER))
     engine.wait_for_sites(sites, float(config.get("wait-seconds", 120)))
-    design = GLMMSiteDesign(str(config["outcome"]), ModelSpec(formula=str(config["fixed"])),
-                            "1", str(config["group"]), GAUSSIAN, 1)
+    formula = f"{config['outcome']} ~ {config['fixed']} + (1 | {config['group']})"
+    design = GLMMSiteDesign(DesignSchema(formula), GAUSSIAN, 1)
     engine.setup(record_call(lambda s: s.prepare_glmm(design), sites))
     result = engine.run_round(1, "smoke-design-summary",
                               record_call(lambda s: s.design_summary_vector(), sites), sites)

@@ -68,6 +68,7 @@ def run_study_over_flower(grid: Grid, config: Mapping[str, Any], observer=None) 
 def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from securefed.audit_keys import check_pinned
     from securefed.audit_trail import AuditTrail, describe_protection
     from securefed.errors import InputError
     from securefed.keys import COORDINATOR, Identity, Registry
@@ -92,6 +93,10 @@ def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
                        "holds no data and is not a site: remove it from [[sites]]")
     identity = Identity.load(str(config["coordinator-key"]), COORDINATOR)
     registry = Registry.load(str(config["registry"]))
+    try:  # the study pins the registry its sites agreed on
+        check_pinned(registry, study.audit.expect_fingerprint, str(config["registry"]))
+    except InputError as err:
+        study.fail(study.audit.line, str(err))
     missing = [n for n in (*names, *([key_holder] if key_holder else [])) if n not in registry]
     if missing:
         raise InputError(f"not in the registry {config['registry']}: {missing}")
@@ -125,7 +130,9 @@ def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
     result["study"] = {"file": str(study.path), "title": study.title,
                        "sites": [{"name": n} for n in names],
                        "protection": study_protection_json(study),
-                       "audit_log": "audit.jsonl", "registry": "audit.registry.json"}
+                       "audit_log": "audit.jsonl", "registry": "audit.registry.json",
+                       "registry_fingerprint": registry.fingerprint,
+                       "key_origin": "consortium"}
     result["transport"] = {"engine": "flower", "exchanges": len(engine.stage_log),
                            "seconds": round(time.perf_counter() - started, 3)}
     (study.output_dir / "summary.txt").write_text(fit.summary() + "\n", encoding="utf-8")

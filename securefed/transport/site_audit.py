@@ -12,6 +12,13 @@ coordinator's log; :func:`countersign` checks the coordinator's log against
 the site's own (chain, and this site's releases exactly as it logged them)
 before countersigning its head. The site signs with its consortium identity.
 Flower starts a fresh process per message, so both reopen the log each time.
+
+:func:`check_registry` is the site's pin: a node config may carry
+``expect-fingerprint`` (the registry fingerprint the consortium agreed on, 64
+hex); the site then refuses a registry file of its own that differs, and always
+refuses a run started under a registry other than its own copy (the
+fingerprint the coordinator states in each round, and the one its RUN_START
+names when the site countersigns).
 """
 
 from __future__ import annotations
@@ -21,12 +28,35 @@ from pathlib import Path
 
 import numpy as np
 
+from protocols.errors import InvalidMessage
 from securefed.audit import SiteLog
-from securefed.audit_log import CheckpointRequest, parse_entry
+from securefed.audit_log import CheckpointRequest, EventKind, parse_entry
 from securefed.audit_trail import trail_paths
-from securefed.keys import Identity, check_party_name
+from securefed.keys import Identity, Registry, check_party_name, parse_fingerprint
 
-__all__ = ["log_release", "countersign", "site_log_paths"]
+__all__ = ["check_registry", "countersign", "log_release", "site_log_paths"]
+
+
+def check_registry(registry: Registry, node_config: Mapping,
+                   run_fingerprint: object = None) -> None:
+    """Refuse (InvalidMessage) a registry other than the pinned one, or a run under another.
+
+    ``registry`` is this site's own copy; ``node_config`` may pin its fingerprint
+    (``expect-fingerprint``); ``run_fingerprint`` is the one the run states, if any.
+    A pinning site refuses a run that states none.
+    """
+    own = registry.fingerprint
+    if "expect-fingerprint" in node_config:
+        pinned = parse_fingerprint(str(node_config["expect-fingerprint"]), "expect-fingerprint")
+        if own != pinned:
+            raise InvalidMessage(f"this site's registry has fingerprint {own[:16]}..., not the "
+                                 f"pinned {pinned[:16]}... (expect-fingerprint): refusing")
+        if run_fingerprint is None:
+            raise InvalidMessage("the run does not state its registry fingerprint; this site "
+                                 "pins one: refusing")
+    if run_fingerprint is not None and run_fingerprint != own:
+        raise InvalidMessage(f"the run's registry {str(run_fingerprint)[:16]}... is not this "
+                             f"site's own copy ({own[:16]}...): refusing")
 
 
 def site_log_paths(audit_dir: str | Path, run_id: str, site: str) -> tuple[Path, Path]:
@@ -62,10 +92,20 @@ def log_release(audit_dir: str | Path, identity: Identity, vector: np.ndarray, r
 
 
 def countersign(audit_dir: str | Path, identity: Identity, checkpoint: Mapping,
-                log_text: str) -> dict:
-    """Check the coordinator's log lines and countersign ``checkpoint`` (InvalidMessage if not)."""
+                log_text: str, registry: Registry | None = None,
+                node_config: Mapping | None = None) -> dict:
+    """Check the coordinator's log lines and countersign ``checkpoint`` (InvalidMessage if not).
+
+    With ``registry`` (the site's own copy) the RUN_START the site countersigns must
+    name that registry's fingerprint (:func:`check_registry`, pinned by ``node_config``).
+    """
     request = CheckpointRequest(str(checkpoint["run_id"]), int(checkpoint["entry_count"]),
                                 str(checkpoint["head_hash"]))
     entries = [parse_entry(line.encode()) for line in log_text.splitlines() if line]
+    if registry is not None:
+        if not entries or entries[0].kind is not EventKind.RUN_START:
+            raise InvalidMessage("the coordinator's log does not start with RUN_START")
+        check_registry(registry, node_config or {},
+                       entries[0].payload.get("registry_fingerprint"))
     signature = _site_log(audit_dir, identity, request.run_id).countersign(request, entries)
     return {"site": signature.site, "signature": signature.signature}

@@ -84,3 +84,86 @@ def test_gauss_hermite_rule_integrates_polynomials() -> None:
     assert np.sum(w * nodes[:, 0] ** 2 * nodes[:, 1] ** 2) == pytest.approx(np.pi / 4)
     with pytest.raises(ValueError):
         gauss_hermite_rule(0, 1)
+
+
+def _assert_matches_finite_differences(rows, fam, layout, theta, nagq) -> None:
+    terms = site_terms(rows, fam, layout, theta, nagq=nagq)
+    eps, eye = 1e-5, np.eye(layout.size)
+
+    def value(t):
+        return site_terms(rows, fam, layout, t, nagq=nagq, derivatives=False).loglik
+
+    def grad(t):
+        return site_terms(rows, fam, layout, t, nagq=nagq).gradient
+
+    fd_grad = np.array([(value(theta + eps * e) - value(theta - eps * e)) / (2 * eps) for e in eye])
+    fd_hess = np.array([(grad(theta + eps * e) - grad(theta - eps * e)) / (2 * eps) for e in eye])
+    assert np.max(np.abs(terms.gradient - fd_grad)) < 1e-6 * (1.0 + np.abs(fd_grad).max())
+    assert np.max(np.abs(terms.hessian - fd_hess)) < 1e-6 * (1.0 + np.abs(fd_hess).max())
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson", "gaussian"])
+@pytest.mark.parametrize("nagq", [1, 3])
+def test_weighted_rows_with_an_offset_match_finite_differences(family: str, nagq: int) -> None:
+    """Prior weights (binomial: trials) and an offset keep the derivatives exact."""
+    plain, fam, layout = _site(family, 1)
+    rng = np.random.default_rng(11)
+    n = plain.n_rows
+    weights = rng.integers(1, 6, size=n).astype(float)
+    y = np.round(plain.y * weights) / weights if family == "binomial" else plain.y
+    rows = grouped_rows(y, plain.X, plain.Z, plain.group_of_row, rng.normal(0, 0.3, n), weights)
+    theta = rng.normal(0, 0.3, size=layout.size)
+    _assert_matches_finite_differences(rows, fam, layout, theta, nagq)
+
+
+def test_binomial_trials_equal_expanded_bernoulli_rows() -> None:
+    """k successes of m trials is m Bernoulli rows, up to log choose(m, k)."""
+    plain, fam, layout = _site("binomial", 1)
+    rng = np.random.default_rng(5)
+    trials = rng.integers(1, 4, size=plain.n_rows)
+    successes = rng.binomial(trials, 0.4)
+    rows = grouped_rows(successes / trials, plain.X, plain.Z, plain.group_of_row,
+                        weights=trials.astype(float))
+    index = np.repeat(np.arange(plain.n_rows), trials)
+    bern = np.concatenate([np.r_[np.ones(k), np.zeros(m - k)]
+                           for k, m in zip(successes, trials, strict=True)])
+    expanded = grouped_rows(bern, plain.X[index], plain.Z[index], plain.group_of_row[index])
+    theta = np.array([0.1, 0.3, -0.2, np.log(0.8)])
+    from scipy.special import gammaln
+
+    const = float(np.sum(gammaln(trials + 1) - gammaln(successes + 1)
+                         - gammaln(trials - successes + 1)))
+    a, b = site_terms(rows, fam, layout, theta, nagq=5), site_terms(expanded, fam, layout, theta,
+                                                                    nagq=5)
+    assert a.loglik == pytest.approx(b.loglik + const, abs=1e-9)
+    np.testing.assert_allclose(a.gradient, b.gradient, atol=1e-9)
+    np.testing.assert_allclose(a.hessian, b.hessian, atol=1e-9)
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+@pytest.mark.parametrize("nagq", [1, 3])
+@pytest.mark.parametrize("q", [1, 2])
+def test_non_canonical_links_match_finite_differences(link: str, nagq: int, q: int) -> None:
+    rows, _, layout = _site("binomial", q)
+    fam = get_family("binomial", link)
+    theta = np.random.default_rng(3).normal(0, 0.3, size=layout.size)
+    _assert_matches_finite_differences(rows, fam, layout, theta, nagq)
+
+
+@pytest.mark.parametrize("link", ["probit", "cloglog"])
+def test_link_kernels_are_exact_in_the_tails(link: str) -> None:
+    """Taylor-arithmetic derivatives of the kernel against finite differences, |eta| to 12;
+    finite and concave to |eta| = 30 (there the third and fourth derivatives of log Phi
+    lose digits to cancellation: 3e-5 and 1e-2 relative at -30, 2e-9 and 7e-8 absolute)."""
+    fam = get_family("binomial", link)
+    far = fam.kernel_derivatives(np.array([0.0, 1.0, 0.0, 1.0]), np.array([-30, -30, 30, 30.0]), 4)
+    assert np.all(np.isfinite(far)) and np.all(far[2] <= 0)
+    eta = np.array([-12.0, -8.0, -1.0, 0.0, 0.7, 4.0, 8.0, 12.0])[:, None].repeat(2, 1).ravel()
+    y = np.tile([0.0, 1.0], 8)
+    d = fam.kernel_derivatives(y, eta, 4)
+    h = 1e-5
+    for k in range(4):
+        up, down = (fam.kernel_derivatives(y, eta + s, 3)[k] for s in (h, -h))
+        fd = (up - down) / (2 * h)
+        assert np.all(np.abs(fd - d[k + 1]) <= 1e-5 * (1 + np.abs(d[k + 1]))), k
+    assert np.all(np.isfinite(d)) and np.all(d[2] <= 0)

@@ -293,8 +293,8 @@ def test_unknown_keys_are_named(run: Run) -> None:
     partial = Registry.of(run.coordinator, run.sites["site-a"], run.sites["site-c"])
     check(run, FailureReason.UNKNOWN_KEY, 0, registry=partial)
     impostor = Registry.of(run.coordinator, run.sites["site-a"], run.sites["site-c"],
-                           Identity.generate("site-b"))
-    check(run, FailureReason.UNKNOWN_KEY, 0, registry=impostor)
+                           Identity.generate("site-b"))  # a substituted key: a wrong registry
+    check(run, FailureReason.WRONG_REGISTRY, 0, registry=impostor)
     mallory = Identity.generate("mallory")
     items = read(run.log)
     items[5]["actor"] = "mallory"

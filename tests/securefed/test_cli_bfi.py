@@ -144,3 +144,22 @@ def test_combined_prior_is_settable_and_used_exactly(tmp_path, capsys) -> None:
                  "--combined-lambda", "50"], tmp_path, capsys)
     np.testing.assert_allclose([r["estimate"] for r in cli["estimates"]], expected,
                                rtol=1e-8, atol=1e-10)
+
+
+def test_bfi_reads_factors_as_glmm_does(tmp_path, capsys) -> None:
+    """The same formula language: a text column is a factor with lme4's names, and BFI on it
+    equals BFI on the 0/1 column it stands for."""
+    frame = pd.read_csv(NURSES)
+    frame["ward"] = frame.wardtype.map({0: "general", 1: "special"})
+    frame["sex"] = frame.gender.map({0: "female", 1: "male"})
+    path = tmp_path / "nurses_text.csv"
+    frame.to_csv(path, index=False)
+    coded = _json([NURSES, *NURSES_MODEL], tmp_path, capsys)
+    text = _json([str(path), "--formula", "stress ~ age + sex + experien + ward", "--family",
+                  "gaussian", "--site-column", "hospital", "--lambda", "0.01",
+                  "--standardize", "age,experien,stress"], tmp_path, capsys)
+    names = [r["term"] for r in text["estimates"]]
+    assert names[:5] == ["(Intercept)", "age", "sexmale", "experien", "wardspecial"]
+    for a, b in zip(coded["estimates"], text["estimates"], strict=True):
+        assert a["estimate"] == pytest.approx(b["estimate"], abs=1e-10)
+    assert text["factor_levels"] == {"sex": ["female", "male"], "ward": ["general", "special"]}

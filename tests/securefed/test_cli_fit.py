@@ -78,12 +78,10 @@ BAD_CASES = {
                    or t / "empty.csv", "binomial", "empty"),
     "missing column": (lambda d, t: _bad(t, pd.read_csv(d).drop(columns="x1")), "binomial",
                        "column 'x1'"),
-    "nan value": (lambda d, t: _bad(t, pd.read_csv(d).assign(
-        x1=lambda f: f.x1.where(f.index != 5))), "binomial", "row 6"),
     "infinite value": (lambda d, t: _bad(t, pd.read_csv(d).assign(
-        x1=lambda f: f.x1.where(f.index != 2, np.inf))), "binomial", "row 3"),
+        x1=lambda f: f.x1.where(f.index != 2, np.inf))), "binomial", "'x1' is infinite"),
     "text in numeric": (lambda d, t: _bad(t, pd.read_csv(d).astype({"x1": object}).assign(
-        x1=lambda f: f.x1.where(f.index != 9, "abc"))), "binomial", "'abc' in row 10"),
+        x1=lambda f: f.x1.where(f.index != 9, "abc"))), "binomial", "'x1' holds numbers with"),
     "binomial outcome": (lambda d, t: _bad(t, pd.read_csv(d).assign(y=lambda f: f.y * 2)),
                          "binomial", "0 or 1"),
     "negative poisson": (lambda d, t: _bad(t, pd.read_csv(d).assign(y=lambda f: f.y - 1)),
@@ -135,3 +133,73 @@ def test_usage_errors_exit_2(data_csv, capsys) -> None:
     code, _, err = _run(["fit", str(data_csv), "--formula", FORMULA, "--site-column",
                          "hospital", "--nagq", "abc"], capsys)
     assert code == 2 and "Traceback" not in err
+
+
+def test_missing_values_are_omitted_as_r_does_or_refused(data_csv, tmp_path, capsys) -> None:
+    frame = pd.read_csv(data_csv)
+    frame.loc[[3, 5], "x1"] = np.nan
+    path = _bad(tmp_path, frame)
+    out_json = tmp_path / "fit.json"
+    code, out, _ = _run(["fit", str(path), "--formula", FORMULA, "--site-column", "hospital",
+                         "--json", str(out_json), "--quiet"], capsys)
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    assert result["n_obs"] == len(frame) - 2
+    assert any("missing values omitted" in w for w in result["warnings"])
+    code, _, err = _run(["fit", str(path), "--formula", FORMULA, "--site-column", "hospital",
+                         "--na-action", "fail", "--quiet"], capsys)
+    assert code == 2 and "missing values" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_formula_cannot_run_code_at_a_site(data_csv, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    formula = "y ~ x1 + I(open('pwned','w').write('x')) + (1 | hospital)"
+    code, _, err = _run(["fit", str(data_csv), "--formula", formula, "--site-column",
+                         "hospital", "--quiet"], capsys)
+    assert code == 2 and "cannot read the formula" in err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_text_columns_are_factors_with_lme4_names(data_csv, tmp_path, capsys) -> None:
+    frame = pd.read_csv(data_csv)
+    frame["arm"] = np.where(frame.index % 3 == 0, "placebo", "drug")
+    path = _bad(tmp_path, frame)
+    out_json = tmp_path / "fit.json"
+    code, _, _ = _run(["fit", str(path), "--formula", "y ~ x1 * arm + I(x1^2) + (1 | hospital)",
+                       "--site-column", "hospital", "--json", str(out_json), "--quiet"], capsys)
+    assert code == 0
+    terms = [fe["term"] for fe in json.loads(out_json.read_text())["fixed_effects"]]
+    assert terms == ["(Intercept)", "x1", "armplacebo", "I(x1^2)", "x1:armplacebo"]
+
+
+def test_duplicated_column_names_are_refused(data_csv, tmp_path, capsys) -> None:
+    text = data_csv.read_text().splitlines()
+    header = text[0].split(",")
+    header[header.index("x1")] = "y"
+    path = tmp_path / "dup.csv"
+    path.write_text("\n".join([",".join(header), *text[1:]]) + "\n")
+    code, _, err = _run(["fit", str(path), "--formula", FORMULA, "--site-column", "hospital",
+                         "--quiet"], capsys)
+    assert code == 2 and "more than one column named 'y'" in err
+
+
+def test_cbind_response_and_prior_weights(tmp_path, capsys) -> None:
+    golden = Path(__file__).parents[1] / "golden" / "glmm_language" / "data" / "cbpp_cbind.csv"
+    out_json = tmp_path / "fit.json"
+    formula = "cbind(incidence, size - incidence) ~ factor(period) + (1 | herd)"
+    code, _, _ = _run(["fit", str(golden), "--formula", formula, "--site-column", "site",
+                       "--protect", "secagg", "--json", str(out_json), "--quiet"], capsys)
+    assert code == 0
+    cbind = json.loads(out_json.read_text())
+    frame = pd.read_csv(golden).assign(prop=lambda f: f.incidence / f["size"])
+    path = _bad(tmp_path, frame)
+    code, _, _ = _run(["fit", str(path), "--formula", "prop ~ factor(period) + (1 | herd)",
+                       "--weights", "size", "--site-column", "site", "--json", str(out_json),
+                       "--quiet"], capsys)
+    assert code == 0
+    weighted = json.loads(out_json.read_text())
+    assert weighted["loglik"] == pytest.approx(cbind["loglik"], abs=1e-8)
+    assert cbind["n_obs"] == 56 and cbind["loglik"] == pytest.approx(-92.02628, abs=1e-3)
+    code, _, err = _run(["fit", str(golden), "--formula", formula, "--family", "poisson",
+                         "--site-column", "site", "--quiet"], capsys)
+    assert code == 2 and "binomial" in err

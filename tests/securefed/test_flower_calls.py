@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from formulaic import model_matrix
 
 from core_stats.families import get_family
+from core_stats.formula import agree_schema, parse_formula, variable_report
 from core_stats.glmm import ParameterLayout
 from protocols.errors import AbortError
 from protocols.secagg_config import SecAggConfig
@@ -73,10 +73,10 @@ def test_call_from_json_refuses_non_whitelisted_methods_and_arguments():
 
 def test_recorded_closures_run_remotely_exactly_as_in_process():
     data = frame()
-    spec = model_matrix("x + c", data).model_spec
-    design = GLMMSiteDesign("y", spec, "1", "g", get_family("binomial"), 3)
-    layout = ParameterLayout(("(Intercept)", "x", "c[T.b]", "c[T.c]"), ("(Intercept)",), "g",
-                             False)
+    formula = "y ~ x + c + (1 | g)"
+    schema = agree_schema(formula, [variable_report(parse_formula(formula), data)])
+    design = GLMMSiteDesign(schema, get_family("binomial"), 3)
+    layout = ParameterLayout(("(Intercept)", "x", "cb", "cc"), ("(Intercept)",), "g", False)
     theta = np.array([0.1, 0.2, 0.0, 0.1, -0.5])
     prepare = lambda s: s.prepare_glmm(design, None, 0.3, 5)  # noqa: E731
     terms = lambda s: s.glmm_terms_vector(layout, theta, True)  # noqa: E731

@@ -17,9 +17,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import Context, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from formulaic import ModelSpec
 
 from core_stats.families import GAUSSIAN
+from core_stats.formula import DesignSchema
 from protocols.errors import AbortError
 from protocols.stack import PlaintextSum, SecAggSum
 from securefed.keys import Identity, Registry
@@ -30,7 +30,7 @@ from securefed.transport.flower_server import FlowerEngine, SiteRefused, StageTi
 from securefed.transport.flower_wire import Stage
 
 SITES = ("A", "B", "C", "D")
-DESIGN = GLMMSiteDesign("y", ModelSpec(formula="x"), "1", "g", GAUSSIAN, 1)
+DESIGN = GLMMSiteDesign(DesignSchema("y ~ x + (1 | g)"), GAUSSIAN, 1)
 
 
 class LoopbackGrid:

@@ -231,3 +231,58 @@ def test_a_bfi_study_under_secagg_dp_fits_locally_from_noisy_statistics_at_each_
     report = verify_log(study.output_dir / "audit.jsonl", world.registry,
                         site_logs(world, run_id))
     assert report.ok, report.summary()
+
+
+BFI_PLAIN = 'kind = "bfi"\nformula = "y ~ x2 + x6"\nfamily = "binomial"'
+
+
+def pin_sites(world, fingerprint: str, sites=SITES) -> None:
+    for context in world.grid.contexts.values():
+        if context.node_config.get("site-name") in sites:
+            context.node_config["expect-fingerprint"] = fingerprint
+
+
+def test_sites_that_pin_the_agreed_registry_run_and_the_trail_verifies_pinned(world):
+    pin_sites(world, world.registry.fingerprint)
+    config = write_study(world, "pinned", BFI_PLAIN, '["secagg"]')
+    study_file = world.root / "pinned.toml"
+    study_file.write_text(study_file.read_text() + "\n[audit]\nexpect_fingerprint = "
+                          f'"{world.registry.fingerprint}"\n')
+    result = run_study_over_flower(world.grid, config)
+    assert result["study"]["registry_fingerprint"] == world.registry.fingerprint
+    log = world.root / "out-pinned" / "audit.jsonl"
+    report = verify_log(log, world.registry, site_logs(world, run_id_of(log)),
+                        expect_fingerprint=world.registry.fingerprint)
+    assert report.ok and report.pinned == world.registry.fingerprint, report.summary()
+
+
+def test_a_site_whose_registry_is_not_the_pinned_one_refuses_before_releasing(world):
+    pin_sites(world, "ab" * 32, sites=("h1",))
+    config = write_study(world, "h1-pins", BFI_PLAIN, '["none"]')
+    with pytest.raises(Exception, match="h1") as refused:
+        run_study_over_flower(world.grid, config)
+    assert "not the pinned abababababababab" in str(refused.value)
+    assert not any((world.root / "audit" / "h1").iterdir())  # h1 logged no release
+
+
+def test_sites_refuse_a_run_started_under_another_registry(world):
+    extra = Identity.generate("observer")  # the coordinator's registry is not the sites'
+    other = Registry.of(*(Identity.load(world.root / f"{n}.key") for n in
+                          ("coordinator", *SITES, KEY_HOLDER)), extra)
+    other.save(world.root / "other-registry.json")
+    config = write_study(world, "other", BFI_PLAIN, '["none"]')
+    config["registry"] = str(world.root / "other-registry.json")
+    with pytest.raises(Exception, match="not this site's own copy"):
+        run_study_over_flower(world.grid, config)
+    assert not any(any((world.root / "audit" / n).iterdir()) for n in SITES)
+
+
+def test_a_study_pinning_another_registry_is_refused_in_one_line(world):
+    config = write_study(world, "wrong-pin", BFI_PLAIN, '["none"]')
+    study_file = world.root / "wrong-pin.toml"
+    study_file.write_text(study_file.read_text() + '\n[audit]\nexpect_fingerprint = "'
+                          + "cd" * 32 + '"\n')
+    with pytest.raises(InputError, match="not the pinned cdcdcdcdcdcdcdcd"):
+        run_study_over_flower(world.grid, config)
+    error = (world.root / "out-wrong-pin" / "error.txt").read_text()
+    assert error.count("\n") == 1 and "refusing to run" in error

@@ -18,10 +18,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
-from formulaic import ModelSpec
 from test_flower_engine import LoopbackGrid
 
 from core_stats.families import BINOMIAL
+from core_stats.formula import DesignSchema
 from core_stats.glmm import ParameterLayout
 from protocols.stack import PlaintextSum, SecAggSum
 from securefed.keys import Identity, Registry
@@ -33,7 +33,7 @@ from securefed.transport.flower_server import FlowerEngine, SiteRefused, StageTi
 from securefed.transport.flower_wire import MESSAGE_TYPE, RECORD, RoundParams
 
 SITES = ("A", "B", "C", "D")
-DESIGN = GLMMSiteDesign("y", ModelSpec(formula="1 + x + w"), "1", "g", BINOMIAL, 1)
+DESIGN = GLMMSiteDesign(DesignSchema("y ~ x + w + (1 | g)"), BINOMIAL, 1)
 LAYOUT = ParameterLayout(("(Intercept)", "x", "w"), ("(Intercept)",), "g", False)
 SAFE_THETA = np.array([-0.2, 0.5, 0.1, np.log(0.5)])
 

@@ -18,7 +18,7 @@ from securefed.keys import Registry
 from securefed.synthetic import make_hospitals
 
 GLMM_FORMULA = "y ~ x2 + x6 + (1 | site)"
-RUN_ONLY = ("seconds", "timings", "model", "study")
+RUN_ONLY = ("data", "seconds", "timings", "model", "study")
 
 
 def _write_sites(folder: Path, frame: pd.DataFrame, column: str, prefix: str) -> list[str]:

@@ -317,11 +317,9 @@ def federation(tmp_path_factory):
 
 def design(frames: dict[str, pd.DataFrame]) -> GLMMSiteDesign:
     """The public design of ``y ~ x1 + x2 + (1 | group)`` over the sites' rows."""
-    from formulaic import model_matrix
+    from core_stats.formula import DesignSchema
 
-    pooled = pd.concat(frames.values())
-    spec = model_matrix("x1 + x2", pooled).model_spec
-    return GLMMSiteDesign("y", spec, "1", "group", get_family("binomial"), 3)
+    return GLMMSiteDesign(DesignSchema("y ~ x1 + x2 + (1 | group)"), get_family("binomial"), 3)
 
 
 def closures(frames):
