@@ -284,6 +284,9 @@ class PoisonedSite(Site):
         honest = super().glmm_terms_vector(layout, theta, derivatives)
         return self._release("glmm-terms", honest, layout, np.asarray(theta, dtype=float))
 
+    def glmm_counts_vector(self) -> Vector:  # the final counts: a release like the others
+        return self._release("glmm-counts", super().glmm_counts_vector())
+
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, pd.DataFrame]:
