@@ -39,6 +39,7 @@ __all__ = [
     "prior_precision",
     "log_posterior",
     "fit_map",
+    "newton_map",
 ]
 
 SCALE_NAME = "log_sigma"
@@ -251,9 +252,21 @@ def fit_map(
     free_scale = family.has_dispersion and fixed_log_scale is None
     dim = X.shape[1] + int(free_scale)
     _check_inputs(X, y, prior, dim)
-    theta = _start(X, y, family, prior, free_scale)
-    tol = gtol * max(1.0, float(y.size))
-    value, grad, hess = log_posterior(theta, X, y, family, prior, fixed_log_scale)
+    theta, value, grad, hess, iteration = newton_map(
+        lambda th: log_posterior(th, X, y, family, prior, fixed_log_scale),
+        _start(X, y, family, prior, free_scale), tol=gtol * max(1.0, float(y.size)),
+        max_iter=max_iter)
+    return _make_fit(theta, X, y, family, prior, names, value, grad, hess, iteration)
+
+
+def newton_map(objective, theta: np.ndarray, *, tol: float, max_iter: int):
+    """Maximise ``objective(theta) -> (value, gradient, Hessian)`` by Newton with halving.
+
+    Stops when ``max |g| <= tol`` or the step is below ``1e-15`` relative (the
+    rounding limit). Returns ``theta, value, gradient, Hessian, iterations``;
+    MAPConvergenceError after ``max_iter`` iterations.
+    """
+    value, grad, hess = objective(theta)
     for iteration in range(max_iter + 1):
         if np.max(np.abs(grad)) <= tol:
             break
@@ -263,13 +276,13 @@ def fit_map(
         if np.max(np.abs(step)) <= 1e-15 * (1.0 + np.max(np.abs(theta))):
             break  # at the floating-point limit: g is rounding noise
         for _ in range(60):
-            trial = log_posterior(theta + step, X, y, family, prior, fixed_log_scale)
+            trial = objective(theta + step)
             if np.isfinite(trial[0]) and trial[0] >= value - 1e-12 * abs(value):
                 break
             step = step / 2.0
         theta = theta + step
         value, grad, hess = trial
-    return _make_fit(theta, X, y, family, prior, names, value, grad, hess, iteration)
+    return theta, value, grad, hess, iteration
 
 
 def _make_fit(theta, X, y, family, prior, names, value, grad, hess, iterations) -> LocalFit:

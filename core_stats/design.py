@@ -53,12 +53,16 @@ class MixedFormula:
         return None if self.random is None else self.random.group_name
 
 
-def parse_mixed_formula(formula: str, *, require_random: bool = True) -> MixedFormula:
-    """Read ``formula``; refuse what the fits cannot mean yet, in one line."""
+def parse_mixed_formula(formula: str, *, require_random: bool = True,
+                        several: bool = False) -> MixedFormula:
+    """Read ``formula``; refuse what the fits cannot mean yet, in one line.
+
+    ``several`` allows more than one random-effects term (the multi-term GLMM).
+    """
     model = parse_formula(formula)
     if require_random and not model.random:
         raise DesignError("the formula needs a random-effects term such as (1 | group)")
-    if len(model.random) > 1:
+    if len(model.random) > 1 and not several:
         kinds = "'||' splits a term into uncorrelated ones" if any(
             not t.correlated for t in model.random) else "several grouping factors"
         raise DesignError(f"only one random-effects term is supported yet ({kinds}): "

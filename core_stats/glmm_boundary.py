@@ -35,7 +35,7 @@ from core_stats.optimize import SummedTerms
 
 __all__ = ["Rejected", "collapse_measures", "face_after", "factor_with_zero_columns",
            "glm_curvature", "lifted", "negative_semidefinite", "point_on", "probe_objective",
-           "zero_columns", "zero_entries"]
+           "restricted_objective", "zero_columns", "zero_entries"]
 
 Terms = Callable[[ParameterLayout, np.ndarray, bool], SummedTerms]
 
@@ -187,6 +187,13 @@ def probe_objective(terms: Terms, face: ParameterLayout
     cov = [probe.p + k for k, entry in enumerate(entries) if entry in kept]
     free = np.array([*range(probe.p), *cov, *range(probe.p + probe.n_cov, probe.size)])
     zero = np.array([probe.p + k for k, entry in enumerate(entries) if entry not in kept])
+    return restricted_objective(terms, probe, free, zero)
+
+
+def restricted_objective(terms: Callable, probe, free: np.ndarray, zero: np.ndarray
+                         ) -> Callable[[np.ndarray, bool], SummedTerms]:
+    """``terms(probe, .)`` on the sub-vector ``free`` of its parameters (the others at 0),
+    with the Hessian block in the entries ``zero`` as ``extra``."""
 
     def objective(theta: np.ndarray, derivatives: bool) -> SummedTerms:
         at = np.zeros(probe.size)

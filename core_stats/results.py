@@ -46,6 +46,7 @@ class GLMMFit:
     bytes_sent_per_site: int = 0
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    counts_noisy: bool = False  # n_obs / n_groups are differentially private (noisy) counts
 
     def coef(self) -> dict[str, float]:
         """Fixed-effect estimates by term name."""
@@ -74,6 +75,7 @@ class GLMMFit:
             "n_obs": self.n_obs,
             "n_groups": self.n_groups,
             "n_sites": self.n_sites,
+            "counts_noisy": self.counts_noisy,
             "lambda": self.penalty_lambda,
             "protection": self.protection,
             "bytes_sent_per_site": self.bytes_sent_per_site,

@@ -98,7 +98,12 @@ def _random_effects(fit) -> list[str]:
     groups = {re.group for re in fit.random_effects if re.group != "Residual"}
     per_group = fit.extra.get("n_groups_by_factor") or {g: fit.n_groups for g in groups}
     listed = "; ".join(f"{g}, {n}" for g, n in per_group.items())
-    lines.append(f"Number of obs: {fit.n_obs}, groups:  {listed}; sites: {fit.n_sites}")
+    if getattr(fit, "counts_noisy", False):  # differentially private counts
+        listed = "; ".join(f"{g}, ~{n}" for g, n in per_group.items())
+        lines.append(f"Number of obs (noisy): ~{fit.n_obs}, groups (noisy):  {listed}; "
+                     f"sites: {fit.n_sites}")
+    else:
+        lines.append(f"Number of obs: {fit.n_obs}, groups:  {listed}; sites: {fit.n_sites}")
     return lines
 
 
@@ -117,6 +122,9 @@ def _fixed_effects(fit) -> list[str]:
         lines.append(row + f" {fe.ci_low:9.4g} {fe.ci_high:9.4g}")
     if not gaussian:
         lines += ["---", "Signif. codes:  0 '***' 0.001 '**' 0.01 '*' 0.05 '.' 0.1 ' ' 1"]
+    if getattr(fit, "counts_noisy", False):
+        lines.append("Std. errors, p-values and intervals carry the privacy noise "
+                     "(parametric bootstrap of the DP fit) and the sampling variance")
     return lines + _fixed_correlations(fit, names)
 
 

@@ -49,6 +49,7 @@ import tenseal as ts
 from numpy.typing import ArrayLike, NDArray
 
 from protocols.errors import EncodingError, InvalidMessage, ProtocolError
+from protocols.secret_files import create_secret_file
 
 __all__ = [
     "HE_STANDARD_MAX_MODULUS_BITS",
@@ -510,17 +511,9 @@ class CkksKeyHolder:
             save_relin_keys=False,
         )
         try:
-            fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            create_secret_file(path, secret)
         except FileExistsError:
             raise CkksKeyFileError(f"{path} exists; refusing to overwrite a secret key") from None
-        try:
-            os.fchmod(fd, 0o600)
-            view = memoryview(secret)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CkksKeyHolder:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocols.errors import EncodingError
+from protocols.errors import EncodingError, ProtocolError
 from protocols.secagg_config import ConfigError, SecAggConfig
 from protocols.secagg_server import SecAggServer
 from protocols.secagg_site import SecAggSite
@@ -66,6 +66,9 @@ class SecureSumResult:
         Sorted ids of the sites whose input is in ``total``.
     dropped : tuple[int, ...]
         Sorted ids of the sites told to drop out.
+    rejected : dict[int, str]
+        Site → why the server rejected its message (a malformed message counts
+        as that site's dropout from then on; the round goes on without it).
     bytes_sent_per_site : dict[int, int]
         Bytes each site actually serialised and sent.
     bytes_received_by_server : int
@@ -83,6 +86,7 @@ class SecureSumResult:
     bytes_received_by_server: int
     seconds_site: float
     seconds_server: float
+    rejected: dict[int, str] = field(default_factory=dict)
 
 
 class _Clock:
@@ -127,6 +131,7 @@ def secure_sum(
     min_contributors: int = 3,
     ckks_context: bytes | None = None,
     decrypt_masked_total: Callable[[CkksAggregate], np.ndarray] | None = None,
+    network: Callable[[int, str, bytes], bytes] | None = None,
 ) -> SecureSumResult:
     """Securely sum one float vector per site; the server learns only the total.
 
@@ -154,6 +159,11 @@ def secure_sum(
         Both or neither: a CKKS public context under which sites send their
         masked inputs, and the key holder's decryption of their sum (see
         :class:`~protocols.secagg_server.SecAggServer`).
+    network : callable, optional
+        ``network(site, step, data)`` → the bytes that reach the server when
+        ``site`` sends ``data`` at ``step`` (a :class:`SecAggSite` method name):
+        simulates a faulty or hostile site. A message the server rejects counts
+        as that site's dropout (``rejected`` says why); the round goes on.
 
     Returns
     -------
@@ -199,9 +209,16 @@ def secure_sum(
     clock = _Clock()
     sent = dict.fromkeys(order, 0)
 
-    def deliver(u: int, data: bytes) -> None:
-        sent[u] += len(data)
-        clock.server_call(server.receive, data)
+    rejected: dict[int, str] = {}
+
+    def deliver(u: int, data: bytes, step: str) -> None:
+        if network is not None:
+            data = network(u, step, data)
+        sent[u] += len(data) if isinstance(data, bytes | bytearray) else 0
+        try:
+            clock.server_call(server.receive, data)
+        except ProtocolError as exc:  # no valid message from u: u has dropped out
+            rejected.setdefault(u, server.rejected.get(u, f"{step}: {exc}"))
 
     def advance() -> dict[int, bytes]:
         return clock.server_call(server.advance)  # type: ignore[return-value]
@@ -210,22 +227,22 @@ def secure_sum(
         return [u for u in order if not (drop_phase is phase and u in dropping)]
 
     for u in order:
-        deliver(u, clock.site_call(sites[u].advertise_keys))
+        deliver(u, clock.site_call(sites[u].advertise_keys), "advertise_keys")
     key_lists = advance()
     for u in active(DropPhase.AFTER_KEY_EXCHANGE):
         if u in key_lists:
-            deliver(u, clock.site_call(sites[u].share_keys, key_lists[u]))
+            deliver(u, clock.site_call(sites[u].share_keys, key_lists[u]), "share_keys")
     bundles = advance()
     live = [u for u in active(DropPhase.AFTER_KEY_EXCHANGE) if u in bundles]
     for u in [u for u in active(DropPhase.AFTER_KEY_SHARING) if u in live]:
-        deliver(u, clock.site_call(sites[u].masked_input, bundles[u], vectors[u]))
+        deliver(u, clock.site_call(sites[u].masked_input, bundles[u], vectors[u]), "masked_input")
     requests = advance()
     live = [u for u in active(DropPhase.AFTER_KEY_SHARING) if u in requests]
     for u in [u for u in active(DropPhase.AFTER_MASKED_INPUT) if u in live]:
-        deliver(u, clock.site_call(sites[u].sign_consistency, requests[u]))
+        deliver(u, clock.site_call(sites[u].sign_consistency, requests[u]), "sign_consistency")
     unmask_requests = advance()
     for u in [u for u in active(DropPhase.DURING_UNMASK) if u in unmask_requests]:
-        deliver(u, clock.site_call(sites[u].unmask, unmask_requests[u]))
+        deliver(u, clock.site_call(sites[u].unmask, unmask_requests[u]), "unmask")
     advance()
     outcome = server.outcome
     return SecureSumResult(
@@ -236,4 +253,5 @@ def secure_sum(
         bytes_received_by_server=sum(sent.values()),
         seconds_site=clock.site,
         seconds_server=clock.server,
+        rejected={**outcome.rejected, **rejected},
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -47,7 +47,7 @@ from protocols.secagg_messages import (
     UnmaskShares,
 )
 from protocols.secagg_site import pair_key
-from protocols.shamir import ShamirError, Share, combine
+from protocols.shamir import PRIME, SHARE_BYTES, ShamirError, Share, robust_combine
 
 if TYPE_CHECKING:
     from protocols.ckks import CkksAggregate
@@ -90,6 +90,8 @@ class AggregateOutcome:
     total: np.ndarray
     contributors: tuple[int, ...]
     dropped: tuple[int, ...]
+    #: site → why the server stopped counting it (a rejected message; see ``dropouts``)
+    rejected: Mapping[int, str] = field(default_factory=dict)
 
 
 class SecAggServer:
@@ -134,11 +136,21 @@ class SecAggServer:
         self._outcome: AggregateOutcome | None = None
         self._seen_keys: set[bytes] = set()
         self._consistency_payload = b""
+        self._rejected: dict[int, str] = {}
 
     @property
     def stage(self) -> ServerStage:
         """The current stage."""
         return self._stage
+
+    @property
+    def rejected(self) -> Mapping[int, str]:
+        """Site → why its message was rejected (the site counts as dropped from then on).
+
+        Only senders whose signature verified are named here; a message that
+        does not parse or verify names nobody (the transport records it).
+        """
+        return dict(self._rejected)
 
     @property
     def outcome(self) -> AggregateOutcome:
@@ -176,16 +188,22 @@ class SecAggServer:
         if sender not in self._roster or message.header.recipient != SERVER_ID:
             raise InvalidMessage("message not from a registered site to the server")
         message.verify(self._roster[sender])
-        body_type = self._expected[self._stage]
-        message.header.expect(
-            kind=body_type.KIND, session_id=self._config.session_id, round_id=self._config.round_id
-        )
         inbox = self._inbox[self._stage]
         if sender in inbox:
             raise ReplayError("second message from the same site in one stage")
         if sender not in self._sets[-1]:
             raise InvalidMessage("site did not complete the previous stage")
-        self._check_body(sender, message.body)
+        body_type = self._expected[self._stage]
+        try:
+            message.header.expect(kind=body_type.KIND, session_id=self._config.session_id,
+                                  round_id=self._config.round_id)
+            self._check_body(sender, message.body)
+        except ReplayError:
+            raise  # a signed message of another round or session: anyone could replay it
+        except ProtocolError as exc:  # the site signed a malformed message: it drops out
+            self._rejected.setdefault(sender, f"{self._stage.value}: {exc}")
+            raise
+        self._rejected.pop(sender, None)  # a valid message later in the same stage counts
         inbox[sender] = message
 
     def _check_body(self, sender: int, body: Body) -> None:
@@ -221,6 +239,9 @@ class SecAggServer:
             holders_of = {v for v in self._sets[2] if sender in config.holders(v)}
             if seeds & keys or not seeds <= alive & holders_of or not keys <= dropped:
                 raise InvalidMessage("unmask response reveals shares it should not")
+            for _, value in body.self_mask_shares + body.key_shares:
+                if len(value) != SHARE_BYTES or int.from_bytes(value, "big") >= PRIME:
+                    raise InvalidMessage("a share value is not a field element of 33 bytes")
 
     def advance(self) -> dict[int, bytes]:
         """Close the current stage; return the next message for each live site.
@@ -323,7 +344,8 @@ class SecAggServer:
         except ShamirError as exc:
             raise self._abort("shares do not reconstruct a secret") from exc
         self._outcome = AggregateOutcome(
-            config.encoder.decode(total), tuple(sorted(alive)), tuple(sorted(dropped))
+            config.encoder.decode(total), tuple(sorted(alive)), tuple(sorted(dropped)),
+            dict(self._rejected),
         )
         return {}
 
@@ -358,7 +380,13 @@ class SecAggServer:
         return shares
 
     def _reconstruct(self, owner: int, shares: Mapping[int, list[Share]]) -> bytes:
+        """``owner``'s secret from its holders' shares; a holder whose share is off the
+        polynomial the others agree on is recorded in :attr:`rejected` (the secret stands)."""
         received = shares.get(owner, [])
         if len(received) < self._config.t:
             raise self._abort(f"fewer than t shares for site {owner}")
-        return combine(received, self._config.t)
+        secret, wrong = robust_combine(received, self._config.t)
+        for x in wrong:
+            self._rejected.setdefault(x - 1, f"{ServerStage.COLLECT_UNMASK.value}: its share "
+                                             f"of site {owner}'s secret disagrees with the others")
+        return secret

@@ -14,14 +14,15 @@ field element; shares are serialised as 33 bytes.
 
 from __future__ import annotations
 
+import itertools
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 from protocols.errors import InvalidMessage, ProtocolError
 
-__all__ = ["PRIME", "SHARE_BYTES", "Share", "ShamirError", "split", "combine"]
+__all__ = ["PRIME", "SHARE_BYTES", "Share", "ShamirError", "split", "combine", "robust_combine"]
 
 PRIME = 2**256 + 297
 SHARE_BYTES = 33
@@ -96,16 +97,21 @@ def split(secret: bytes, points: Sequence[int], threshold: int) -> dict[int, Sha
     return shares
 
 
-@lru_cache(maxsize=4096)
 def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """λ_i = Π_{j≠i} x_j / (x_j − x_i) mod p, with one modular inversion in total."""
+    """λ_i = Π_{j≠i} x_j / (x_j − x_i) mod p: the weights of f(0)."""
+    return _lagrange_at(xs, 0)
+
+
+@lru_cache(maxsize=4096)
+def _lagrange_at(xs: tuple[int, ...], x: int) -> tuple[int, ...]:
+    """λ_i(x) = Π_{j≠i} (x − x_j) / (x_i − x_j) mod p, with one modular inversion in total."""
     numerators, denominators = [], []
     for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if i != j:
-                num = num * xj % PRIME
-                den = den * (xj - xi) % PRIME
+                num = num * (x - xj) % PRIME
+                den = den * (xi - xj) % PRIME
         numerators.append(num)
         denominators.append(den)
     # Batch inversion (Montgomery's trick).
@@ -142,3 +148,57 @@ def combine(shares: Iterable[Share] | Mapping[int, Share], threshold: int) -> by
     if value >= 2 ** (8 * SECRET_BYTES):
         raise ShamirError("shares are inconsistent")
     return value.to_bytes(SECRET_BYTES, "big")
+
+
+def _agreeing(basis: list[Share], items: list[Share]) -> set[int]:
+    """The x of every share in ``items`` on the polynomial through the t shares ``basis``."""
+    xs = tuple(s.x for s in basis)
+    on = set()
+    for share in items:
+        weights = _lagrange_at(xs, share.x)
+        if sum(w * b.y for w, b in zip(weights, basis, strict=True)) % PRIME == share.y:
+            on.add(share.x)
+    return on
+
+
+def robust_combine(shares: Iterable[Share], threshold: int) -> tuple[bytes, tuple[int, ...]]:
+    """The secret and the x of the shares that are not on its polynomial.
+
+    Every share is checked against the polynomial through the ``threshold``
+    shares of smallest index. A polynomial is accepted only if at least
+    ⌈(n + t)/2⌉ of the n shares lie on it (then it is the only such
+    polynomial of degree t − 1, so up to ⌊(n − t)/2⌋ wrong shares are
+    corrected); otherwise other t-subsets are tried (at most 512). With
+    exactly t shares nothing can be checked.
+
+    Raises
+    ------
+    ShamirError
+        Too few shares, or no polynomial is agreed by enough of them (more
+        than (n − t)/2 wrong shares): the shares do not determine a secret.
+    """
+    items = sorted(shares, key=lambda s: s.x)
+    _check_points([s.x for s in items])
+    if threshold < 2 or len(items) < threshold:
+        raise ShamirError("too few shares to reconstruct")
+    if len(items) == threshold:
+        return combine(items, threshold), ()
+    needed = -(-(len(items) + threshold) // 2)
+    for basis in itertools.islice(_bases(items, threshold), _MAX_BASES):
+        on = _agreeing(list(basis), items)
+        if len(on) >= needed:
+            secret = combine(basis, threshold)
+            return secret, tuple(s.x for s in items if s.x not in on)
+    raise ShamirError("shares are inconsistent")
+
+
+_MAX_BASES = 512  # polynomials tried before the shares are declared inconsistent
+
+
+def _bases(items: list[Share], threshold: int) -> Iterator[Sequence[Share]]:
+    """t-subsets to interpolate through: the first t (the honest case), each of them
+    left out in turn (one wrong share), then every t-subset in order."""
+    yield items[:threshold]
+    for left in items[:threshold]:
+        yield [s for s in items if s is not left][:threshold]
+    yield from itertools.combinations(items, threshold)

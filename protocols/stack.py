@@ -24,11 +24,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from protocols.errors import EncodingError, InvalidMessage
+
+if TYPE_CHECKING:
+    from protocols.secagg import SecureSumResult
 
 __all__ = ["AggregateResult", "ProtectedSum", "PlaintextSum", "SecAggSum", "CkksSum",
            "DropPlan", "DEFAULT_BOUND"]
@@ -94,6 +97,18 @@ class DropPlan:
     round_id: int = 1
 
 
+def dropouts(result: SecureSumResult, names: Mapping[int, str]) -> tuple[str, ...]:
+    """The sites that left the round: told to drop, or whose message was rejected."""
+    return tuple(names[u] for u in sorted(set(result.dropped) | set(result.rejected)))
+
+
+def dropout_reasons(result: SecureSumResult, names: Mapping[int, str]) -> dict[str, object]:
+    """``{"dropout_reasons": {site: why}}`` when a site's message was rejected, else ``{}``."""
+    if not result.rejected:
+        return {}
+    return {"dropout_reasons": {names[u]: why for u, why in sorted(result.rejected.items())}}
+
+
 def _check_bound(vectors: Mapping[str, np.ndarray], bound: float) -> None:
     for name, vec in vectors.items():
         worst = float(np.max(np.abs(vec))) if len(vec) else 0.0
@@ -154,9 +169,10 @@ class SecAggSum:
                             min_contributors=self.min_contributors)
         return AggregateResult(
             result.total, tuple(names[u] for u in result.contributors),
-            tuple(names[u] for u in result.dropped),
+            dropouts(result, names),
             {names[u]: b for u, b in result.bytes_sent_per_site.items()},
-            {"seconds_site": result.seconds_site, "seconds_server": result.seconds_server})
+            {"seconds_site": result.seconds_site, "seconds_server": result.seconds_server,
+             **dropout_reasons(result, names)})
 
 
 class CkksSum:

@@ -32,7 +32,15 @@ from collections.abc import Mapping
 import numpy as np
 
 from protocols.ckks import CkksAggregate, CkksKeyHolder
-from protocols.stack import DEFAULT_BOUND, AggregateResult, DropPlan, _check_bound, check_vectors
+from protocols.stack import (
+    DEFAULT_BOUND,
+    AggregateResult,
+    DropPlan,
+    _check_bound,
+    check_vectors,
+    dropout_reasons,
+    dropouts,
+)
 
 __all__ = ["SecAggCkksSum"]
 
@@ -91,11 +99,11 @@ class SecAggCkksSum:
         site_of = {u: n for n, u in self._ids.items()}
         return AggregateResult(
             result.total, tuple(site_of[u] for u in result.contributors),
-            tuple(site_of[u] for u in result.dropped),
+            dropouts(result, site_of),
             {site_of[u]: b for u, b in result.bytes_sent_per_site.items()},
             {"seconds_site": result.seconds_site, "seconds_server": result.seconds_server,
              "seconds_key_holder": key_holder.seconds, "bytes_to_key_holder": key_holder.bytes_in,
-             "key_holder_summands": key_holder.summands})
+             "key_holder_summands": key_holder.summands, **dropout_reasons(result, site_of)})
 
 
 class _KeyHolderCalls:

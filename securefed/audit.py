@@ -237,6 +237,12 @@ class SiteLog:
         self._released.add(key)
         return release
 
+    def record_refusal(self, round_id: int, code: str) -> None:
+        """Log that this site refused a request of ``round_id`` (``code``: a refusal code)."""
+        self._log.append(EventKind.REFUSAL, self._identity, {
+            "run_id": self._run_id, "round": int(round_id), "site": self._identity.name,
+            "reason": RefusalReason.SITE_REFUSAL.name, "detail": str(code)})
+
     def countersign(self, request: CheckpointRequest,
                     coordinator_entries: Sequence[Entry] | None = None) -> Countersignature:
         """Countersign the coordinator's checkpoint and record it in this log.

@@ -95,6 +95,7 @@ class RefusalReason(enum.Enum):
     STAGE = "STAGE"
     ABORT = "ABORT"  # the protocol aborted (e.g. fewer than t survivors): nothing released
     IMPLAUSIBLE = "IMPLAUSIBLE"  # a decoded aggregate failed a plausibility check: refused
+    SITE_REFUSAL = "SITE_REFUSAL"  # in a site's own log: it refused a request (detail: code)
 
 
 #: Keys every payload of a kind must have (more keys are allowed).

@@ -160,12 +160,16 @@ class AuditTrail:
         self._log.append_release(self._coordinator, signed, self._registry)
 
     def aggregation(self, round_id: int, purpose: str, contributors: Sequence[str],
-                    dropped: Sequence[str]) -> None:
-        self._log.append(EventKind.AGGREGATION, self._coordinator, {
+                    dropped: Sequence[str], reasons: Mapping[str, str] | None = None) -> None:
+        """Log who is in a round's sum; ``reasons``: site → why its message was set aside."""
+        payload = {
             "run_id": self.run_id, "round": round_id, "vector_kind": purpose,
             "contributors": list(contributors), "dropouts": list(dropped),
             "recovery": "dropped sites' masks reconstructed from Shamir shares" if dropped
-            else "none needed"})
+            else "none needed"}
+        if reasons:
+            payload["dropout_reasons"] = {str(k): str(v)[:200] for k, v in sorted(reasons.items())}
+        self._log.append(EventKind.AGGREGATION, self._coordinator, payload)
 
     def refusal(self, round_id: int, reason: str, detail: str) -> None:
         """Log a refused or aborted round (``reason``: a RefusalReason name)."""

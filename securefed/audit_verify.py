@@ -394,5 +394,12 @@ def _compare_site_entry(chain: _Chain, own: _Chain, entry: Entry,
                               f"{site!r} countersigned another head at seq {count}: "
                               "the log was rewritten")
         return None
+    if entry.kind is EventKind.REFUSAL:  # the site's record of a request it refused
+        if entry.payload.get("run_id") != run_id or entry.payload.get("site") != site \
+                or entry.payload.get("reason") != RefusalReason.SITE_REFUSAL.name:
+            return own.fail(entry.seq, FailureReason.MALFORMED,
+                            "a site's refusal must be its own, in this run, a SITE_REFUSAL")
+        return None
     return own.fail(entry.seq, FailureReason.MALFORMED,
-                    f"a site log holds only RELEASE and CHECKPOINT, not {entry.kind.value}")
+                    f"a site log holds only RELEASE, REFUSAL and CHECKPOINT, not "
+                    f"{entry.kind.value}")

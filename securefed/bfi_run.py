@@ -11,7 +11,7 @@ centre-specific estimates, which are the output the consortium asked for.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from securefed.audit_keys import TrailKeys
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
 from securefed.data import check_numeric_columns
+from securefed.dp_bfi import fit_from_noisy_sums, precision_weighted
 from securefed.errors import InputError
 from securefed.plausibility import BFIGuard, check_bfi_count
 from securefed.privacy import DpQuery
@@ -153,6 +154,12 @@ class BFIReport:
             lines.append(text)
         if self.fit.dispersion is not None:
             lines.append(f"dispersion (sigma^2) = {self.fit.dispersion:.4f}")
+        inference = (self.privacy or {}).get("inference")
+        if inference:
+            lines.append(f"Number of obs (noisy): ~{inference['n_obs_noisy']:.0f}; sd and "
+                         "intervals carry the privacy noise (parametric bootstrap of the noisy "
+                         f"sums): up to {100 * inference['noise_share_of_variance']:.0f}% of "
+                         "an estimate's variance is noise")
         for term, table in self.heterogeneity.items():
             flagged = [r["label"] for r in table["leave_one_out"] if r["excludes_zero"]]
             lines.append(f"heterogeneity of {term}: leave-one-out intervals exclude 0 for "
@@ -353,6 +360,7 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     data = {n: model_data(schema, p) for n, p in parts.items()}
     designs = {n: d.X for n, d in data.items()}
     outcome = {n: d.y for n, d in data.items()}
+    inference = None
     if privacy is None:
         locals_ = {}
         for name in parts:
@@ -363,19 +371,22 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
                 raise InputError(f"site {name}: the local fit failed ({err})") from None
         warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
         warnings += omitted
+        full_names = locals_[next(iter(locals_))].names
+        fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names,
+                                         guard, combined)
     else:
-        locals_ = _dp_local_fits(coordinator, designs, outcome, prior, names, family,
-                                 bool(opts.standardize))
-        warnings = []  # exact site sizes are not private
-    full_names = locals_[next(iter(locals_))].names
-    fit, estimates, extra = _combine(coordinator, opts, family, locals_, parts, full_names,
-                                     guard, combined)
+        fit, inference = _dp_pooled(coordinator, designs, outcome,
+                                    prior if combined is None else combined, names, family,
+                                    opts, bool(opts.standardize), count)
+        locals_, warnings, full_names = {}, [], fit.names  # exact site sizes are not private
+        estimates = _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper)
+        extra = {"site_thetas": {s.name: fit.estimate for s in coordinator.live_sites}}
     site_thetas = extra.pop("site_thetas")
     live = [s.name for s in coordinator.live_sites]
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded: " + ", ".join(coordinator.dropped))
         parts = {n: parts[n] for n in live}
-        locals_ = {n: locals_[n] for n in live}
+        locals_ = {n: locals_[n] for n in live if n in locals_}
     pooled = pooled_disp = None
     pooled_thetas: dict = {}
     if opts.compare_pooled:
@@ -395,20 +406,21 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
         seconds=time.perf_counter() - started, site_thetas=site_thetas,
         timings=coordinator.timings(time.perf_counter() - started),
         parameter_names=full_names, pooled_site_thetas=pooled_thetas,
-        privacy=None if privacy is None else privacy.report(), schema=schema)
+        privacy=None if privacy is None else {**privacy.report(), "inference": inference},
+        schema=schema)
     coordinator.finish_audit(report.to_dict(), "bfi")
     return report
 
 
 def _count_round(coordinator: Coordinator):
-    """Round 1: rows and sites (the protocol's set-up round); the checked count, or None
-    under DP (the noisy count is not checked)."""
+    """Round 1: rows and sites (the protocol's set-up round); the checked count, or under
+    DP the noisy one (not checked; it sharpens the sums' own noisy count)."""
     privacy = coordinator.privacy
     counted = coordinator.secure_sum(
         "bfi-count", lambda site: site.count_vector(),
         dp=None if privacy is None else DpQuery("row count", 1.0,
                                                 DP_SHARES["count"] * privacy.options.run_rho))
-    return check_bfi_count(counted, coordinator) if privacy is None else None
+    return check_bfi_count(counted, coordinator) if privacy is None else counted
 
 
 def _priors(opts: BFIOptions, family: Family, names) -> tuple[np.ndarray, np.ndarray | None]:
@@ -442,41 +454,52 @@ def _check_dp(opts: BFIOptions, family: Family, dp) -> None:
     if opts.compare_pooled:
         raise InputError("--compare-pooled releases a non-private pooled fit: run it "
                          "separately, without dp")
+    for flag, used in (("--stratify", opts.stratify), ("--center-covariate",
+                       opts.center_covariate), ("--heterogeneity", opts.heterogeneity)):
+        if used:
+            raise InputError(f"{flag} is not available under dp yet: under dp BFI fits the "
+                             "homogeneous model from the sites' summed noisy statistics")
 
 
-def _dp_local_fits(coordinator: Coordinator, designs: dict, outcome: dict, prior: np.ndarray,
-                   names: tuple[str, ...], family: Family, standardized: bool) -> dict:
-    """Each site noises its clipped sufficient statistics and fits from them, locally.
+def _dp_pooled(coordinator: Coordinator, designs: dict, outcome: dict, prior: np.ndarray,
+               names: tuple[str, ...], family: Family, opts: BFIOptions, standardized: bool,
+               count: np.ndarray):
+    """One noisy secure sum of the sites' clipped sufficient statistics, and the fit from it.
 
-    The noisy statistics never leave the site; the BFI terms it then releases
-    are a function of them only (post-processing), so they cost no more budget.
-    Gaussian fits are exact given the sums; binomial fits use the PASS-GLM
-    quadratic approximation (:mod:`core_stats.bfi_stats`).
+    The noise is sized for the sum (the distributed discrete Gaussian over m
+    contributors under ``secagg``/``ckks``); the fit and its noise-aware
+    covariance are post-processing (:mod:`securefed.dp_bfi`).
     """
-    from securefed.dp_statistics import local_fit_from_stats, summary_query, summary_vector
+    from securefed.dp_statistics import summary_query, summary_vector
 
     if family.name == "binomial" and "(Intercept)" not in names:
         raise InputError("binomial BFI under dp needs an intercept in the formula")
     privacy = coordinator.privacy
     dp = privacy.options
     bound = dp.outcome_scale(family.name)
-    live = [s.name for s in coordinator.live_sites]
-    stats = {n: summary_vector(designs[n], outcome[n], dp.clip, bound, family.name)
-             for n in live}
     spent = DP_SHARES["count"] + (DP_SHARES["standardize"] if standardized else 0.0)
-    query = summary_query("sufficient statistics (kept at the site)", dp.clip, bound,
-                          (1.0 - spent) * dp.run_rho)
-    noisy = privacy.apply(stats, query, coordinator.round_id + 1, local=True)
-    noise = float(np.max(privacy.sum_noise_sd(1)))
-    locals_ = {}
-    for name, vec in noisy.items():
-        try:
-            locals_[name] = local_fit_from_stats(vec, names, family, prior, noise)
-        except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
-            raise InputError(f"site {name}: the local fit from noisy statistics failed "
-                             f"({err}); a larger --epsilon or smaller --dp-clip helps") from None
-    privacy.clipped_records = float(sum(v[-2] for v in noisy.values()))
-    return locals_
+    total = coordinator.secure_sum(
+        "bfi-sufficient-statistics",
+        lambda s: summary_vector(designs[s.name], outcome[s.name], dp.clip, bound, family.name),
+        dp=summary_query("sufficient statistics", dp.clip, bound, (1.0 - spent) * dp.run_rho))
+    privacy.clipped_records = float(total[-2])
+    return _fit_from_sums(coordinator, total, names, family, prior, opts.level, count)
+
+
+def _fit_from_sums(coordinator: Coordinator, total: np.ndarray, names, family, prior, level,
+                   count: np.ndarray):
+    """The fit from the noisy sums, their row count sharpened by the count round's."""
+    privacy = coordinator.privacy
+    noise = float(np.max(privacy.sum_noise_sd(len(coordinator.rounds[-1].contributors))))
+    count_sd = next(r["noise_sd_units"] for r in privacy.releases if r["purpose"] == "row count")
+    total = total.copy()
+    total[0] = precision_weighted(total[0], noise, count[0], count_sd)
+    try:
+        return fit_from_noisy_sums(total, tuple(names), family, prior, noise,
+                                   len(coordinator.live_sites), level)
+    except (bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
+        raise InputError(f"the fit from the noisy summed statistics failed ({err}); a larger "
+                         "--epsilon or a smaller --dp-clip helps") from None
 
 
 def _site_groups(opts: BFIOptions, parts: dict) -> dict[str, str]:
@@ -735,18 +758,25 @@ def _bfi_remote(coordinator, opts, schema, family, names, started, warnings) -> 
     if privacy is None:
         total = coordinator.secure_sum("bfi-terms", lambda s: s.bfi_terms_vector(spec),
                                        dp=_DERIVED)
-    else:  # each site noises its statistics for itself and releases its fit from them
-        from securefed.dp_statistics import summary_length, summary_query
+    else:  # the sites' clipped statistics, noised for the sum (post-processing after)
+        from securefed.dp_statistics import summary_query
 
         dp = privacy.options
         bound = dp.outcome_scale(family.name)
-        query = summary_query("sufficient statistics (kept at the site)", dp.clip, bound,
+        query = summary_query("sufficient statistics", dp.clip, bound,
                               (1.0 - DP_SHARES["count"]) * dp.run_rho)
-        query = replace(query, local_length=summary_length(len(names)))
         total = coordinator.secure_sum(
-            "bfi-terms", lambda s: s.dp_bfi_stats_vector(spec, dp.clip, bound), dp=query)
-    guard.terms(total, coordinator, layout)
-    fit = layout.combine(total, combined_prior=combined, level=opts.level)
+            "bfi-sufficient-statistics", lambda s: s.dp_bfi_stats_vector(spec, dp.clip, bound),
+            dp=query)
+        privacy.clipped_records = float(total[-2])
+    inference = None
+    if privacy is None:
+        guard.terms(total, coordinator, layout)
+        fit = layout.combine(total, combined_prior=combined, level=opts.level)
+    else:
+        fit, inference = _fit_from_sums(coordinator, total, names, family,
+                                        prior if combined is None else combined, opts.level,
+                                        count)
     live = [s.name for s in coordinator.live_sites]
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded: " + ", ".join(coordinator.dropped))
@@ -759,4 +789,5 @@ def _bfi_remote(coordinator, opts, schema, family, names, started, warnings) -> 
         rounds=coordinator.round_id, seconds=time.perf_counter() - started,
         site_thetas={n: fit.estimate for n in live},
         timings=coordinator.timings(time.perf_counter() - started), parameter_names=fit.names,
-        privacy=None if privacy is None else privacy.report(), schema=schema)
+        privacy=None if privacy is None else {**privacy.report(), "inference": inference},
+        schema=schema)

@@ -17,12 +17,13 @@ def _register() -> None:
     """Attach the sub-command modules (once)."""
     if getattr(_register, "done", False):
         return
-    from securefed import cli_bfi, cli_fit
+    from securefed import cli_bfi, cli_cox, cli_fit
     from securefed.cli_audit import register as register_audit
 
     app.command("fit")(cli_fit.fit)
     app.command("demo")(cli_fit.demo)
     app.command("bfi")(cli_bfi.bfi)
+    app.command("cox")(cli_cox.cox)
     app.command("bfi-holdout")(cli_bfi.bfi_holdout)
     app.command("privacy-curve")(__import__("securefed.cli_privacy").cli_privacy.privacy_curve)
     register_audit(app)

@@ -58,9 +58,12 @@ def _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, 
 def bfi(
     data: Path = typer.Argument(..., help="CSV file with one row per observation."),
     formula: str = typer.Option(..., "--formula", help="GLM formula: 'y ~ x1 + x2'."),
-    family: str = typer.Option("gaussian", "--family", help="gaussian, binomial or poisson."),
+    family: str = typer.Option("gaussian", "--family",
+                               help="gaussian, binomial, poisson or survival."),
     site_column: str = typer.Option(..., "--site-column", help="Column naming each row's centre."),
     lam: float = typer.Option(0.01, "--lambda", help="Prior precision of every parameter."),
+    baseline: str = typer.Option(None, "--baseline", help="Survival: the baseline hazard, "
+                                 "exponential, weibull or gompertz."),
     intercept_lambda: float = typer.Option(None, "--intercept-lambda"),
     scale_lambda: float = typer.Option(None, "--scale-lambda", help="Prior on log sigma."),
     combined_lambda: float = typer.Option(None, "--combined-lambda", help="Prior precision "
@@ -112,6 +115,29 @@ def bfi(
 
     keys = trail_keys(audit_log, site_keys, expect_fingerprint)
     frame = read_table(data)
+    if family.lower() == "survival":
+        _survival_only({"--center-covariate": center_covariate,
+                        "--standardize": standardize, "--compare-pooled": compare_pooled or None,
+                        "--heterogeneity": heterogeneity, "--predict": predict,
+                        "--epsilon": epsilon, "--intercept-lambda": intercept_lambda,
+                        "--scale-lambda": scale_lambda})
+        from securefed.bfi_survival_run import SurvivalBFIOptions, run_bfi_survival
+
+        if baseline is None:
+            raise InputError("--family survival needs --baseline exponential, weibull or "
+                             "gompertz")
+        prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound,
+                                  drop_sites, drop_phase, drop_round)
+        report = run_bfi_survival(
+            frame, SurvivalBFIOptions(formula, site_column, baseline.lower(), lam,
+                                      combined_lambda, _names(stratify)),
+            protection=protection_for(frame, site_column, prot), audit_log=audit_log)
+        typer.echo(report.summary())
+        if json_out is not None:
+            write_json(json_out, report.to_dict())
+        return
+    if baseline is not None:
+        raise InputError("--baseline is for --family survival")
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity, combined_lambda)
@@ -137,6 +163,14 @@ def bfi(
             typer.echo(f"predictions written to {target}")
     elif predictions_out is not None:
         raise InputError("--predictions-out needs --predict NEW.csv")
+
+
+def _survival_only(given: dict) -> None:
+    """Refuse, in one line, the GLM BFI options that survival BFI does not have yet."""
+    for flag, value in given.items():
+        if value is not None:
+            raise InputError(f"{flag} is not available with --family survival yet (homogeneous "
+                             "BFI only)")
 
 
 def bfi_holdout(

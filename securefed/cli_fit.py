@@ -32,6 +32,9 @@ DP_OUTCOME_BOUND = typer.Option(None, "--dp-outcome-bound",
 DP_RUN_EPSILON = typer.Option(None, "--dp-run-epsilon",
                               help="DP: what this run may spend (default: the whole budget).")
 DP_ROUNDS = typer.Option(3, "--dp-rounds", help="DP: Newton rounds of a GLMM fit.")
+DP_MAX_SE_RATIO = typer.Option(10.0, "--dp-max-se-ratio", help="DP: refuse a GLMM fit (after "
+                               "its first release) whose predicted standard error of a fixed "
+                               "effect exceeds this multiple of the non-private one.")
 DP_GROUP_CLIP = typer.Option(8.0, "--dp-group-clip", help="DP: bound on one group's GLMM "
                              "terms, in records (see docs/privacy.md).")
 DP_MIN_CONTRIBUTORS = typer.Option(None, "--dp-min-contributors", help="DP: smallest number "
@@ -95,7 +98,7 @@ def parse_ranges(text: str | None) -> tuple[tuple[str, float, float], ...]:
 
 
 def dp_options(epsilon, delta, clip, outcome_bound, run_epsilon, rounds, group_clip,
-               min_contributors, ledger, standardize_ranges=None):
+               min_contributors, ledger, standardize_ranges=None, max_se_ratio=10.0):
     """DPOptions from the --epsilon/--dp-* flags; None when no budget was given."""
     from securefed.privacy import DPOptions
 
@@ -109,7 +112,8 @@ def dp_options(epsilon, delta, clip, outcome_bound, run_epsilon, rounds, group_c
     return DPOptions(epsilon=epsilon, delta=delta, clip=clip, outcome_bound=outcome_bound,
                      run_epsilon=run_epsilon, rounds=rounds, group_clip=group_clip,
                      min_contributors=min_contributors, ledger_dir=ledger,
-                     standardize_ranges=parse_ranges(standardize_ranges))
+                     standardize_ranges=parse_ranges(standardize_ranges),
+                     max_se_ratio=max_se_ratio)
 
 
 def parse_grid(text: str | None) -> tuple[float, ...]:
@@ -159,6 +163,7 @@ def fit(
     dp_run_epsilon: float = DP_RUN_EPSILON,
     dp_rounds: int = DP_ROUNDS,
     dp_group_clip: float = DP_GROUP_CLIP,
+    dp_max_se_ratio: float = DP_MAX_SE_RATIO,
     dp_min_contributors: int = DP_MIN_CONTRIBUTORS,
     privacy_ledger: Path = PRIVACY_LEDGER,
     audit_log: Path = AUDIT_LOG,
@@ -182,7 +187,8 @@ def fit(
                        lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed,
                        na_action=check_na_action(na_action), weights=weights, link=link)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, dp_rounds,
-                    dp_group_clip, dp_min_contributors, privacy_ledger)
+                    dp_group_clip, dp_min_contributors, privacy_ledger,
+                    max_se_ratio=dp_max_se_ratio)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,
                               drop_phase, drop_round, dp)
     result = run_with_progress(frame, opts, protect=prot, quiet=quiet, audit_log=audit_log,

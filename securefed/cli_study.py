@@ -86,11 +86,15 @@ def report(
     result: Annotated[Path, typer.Argument(help="result.json of a study (or --json of fit/bfi).")],
     out: Annotated[Path, typer.Option("--out", help="The HTML file; PNG figures go beside it.")
                    ] = Path("report.html"),
+    profile: Annotated[list[str] | None, typer.Option(
+        "--profile", help="Survival curves for this covariate profile, e.g. 'sex=1,age=60' "
+        "(repeatable; BFI survival results).")] = None,
 ) -> None:
-    """An HTML report: coefficients, forest plot, protection, convergence, BFI vs pooled."""
+    """An HTML report: coefficients, forest plot, protection, convergence, BFI vs pooled,
+    survival curves."""
     from securefed.report import write_report
 
-    written = write_report(result, out)
+    written = write_report(result, out, profiles=profile)
     typer.echo(f"wrote {written.html} ({len(written.figures)} figures beside it)")
 
 

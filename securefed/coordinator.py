@@ -168,7 +168,8 @@ class Coordinator:
             if f"seconds_{side}" in result.details:
                 self.seconds[f"protection_{side}"] += float(result.details[f"seconds_{side}"])
         if self.audit is not None:
-            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped)
+            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped,
+                                   result.details.get("dropout_reasons"))
         return result
 
     def _remote_round(self, purpose: str, compute: Callable[[Site], np.ndarray],
@@ -196,7 +197,8 @@ class Coordinator:
             self.audit.round_spec(self.round_id, purpose, len(result.total))
             for payload in result.details.get("releases", {}).values():
                 self.audit.remote_release(payload)
-            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped)
+            self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped,
+                                   result.details.get("dropout_reasons"))
         return result
 
     def abort_audit(self, error: Exception) -> None:
@@ -224,6 +226,11 @@ class Coordinator:
         out["coordinator_statistics_and_io"] = round(max(total_seconds - spent, 0.0), 6)
         out["total"] = round(total_seconds, 6)
         return out
+
+    def release_list(self) -> tuple[dict, ...]:
+        """Every round so far: its id, purpose, vector length and number of contributors."""
+        return tuple({"round": r.round_id, "purpose": r.purpose, "length": r.length,
+                      "contributors": len(r.contributors)} for r in self.rounds)
 
     def mean_bytes_per_site(self) -> int:
         if not self.bytes_sent:

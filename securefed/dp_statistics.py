@@ -94,7 +94,8 @@ def summary_length(p: int) -> int:
 
 def local_fit_from_stats(vec: np.ndarray, names: tuple[str, ...], family: Family,
                          prior: np.ndarray, noise_sd: float):
-    """A site's BFI local MAP fit from its noisy :func:`summary_vector` (post-processing).
+    """The BFI MAP fit from a noisy :func:`summary_vector` — the sites' sum under DP
+    (:mod:`securefed.dp_bfi`), or one site's own (post-processing either way).
 
     Gaussian fits are exact given the sums; binomial fits use the PASS-GLM
     quadratic approximation (:mod:`core_stats.bfi_stats`). ``noise_sd`` (the

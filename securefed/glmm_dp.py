@@ -6,7 +6,12 @@ with line searches (each would be another release). It is budget-aware:
 1. one release of the clipped design summary (share ``start_share`` of the
    run's ρ) gives start values — least squares (gaussian) or one IRLS step
    (binomial, poisson) — as in the plaintext fit, from noisy sums;
-2. ``rounds`` Newton rounds (the rest of ρ, split evenly) each release the
+2. from that release and the plan's public noise, the fit's standard errors
+   are *predicted* (:mod:`securefed.dp_inference`); if one fixed effect's
+   would exceed ``max_se_ratio`` times its non-private one, the run stops
+   there (:class:`~securefed.dp_inference.NotIdentifiable`, exit code 3),
+   having spent only the first release;
+3. ``rounds`` Newton rounds (the rest of ρ, split evenly) each release the
    gradient and Hessian of the marginal log-likelihood with every group's
    contribution clipped (:mod:`securefed.dp_statistics`). (Releasing the
    Hessian once and reusing it — chord Newton — leaves less noise per round
@@ -16,117 +21,161 @@ with line searches (each would be another release). It is budget-aware:
    (eigenvalues raised above the noise level) and a step is capped at 1 in
    every coordinate (log-SDs included), as the plaintext trust region does.
 
-Fewer rounds leave more budget per round, hence less noise per round: the
-default of 3 was chosen on the built-in example (``securefed privacy-curve``).
-Standard errors add to the inverse information the known variance that the
-last round's noise puts into the estimate, ``H⁻¹ Σ_noise H⁻¹``.
+Standard errors, intervals and p-values come from the parametric bootstrap of
+the whole pipeline (:func:`~securefed.dp_inference.noise_aware_covariance`):
+they carry the noise of every release and the distance the budgeted rounds
+leave from the optimum, plus the sampling variance.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from core_stats.families import Family
 from core_stats.glmm import ParameterLayout
-from core_stats.glmm_fit import GLMMEstimate, starting_values
-from core_stats.optimize import NewtonStep, SummedTerms, ridge_solve
+from core_stats.glmm_fit import GLMMEstimate
+from core_stats.optimize import NewtonStep, SummedTerms
+from protocols.dp import zcdp_epsilon
 from securefed.coordinator import Coordinator
-from securefed.dp_statistics import (
-    group_clip_units,
-    noise_floor,
-    positive_definite,
-    summary_query,
-    terms_query,
+from securefed.dp_inference import (
+    MIN_LOG_SD,
+    NoiseAwareCovariance,
+    NotIdentifiable,
+    StartPoint,
+    newton_update,
+    noise_aware_covariance,
+    start_point,
 )
+from securefed.dp_statistics import group_clip_units, noise_floor, summary_query, terms_query
 from securefed.privacy import DPOptions
 from securefed.vectors import from_upper_triangle
 
-__all__ = ["fit_glmm_dp", "MIN_LOG_SD"]
+__all__ = ["fit_glmm_dp", "DpGlmmFit", "MIN_LOG_SD", "ESTIMATOR"]
 
-MIN_LOG_SD = np.log(1e-3)  # log-Cholesky diagonals are kept above this
-MAX_STEP = 1.0
-MAX_START = 5.0  # |start beta| on the link scale (noisy sums can suggest absurd ones)
+ESTIMATOR = "budgeted damped Newton (design summary + Newton rounds), parametric-bootstrap SEs"
+PREDICTION_REPLICATES = 200
+
+
+@dataclass(frozen=True)
+class DpGlmmFit:
+    """The DP fit, its noisy counts and its noise-aware covariance (predicted and realised)."""
+
+    estimate: GLMMEstimate
+    n_obs: float
+    n_groups: float
+    predicted: NoiseAwareCovariance
+    realised: NoiseAwareCovariance
+
+    def report(self) -> dict:
+        """``privacy.inference`` in the JSON output."""
+        lay = self.estimate.layout
+        names = list(lay.fixed_names)
+        beta = lay.beta
+        return {
+            "estimator": ESTIMATOR,
+            "interval_method": "parametric bootstrap of the whole DP fit (Ferrando, Wang & "
+                               "Sheldon 2022) + sampling covariance",
+            "replicates": self.realised.replicates,
+            "curvature": self.realised.curvature_source,
+            "parameters": names,
+            "noise_aware_covariance": self.realised.covariance[beta, beta].tolist(),
+            "noise_covariance": self.realised.noise[beta, beta].tolist(),
+            "predicted_se": dict(zip(names, self.predicted.se[beta].tolist(), strict=True)),
+            "realised_se": dict(zip(names, self.realised.se[beta].tolist(), strict=True)),
+            "sampling_se": dict(zip(names, self.realised.sampling_se[beta].tolist(),
+                                    strict=True)),
+            "noise_share_of_variance": float(np.max(np.diag(self.realised.noise)[beta]
+                                                    / np.diag(self.realised.covariance)[beta])),
+            "n_obs_noisy": self.n_obs, "n_groups_noisy": self.n_groups,
+        }
 
 
 def fit_glmm_dp(coordinator: Coordinator, layout: ParameterLayout, family: Family,
                 dp: DPOptions,
-                on_step: Callable[[NewtonStep], None] | None = None
-                ) -> tuple[GLMMEstimate, float, float]:
-    """Run the budgeted DP fit; returns the estimate and the noisy numbers of rows and groups."""
+                on_step: Callable[[NewtonStep], None] | None = None) -> DpGlmmFit:
+    """Run the budgeted DP fit (module docstring)."""
     guard = coordinator.privacy
     rho = dp.run_rho
     rho_start = dp.start_share * rho
     rho_round = (1.0 - dp.start_share) * rho / dp.rounds
     bound = dp.outcome_scale(family.name)
-    p = layout.p
     summary = coordinator.secure_sum(
         "dp-design-summary", lambda s: s.dp_summary_vector(dp.clip, bound),
         dp=summary_query("design summary", dp.clip, bound, rho_start))
-    n_obs = max(float(summary[0]), p + 2.0)
-    xty = summary[3:3 + p]
-    noise = float(np.max(guard.sum_noise_sd(len(coordinator.rounds[-1].contributors))))
-    xtx = positive_definite(from_upper_triangle(summary[3 + p:-2], p), noise_floor(noise, p))
+    summary_sd = float(np.max(guard.sum_noise_sd(len(coordinator.rounds[-1].contributors))))
+    start = start_point(layout, family, summary, summary_sd)
     guard.clipped_records = float(summary[-2])
-    n_groups = max(float(summary[-1]), 1.0)
-    theta = starting_values(layout, family, n_obs, float(summary[1]), float(summary[2]),
-                            xty, xtx)
-    theta[layout.beta] = np.clip(theta[layout.beta], -MAX_START, MAX_START)
     units = group_clip_units(layout, dp.clip, bound, dp.group_clip)
-    trace, steps = [], []
-    gradient = damped = information = None
+    query = terms_query("glmm gradient and Hessian", layout, units, rho_round)
+    length = layout.size + layout.size * (layout.size + 1) // 2
+    planned = guard.planned_noise_sd(query, length, len(coordinator.live_sites))
+    predicted = noise_aware_covariance(layout, family, summary, summary_sd,
+                                       [planned] * dp.rounds, start.theta, start,
+                                       replicates=PREDICTION_REPLICATES)
+    _refuse_unidentified(layout, family, summary, summary_sd, planned, start, predicted, dp,
+                         guard)
+    theta = start.theta
+    trace, steps, round_sds, informations = [], [], [], []
     for iteration in range(1, dp.rounds + 1):
         here = theta.copy()
         total = coordinator.secure_sum(
-            "dp-glmm-terms", lambda s, at=here: s.dp_terms_vector(layout, at, units),
-            dp=terms_query("glmm gradient and Hessian", layout, units, rho_round))
-        gradient = total[:layout.size]
-        noise = guard.sum_noise_sd(len(coordinator.rounds[-1].contributors))
+            "dp-glmm-terms", lambda s, at=here: s.dp_terms_vector(layout, at, units), dp=query)
+        sd = guard.sum_noise_sd(len(coordinator.rounds[-1].contributors))
         released = from_upper_triangle(total[layout.size:], layout.size)
-        damped = positive_definite(-released, noise_floor(float(np.max(noise[layout.size:])),
-                                                          layout.size))
-        information = _information(-released, damped)
-        step, ridge = ridge_solve(damped, gradient)
-        step = step / max(1.0, float(np.max(np.abs(step))) / MAX_STEP)
-        theta = _keep_inside(layout, theta + step)
+        theta, information, ridge = newton_update(layout, here, total[:layout.size], released,
+                                                  float(np.max(sd[layout.size:])))
+        round_sds.append(sd)
+        informations.append(-released)
         steps.append(theta - here)
-        record = NewtonStep(iteration, float("nan"), float(np.max(np.abs(gradient))),
+        record = NewtonStep(iteration, float("nan"), float(np.max(np.abs(total[:layout.size]))),
                             float(np.max(np.abs(theta - here))), ridge, 1.0)
         trace.append(record)
         if on_step is not None:
             on_step(record)
-    contributors = len(coordinator.rounds[-1].contributors)
-    noise_sd = guard.sum_noise_sd(contributors)[:layout.size]
-    info_inv = np.linalg.inv(information)
-    inflated = info_inv + info_inv @ np.diag(noise_sd**2) @ info_inv
-    terms = SummedTerms(float("nan"), gradient, -np.linalg.inv(inflated))
-    se = np.sqrt(np.diag(inflated))
-    settled = bool(np.max(np.abs(steps[-1]) / se) <= 0.5)
+    realised = noise_aware_covariance(layout, family, summary, summary_sd, round_sds, theta,
+                                      start, informations)
+    terms = SummedTerms(float("nan"), total[:layout.size], -np.linalg.inv(realised.covariance))
+    settled = bool(np.max(np.abs(steps[-1]) / realised.se) <= 0.5)
     message = (f"differentially private fit: {dp.rounds} budgeted Newton round(s) from DP start "
-               f"values; last step {'within' if settled else 'more than'} 0.5 standard errors")
+               f"values; last step {'within' if settled else 'more than'} 0.5 standard errors; "
+               "standard errors carry the privacy noise")
     estimate = GLMMEstimate(layout=layout, theta=theta, loglik=float("nan"), terms=terms,
                             converged=settled, singular=False, rounds=coordinator.round_id,
                             iterations=dp.rounds, trace=tuple(trace), message=message,
                             penalty=0.0)
-    return estimate, n_obs, n_groups
+    return DpGlmmFit(estimate, start.n_obs, start.n_groups, predicted, realised)
 
 
-def _information(released: np.ndarray, damped: np.ndarray) -> np.ndarray:
-    """The released information if positive definite, else the damped one (for SEs)."""
-    sym = 0.5 * (released + released.T)
-    try:
-        np.linalg.cholesky(sym)
-        return sym
-    except np.linalg.LinAlgError:
-        return damped
+def _refuse_unidentified(layout: ParameterLayout, family: Family, summary: np.ndarray,
+                         summary_sd: float, planned: np.ndarray, start: StartPoint,
+                         predicted: NoiseAwareCovariance, dp: DPOptions, guard) -> None:
+    """Stop after the first release when the noise would swamp a fixed effect.
 
-
-def _keep_inside(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
-    """Log-Cholesky diagonals stay above ``MIN_LOG_SD`` (AGQ needs a positive SD)."""
-    out = theta.copy()
-    start = layout.cov.start
-    for k, (r, c) in enumerate(layout.cholesky_entries()):
-        if r == c:
-            out[start + k] = max(out[start + k], MIN_LOG_SD)
-    return out
+    The ε named scales the predicted noise variance (∝ 1/ρ) down to the limit;
+    step caps make it a lower estimate. When the summary's own X'X is below its
+    noise floor the prediction rests on noise, and the message says the ε is a
+    rough estimate.
+    """
+    beta = layout.beta
+    ratio = predicted.se[beta] / predicted.sampling_se[beta]
+    worst = int(np.argmax(ratio))
+    if ratio[worst] <= dp.max_se_ratio:
+        return
+    # the noise variance scales as 1/rho: the rho that brings the worst ratio to the limit
+    noise_ratio2 = float(np.max(np.diag(predicted.noise)[beta] / predicted.sampling_se[beta]**2))
+    needed = zcdp_epsilon(dp.run_rho * noise_ratio2 / (dp.max_se_ratio**2 - 1.0), dp.delta)
+    p = layout.p
+    xtx = from_upper_triangle(summary[3 + p:3 + p + p * (p + 1) // 2], p)
+    rough = float(np.linalg.eigvalsh(xtx)[0]) <= noise_floor(summary_sd, p)
+    spent = guard.report()["epsilon_spent"]
+    raise NotIdentifiable(
+        f"the privacy noise would leave the effects unidentified: the predicted standard error "
+        f"of '{layout.fixed_names[worst]}' is {ratio[worst]:.3g} times its non-private one "
+        f"(limit {dp.max_se_ratio:g}, --dp-max-se-ratio); this fit would need about "
+        f"epsilon={needed:.3g} per site at delta={dp.delta:g}"
+        + (" (a rough estimate: the design summary itself is mostly noise at this epsilon; "
+           "its sensitivity grows as --dp-clip squared)" if rough else "")
+        + f". Only the first release (the design summary, epsilon={spent:.3g}) was spent.")

@@ -107,22 +107,32 @@ def _check_frame(frame: pd.DataFrame, opts: GLMMOptions, sites: list[Site]):
         family.check_outcome(np.concatenate(outcomes), weights)
     except ValueError as err:
         raise InputError(f"outcome '{formula.outcome}': {err}") from None
-    groups = frame[list(group_columns)].astype(str).agg(":".join, axis=1)
-    complete = frame[list(group_columns)].notna().all(axis=1)
-    sites_per_group = frame.loc[complete, opts.site_column].groupby(groups[complete]).nunique()
-    if (sites_per_group > 1).any():
-        raise InputError(f"a group of '{formula.group}' appears in more than one site: "
-                         f"groups must be nested within '{opts.site_column}'")
-    if sites_per_group.size < 2:
-        raise InputError(f"'{formula.group}' has a single group: a random effect needs at "
-                         "least two (lme4 refuses it too)")
+    for term in formula.model.random:
+        _check_nested(frame, term, opts.site_column)
     omitted = {s.name: n for s, (_, _, n) in zip(sites, checked, strict=True) if n}
     return formula, family, schema, omitted
 
 
+def _check_nested(frame: pd.DataFrame, term, site_column: str) -> None:
+    """Every level of the term's grouping factor lies in one site; there are two or more."""
+    columns = list(term.group)
+    complete = frame[columns].notna().all(axis=1)
+    groups = frame.loc[complete, columns].astype(str).agg(":".join, axis=1)
+    sites = frame.loc[complete, site_column].astype(str)
+    per_group = sites.groupby(groups).unique()
+    split = per_group[per_group.map(len) > 1]
+    if len(split):
+        first, second = sorted(split.iloc[0])[:2]
+        raise InputError(f"a level of '{term.group_name}' appears in sites {first} and "
+                         f"{second}: grouping factors must be nested within '{site_column}'")
+    if per_group.size < 2:
+        raise InputError(f"'{term.group_name}' has a single group: a random effect needs at "
+                         "least two (lme4 refuses it too)")
+
+
 def _parse_model(opts: GLMMOptions):
     try:
-        formula = parse_mixed_formula(opts.formula)
+        formula = parse_mixed_formula(opts.formula, several=True)
         family = get_family(opts.family, opts.link)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
@@ -197,13 +207,13 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
     _require_column(frame, opts.site_column)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
     formula, family, schema, omitted = _check_frame(frame, opts, sites)
-    fixed_names, random_names = _public_design(schema)
+    several = len(formula.model.random) > 1 or not formula.model.random[0].correlated
     protection = protection or PlaintextSum()
     warnings = [w for s in sites for w in s.warnings()]
     warnings += [f"site {name}: {n} row(s) with missing values omitted"
                  for name, n in omitted.items()]
     source = frame.attrs.get("source")
-    if site_runtime and audit_log is None and runtime_supports(protection):
+    if site_runtime and audit_log is None and not several and runtime_supports(protection):
         from securefed.transport.loopback import loopback_rounds
 
         # the sites answer through the site runtime (the ClientApp handler, their policy)
@@ -219,8 +229,17 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
                                  keys=audit_keys)
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
-    fit = _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
-               on_step, started, warnings)
+    if several:  # several random-effects terms: securefed.glmm_multi_run
+        from securefed.glmm_multi_run import fit_multi
+
+        design = GLMMSiteDesign(schema, family, 1, opts.na_action, opts.weights)
+        fit = fit_multi(coordinator, opts, family, design, fixed_column_names(schema),
+                        warnings, started, on_step, _weighted(opts, formula))
+        coordinator.finish_audit(fit.to_dict(), "glmm")
+    else:
+        fixed_names, random_names = _public_design(schema)
+        fit = _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
+                   on_step, started, warnings)
     return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
 
 
@@ -255,6 +274,9 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     started = time.perf_counter() if started is None else started
     _check_options(opts)
     formula, family = _parse_model(opts)
+    if len(formula.model.random) > 1 or not formula.model.random[0].correlated:
+        raise InputError("several random-effects terms (or '||') are not available over a "
+                         "remote transport yet")
     schema = DesignSchema(opts.formula) if schema is None else schema
     fixed_names, random_names = _public_design(schema)
     from securefed.coordinator import RemoteSite
@@ -365,15 +387,18 @@ def _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names, 
     dp = coordinator.privacy.options
     warnings = []  # not the plaintext warnings: they name exact site sizes, which DP hides
     layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
-    estimate, n_obs, n_groups = fit_glmm_dp(coordinator, layout, family, dp, on_step)
+    result = fit_glmm_dp(coordinator, layout, family, dp, on_step)
+    estimate, n_obs, n_groups = result.estimate, result.n_obs, result.n_groups
     live = coordinator.live_sites
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded from the fit: "
                         + ", ".join(coordinator.dropped))
     seconds = time.perf_counter() - started
-    extra = {"timings": coordinator.timings(seconds), "privacy": coordinator.privacy.report()}
+    privacy = {**coordinator.privacy.report(), "inference": result.report()}
+    extra = {"timings": coordinator.timings(seconds), "privacy": privacy}
     fit = _make_fit(opts, estimate, family, int(round(n_obs)), int(round(n_groups)), len(live),
                     coordinator, warnings, (), extra, seconds)
+    fit = replace(fit, counts_noisy=True)
     coordinator.finish_audit(fit.to_dict(), "glmm")
     return fit
 

@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from protocols.secret_files import create_secret_file
 from securefed.canonical import canonical_bytes, sha256_hex
 from securefed.errors import InputError
 
@@ -217,18 +218,11 @@ class Identity:
         """
         path = Path(path)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            return create_secret_file(path, self.export_private_key_pem())
         except FileExistsError:
             raise InputError(f"{path} exists; refusing to overwrite a private key") from None
         except OSError as err:
             raise InputError(f"cannot create {path}: {err.strerror}") from None
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self.export_private_key_pem())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        return path
 
     def save_public_key(self, path: str | os.PathLike[str]) -> Path:
         """Write the public key as 64 hex characters and a newline."""

@@ -352,6 +352,28 @@ def check_glmm_terms(total: np.ndarray, design: DesignSummary, layout: Parameter
                 f"-Hessian of beta is not <= {upper_factor:.6g} X'X in the Loewner order")
 
 
+def check_multi_glmm_terms(total: np.ndarray, design: DesignSummary, layout, theta: np.ndarray,
+                           derivatives: bool, purpose: str = "glmm-terms") -> None:
+    """Check a summed round of a model with several random-effects terms.
+
+    ``finite``, ``length`` and ``loglik-upper``: the multivariate Laplace value
+    is the one-node rule of the argument in :func:`check_glmm_terms`, so
+    ``l <= 0`` for binomial and Poisson; Gaussian ``l = log N(y; X beta, V)``
+    with ``V >= sigma^2 I``. The score and curvature bounds are not proven for
+    several terms and are not checked.
+    """
+    total = _finite(purpose, total)
+    size = layout.size
+    expected = 1 + size + size * (size + 1) // 2 if derivatives else 1
+    if total.size != expected:
+        _refuse(purpose, "length", f"{total.size} values, expected {expected}")
+    upper = _loglik_upper(design, layout, theta)
+    value = float(total[0])
+    if value > upper + design.tolerance.absolute + MODEL_RTOL * max(1.0, abs(upper)):
+        _refuse(purpose, "loglik-upper",
+                f"log-likelihood {value:.6g} above its largest honest value {upper:.6g}")
+
+
 def _check_gradient(purpose: str, design: DesignSummary, layout: ParameterLayout,
                     theta: np.ndarray, grad: np.ndarray, nagq: int) -> None:
     family = design.family
@@ -530,7 +552,10 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
       min_{x_b} x'A_l x >= min_{x_b} x'Lambda x >= x_a'Lambda_a x_a``); centre
       covariate ``sum J_l'(A_l - Lambda_l)J_l >= 0``. For the Gaussian family
       on the coordinates other than the scale, and only when the scale is
-      shared.
+      shared; for survival models (homogeneous layout) on the coefficients
+      (``sum u x x'``), not on the baseline's ``omega`` parameters; the Schur
+      bound of the other layouts needs ``A_l >= Lambda_l`` on every parameter,
+      which survival models do not give.
     * ``binomial-intercept``: binomial with an intercept: the intercept's
       entries of ``sum (A_l - Lambda_l)`` add up to at most ``n / 4``
       (``(X_l'W_l X_l)_00 = sum_i mu_i (1 - mu_i) <= n_l / 4``; a Schur
@@ -585,6 +610,9 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
         kept = []
     if family.name != "gaussian":
         kept = list(range(dim))
+    if family.name == "survival":  # concave in beta (sum u x x'), not in the baseline's scales
+        kept = [] if not isinstance(layout, HomogeneousLayout) else \
+            [c for c, name in enumerate(names) if not name.startswith("omega_")]
     if kept:
         block = above[np.ix_(kept, kept)]
         diag = np.sqrt(np.maximum(np.abs(np.diag(block)), 1e-300))

@@ -25,10 +25,12 @@ the sensitivity in grid units, which the accounting includes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,9 @@ class DPOptions:
     vector (L2, intercept included), ``outcome_bound`` its outcome (gaussian
     and poisson). ``rounds`` is the number of GLMM Newton rounds under DP and
     ``group_clip`` the records-equivalent bound on one group's GLMM terms.
+    ``max_se_ratio``: a GLMM fit whose predicted noise-aware standard error of
+    a fixed effect exceeds this multiple of the non-private one is refused
+    after its first release (:mod:`securefed.dp_inference`).
     """
 
     epsilon: float
@@ -74,7 +79,8 @@ class DPOptions:
     group_clip: float = 8.0
     min_contributors: int | None = None
     ledger_dir: Path | None = None
-    start_share: float = 0.25
+    start_share: float = 0.6
+    max_se_ratio: float = 10.0
     standardize_ranges: tuple[tuple[str, float, float], ...] = ()
 
     def standardize_range_for(self, columns) -> list[tuple[float, float]]:
@@ -107,6 +113,8 @@ class DPOptions:
             raise InputError("--dp-outcome-bound must be a positive number")
         if not 1 <= self.rounds <= 50:
             raise InputError("--dp-rounds must be between 1 and 50")
+        if not (math.isfinite(self.max_se_ratio) and self.max_se_ratio > 1):
+            raise InputError("--dp-max-se-ratio must be a number above 1")
         if not self.group_clip > 0:
             raise InputError("--dp-group-clip must be positive")
         for name, low, high in self.standardize_ranges:
@@ -193,6 +201,37 @@ class SitePrivacy:
         self.ledger = ledger
         self._file = ledger_file
         self._rng = rng if rng is not None else OsRandom()
+        self._lock_depth = 0
+
+    @contextmanager
+    def locked(self) -> Iterator[SitePrivacy]:
+        """Hold the ledger file's exclusive lock, with the ledger re-read from it.
+
+        Every check and charge of a file-backed ledger runs inside this, so two
+        runs (threads or processes) on one ledger file never both spend the
+        same budget: the second sees the first's spending. Re-entrant; a
+        ledger without a file needs no lock.
+        """
+        if self._file is None or self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
+        epsilon, delta = self.ledger.budget
+        with open(self._file.with_name(self._file.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                fresh = PrivacyLedger(epsilon, delta)
+                if self._file.exists():
+                    _replay(fresh, self._file, self.name, epsilon, delta)
+                self.ledger = fresh
+                yield self
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @classmethod
     def open(cls, name: str, epsilon: float, delta: float,
@@ -237,17 +276,23 @@ class SitePrivacy:
         cal = calibrate(query, len(vector), min_contributors)
         units = query.units(len(vector))
         release = cal.release(release_label(query, round_id))
-        refused = self.refusal(query, release, round_id)
-        if refused is not None:
-            raise refused
-        self.charge(release)
+        with self.locked():
+            refused = self.refusal(query, release, round_id)
+            if refused is not None:
+                raise refused
+            self.charge(release)
         return self.noisy(vector, units, cal)
 
     def charge(self, release: NoiseRelease) -> None:
-        """Commit ``release`` to the ledger (raises, unchanged, if over budget)."""
-        self.ledger.spend(release)
-        if self._file is not None:
-            _save(self.ledger, self._file, self.name)
+        """Commit ``release`` to the ledger (raises, unchanged, if over budget).
+
+        Under :meth:`locked`: the ledger on disk is re-read, charged and
+        written back while no other run can touch it.
+        """
+        with self.locked():
+            self.ledger.spend(release)
+            if self._file is not None:
+                _save(self.ledger, self._file, self.name)
 
     def fields(self) -> dict[str, float]:
         """Cumulative spending, for the site's RELEASE audit entries."""
@@ -268,6 +313,11 @@ class SitePrivacy:
             raise EncodingError(f"site {self.name}: a value is too large for the DP grid; "
                                 "standardise the covariates or lower the clipping bounds")
         return words * step
+
+
+def _sum_sd(cal: _Calibration, units: np.ndarray, n_contributors: int) -> np.ndarray:
+    """Per-coordinate SD of a sum of ``n_contributors`` noise shares (in the vector's units)."""
+    return cal.local_sigma * math.sqrt(n_contributors) * np.ldexp(1.0, units + cal.grid_bits)
 
 
 def _replay(ledger: PrivacyLedger, path: Path, name: str, epsilon: float, delta: float) -> None:
@@ -368,10 +418,13 @@ class PrivacyGuard:
         cal = calibrate(query, length, contributors)
         if not local:
             self._check_grid(units, cal, length)
-        self._check_all(query, cal.release(release_label(query, round_id)), round_id, vectors)
+        with self._locked(vectors):  # check all, then charge all, with no run in between
+            self._check_all(query, cal.release(release_label(query, round_id)), round_id,
+                            vectors)
+            noisy = {name: self.sites[name].release(vec, query, round_id, contributors)
+                     for name, vec in vectors.items()}
         self._record(query, round_id, cal, units, local)
-        return {name: self.sites[name].release(vec, query, round_id, contributors)
-                for name, vec in vectors.items()}
+        return noisy
 
     def admit_remote(self, query: DpQuery, round_id: int, site_names: Sequence[str],
                      length: int, min_contributors: int) -> None:
@@ -389,9 +442,10 @@ class PrivacyGuard:
         if min_contributors > 1:
             self._check_grid(units, cal, length)
         release = cal.release(release_label(query, round_id))
-        self._check_all(query, release, round_id, site_names)
-        for name in site_names:
-            self.sites[name].charge(release)
+        with self._locked(site_names):
+            self._check_all(query, release, round_id, site_names)
+            for name in site_names:
+                self.sites[name].charge(release)
         self._record(query, round_id, cal, units, local)
         if local:
             self.releases.append({"round": round_id, "purpose": "released: a function of the "
@@ -402,6 +456,14 @@ class PrivacyGuard:
     def plan_rho_left(self) -> float:
         """ρ the run may still spend: its planned total less what it has released so far."""
         return max(0.0, self.options.run_rho - sum(r["rho"] for r in self.releases))
+
+    @contextmanager
+    def _locked(self, site_names) -> Iterator[None]:
+        """Every named site's ledger locked and re-read (in name order: no deadlock)."""
+        with ExitStack() as stack:
+            for name in sorted(site_names):
+                stack.enter_context(self.sites[name].locked())
+            yield
 
     def _check_all(self, query: DpQuery, release: NoiseRelease, round_id: int,
                    site_names) -> None:
@@ -428,7 +490,12 @@ class PrivacyGuard:
     def sum_noise_sd(self, n_contributors: int) -> np.ndarray:
         """Per-coordinate noise SD of the last released sum over ``n_contributors`` sites."""
         cal, units = self._last
-        return cal.local_sigma * math.sqrt(n_contributors) * np.ldexp(1.0, units + cal.grid_bits)
+        return _sum_sd(cal, units, n_contributors)
+
+    def planned_noise_sd(self, query: DpQuery, length: int, n_contributors: int) -> np.ndarray:
+        """Per-coordinate noise SD a release of ``query`` would have (nothing is released)."""
+        cal = calibrate(query, length, self.min_contributors)
+        return _sum_sd(cal, query.units(length), n_contributors)
 
     def privacy_fields(self, site: str) -> dict[str, float]:
         """A site's cumulative spending, for its RELEASE audit entries."""

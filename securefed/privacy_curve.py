@@ -3,8 +3,13 @@
 For each ε (and ∞: the non-private fit) and each repetition, the model is
 fitted under ``secagg,dp`` and compared with the non-private fit of the same
 data: the error of every coefficient in units of its non-private standard
-error, and whether the private 95% interval covers the non-private
-estimate. Built-in data:
+error, whether the private 95% interval covers the non-private estimate, and
+the interval's width (in the same units). A GLMM fit refused as unidentified
+(:class:`~securefed.dp_inference.NotIdentifiable`) is counted as refused, not
+as a failure. For BFI the DP fit is the homogeneous model's posterior from
+the summed statistics (:mod:`securefed.dp_bfi`), so coverage is reported
+against both non-private references: BFI's combination of local fits and the
+pooled posterior of the same model. Built-in data:
 
 * ``glmm``: :func:`securefed.synthetic.make_clustered` — 12 hospitals, 50
   patients each with 5 visits, random intercept per patient, binary outcome
@@ -26,6 +31,7 @@ import pandas as pd
 
 from securefed.bfi_run import BFIOptions, run_bfi
 from securefed.data import builtin_path
+from securefed.dp_inference import NotIdentifiable
 from securefed.glmm_run import GLMMOptions, run_glmm
 from securefed.privacy import DPOptions
 from securefed.protection import ProtectionOptions, build_protection
@@ -47,6 +53,7 @@ class CurveModel:
     family: str
     clip: float
     outcome_bound: float | None
+    pooled: Callable | None = None  # frame -> {term: estimate}: a second reference
 
 
 def _glmm_frame() -> pd.DataFrame:
@@ -70,17 +77,36 @@ def _nurses_frame() -> pd.DataFrame:
     return frame
 
 
+BFI_FORMULA = "stress ~ age + gender + experien + wardtype"
+
+
 def _bfi_fit(frame, protection):
-    opts = BFIOptions(formula="stress ~ age + gender + experien + wardtype", family="gaussian",
-                      site_column="hospital")
+    opts = BFIOptions(formula=BFI_FORMULA, family="gaussian", site_column="hospital")
     report = run_bfi(frame, opts, protection=protection)
     return [(e["term"], e["estimate"], e["sd"], e["ci_low"], e["ci_high"])
             for e in report.to_dict()["estimates"]]
 
 
+def _bfi_pooled(frame) -> dict[str, float]:
+    """The non-private posterior of the homogeneous model on the pooled rows."""
+    from core_stats import bfi
+    from core_stats.families import get_family
+    from core_stats.formula import agree_schema, model_data, parse_formula, variable_report
+    from securefed.bfi_run import _priors
+
+    opts = BFIOptions(formula=BFI_FORMULA, family="gaussian", site_column="hospital")
+    family = get_family("gaussian")
+    schema = agree_schema(BFI_FORMULA, [variable_report(parse_formula(BFI_FORMULA), frame)])
+    data = model_data(schema, frame)
+    prior, _ = _priors(opts, family, data.fixed_names)
+    fit = bfi.fit_pooled(data.X, data.y, family, prior, names=data.fixed_names)
+    return dict(zip(fit.names, fit.estimate.tolist(), strict=True))
+
+
 MODELS = {
     "glmm": CurveModel("glmm", _glmm_frame, _glmm_fit, "binomial", 4.0, None),
-    "bfi": CurveModel("bfi", _nurses_frame, _bfi_fit, "gaussian", math.sqrt(5.0), 3.0),
+    "bfi": CurveModel("bfi", _nurses_frame, _bfi_fit, "gaussian", math.sqrt(5.0), 3.0,
+                      _bfi_pooled),
 }
 
 
@@ -93,6 +119,7 @@ def privacy_curve(models: Sequence[str], epsilons: Sequence[float], repeats: int
         frame = model.frame()
         sites = sorted({str(v) for v in frame["hospital"]})
         reference = {t: (e, s) for t, e, s, _, _ in model.fit(frame, None)}
+        pooled = model.pooled(frame) if model.pooled is not None else {}
         for eps in epsilons:
             for rep in range(1 if math.isinf(eps) else repeats):
                 if on_point is not None:
@@ -108,13 +135,19 @@ def privacy_curve(models: Sequence[str], epsilons: Sequence[float], repeats: int
                 except Exception as err:  # a failed private fit is a result, not a crash
                     rows.append({"model": name, "epsilon": eps, "repeat": rep, "term": None,
                                  "error_in_se": np.nan, "covered": np.nan,
+                                 "refused": isinstance(err, NotIdentifiable),
                                  "failed": str(err)[:200]})
                     continue
                 for term, est, _se, lo, hi in fitted:
                     ref_est, ref_se = reference[term]
+                    other = pooled.get(term, np.nan)
                     rows.append({"model": name, "epsilon": eps, "repeat": rep, "term": term,
                                  "error_in_se": (est - ref_est) / ref_se,
-                                 "covered": float(lo <= ref_est <= hi), "failed": ""})
+                                 "covered": float(lo <= ref_est <= hi),
+                                 "covered_pooled": float(lo <= other <= hi)
+                                 if np.isfinite(other) else np.nan,
+                                 "width_in_se": (hi - lo) / ref_se, "refused": False,
+                                 "failed": ""})
     return pd.DataFrame(rows)
 
 
@@ -123,47 +156,61 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (model, eps), part in table.groupby(["model", "epsilon"], sort=True):
         ok = part[part["failed"] == ""]
+        failed = part[part["failed"] != ""]
+        pooled = ok["covered_pooled"].dropna() if "covered_pooled" in ok else ok["covered"][:0]
         out.append({"model": model, "epsilon": eps,
                     "rmse_in_se": float(np.sqrt(np.mean(ok["error_in_se"] ** 2)))
                     if len(ok) else np.nan,
                     "coverage": float(ok["covered"].mean()) if len(ok) else np.nan,
+                    "coverage_pooled": float(pooled.mean()) if len(pooled) else np.nan,
+                    "median_width_in_se": float(ok["width_in_se"].median())
+                    if len(ok) else np.nan,
                     "fits": int(part["repeat"].nunique()),
-                    "failed_fits": int((part["failed"] != "").sum())})
+                    "refused_fits": int(failed["refused"].astype(bool).sum()),
+                    "failed_fits": int((~failed["refused"].astype(bool)).sum())})
     return pd.DataFrame(out)
 
 
 def plot_curve(summary: pd.DataFrame, path: Path) -> None:
-    """Two panels: RMSE (log scale) and coverage against ε (∞ drawn at the right)."""
+    """Three panels against ε (∞ drawn at the right): RMSE (log scale), coverage of the
+    95% interval (dashed: against the pooled posterior), and the interval's median width."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     finite = sorted(e for e in summary["epsilon"].unique() if math.isfinite(e))
     inf_x = (max(finite) * 2.5) if finite else 1.0
     for model, part in summary.groupby("model"):
-        finite_part = part[np.isfinite(part["epsilon"])]
-        line = axes[0].plot(finite_part["epsilon"], finite_part["rmse_in_se"], marker="o",
-                            label=model)[0]
-        axes[1].plot(finite_part["epsilon"], finite_part["coverage"], marker="o", label=model,
-                     color=line.get_color())
+        fin = part[np.isfinite(part["epsilon"])]
+        line = axes[0].plot(fin["epsilon"], fin["rmse_in_se"], marker="o", label=model)[0]
+        colour = line.get_color()
+        axes[1].plot(fin["epsilon"], fin["coverage"], marker="o", label=model, color=colour)
+        if fin["coverage_pooled"].notna().any():
+            axes[1].plot(fin["epsilon"], fin["coverage_pooled"], marker="x", ls="--",
+                         color=colour, label=f"{model} (vs pooled posterior)")
+        axes[2].plot(fin["epsilon"], fin["median_width_in_se"], marker="o", label=model,
+                     color=colour)
         at_inf = part[~np.isfinite(part["epsilon"])]
-        if len(at_inf):  # the non-private fit: error 0 (off the log scale), coverage 1
-            axes[1].plot([inf_x], at_inf["coverage"], marker="s", color=line.get_color())
+        if len(at_inf):  # the non-private fit: error 0 (off the log scale)
+            axes[1].plot([inf_x], at_inf["coverage"], marker="s", color=colour)
+            axes[2].plot([inf_x], at_inf["median_width_in_se"], marker="s", color=colour)
     for ax in axes:
         ax.set_xscale("log", base=2)
-        ticks = finite + [inf_x]
-        ax.set_xticks(ticks)
+        ax.set_xticks(finite + [inf_x])
         ax.set_xticklabels([f"{e:g}" for e in finite] + ["∞"])
         ax.set_xlabel("ε per site (δ = 1e-6)")
-        ax.legend()
+        ax.legend(fontsize=8)
     axes[0].set_yscale("log")
     axes[0].set_ylabel("RMSE vs non-private fit (in its SEs; 0 at ∞)")
     axes[1].axhline(0.95, color="grey", lw=0.8, ls="--")
+    axes[1].axhline(0.93, color="grey", lw=0.8, ls=":")
     axes[1].set_ylim(0, 1.02)
     axes[1].set_ylabel("95% CI covers the non-private estimate")
-    fig.suptitle("Accuracy against privacy (secagg,dp; built-in data)")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("median 95% CI width (in non-private SEs)")
+    fig.suptitle("Accuracy against privacy (secagg,dp; built-in data; refused fits left out)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

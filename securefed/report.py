@@ -25,7 +25,7 @@ h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #
 table{border-collapse:collapse;margin:.5em 0}th,td{padding:.25em .7em;text-align:right}
 th:first-child,td:first-child{text-align:left}thead th{border-bottom:2px solid #444}
 tbody tr:nth-child(even){background:#f4f4f4}img{max-width:100%;border:1px solid #ddd}
-.warn{color:#a40}.muted{color:#666}"""
+.warn{color:#a40}.banner{background:#fde8d8;border:1px solid #a40;padding:.6em}.muted{color:#666}"""
 
 
 @dataclass(frozen=True)
@@ -170,6 +170,8 @@ def _protection_section(result: dict) -> str:
     privacy = result.get("privacy")
     if privacy:
         items = privacy.items() if isinstance(privacy, dict) else [("privacy", privacy)]
+        items = [(k, {a: b for a, b in v.items() if "covariance" not in a}
+                  if k == "inference" and isinstance(v, dict) else v) for k, v in items]
         out += "<h2>Privacy</h2>" + _table(["", "value"], [
             [k, v if isinstance(v, int | float | str) else json.dumps(v)] for k, v in items],
             "privacy")
@@ -177,6 +179,33 @@ def _protection_section(result: dict) -> str:
         out += ('<p class="muted">No differential privacy in this run: the released sums are '
                 "exact.</p>")
     return out
+
+
+NOISE_BANNER_SHARE = 0.5  # privacy noise at least this share of an estimate's variance
+
+
+def _rows_text(result: dict) -> str:
+    privacy = result.get("privacy") or {}
+    inference = privacy.get("inference") if isinstance(privacy, dict) else None
+    if result.get("counts_noisy") or inference:
+        noisy = (inference or {}).get("n_obs_noisy", result.get("n_obs"))
+        return f"~{_fmt(round(_num(noisy)))} rows (noisy count)"
+    return f"{_fmt(result.get('n_obs'))} rows"
+
+
+def _noise_banner(result: dict) -> list[str]:
+    """A banner when the privacy noise dominates the variance of some estimate."""
+    privacy = result.get("privacy") or {}
+    inference = privacy.get("inference") if isinstance(privacy, dict) else None
+    if not isinstance(inference, dict):
+        return []
+    share = _num(inference.get("noise_share_of_variance"))
+    if not share >= NOISE_BANNER_SHARE:
+        return []
+    return [f'<p class="banner">Privacy noise dominates: for at least one coefficient '
+            f"{100 * share:.0f}% of the variance of the estimate is differential-privacy "
+            "noise. The intervals carry it (parametric bootstrap of the private fit), so they "
+            "are much wider than a non-private fit's; a larger epsilon narrows them.</p>"]
 
 
 def _glmm_sections(result: dict, stem: str, folder: Path, figures: list[Path]) -> str:
@@ -222,7 +251,8 @@ def _img(path: Path, alt: str) -> str:
     return f'<p><img src="{html.escape(path.name)}" alt="{html.escape(alt)}"></p>'
 
 
-def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
+def write_report(result_path: str | Path, out: str | Path,
+                 profiles: list[str] | None = None) -> ReportFiles:
     """Write the HTML report of ``result_path`` to ``out`` and its PNG figures beside it.
 
     Parameters
@@ -231,7 +261,10 @@ def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
         A GLMM or BFI result JSON.
     out : str or Path
         The HTML file; figures are ``<stem>_forest.png``, ``<stem>_trace.png`` (GLMM)
-        and ``<stem>_pooled.png`` (BFI with a pooled comparison) in its folder.
+        and ``<stem>_pooled.png`` (BFI with a pooled comparison) in its folder;
+        ``<stem>_survival.png`` for a BFI survival fit.
+    profiles : list of str, optional
+        Covariate profiles (``"sex=1,age=60"``) for a survival fit's curves.
 
     Returns
     -------
@@ -246,12 +279,15 @@ def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
         raise InputError(f"cannot create {out.parent}: {err.strerror}") from None
     rows = coefficient_rows(result)
     figures: list[Path] = []
-    model = "Generalized linear mixed model" if kind == "glmm" else "Bayesian Federated Inference"
+    cox = result.get("model") == "cox"
+    model = ("Stratified Cox model (strata: sites)" if cox else
+             "Generalized linear mixed model" if kind == "glmm" else "Bayesian Federated Inference")
     title = (result.get("study") or {}).get("title") or f"{model} ({result.get('family', '')})"
     parts = [f"<h1>{html.escape(title)}</h1>",
              f"<p>{html.escape(model)} · family {_fmt(result.get('family'))} · formula "
-             f"<code>{_fmt(result.get('formula'))}</code> · {_fmt(result.get('n_obs'))} rows in "
+             f"<code>{_fmt(result.get('formula'))}</code> · {_rows_text(result)} in "
              f"{_fmt(result.get('n_sites'))} sites</p>"]
+    parts += _noise_banner(result)
     se = "Std. Error" if kind == "glmm" else "SD"
     parts.append("<h2>Coefficients</h2>" + _table(
         ["term", "estimate", se, "CI low", "CI high"],
@@ -262,10 +298,21 @@ def write_report(result_path: str | Path, out: str | Path) -> ReportFiles:
         _forest(rows, forest, "Coefficients (95% intervals)")
         figures.append(forest)
         parts.append(_img(forest, "forest plot of the coefficients"))
-    if kind == "glmm":
+    if cox:
+        from securefed.report_survival import cox_section
+
+        parts.append(cox_section(result))
+    elif kind == "glmm":
         parts.append(_glmm_sections(result, out.stem, out.parent, figures))
     else:
         parts.append(_bfi_sections(result, rows, out.stem, out.parent, figures))
+    if result.get("family") == "survival" and result.get("baseline"):
+        from securefed.report_survival import curves_section
+
+        parts.append(curves_section(result, list(profiles or []), out.stem, out.parent,
+                                    figures))
+    elif profiles:
+        raise InputError("--profile draws survival curves: it needs a BFI survival result")
     parts.append(_protection_section(result))
     timings = result.get("timings")
     if isinstance(timings, dict) and timings:

@@ -6,7 +6,7 @@ for (sums over its own rows), which the protection stack then carries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -103,6 +103,8 @@ class Site:
         self._modes: dict[tuple[bool, int], np.ndarray] = {}
         self._design: GLMMSiteDesign | None = None
         self._omitted = 0
+        self._multi = None  # rows of a model with several random-effects terms
+        self._cox = None
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={len(self._frame)})"
@@ -148,8 +150,53 @@ class Site:
             offset = None if offset is None else offset[~held_out]
             weights = None if weights is None else weights[~held_out]
         self._rows = grouped_rows(y, X, Z, groups, offset, weights)
+        self._multi = None
         self._design = design
         self._modes.clear()
+
+    def prepare_glmm_multi(self, design: GLMMSiteDesign) -> None:
+        """Build this site's rows for several random-effects terms (its top-level blocks)."""
+        from core_stats.formula import model_data
+        from core_stats.glmm_multi import multi_rows, terms_from_designs
+
+        data = model_data(design.schema, self._frame, na_action=design.na_action,
+                          weights_column=design.weights)
+        terms = terms_from_designs(data.random)
+        self._multi = multi_rows(data.y, data.X, terms, data.offset, data.weights)
+        self._multi_terms = tuple(replace(t, Z=t.Z[:0], group_codes=t.group_codes[:0])
+                                  for t in terms)
+        self._rows = None
+        self._design = design
+        self._modes.clear()
+
+    @property
+    def multi_rows(self):
+        if self._multi is None:
+            raise RuntimeError("prepare_glmm_multi() must run before the site computes terms")
+        return self._multi
+
+    @property
+    def multi_random_designs(self) -> tuple:
+        """The terms' names, columns and correlation flags (no rows): public structure."""
+        self.multi_rows  # noqa: B018 - prepared first
+        return self._multi_terms
+
+    def multi_group_counts(self) -> dict[str, int]:
+        """Levels per grouping factor at this site (lme4's 'groups:' line, summed)."""
+        rows = self.multi_rows
+        return {t.name: n for t, n in zip(self._multi_terms, rows.n_levels(), strict=True)}
+
+    def multi_terms_vector(self, layout, theta: np.ndarray, derivatives: bool) -> np.ndarray:
+        """``[l, grad, upper(Hessian)]`` (or ``[l]``) of this site's Laplace terms."""
+        from core_stats.glmm_multi_laplace import multi_site_terms
+
+        key = ("multi", layout)
+        terms = multi_site_terms(self.multi_rows, self._design.family, layout, theta,
+                                 derivatives=derivatives, start_modes=self._modes.get(key))
+        self._modes[key] = terms.modes
+        if derivatives:
+            return pack_terms(terms.loglik, terms.gradient, terms.hessian)
+        return pack_terms(terms.loglik, None, None)
 
     def count_vector(self) -> np.ndarray:
         """``[rows, 1]``: this site's row count and one site (BFI's set-up round)."""
@@ -165,7 +212,7 @@ class Site:
 
         With prior weights ``w`` each sum is weighted (``n = sum w``, ``X'WX``).
         """
-        rows = self._require_rows()
+        rows = self._multi if self._multi is not None else self._require_rows()
         w = np.ones(rows.n_rows) if rows.weights is None else rows.weights
         wy = w * rows.y
         return np.concatenate([[w.sum(), wy.sum(), wy @ rows.y], rows.X.T @ wy,
@@ -306,6 +353,52 @@ class Site:
     def n_omitted(self) -> int:
         """Rows the last design dropped for missing values (R's na.omit)."""
         return self._omitted
+
+    # ------------------------------------------------------------ Cox
+    def prepare_cox(self, spec) -> None:
+        """Check this site's rows against the study's Cox model; index its stratum."""
+        from securefed.cox_site import prepare_cox_rows
+
+        self._cox = prepare_cox_rows(self.name, self._frame, spec)
+
+    def cox_summary_vector(self) -> np.ndarray:
+        """``[rows, events, 1, upper(Xc'Xc)]`` of this site's stratum."""
+        from securefed.cox_site import summary_vector
+
+        return summary_vector(self._require_cox())
+
+    def cox_terms_vector(self, beta: np.ndarray, ties: str, derivatives: bool) -> np.ndarray:
+        """``[l, g, upper(H)]`` (or ``[l]``) of this site's partial likelihood."""
+        from securefed.cox_site import terms_vector
+
+        return terms_vector(self._require_cox(), beta, ties, derivatives)
+
+    def cox_concordance_vector(self, beta: np.ndarray) -> np.ndarray:
+        """This site's concordance pair counts and jackknife sums at ``beta``."""
+        from securefed.cox_site import concordance_vector
+
+        return concordance_vector(self._require_cox(), beta)
+
+    def bfi_survival_vector(self, layout, baseline: str, prior: np.ndarray) -> np.ndarray:
+        """This site's local MAP of a parametric survival model, as a BFI site vector
+        (the fit stays here, for its centre-specific estimate)."""
+        from securefed.cox_site import bfi_survival_fit
+
+        self._survival_fit = bfi_survival_fit(self.name, self._require_cox(), layout,
+                                              baseline, prior)
+        return layout.site_vector(self._survival_fit)
+
+    def bfi_survival_centre(self, layout, fit):
+        """This site's own parameters given the broadcast shared estimate (Appendix B)."""
+        local = getattr(self, "_survival_fit", None)
+        if local is None:
+            raise RuntimeError("bfi_survival_vector() must run before the centre estimate")
+        return layout.centre_estimate(local, fit)
+
+    def _require_cox(self):
+        if getattr(self, "_cox", None) is None:
+            raise RuntimeError("prepare_cox() must run before the site computes Cox terms")
+        return self._cox
 
     def _require_rows(self) -> GroupedRows:
         if self._rows is None:

@@ -43,7 +43,7 @@ PROTECTION_KEYS = {"layers": "list[str]", "neighbours": "int", "threshold": "int
 PRIVACY_KEYS = {"epsilon": "number", "delta": "number", "clip": "number",
                 "outcome_bound": "number", "run_epsilon": "number", "rounds": "int",
                 "group_clip": "number", "min_contributors": "int", "ledger_dir": "str",
-                "standardize_ranges": "table"}
+                "standardize_ranges": "table", "max_se_ratio": "number"}
 SITE_KEYS = {"name": "str", "data": "str", "key": "str"}
 OUTPUT_KEYS = {"dir": "str"}
 AUDIT_KEYS = {"site_keys": "str", "registry": "str", "coordinator_key": "str",
@@ -435,7 +435,8 @@ class _Parser:
                        group_clip=float(table.get("group_clip", 8.0)),
                        min_contributors=table.get("min_contributors"),
                        ledger_dir=None if ledger is None else (self.path.parent / ledger).resolve(),
-                       standardize_ranges=tuple(ranges))
+                       standardize_ranges=tuple(ranges),
+                       max_se_ratio=float(table.get("max_se_ratio", 10.0)))
         try:
             dp.check(family)
         except InputError as err:  # name the study's key, not the CLI flag
@@ -452,7 +453,8 @@ def study_protection_json(study: Study) -> dict:
         out["privacy"] = {"epsilon": dp.epsilon, "delta": dp.delta, "clip": dp.clip,
                           "outcome_bound": dp.outcome_bound, "run_epsilon": dp.run_epsilon,
                           "rounds": dp.rounds, "group_clip": dp.group_clip,
-                          "min_contributors": dp.min_contributors}
+                          "min_contributors": dp.min_contributors,
+                          "max_se_ratio": dp.max_se_ratio}
     return out
 
 
@@ -464,7 +466,7 @@ def _as_study_keys(message: str) -> str:
         message = message.replace(flag, key)
     return message.replace("outcome-bound", "outcome_bound").replace(
         "run-epsilon", "run_epsilon").replace("group-clip", "group_clip").replace(
-        "min-contributors", "min_contributors")
+        "min-contributors", "min_contributors").replace("max-se-ratio", "max_se_ratio")
 
 
 def _as_list(value: Any) -> list:

@@ -36,6 +36,7 @@ receipted ones: ``threat_model/ckks_dp.md`` says what that leaves open.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import struct
@@ -177,9 +178,11 @@ def _ciphertext_fields(ciphertext: CkksCiphertext | CkksAggregate) -> dict[str, 
 def _layout(record: Mapping[str, Any]) -> tuple[str, int, tuple[bytes, ...]]:
     try:
         fingerprint, n_values = str(record["fingerprint"]), int(record["n_values"])
-        chunks = tuple(bytes(c) for c in record["chunks"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidMessage(f"not a ciphertext record: {exc}") from None
+        chunks = tuple(record["chunks"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidMessage("not a ciphertext record") from None
+    if not all(isinstance(c, bytes) for c in chunks):  # bytes(n) of an int n would allocate n
+        raise InvalidMessage("ciphertext chunks must be bytes")
     if len(fingerprint) != 64 or n_values < 1 or not chunks:
         raise InvalidMessage("ciphertext record has an impossible layout")
     return fingerprint, n_values, chunks
@@ -288,16 +291,20 @@ def _decrypt(request: Mapping[str, Any], node: KeyHolderNode) -> np.ndarray:
 
 
 def _burn_round(ledger: Path, entry: str) -> None:
-    """Record ``entry`` as decrypted, refusing if it already was (before decrypting)."""
-    done = ledger.read_text().split() if ledger.exists() else []
-    if entry in done:
-        raise DecryptionRefused(f"round {entry.split(':', 1)[1]} was decrypted already")
-    fd = os.open(ledger, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, (entry + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Record ``entry`` as decrypted, refusing if it already was (before decrypting).
+
+    Check and record are one step: under an exclusive lock on the ledger file,
+    so of two concurrent requests for one round exactly one is recorded.
+    """
+    fd = os.open(ledger, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a+b") as handle:  # closing it releases the lock
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        if entry.encode() in handle.read().split():
+            raise DecryptionRefused(f"round {entry.split(':', 1)[1]} was decrypted already")
+        handle.write((entry + "\n").encode())
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 # ----------------------------------------------------- coordinator side
@@ -354,28 +361,31 @@ class CkksRounds:
             Fewer than ``min_contributors`` valid ciphertexts, or the key holder
             refused or did not answer: nothing is released.
         """
-        from securefed.transport.flower_server import SiteRefused
+        from securefed.transport.replies import byte_field, screen_lengths
 
-        lengths = {int(r["length"]) for r in replies.values()}
-        if len(lengths) > 1:
-            raise SiteRefused(f"sites computed vectors of different lengths {sorted(lengths)}")
+        length, screened = screen_lengths(replies)
+        rejected = dict(screened.rejected)
         started = time.perf_counter()
         public = self.signed_context().public_context
-        encoder = _encoder(params, lengths.pop() if lengths else 1)
+        encoder = _encoder(params, length or 1)
         accepted: dict[str, tuple[CkksCiphertext, bytes, bytes]] = {}
-        for name, reply in sorted(replies.items()):
+        for name, reply in sorted(screened.replies.items()):
+            receipt = byte_field(reply, "receipt")
             try:
                 ciphertext = _ciphertext_from(reply)
                 check_ciphertext(public, ciphertext, n_values=encoder.n_words,
                                  kind=PayloadKind.RING_LIMBS, ring_bits=RING_BITS,
                                  limb_bits=LIMB_BITS)
-                receipt = bytes(reply["receipt"])
-            except (ProtocolError, KeyError, TypeError):
-                continue  # an invalid ciphertext counts as no message: that site dropped
+            except ProtocolError as exc:  # an invalid ciphertext counts as no message
+                rejected[name] = f"ciphertext rejected: {exc}"
+                continue
             digest = ciphertext_digest(ciphertext)
-            if verify_signature(self._registry.public_key_hex(name), receipt.hex(),
-                                _receipt_message(params.key, name, digest)):
+            if receipt is not None and verify_signature(
+                    self._registry.public_key_hex(name), receipt.hex(),
+                    _receipt_message(params.key, name, digest)):
                 accepted[name] = (ciphertext, digest, receipt)
+            else:
+                rejected[name] = "no valid receipt for its ciphertext"
         self.received = {n: c for n, (c, _, _) in accepted.items()}
         if len(accepted) < params.min_contributors:
             raise AbortError(f"{len(accepted)} valid ciphertexts; at least "
@@ -389,7 +399,8 @@ class CkksRounds:
             tuple(n for n in names if n not in accepted),
             {n: c.nbytes for n, (c, _, _) in accepted.items()},
             {"seconds_server": seconds, "words": encoder.words,
-             "fingerprint": aggregate.fingerprint})
+             "fingerprint": aggregate.fingerprint,
+             **({"dropout_reasons": rejected} if rejected else {})})
 
     def _decrypt(self, params: RoundParams, aggregate: CkksAggregate, contributors: list[str],
                  accepted: Mapping[str, tuple[CkksCiphertext, bytes, bytes]],

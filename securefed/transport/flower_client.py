@@ -50,17 +50,20 @@ __all__ = ["client_app", "handle"]
 
 client_app = ClientApp()
 _STATE = "securefed"
-_ERROR_CHARS = 300
 
 
 @client_app.query("securefed")
 def handle(message: Message, context: Context) -> Message:
-    """Serve one stage; any failure is answered with a one-line ``error``."""
-    request = message.content[RECORD]
+    """Serve one stage; a failure is answered with a refusal code (:mod:`.refusal`)."""
+    request: ConfigRecord | dict = {}
     try:
+        request = message.content[RECORD]
         reply = _serve(Stage(str(request["stage"])), request, context)
-    except Exception as exc:  # a refusal travels back as data; the run goes on
-        reply = {"error": f"{type(exc).__name__}: {exc}"[:_ERROR_CHARS]}
+    except Exception as exc:  # a refusal travels back as a code and a fixed message only
+        from securefed.transport.refusal import log_refusal, refusal_reply
+
+        code, reply = refusal_reply(exc)
+        log_refusal(code, request, _state(context), context.node_config)
     return Message(RecordDict({RECORD: ConfigRecord(reply)}), reply_to=message)
 
 

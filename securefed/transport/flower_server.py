@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
@@ -33,6 +32,7 @@ from securefed.keys import Registry, public_key_from_hex
 from securefed.privacy import DpQuery
 from securefed.transport.calls import RemoteCallError, SiteCall
 from securefed.transport.flower_wire import MESSAGE_TYPE, RECORD, RoundParams, Stage
+from securefed.transport.replies import byte_field, json_field, screen_lengths, screen_vectors
 from securefed.transport.site_privacy import (
     check_receipts,
     noise_contributors,
@@ -66,8 +66,14 @@ class StageTimeouts:
 class _Exchange:
     replies: dict[str, ConfigRecord] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)  # malformed replies, set aside
     seconds: float = 0.0  # from sending to the stage's close
     spread: float = 0.0  # from the first reply to the last
+
+
+def _reasons(rejected: Mapping[str, str]) -> dict[str, object]:
+    """``{"dropout_reasons": ...}`` for a result's details when a reply was set aside."""
+    return {"dropout_reasons": dict(sorted(rejected.items()))} if rejected else {}
 
 
 class FlowerEngine:
@@ -220,21 +226,28 @@ class FlowerEngine:
         if opened.errors:
             raise_budget_refusals(opened.errors)
             text = "; ".join(f"{n}: {e}" for n, e in sorted(opened.errors.items()))
-            if all(e.startswith("EncodingError:") for e in opened.errors.values()):
-                raise OutOfBound(text)  # a value to fix (standardise, raise the bound): exit 2
+            if all(e.startswith("above-bound:") for e in opened.errors.values()):
+                # a value to fix (standardise, raise the bound): exit 2, as in-process
+                raise OutOfBound("a value is above the declared bound at "
+                                 f"{', '.join(sorted(opened.errors))}: standardise the "
+                                 "covariates or raise the bound")
             raise SiteRefused(text)
+        length = self._screen_open(opened)
         if dp is not None:
-            self._admit_dp(dp, round_id, opened, m)
+            self._admit_dp(dp, round_id, opened, m, length)
         if self._layer == "none":
             result = self._plain_sum(names, opened)
         elif self._ckks is not None:
             result = self._ckks.finish(params, names, opened.replies)
         else:
-            result = self._secagg(params, names, opened)
+            result = self._secagg(params, names, opened, length)
+        reasons = {**opened.rejected, **result.details.get("dropout_reasons", {})}
+        if reasons:
+            result.details["dropout_reasons"] = dict(sorted(reasons.items()))
         if audit is not None:  # under DP and secagg a site logs its release as it masks it
             logged = opened.replies if dp is None or self._layer == "none" else self._masked
-            result.details["releases"] = {n: json.loads(str(r["release"]))
-                                          for n, r in sorted(logged.items()) if "release" in r}
+            releases = {n: json_field(r, "release") for n, r in sorted(logged.items())}
+            result.details["releases"] = {n: r for n, r in releases.items() if r is not None}
         return result
 
     def countersign(self, request: dict, log_lines: list[str],
@@ -262,17 +275,34 @@ class FlowerEngine:
         return noise_contributors(self._layer, int(self.privacy.min_contributors),
                                   len(self._ids))
 
-    def _admit_dp(self, dp: DpQuery, round_id: int, opened: _Exchange, m: int) -> None:
+    def _admit_dp(self, dp: DpQuery, round_id: int, opened: _Exchange, m: int,
+                  length: int) -> None:
         """Every site's receipt matches the coordinator's calibration; record the release."""
-        lengths = {int(r["length"]) if "length" in r else len(bytes(r["vector"])) // 8
-                   for r in opened.replies.values()}
-        if len(lengths) != 1:
-            raise SiteRefused(f"sites computed vectors of different lengths {sorted(lengths)}")
-        length = lengths.pop()
         if dp.local_length is not None:  # the sites noised their own copies, of this length
             length = dp.local_length
         check_receipts(opened.replies, dp, m, length)
         self.privacy.admit_remote(dp, round_id, sorted(opened.replies), length, m)
+
+    def _screen_open(self, opened: _Exchange) -> int:
+        """Keep the well-formed ``open`` replies of the majority length; that length.
+
+        A malformed reply is its site's dropout (``opened.rejected`` says why).
+        """
+        from protocols.errors import AbortError
+
+        if self._layer == "none":
+            vectors, rejected = screen_vectors(opened.replies)
+            length = len(next(iter(vectors.values()))) if vectors else None
+            kept = {n: opened.replies[n] for n in vectors}
+        else:
+            length, screened = screen_lengths(opened.replies)
+            kept, rejected = screened.replies, screened.rejected
+        opened.replies = kept
+        opened.rejected.update(rejected)
+        if length is None:
+            raise AbortError("no well-formed vector length among the sites' replies: "
+                             "nothing is released")
+        return length
 
     def _params(self, round_id: int, purpose: str, names: list[str]) -> RoundParams:
         unknown = [n for n in names if n not in self._ids]
@@ -290,24 +320,22 @@ class FlowerEngine:
                            int(getattr(protection, "min_contributors", 1)))
 
     def _plain_sum(self, names: list[str], opened: _Exchange) -> AggregateResult:
-        vectors = {n: np.frombuffer(bytes(r["vector"]), dtype="<f8")
-                   for n, r in opened.replies.items()}
         from protocols.stack import PlaintextSum
 
+        vectors, _ = screen_vectors(opened.replies)  # screened already: none is set aside
         result = PlaintextSum().aggregate(vectors, round_id=0, purpose="")
         dropped = tuple(n for n in names if n not in vectors)
         return AggregateResult(result.total, result.contributors, dropped,
-                               {n: 8 * len(v) for n, v in vectors.items()})
+                               {n: 8 * len(v) for n, v in vectors.items()}, {})
 
-    def _secagg(self, params: RoundParams, names: list[str], opened: _Exchange) -> AggregateResult:
+    def _secagg(self, params: RoundParams, names: list[str], opened: _Exchange,
+                length: int) -> AggregateResult:
         from protocols.secagg_server import SecAggServer
 
-        lengths = {int(r["length"]) for r in opened.replies.values()}
-        if len(lengths) != 1:
-            raise SiteRefused(f"sites computed vectors of different lengths {sorted(lengths)}")
+        rejected: dict[str, str] = {}
         roster = {uid: public_key_from_hex(self._registry.public_key_hex(n))
                   for n, uid in params.sites.items()}
-        server = SecAggServer(params.config(lengths.pop()), self._identity, roster)
+        server = SecAggServer(params.config(length), self._identity, roster)
         by_id = {uid: n for n, uid in params.sites.items()}
         sent = dict.fromkeys(names, 0)
         seconds = 0.0
@@ -316,12 +344,16 @@ class FlowerEngine:
                       None):
             started = time.perf_counter()
             for name, reply in sorted(replies.items()):
-                payload = bytes(reply["payload"])
+                payload = byte_field(reply, "payload")
+                if payload is None:
+                    rejected.setdefault(name, "reply has no byte 'payload'")
+                    continue
                 try:
                     server.receive(payload)
                     sent[name] += len(payload)
-                except ProtocolError:
-                    pass  # an invalid message counts as no message: that site has dropped
+                except ProtocolError as exc:  # no valid message: that site has dropped
+                    why = server.rejected.get(params.sites[name], f"message rejected: {exc}")
+                    rejected.setdefault(name, why)
             outgoing = server.advance()  # AbortError propagates: nothing released
             seconds += time.perf_counter() - started
             if stage is None:
@@ -333,11 +365,13 @@ class FlowerEngine:
             if stage is Stage.MASKED_INPUT:
                 self._masked = replies
         outcome = server.outcome
+        for uid, why in outcome.rejected.items():  # e.g. a share off the others' polynomial
+            rejected.setdefault(by_id[uid], why)
         contributors = tuple(sorted(by_id[u] for u in outcome.contributors))
-        answered_all = set(replies)
+        answered_all = set(replies) - set(rejected)
         dropped = tuple(n for n in names if n not in answered_all)
         return AggregateResult(outcome.total, contributors, dropped, sent,
-                               {"seconds_server": seconds})
+                               {"seconds_server": seconds, **_reasons(rejected)})
 
     # ---------------------------------------------------------- messages
     def _exchange(self, stage: Stage, contents: Mapping[str, dict]) -> _Exchange:
@@ -365,12 +399,15 @@ class FlowerEngine:
                     continue
                 last_reply = time.monotonic()
                 first_reply = first_reply or last_reply
+                record = None if reply.has_error() else reply.content.config_records.get(RECORD)
                 if reply.has_error():
                     result.errors[name] = str(reply.error.reason)
-                elif "error" in reply.content[RECORD]:
-                    result.errors[name] = str(reply.content[RECORD]["error"])
+                elif record is None:  # a malformed reply: that site has dropped out
+                    result.rejected[name] = "reply has no securefed record"
+                elif "error" in record:
+                    result.errors[name] = str(record["error"])
                 else:
-                    result.replies[name] = reply.content[RECORD]
+                    result.replies[name] = record
             now = time.monotonic()
             if not pending or now - started > self.timeouts.stage or (
                     first_reply is not None and now - first_reply > self.timeouts.grace):

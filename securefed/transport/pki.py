@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,12 +27,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from protocols.secret_files import create_secret_file
+
 __all__ = ["write_ca_and_server", "write_node_key"]
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    os.chmod(path, 0o600)
+    """A new 0600 file (created so, never chmodded); FileExistsError if ``path`` exists."""
+    create_secret_file(path, data)
 
 
 def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:

@@ -34,7 +34,12 @@ from securefed.audit_log import CheckpointRequest, EventKind, parse_entry
 from securefed.audit_trail import trail_paths
 from securefed.keys import Identity, Registry, check_party_name, parse_fingerprint
 
-__all__ = ["check_registry", "countersign", "log_release", "site_log_paths"]
+__all__ = ["RegistryMismatch", "check_registry", "countersign", "log_release", "log_site_refusal",
+           "site_log_paths"]
+
+
+class RegistryMismatch(InvalidMessage):
+    """The run's registry is not this site's own (pinned) copy: the site refuses."""
 
 
 def check_registry(registry: Registry, node_config: Mapping,
@@ -49,13 +54,13 @@ def check_registry(registry: Registry, node_config: Mapping,
     if "expect-fingerprint" in node_config:
         pinned = parse_fingerprint(str(node_config["expect-fingerprint"]), "expect-fingerprint")
         if own != pinned:
-            raise InvalidMessage(f"this site's registry has fingerprint {own[:16]}..., not the "
+            raise RegistryMismatch(f"this site's registry has fingerprint {own[:16]}..., not the "
                                  f"pinned {pinned[:16]}... (expect-fingerprint): refusing")
         if run_fingerprint is None:
-            raise InvalidMessage("the run does not state its registry fingerprint; this site "
+            raise RegistryMismatch("the run does not state its registry fingerprint; this site "
                                  "pins one: refusing")
     if run_fingerprint is not None and run_fingerprint != own:
-        raise InvalidMessage(f"the run's registry {str(run_fingerprint)[:16]}... is not this "
+        raise RegistryMismatch(f"the run's registry {str(run_fingerprint)[:16]}... is not this "
                              f"site's own copy ({own[:16]}...): refusing")
 
 
@@ -89,6 +94,12 @@ def log_release(audit_dir: str | Path, identity: Identity, vector: np.ndarray, r
     signed = log.record_release(vector, round_id=round_id, vector_kind=purpose,
                                 layers=list(context["layers"]), privacy=dict(privacy or {}))
     return signed.to_payload()
+
+
+def log_site_refusal(audit_dir: str | Path, identity: Identity, run_id: str, round_id: int,
+                     code: str) -> None:
+    """Log in this site's own log that it refused a request of the run (its refusal code)."""
+    _site_log(audit_dir, identity, run_id).record_refusal(round_id, code)
 
 
 def countersign(audit_dir: str | Path, identity: Identity, checkpoint: Mapping,

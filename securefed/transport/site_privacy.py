@@ -43,7 +43,6 @@ The round, with two phases in the exchanges secure aggregation already has:
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 from collections.abc import Iterator, Mapping
@@ -54,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from protocols.dp import zcdp_epsilon
+from protocols.dp import PrivacyLedger, zcdp_epsilon
 from protocols.errors import PrivacyBudgetExceeded, ProtocolError
 from securefed.privacy import DpQuery, SitePrivacy, calibrate, release_label
 
@@ -104,12 +103,9 @@ class SiteBudget:
     def ledger_locked(self, site_name: str) -> Iterator[SitePrivacy]:
         """The site's ledger, read from disk under an exclusive lock held until exit."""
         self.ledger.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.ledger.with_name(self.ledger.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield SitePrivacy.load(site_name, self.epsilon, self.delta, self.ledger)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with SitePrivacy(site_name, PrivacyLedger(self.epsilon, self.delta),
+                         self.ledger).locked() as site:
+            yield site
 
 
 def _flag(value: Any) -> bool:
@@ -301,6 +297,8 @@ def check_receipts(replies: Mapping[str, Mapping], query: DpQuery, min_contribut
 
 def raise_budget_refusals(errors: Mapping[str, str]) -> None:
     """:class:`SiteBudgetExceeded` if any site refused over its budget."""
-    over = {n: e for n, e in errors.items() if e.startswith(PrivacyBudgetExceeded.__name__)}
+    from securefed.transport.refusal import Refusal
+
+    over = {n: e for n, e in errors.items() if e.startswith(Refusal.BUDGET.value + ":")}
     if over:
         raise SiteBudgetExceeded("; ".join(f"{n}: {e}" for n, e in sorted(over.items())))

@@ -145,3 +145,20 @@ def test_inconsistent_shares_detected_when_out_of_range() -> None:
     forged = [shares[1], Share(2, (shares[2].y + 1) % PRIME)]
     with pytest.raises(ShamirError):
         combine(forged, 2)
+
+
+def test_robust_combine_finds_the_secret_and_the_wrong_share():
+    from protocols.shamir import robust_combine
+
+    secret = bytes(range(32))
+    shares = split(secret, list(range(1, 8)), 3)  # n = 7, t = 3: up to 2 wrong shares
+    honest = list(shares.values())
+    assert robust_combine(honest, 3) == (secret, ())
+    for bad in ([1], [5], [1, 2], [2, 7]):  # among the first t, beyond them, both
+        altered = [Share(s.x, (s.y + 1) % PRIME) if s.x in bad else s for s in honest]
+        assert robust_combine(altered, 3) == (secret, tuple(bad))
+    three = [Share(s.x, (s.y + 1) % PRIME) if s.x in (1, 4, 6) else s for s in honest]
+    with pytest.raises(ShamirError):  # more than (n - t)/2 wrong: no secret is trusted
+        robust_combine(three, 3)
+    only_t = honest[:3]
+    assert robust_combine(only_t, 3) == (secret, ())  # exactly t: nothing to check

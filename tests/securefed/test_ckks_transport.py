@@ -201,9 +201,10 @@ def test_the_site_check_refuses_every_substituted_context(world):
 def test_sites_refuse_a_substituted_context_before_releasing(world):
     engine = ckks_engine(world)
     engine._ckks._signed = forged_contexts(world)["signed by the coordinator as the key holder"]
-    with pytest.raises(SiteRefused, match="UntrustedContext") as refused:
+    with pytest.raises(SiteRefused, match="untrusted-context") as refused:
         engine.run_round(1, "summary", summary_call(), SITES)
-    assert all(f"{name}: UntrustedContext" in str(refused.value) for name in SITES)
+    assert all(f"{name}: untrusted-context: the CKKS public context is not signed"
+               in str(refused.value) for name in SITES)
     assert engine._ckks.received == {} and ledger(world) == []
 
 
@@ -220,6 +221,19 @@ def test_too_few_sites_abort_before_anything_is_decrypted(world):
     with pytest.raises(AbortError, match="nothing is decrypted"):
         engine.run_round(1, "summary", summary_call(), SITES)
     assert "decrypt" not in [stage for stage, _, _ in engine.stage_log] and ledger(world) == []
+
+
+@pytest.mark.parametrize("field, value", [("chunks", ["AAAA"]), ("chunks", [12]),
+                                          ("receipt", "AAAA"), ("length", "12"),
+                                          ("fingerprint", 7)])
+def test_a_malformed_ciphertext_reply_is_that_sites_dropout(world, field, value):
+    from test_robust_rounds import TamperingGrid, set_field
+
+    world.grid = TamperingGrid(world.grid, Stage.OPEN, set_field(field, value))
+    result = ckks_engine(world).run_round(1, "summary", summary_call(), SITES)
+    assert result.contributors == ("A", "C", "D") and result.dropped == ("B",)
+    assert list(result.details["dropout_reasons"]) == ["B"]
+    np.testing.assert_allclose(result.total, expected_summary(world.frames, "ACD"), atol=1e-10)
 
 
 # ---------------------------------------------------------------- key holder
@@ -257,6 +271,30 @@ def test_the_key_holder_decrypts_a_round_once(world):
     np.testing.assert_allclose(total, sum(vectors.values()), rtol=0, atol=1e-10)
     with pytest.raises(DecryptionRefused, match="decrypted already"):
         serve_key_holder(Stage.DECRYPT, request, node)
+
+
+def test_concurrent_decrypt_requests_for_one_round_decrypt_once(world):
+    import threading
+
+    node = key_holder(world)
+    for round_id in range(1, 4):  # three rounds, each asked twice at the same moment
+        request, _ = decrypt_request(world, round_id=round_id)
+        start, outcomes = threading.Barrier(2), []
+
+        def ask(request=request, start=start, outcomes=outcomes):
+            start.wait(timeout=30)
+            try:
+                outcomes.append(bool(serve_key_holder(Stage.DECRYPT, request, node)))
+            except DecryptionRefused:
+                outcomes.append(False)
+
+        threads = [threading.Thread(target=ask) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert sorted(outcomes) == [False, True]
+    assert len(node.ledger_path.read_text().split()) == 3
 
 
 def test_the_key_holder_refuses_aggregates_without_enough_valid_receipts(world):

@@ -172,7 +172,7 @@ def test_a_stale_request_is_answered_with_an_error(world):
         message_type="query.securefed")
     message.metadata.__dict__["_message_id"] = "stale"
     reply = handle(message, world.grid.contexts[1000])
-    assert "no open round" in reply.content["securefed"]["error"]
+    assert reply.content["securefed"]["refusal"] == "bad-request"  # a code, never the text
 
 
 def test_coordinator_closures_run_over_the_adapter(world):

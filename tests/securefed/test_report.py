@@ -136,3 +136,21 @@ def test_bad_result_files_exit_2_with_one_line(tmp_path, capsys, content, fragme
     err = capsys.readouterr().err.strip()
     assert code == 2 and fragment in err and "\n" not in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_dp_fit_whose_noise_dominates_gets_a_banner_and_noisy_counts(tmp_path, capsys) -> None:
+    from securefed.privacy import DPOptions
+    from securefed.protection import ProtectionOptions, build_protection
+
+    frame = make_hospitals(4, 80, seed=3)
+    opts = GLMMOptions("y ~ x2 + x6 + x7 + (1 | hospital)", "binomial", "hospital")
+    sites = sorted(str(s) for s in frame.hospital.unique())
+    dp = DPOptions(epsilon=2.0, clip=4.0, max_se_ratio=1e6)
+    fit = run_glmm(frame, opts, protection=build_protection(
+        ProtectionOptions(protect="secagg,dp", dp=dp), sites, "binomial")).to_dict()
+    assert fit["privacy"]["inference"]["noise_share_of_variance"] > 0.5
+    text = _report(fit, tmp_path, capsys, "dp").read_text(encoding="utf-8")
+    assert 'class="banner"' in text and "Privacy noise dominates" in text
+    assert "rows (noisy count)" in text
+    plain = _report(run_glmm(frame, opts).to_dict(), tmp_path, capsys, "plain")
+    assert 'class="banner"' not in plain.read_text(encoding="utf-8")

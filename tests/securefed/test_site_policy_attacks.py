@@ -113,8 +113,8 @@ def summary_call():
 
 
 def assert_refused(reply: dict, code: str) -> None:
-    assert set(reply) == {"error"}, "a refusal carries no vector, advert or receipt"
-    assert f"refused[{code}]" in reply["error"]
+    assert set(reply) == {"error", "refusal"}, "a refusal carries no vector, advert or receipt"
+    assert f"refused[{code}]" in reply["error"] and reply["refusal"] == code
 
 
 # -------------------------------------------------------------- attack 2

@@ -206,7 +206,7 @@ def test_dp_round_over_the_engine_adds_the_stated_noise_and_charges_like_the_gua
 def test_a_site_over_its_budget_refuses_and_nobody_is_charged(world, tmp_path) -> None:  # noqa: F811
     engine = dp_engine(world, {"C": 0.05}, tmp_path)
     call = record_call(lambda s: s.dp_summary_vector(CLIP, BOUND_Y), SITES)
-    with pytest.raises(SiteBudgetExceeded, match="C: PrivacyBudgetExceeded"):
+    with pytest.raises(SiteBudgetExceeded, match="C: budget-exceeded"):
         engine.run_round(1, "dp-design-summary", call, SITES,
                          dp=summary_query("design summary", CLIP, BOUND_Y, 0.2))
     assert ledgers(tmp_path) == dict.fromkeys(SITES)  # the refusal came at open: no charge
@@ -241,7 +241,7 @@ def test_engine_under_dp_needs_a_query_and_required_sites_refuse_plain_rounds(
     world.grid.contexts[1001].node_config["privacy-required"] = True
     plain = FlowerEngine(world.grid, world.key, world.registry, SecAggSum(),
                          StageTimeouts(stage=0.5, grace=0.2, poll=0.01))
-    with pytest.raises(SiteRefused, match="B: DpRefused: site B releases only under"):
+    with pytest.raises(SiteRefused, match="B: dp-refused: the site does not accept"):
         plain.run_round(2, "summary", call, SITES)
     assert ledgers(tmp_path) == dict.fromkeys(SITES)
 

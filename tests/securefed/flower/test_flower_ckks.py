@@ -134,5 +134,5 @@ def test_sites_refuse_a_context_substituted_by_the_coordinator(ckks_run, live):
     (forged,) = [r for r in ckks_run["results"] if r["kind"] == "forged_sum"]
     assert "released" not in forged
     for name in live:
-        assert f"{name}: UntrustedContext: the context's signature is not 'keyholder'" \
-            in forged["refused"]
+        assert f"{name}: untrusted-context: the CKKS public context is not signed by the key " \
+            "holder this site trusts" in forged["refused"]

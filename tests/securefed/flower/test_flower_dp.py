@@ -107,8 +107,8 @@ def test_a_round_over_a_sites_budget_is_refused_before_anything_is_released(
         federation, dp_run):
     terms = dp_run["terms"]
     assert "SiteBudgetExceeded" in terms["error"] and "PrivacyBudgetExceeded" in terms["error"]
-    assert terms["message"].startswith("E: PrivacyBudgetExceeded: site E:"), terms["message"]
-    assert terms["message"].count("PrivacyBudgetExceeded") == 1  # the others could pay
+    assert terms["message"].startswith("E: budget-exceeded: "), terms["message"]
+    assert terms["message"].count("budget-exceeded") == 1  # the others could pay
     assert [stage for stage, *_ in terms["stages"]] == ["open"]  # no masked input asked for
     e = json.loads(federation.ledger("E").read_text())
     assert e["epsilon"] == SITE_EPSILON["E"] and len(e["releases"]) == 1

@@ -1,0 +1,170 @@
+"""Whole-process timing of `securefed cox` and `securefed bfi --family survival` against R.
+
+Run from the repository root (R with survival must be installed; R BFI 3.1.0 is used when
+the folder named by ``BFI_R_LIB`` holds it; the tests never need R):
+
+    BFI_R_LIB=/tmp/bfi_r/lib nice python3 benchmarks/cox_bench.py   # writes results/cox.{csv,md}
+
+Each problem is written once as CSV. Then, side by side in one run, it is fitted by:
+
+* `securefed cox` (in-process federation, none and secagg) and Rscript calling
+  `coxph(Surv(time, status) ~ ... + strata(site))` (Efron ties);
+* `securefed bfi --family survival --baseline weibull` and Rscript calling R BFI's
+  `MAP.estimation` per site, then `bfi()`.
+
+Wall time is the whole process (start-up, reading the CSV, fitting), the median of
+``--repeats`` runs. securefed runs from this checkout (``python3 -m securefed.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_common import machine_line  # noqa: E402
+
+COX_R = r"""
+args <- commandArgs(TRUE)
+suppressMessages(library(survival))
+d <- read.csv(args[1])
+fit <- coxph(as.formula(paste(args[2], "+ strata(site)")), data = d, ties = "efron")
+cat(sprintf('{"loglik": %.10f, "coef": [%s]}', fit$loglik[2],
+            paste(sprintf("%.10f", coef(fit)), collapse = ",")))
+"""
+BFI_R = r"""
+args <- commandArgs(TRUE)
+suppressMessages(library(BFI))
+d <- read.csv(args[1])
+x <- strsplit(args[2], ",")[[1]]
+Lambda <- inv.prior.cov(d[, x], lambda = 0.01, family = "survival", basehaz = "weibul")
+fits <- lapply(split(d, d$site), function(part)
+  MAP.estimation(y = part[, c("time", "status")], X = part[, x], family = "survival",
+                 Lambda = Lambda, basehaz = "weibul"))
+b <- bfi(theta_hats = lapply(fits, function(f) f$theta_hat),
+         A_hats = lapply(fits, function(f) f$A_hat), Lambda = Lambda,
+         family = "survival", basehaz = "weibul")
+cat(sprintf('{"coef": [%s]}', paste(sprintf("%.10f", b$theta_hat), collapse = ",")))
+"""
+
+
+def synthetic(sites: int, per_site: int, seed: int = 5) -> pd.DataFrame:
+    """Weibull proportional hazards (shape 1.3) with 4 covariates; uniform censoring."""
+    rng = np.random.default_rng(seed)
+    n = sites * per_site
+    X = np.column_stack([rng.normal(size=n), rng.integers(0, 2, n), rng.normal(size=n),
+                         rng.uniform(-1, 1, n)])
+    site_effect = np.repeat(rng.normal(0, 0.3, sites), per_site)
+    eta = X @ np.array([0.5, -0.4, 0.2, 0.3]) + site_effect
+    event_time = (rng.exponential(size=n) / (0.2 * np.exp(eta))) ** (1 / 1.3)
+    censor = rng.uniform(0, 8, n)
+    return pd.DataFrame({"time": np.round(np.minimum(event_time, censor), 3) + 0.001,
+                         "status": (event_time <= censor).astype(int), "x1": X[:, 0],
+                         "x2": X[:, 1], "x3": X[:, 2], "x4": X[:, 3],
+                         "site": [f"s{k}" for k in np.repeat(np.arange(sites), per_site)]})
+
+
+def problems() -> list[tuple[str, pd.DataFrame, str, bool]]:
+    """(name, data, formula, run BFI too)."""
+    lung = pd.read_csv(ROOT / "tests" / "golden" / "cox" / "lung.csv")
+    colon = pd.read_csv(ROOT / "tests" / "golden" / "cox" / "colon.csv")
+    syn = "Surv(time, status) ~ x1 + x2 + x3 + x4"
+    return [("lung, 18 sites", lung, "Surv(time, status) ~ age + sex + ph.ecog", False),
+            ("colon, 5 sites", colon, "Surv(time, status) ~ rx + sex + age + nodes", False),
+            ("synthetic 5 x 400", synthetic(5, 400), syn, True),
+            ("synthetic 20 x 2000", synthetic(20, 2000), syn, True)]
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT, env=env)
+    return time.perf_counter() - start, out.stdout
+
+
+def _runs(data: Path, formula: str, with_bfi: bool, tmp: Path, bfi_lib: str | None):
+    me = [sys.executable, "-m", "securefed.cli"]
+    out_json = tmp / "fit.json"
+    runs = {
+        "securefed cox (none)": (me + ["cox", str(data), "--formula", formula,
+                                       "--site-column", "site", "--json", str(out_json)], None),
+        "securefed cox (secagg)": (me + ["cox", str(data), "--formula", formula,
+                                         "--site-column", "site", "--protect", "secagg",
+                                         "--json", str(out_json)], None),
+        "R coxph + strata(site)": (["Rscript", str(tmp / "cox.R"), str(data), formula], None),
+    }
+    if with_bfi:
+        runs["securefed bfi survival weibull"] = (
+            me + ["bfi", str(data), "--formula", formula, "--family", "survival",
+                  "--baseline", "weibull", "--site-column", "site", "--json", str(out_json)],
+            None)
+        if bfi_lib:
+            covariates = ",".join(t.strip() for t in formula.split("~")[1].split("+"))
+            runs["R BFI 3.1.0 weibul"] = (["Rscript", str(tmp / "bfi.R"), str(data),
+                                           covariates], {**os.environ, "R_LIBS": bfi_lib})
+    return runs, out_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    bfi_lib = os.environ.get("BFI_R_LIB")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "cox.R").write_text(COX_R)
+        (tmp / "bfi.R").write_text(BFI_R)
+        for name, frame, formula, with_bfi in problems():
+            data = tmp / "data.csv"
+            frame.to_csv(data, index=False)
+            runs, out_json = _runs(data, formula, with_bfi, tmp, bfi_lib)
+            for tool, (cmd, env) in runs.items():
+                times, first = [], None
+                for _ in range(args.repeats):
+                    seconds, stdout = timed(cmd, env)
+                    times.append(seconds)
+                    if tool.startswith("securefed"):
+                        result = json.loads(out_json.read_text())
+                        rows_key = "fixed_effects" if "cox" in tool else "estimates"
+                        first = result[rows_key][0]["estimate"]
+                        rounds = result["rounds"]
+                    else:
+                        first, rounds = json.loads(stdout)["coef"][0], None
+                rows.append({"problem": name, "rows": len(frame), "tool": tool,
+                             "seconds_median": round(statistics.median(times), 3),
+                             "first_coef": round(first, 6), "rounds": rounds})
+                print(rows[-1], flush=True)
+    out = ROOT / "benchmarks" / "results"
+    with open(out / "cox.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["# Survival: whole-process wall time, securefed vs R (survival, BFI)", "",
+             f"Median of {args.repeats} runs, measured side by side by "
+             "`python3 benchmarks/cox_bench.py` (" + machine_line() + ", a machine shared "
+             "with other jobs). `first coef` is the first coefficient each tool reports "
+             "(securefed's equal R's to the precision shown; R BFI's differ where its BFGS "
+             "stops short, docs/survival.md).", "",
+             "| problem | rows | tool | seconds | first coef | rounds |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['problem']} | {r['rows']} | {r['tool']} | {r['seconds_median']} | "
+                     f"{r['first_coef']} | {r['rounds'] if r['rounds'] is not None else ''} |")
+    (out / "cox.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

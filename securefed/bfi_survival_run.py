@@ -1,0 +1,183 @@
+"""BFI for survival outcomes: each site fits a parametric hazard model, one sum combines them.
+
+``securefed bfi DATA --formula "Surv(time, status) ~ x1 + x2" --family survival
+--baseline exponential|weibull|gompertz --site-column SITE --lambda L``.
+
+Rounds: ``bfi-count`` (``[n_l, 1]``), then ``bfi-terms``: every site releases
+the homogeneous BFI vector ``[triu(A_l), A_l theta_l, triu(Lambda_l), n_l, 1]``
+of its local MAP (:mod:`core_stats.bfi_survival`), through the protection
+stack; the coordinator combines the sum,
+``theta = (sum A_l + Lambda - sum Lambda_l)^{-1} sum A_l theta_l``.
+``A_l`` is the exact curvature at the site's MAP (R BFI 3.1.0 over-counts the
+prior in it; see ``docs/survival.md``). Layouts: homogeneous, or centre-specific
+parameters of the baseline (``--stratify omega_1[,omega_2]``, Appendix B; each
+site computes its own from the broadcast shared estimate); centre covariates,
+DP and Flower are refused for this family.
+"""
+
+from __future__ import annotations
+
+import time as clock
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core_stats import bfi
+from core_stats.bfi_survival import BASELINES, SURVIVAL, baseline_names
+from protocols.errors import ProtocolError
+from protocols.stack import PlaintextSum, ProtectedSum
+from securefed.audit_trail import AuditTrail, describe_protection
+from securefed.coordinator import Coordinator
+from securefed.errors import InputError
+from securefed.plausibility import check_bfi_count, check_bfi_terms
+from securefed.site import Site
+from securefed.survival_spec import survival_spec
+
+__all__ = ["SurvivalBFIOptions", "SurvivalBFIReport", "run_bfi_survival"]
+
+SCALES = {"omega_1": "log a", "omega_2": "log b"}
+HAZARDS = {"exponential": "h0(t) = a", "weibull": "h0(t) = a b t^(b-1)",
+           "gompertz": "h0(t) = a exp(b t)"}
+
+
+@dataclass(frozen=True)
+class SurvivalBFIOptions:
+    formula: str
+    site_column: str
+    baseline: str
+    lam: float = 0.01
+    combined_lam: float | None = None
+    stratify: tuple[str, ...] = ()  # centre-specific baseline parameters (omega_1, omega_2)
+    level: float = 0.95
+
+
+@dataclass(frozen=True)
+class SurvivalBFIReport:
+    """The combined fit with the run's bookkeeping; ``to_dict`` keys follow GLM BFI's."""
+
+    options: SurvivalBFIOptions
+    fit: bfi.BFIFit
+    protection: str
+    rounds: int
+    releases: tuple[dict, ...]
+    bytes_sent_per_site: int
+    seconds: float
+    timings: dict
+    centres: tuple[tuple[str, bfi.CentreEstimate], ...] = ()
+
+    @property
+    def estimates(self) -> list[dict]:
+        """Shared parameters, then each site's own (``omega_1[SITE=name]``)."""
+        from scipy import stats
+
+        f = self.fit
+        rows = [{"term": n, "estimate": float(e), "sd": float(s), "ci_low": float(lo),
+                 "ci_high": float(hi)} for n, e, s, lo, hi in
+                zip(f.names, f.estimate, f.sd, f.lower, f.upper, strict=True)]
+        z = float(stats.norm.ppf(0.5 + self.options.level / 2.0))
+        for site, est in self.centres:
+            rows += [{"term": f"{n}[{self.options.site_column}={site}]", "estimate": float(e),
+                      "sd": float(s), "ci_low": float(e - z * s), "ci_high": float(e + z * s)}
+                     for n, e, s in zip(est.names, est.estimate, est.sd, strict=True)]
+        return rows
+
+    def to_dict(self) -> dict:
+        return {
+            "estimates": self.estimates, "family": "survival",
+            "baseline": self.options.baseline, "baseline_hazard": HAZARDS[self.options.baseline],
+            "baseline_parameters": {n: SCALES[n] for n in baseline_names(self.options.baseline)},
+            "lambda": self.options.lam, "combined_lambda": self.options.combined_lam,
+            "stratify": list(self.options.stratify),
+            "n_sites": self.fit.n_sites, "n_obs": self.fit.n_obs, "formula": self.options.formula,
+            "covariance": self.fit.covariance.tolist(), "protection": self.protection,
+            "rounds": self.rounds, "releases": list(self.releases),
+            "bytes_sent_per_site": self.bytes_sent_per_site, "seconds": self.seconds,
+            "timings": self.timings,
+        }
+
+    def summary(self) -> str:
+        o = self.options
+        lines = [f"Bayesian Federated Inference (survival, {o.baseline} baseline: "
+                 f"{HAZARDS[o.baseline]}), {self.fit.n_sites} sites, protection: "
+                 f"{self.protection}", f"Formula: {o.formula}",
+                 f"Prior precision lambda = {o.lam:g}; baseline parameters on log scales: "
+                 + ", ".join(f"{n} = {SCALES[n]}" for n in baseline_names(o.baseline)), "",
+                 f"{'term':<28} {'estimate':>10} {'sd':>9} {'CI low':>9} {'CI high':>9}"]
+        lines += [f"{r['term']:<28} {r['estimate']:10.4f} {r['sd']:9.4f} {r['ci_low']:9.4f} "
+                  f"{r['ci_high']:9.4f}" for r in self.estimates]
+        return "\n".join(lines)
+
+
+def _check_options(opts: SurvivalBFIOptions) -> None:
+    if opts.baseline not in BASELINES:
+        raise InputError(f"--baseline {opts.baseline!r}: choose one of {', '.join(BASELINES)} "
+                         "(poly, pwexp and unspecified are not available yet)")
+    if opts.lam <= 0 or (opts.combined_lam is not None and opts.combined_lam <= 0):
+        raise InputError("--lambda and --combined-lambda must be positive")
+    allowed = baseline_names(opts.baseline) if opts.baseline in BASELINES else ()
+    for name in opts.stratify:
+        if name not in allowed:
+            raise InputError(f"--stratify {name!r}: a survival model's centre-specific "
+                             f"parameters are its baseline's ({', '.join(allowed)})")
+    if len(set(opts.stratify)) != len(opts.stratify):
+        raise InputError("--stratify names a parameter twice")
+
+
+def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
+                     protection: ProtectedSum | None = None,
+                     audit_log: str | Path | None = None) -> SurvivalBFIReport:
+    """BFI of a parametric survival model over the sites of ``opts.site_column``."""
+    started = clock.perf_counter()
+    _check_options(opts)
+    spec = survival_spec(frame, opts.formula, opts.site_column)
+    protection = protection or PlaintextSum()
+    if getattr(protection, "privacy", None) is not None:
+        raise InputError("BFI survival has no differential-privacy mode yet: use --protect "
+                         "none, secagg or ckks")
+    names = spec.names + baseline_names(opts.baseline)
+    prior = opts.lam * np.eye(len(names))
+    combined = None if opts.combined_lam is None else opts.combined_lam * np.eye(len(names))
+    sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
+    audit = None
+    if audit_log is not None:
+        audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="bfi",
+                                 config=asdict(opts), protection=describe_protection(protection))
+    coordinator = Coordinator(sites, protection, audit=audit)
+    centre = tuple(names.index(n) for n in opts.stratify)
+    layout = bfi.CentreSpecificLayout(names, SURVIVAL, centre) if centre else \
+        bfi.HomogeneousLayout(names, SURVIVAL)
+    if centre and combined is not None:
+        shared = list(layout.shared_params)
+        combined = combined[np.ix_(shared, shared)]
+    try:
+        try:
+            coordinator.setup(lambda s: s.prepare_cox(spec))
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        count = check_bfi_count(coordinator.secure_sum("bfi-count", lambda s: s.count_vector()),
+                                coordinator)
+        try:
+            total = coordinator.secure_sum(
+                "bfi-terms", lambda s: s.bfi_survival_vector(layout, opts.baseline, prior))
+        except (ValueError, bfi.MAPConvergenceError) as err:
+            raise InputError(str(err)) from None
+        check_bfi_terms(total, coordinator, layout, count, prior)
+        try:
+            fit = layout.combine(total, combined, opts.level)
+        except ValueError as err:
+            raise InputError(str(err)) from None
+        centres = () if not centre else tuple(  # each site's own, from the broadcast fit
+            (s.name, s.bfi_survival_centre(layout, fit)) for s in coordinator.live_sites)
+    except ProtocolError as err:
+        coordinator.abort_audit(err)
+        raise
+    seconds = clock.perf_counter() - started
+    report = SurvivalBFIReport(
+        opts, fit, coordinator.protection.name, coordinator.round_id,
+        coordinator.release_list(), coordinator.mean_bytes_per_site(), seconds,
+        coordinator.timings(seconds), centres)
+    coordinator.finish_audit(report.to_dict(), "bfi")
+    return report
+

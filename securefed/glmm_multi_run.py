@@ -1,0 +1,113 @@
+"""A federated GLMM with several random-effects terms nested in sites (Laplace).
+
+``(1 | comm/mom)``, ``(1 | mom) + (1 | comm)``, ``(1 + x || g)``: each site
+builds its rows' terms and top-level blocks (:mod:`core_stats.glmm_multi`), so
+its Laplace terms are a sum over its own blocks and the federated fit equals
+the pooled one. Rounds as for one term: a design summary, then Newton rounds
+on summed ``[l, gradient, upper(Hessian)]``. Laplace only (lme4 allows
+adaptive quadrature for a single scalar term only); no lambda grid, no DP and
+no remote transport yet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core_stats.glmm_fit import GLMMEstimate
+from core_stats.glmm_multi import MultiLayout, term_layout
+from core_stats.glmm_multi_fit import fit_glmm_multi, multi_starting_values
+from core_stats.glmm_multi_results import n_variance_parameters, variance_components
+from core_stats.inference import covariance, information_criteria, wald_fixed_effects
+from core_stats.optimize import SummedTerms
+from core_stats.results import GLMMFit
+from securefed.errors import InputError
+from securefed.plausibility import check_design_summary, check_multi_glmm_terms
+from securefed.vectors import unpack_terms
+
+__all__ = ["check_multi_options", "fit_multi"]
+
+
+def check_multi_options(opts, coordinator) -> None:
+    if opts.nagq != 1:
+        raise InputError("--nagq > 1 needs a single scalar random-effects term (as in lme4): "
+                         "several terms are fitted by Laplace (--nagq 1)")
+    if opts.lambda_grid:
+        raise InputError("--lambda-grid with several random-effects terms is not supported "
+                         "yet: give --lambda")
+    if coordinator.privacy is not None:
+        raise InputError("several random-effects terms under differential privacy are not "
+                         "supported yet")
+
+
+def fit_multi(coordinator, opts, family, design, fixed_names, started_warnings,
+              started_at, on_step, weighted: bool) -> GLMMFit:
+    """Fit over the coordinator's sites (in process) and build the glmer-style result."""
+    import time
+
+    check_multi_options(opts, coordinator)
+    coordinator.setup(lambda s: s.prepare_glmm_multi(design))
+    summary = coordinator.secure_sum("design-summary", lambda s: s.design_summary_vector())
+    reference = check_design_summary(summary, coordinator, family=family,
+                                     fixed_names=fixed_names, weighted=weighted)
+    template = coordinator.live_sites[0].multi_random_designs
+    layout = MultiLayout(tuple(fixed_names), tuple(term_layout(t) for t in template),
+                         family.has_dispersion)
+    n, sum_y, sum_y2 = (float(v) for v in summary[:3])
+    start = multi_starting_values(layout, family, n, sum_y, sum_y2, reference.xty,
+                                  reference.xtx)
+
+    def evaluate(lay: MultiLayout, theta: np.ndarray, derivatives: bool) -> SummedTerms:
+        purpose = "glmm-terms" if derivatives else "glmm-loglik"
+        total = coordinator.secure_sum(
+            purpose, lambda s: s.multi_terms_vector(lay, theta, derivatives),
+            key=(purpose, lay, np.asarray(theta).tobytes()))
+        check_multi_glmm_terms(total, reference, lay, theta, derivatives, purpose=purpose)
+        value, grad, hess = unpack_terms(total, lay.size)
+        return SummedTerms(value, grad, hess)
+
+    estimate = fit_glmm_multi(evaluate, layout, start, lam=opts.lam, tol=opts.tol,
+                              on_step=on_step)
+    live = coordinator.live_sites
+    n_obs = sum(s.multi_rows.n_rows for s in live)
+    groups = _groups_by_factor(live)
+    warnings = list(started_warnings)
+    if coordinator.dropped:
+        warnings.append("site(s) dropped out and were excluded from the fit: "
+                        + ", ".join(coordinator.dropped))
+    seconds = time.perf_counter() - started_at
+    extra = {"timings": coordinator.timings(seconds), "n_groups_by_factor": groups}
+    return _result(opts, estimate, family, n_obs, groups, len(live), coordinator, warnings,
+                   extra, seconds)
+
+
+def _groups_by_factor(sites) -> dict[str, int]:
+    """Groups per grouping factor, in the order of the terms (summed over sites: nested)."""
+    out: dict[str, int] = {}
+    for site in sites:
+        for name, count in site.multi_group_counts().items():
+            out[name] = out.get(name, 0) + count
+    return out
+
+
+def _result(opts, est: GLMMEstimate, family, n_obs: int, groups: dict[str, int], n_sites: int,
+            coordinator, warnings: list[str], extra: dict, seconds: float) -> GLMMFit:
+    lay: MultiLayout = est.layout
+    cov = covariance(-est.terms.hessian)
+    fixed = wald_fixed_effects(lay.fixed_names, est.theta[lay.beta], cov[lay.beta, lay.beta])
+    sds, corrs = variance_components(lay, est.theta, cov)
+    k = len(lay.fixed_names) + n_variance_parameters(lay)
+    aic, bic = information_criteria(est.loglik, k, n_obs)
+    if not est.converged:
+        warnings = [*warnings, f"the fit did not converge: {est.message}"]
+    return GLMMFit(
+        formula=opts.formula, family=family.name, link=family.link, nagq=1,
+        fixed_effects=tuple(fixed), random_effects=tuple(sds), correlations=tuple(corrs),
+        loglik=est.loglik, aic=aic, bic=bic, converged=est.converged, singular=est.singular,
+        rounds=coordinator.round_id, iterations=est.iterations, n_obs=n_obs,
+        n_groups=sum(groups.values()), n_sites=n_sites, penalty_lambda=est.penalty,
+        protection=coordinator.protection.name, theta=tuple(float(v) for v in est.theta),
+        parameter_names=lay.parameter_names(),
+        covariance=tuple(tuple(float(v) for v in row) for row in cov), trace=est.trace,
+        message=est.message, warnings=tuple(warnings), dropped_sites=tuple(coordinator.dropped),
+        bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra)
+
