@@ -228,9 +228,7 @@ class FlowerEngine:
             text = "; ".join(f"{n}: {e}" for n, e in sorted(opened.errors.items()))
             if all(e.startswith("above-bound:") for e in opened.errors.values()):
                 # a value to fix (standardise, raise the bound): exit 2, as in-process
-                raise OutOfBound("a value is above the declared bound at "
-                                 f"{', '.join(sorted(opened.errors))}: standardise the "
-                                 "covariates or raise the bound")
+                raise OutOfBound(text)
             raise SiteRefused(text)
         length = self._screen_open(opened)
         if dp is not None:
