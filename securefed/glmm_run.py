@@ -249,9 +249,13 @@ def runtime_supports(protection: ProtectedSum) -> bool:
     The runtime carries ``none`` and ``secagg`` (SecAgg+ included) without DP
     and without simulated dropouts in-process; the other stacks (ckks,
     secagg,ckks, ...,dp), simulated drops and audit trails still run in the
-    coordinator's process.
+    coordinator's process, and so does everything where Flower is not installed.
     """
+    import importlib.util
+
     if getattr(protection, "privacy", None) is not None or getattr(protection, "drop", None):
+        return False
+    if importlib.util.find_spec("flwr") is None:  # the runtime's messages are Flower's
         return False
     return getattr(protection, "name", None) in ("none", "secagg")
 
