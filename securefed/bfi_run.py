@@ -39,6 +39,7 @@ from securefed.dp_bfi import fit_from_noisy_sums, precision_weighted
 from securefed.errors import InputError
 from securefed.plausibility import BFIGuard, check_bfi_count
 from securefed.privacy import DpQuery
+from securefed.site import Site
 
 __all__ = ["BFIOptions", "BFIReport", "run_bfi", "run_bfi_remote"]
 
@@ -280,15 +281,24 @@ def _dp_standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
 
 def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum | None = None,
             audit_log: str | Path | None = None,
-            audit_keys: TrailKeys | None = None) -> BFIReport:
+            audit_keys: TrailKeys | None = None, site_runtime: bool = True) -> BFIReport:
     """BFI over the sites named by ``opts.site_column`` (see module docstring).
 
-    ``audit_keys``: the consortium identities that sign the trail at ``audit_log``
-    (default: keys made for the run). A protocol abort or a refused aggregate is
-    logged (REFUSAL, then a countersigned checkpoint) before the error propagates.
+    Every site is simulated in this process. A homogeneous model (no
+    stratified or centre-covariate parameters, no heterogeneity table or
+    pooled comparison) under ``none`` or ``secagg`` without an audit trail runs,
+    with ``site_runtime``, through the site runtime: each site fits itself and
+    answers through the ClientApp handler with its own keys and policy
+    (:mod:`securefed.transport.loopback`). Otherwise the coordinator fits each
+    site's local model from its rows (the same result). ``audit_keys``: the
+    consortium identities that sign the trail at ``audit_log`` (default: keys
+    made for the run). A protocol abort or a refused aggregate is logged
+    (REFUSAL, then a countersigned checkpoint) before the error propagates.
     """
     created: list[Coordinator] = []
     try:
+        if site_runtime and audit_log is None and _runtime_carries(opts, protection):
+            return _run_bfi_runtime(frame, opts, protection or PlaintextSum())
         return _run_bfi(frame, opts, protection, audit_log, created, audit_keys)
     except ProtocolError as err:
         if created:
@@ -296,9 +306,32 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
         raise
 
 
-def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIReport:
-    from securefed.site import Site
+def _runtime_carries(opts: BFIOptions, protection: ProtectedSum | None) -> bool:
+    from securefed.glmm_run import runtime_supports
 
+    per_site = (opts.stratify or opts.center_covariate or opts.heterogeneity
+                or opts.compare_pooled)
+    return not per_site and runtime_supports(protection or PlaintextSum())
+
+
+def _run_bfi_runtime(frame: pd.DataFrame, opts: BFIOptions, protection) -> BFIReport:
+    """:func:`run_bfi` through the site runtime (see there)."""
+    from securefed.transport.loopback import loopback_rounds
+
+    started = time.perf_counter()
+    formula, family = _validate(frame, opts)
+    parts = {str(k): v for k, v in frame.groupby(opts.site_column, sort=True)}
+    if not parts:
+        raise InputError("no sites found")
+    parts, omitted = _complete_rows(parts, formula, opts)
+    schema = _schema(opts, formula, family, parts)
+    warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
+    with loopback_rounds({n: Site(n, p) for n, p in parts.items()}, protection) as rounds:
+        return run_bfi_remote(opts, rounds, list(parts), protection=protection, schema=schema,
+                              warnings=warnings + omitted, started=started)
+
+
+def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIReport:
     started = time.perf_counter()
     formula, family = _validate(frame, opts)
     parts = {str(k): v for k, v in frame.groupby(opts.site_column, sort=True)}
@@ -657,7 +690,8 @@ def _het(row) -> dict:
 
 def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
                    protection: ProtectedSum, audit: AuditTrail | None = None,
-                   schema: DesignSchema | None = None) -> BFIReport:
+                   schema: DesignSchema | None = None, warnings: list[str] | None = None,
+                   started: float | None = None) -> BFIReport:
     """Homogeneous BFI over remote sites (e.g. Flower SuperNodes) through ``transport``.
 
     The same rounds as :func:`run_bfi` (count, optional pooled
@@ -670,7 +704,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
     """
     from securefed.coordinator import RemoteSite
 
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     for flag, used in (("--stratify", opts.stratify), ("--center-covariate",
                        opts.center_covariate), ("--heterogeneity", opts.heterogeneity),
                        ("--compare-pooled", opts.compare_pooled)):
@@ -693,7 +727,8 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
         if family.name == "binomial" and "(Intercept)" not in names:
             raise InputError("binomial BFI under dp needs an intercept in the formula")
     try:
-        report = _bfi_remote(coordinator, opts, schema, family, names, started)
+        report = _bfi_remote(coordinator, opts, schema, family, names, started,
+                             list(warnings or []))
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
@@ -701,7 +736,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
     return report
 
 
-def _bfi_remote(coordinator, opts, schema, family, names, started) -> BFIReport:
+def _bfi_remote(coordinator, opts, schema, family, names, started, warnings) -> BFIReport:
     from securefed.site import BFISiteSpec
 
     privacy = coordinator.privacy
@@ -745,7 +780,6 @@ def _bfi_remote(coordinator, opts, schema, family, names, started) -> BFIReport:
                                         prior if combined is None else combined, opts.level,
                                         count)
     live = [s.name for s in coordinator.live_sites]
-    warnings = []
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded: " + ", ".join(coordinator.dropped))
     return BFIReport(

@@ -50,6 +50,7 @@ def _register() -> None:
     app.command("privacy-curve")(__import__("securefed.cli_privacy").cli_privacy.privacy_curve)
     register_audit(app)
     __import__("securefed.cli_study").cli_study.register(app)
+    __import__("securefed.cli_site").cli_site.register(app)
     _register.done = True
 
 

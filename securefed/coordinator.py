@@ -185,9 +185,14 @@ class Coordinator:
         result = self.transport.aggregate(purpose, compute, [s.name for s in self.live_sites],
                                           self.round_id, audit=audit,
                                           dp=dp if self.privacy is not None else None)
-        self.seconds["protection_total"] += time.perf_counter() - started
-        if "seconds_server" in result.details:
-            self.seconds["protection_server"] += float(result.details["seconds_server"])
+        elapsed = time.perf_counter() - started
+        sites = float(result.details.get("seconds_sites", 0.0))  # in-process: the sites' time
+        if "seconds_sites" in result.details:
+            self.seconds["sites_statistics"] += sites
+        self.seconds["protection_total"] += max(elapsed - sites, 0.0)
+        for side in ("site", "server"):
+            if f"seconds_{side}" in result.details:
+                self.seconds[f"protection_{side}"] += float(result.details[f"seconds_{side}"])
         if self.audit is not None:
             self.audit.round_spec(self.round_id, purpose, len(result.total))
             for payload in result.details.get("releases", {}).values():

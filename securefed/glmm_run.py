@@ -176,23 +176,31 @@ def _collinear_columns(xtx: np.ndarray, tol: float = 1e-7) -> list[int]:
 def run_glmm(frame: pd.DataFrame, opts: GLMMOptions, *, protection: ProtectedSum | None = None,
              on_step: Callable[[NewtonStep], None] | None = None,
              audit_log: str | Path | None = None,
-             audit_keys: TrailKeys | None = None) -> GLMMFit:
+             audit_keys: TrailKeys | None = None, site_runtime: bool = True) -> GLMMFit:
     """Fit a GLMM federated over the sites named by ``opts.site_column``.
 
-    ``audit_keys``: the consortium identities that sign the trail at ``audit_log``
-    (default: keys made for the run). A protocol abort or a refused aggregate is
-    logged (REFUSAL, then a countersigned checkpoint) before the error propagates.
+    Every site is simulated in this process. Where the site runtime carries
+    the protection (:func:`runtime_supports`) and ``site_runtime`` is true, each
+    site answers through the ClientApp handler with its own keys and policy
+    (:mod:`securefed.transport.loopback`); otherwise the coordinator applies
+    each round's closure to the sites' objects directly (the same rounds and
+    results). ``audit_keys``: the consortium identities that sign the trail at
+    ``audit_log`` (default: keys made for the run). A protocol abort or a
+    refused aggregate is logged (REFUSAL, then a countersigned checkpoint)
+    before the error propagates.
     """
     created: list[Coordinator] = []
     try:
-        return _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys)
+        return _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
+                         site_runtime)
     except ProtocolError as err:
         if created:
             created[0].abort_audit(err)
         raise
 
 
-def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys) -> GLMMFit:
+def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
+              site_runtime) -> GLMMFit:
     started = time.perf_counter()
     _check_options(opts)
     _parse_model(opts)
@@ -201,6 +209,19 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys) 
     formula, family, schema, omitted = _check_frame(frame, opts, sites)
     several = len(formula.model.random) > 1 or not formula.model.random[0].correlated
     protection = protection or PlaintextSum()
+    warnings = [w for s in sites for w in s.warnings()]
+    warnings += [f"site {name}: {n} row(s) with missing values omitted"
+                 for name, n in omitted.items()]
+    source = frame.attrs.get("source")
+    if site_runtime and audit_log is None and not several and runtime_supports(protection):
+        from securefed.transport.loopback import loopback_rounds
+
+        # the sites answer through the site runtime (the ClientApp handler, their policy)
+        with loopback_rounds({s.name: s for s in sites}, protection) as rounds:
+            fit = run_glmm_remote(opts, rounds, [s.name for s in sites],
+                                  protection=protection, on_step=on_step, schema=schema,
+                                  warnings=warnings, started=started)
+        return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
@@ -208,9 +229,6 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys) 
                                  keys=audit_keys)
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
-    warnings = [w for s in sites for w in s.warnings()]
-    warnings += [f"site {name}: {n} row(s) with missing values omitted"
-                 for name, n in omitted.items()]
     if several:  # several random-effects terms: securefed.glmm_multi_run
         from securefed.glmm_multi_run import fit_multi
 
@@ -222,15 +240,32 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys) 
         fixed_names, random_names = _public_design(schema)
         fit = _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
                    on_step, started, warnings)
-    source = frame.attrs.get("source")
     return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
+
+
+def runtime_supports(protection: ProtectedSum) -> bool:
+    """True if an in-process run with ``protection`` goes through the site runtime.
+
+    The runtime carries ``none`` and ``secagg`` (SecAgg+ included) without DP
+    and without simulated dropouts in-process; the other stacks (ckks,
+    secagg,ckks, ...,dp), simulated drops and audit trails still run in the
+    coordinator's process, and so does everything where Flower is not installed.
+    """
+    import importlib.util
+
+    if getattr(protection, "privacy", None) is not None or getattr(protection, "drop", None):
+        return False
+    if importlib.util.find_spec("flwr") is None:  # the runtime's messages are Flower's
+        return False
+    return getattr(protection, "name", None) in ("none", "secagg")
 
 
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
                     protection: ProtectedSum,
                     on_step: Callable[[NewtonStep], None] | None = None,
                     audit: AuditTrail | None = None,
-                    schema: DesignSchema | None = None) -> GLMMFit:
+                    schema: DesignSchema | None = None, warnings: list[str] | None = None,
+                    started: float | None = None) -> GLMMFit:
     """Fit a GLMM over remote sites (e.g. Flower SuperNodes) through ``transport``.
 
     The coordinator holds no rows: the public design comes from the formula
@@ -238,8 +273,9 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     as 0/1 columns); a site whose rows do not fit the design refuses the
     round. ``protection`` gives the layer's public parameters (the sites run
     it). Results equal :func:`run_glmm` on the pooled rows of the same sites.
+    ``warnings``: the run's warnings so far; ``started``: when the run began.
     """
-    started = time.perf_counter()
+    started = time.perf_counter() if started is None else started
     _check_options(opts)
     formula, family = _parse_model(opts)
     if len(formula.model.random) > 1 or not formula.model.random[0].correlated:
@@ -253,7 +289,7 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
                               audit=audit, transport=transport)
     try:
         return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
-                    on_step, started, [])
+                    on_step, started, list(warnings or []))
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
@@ -330,12 +366,9 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
     estimate = fit_glmm_restarting(evaluate, layout, start, lam=lam, tol=opts.tol,
                                    on_step=on_step)
     live = coordinator.live_sites
-    if coordinator.transport is None:  # the sites are here: read their group counts
-        n_groups = sum(s.glmm_rows.n_groups for s in live)
-        n_obs = sum(s.glmm_rows.n_rows for s in live)  # rows (the summary's n sums weights)
-    else:
-        counts = coordinator.secure_sum("glmm-counts", lambda s: s.glmm_counts_vector())
-        n_obs, n_groups = int(round(counts[0])), int(round(counts[1]))
+    # the coordinator never reads a site's rows, in-process either: the counts are a sum
+    counts = coordinator.secure_sum("glmm-counts", lambda s: s.glmm_counts_vector())
+    n_obs, n_groups = int(round(counts[0])), int(round(counts[1]))
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded from the fit: "
                         + ", ".join(coordinator.dropped))

@@ -408,3 +408,14 @@ class Site:
     @property
     def glmm_rows(self) -> GroupedRows:
         return self._require_rows()
+
+    @property
+    def glmm_family(self) -> Family:
+        """The family of the prepared GLMM design."""
+        self._require_rows()
+        return self._design.family
+
+    @property
+    def n_validation_rows(self) -> int:
+        """Rows held out for validation (0 without a split)."""
+        return 0 if self._validation is None else self._validation.n_rows

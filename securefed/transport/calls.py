@@ -18,6 +18,7 @@ Two kinds of method are callable remotely:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from collections.abc import Callable, Mapping
@@ -38,7 +39,7 @@ from securefed.transport.codec import (
 )
 
 __all__ = ["SiteCall", "RecordingSite", "RemoteCallError", "SETUP_METHODS", "RELEASE_METHODS",
-           "record_call", "apply_call"]
+           "record_call", "apply_call", "parsed_call"]
 
 SETUP_METHODS = frozenset({"prepare_glmm"})
 RELEASE_METHODS = frozenset({"count_vector", "glmm_counts_vector", "design_summary_vector",
@@ -94,8 +95,20 @@ class SiteCall:
         return f"SiteCall({self.method!r}, {sorted(self.kwargs)})"
 
 
+@functools.cache
+def _signature(method: str) -> inspect.Signature:
+    return inspect.signature(getattr(Site, method))
+
+
+@functools.lru_cache(maxsize=64)
+def parsed_call(text: str) -> SiteCall:
+    """:meth:`SiteCall.from_json`, remembered for texts seen again (setup calls are
+    replayed with every message); treat the result as read-only."""
+    return SiteCall.from_json(text)
+
+
 def _bind(method: str, args: tuple, kwargs: dict[str, Any]) -> inspect.BoundArguments:
-    signature = inspect.signature(getattr(Site, method))
+    signature = _signature(method)
     try:
         bound = signature.bind(None, *args, **kwargs)
     except TypeError as exc:

@@ -13,6 +13,11 @@ The SuperNode's node config says who the site is and where its files are::
   of the site's own audit log and salts (:mod:`securefed.transport.site_audit`).
 * ``ckks-key-holder`` (optional, default ``"keyholder"``): the party whose
   signature a CKKS public context must carry (:mod:`~securefed.transport.flower_ckks`).
+* ``policy`` (optional): the site's policy file (``securefed site init``,
+  ``docs/site_policy.md``); every round is checked against it before the site
+  computes, and every vector before it leaves (:mod:`securefed.policy.guard`).
+  Without it the safe default applies, recording releases in ``record-dir``
+  (default ``securefed-releases`` beside the data file).
 * ``expect-fingerprint`` (optional): the registry fingerprint the consortium
   agreed on (64 hex, ``securefed keygen`` prints it); the site refuses to take
   part if its ``registry`` file differs, and refuses any audited run started under
@@ -31,6 +36,7 @@ Vectors are produced only by :func:`securefed.transport.release.release`.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -85,8 +91,9 @@ def _serve(stage: Stage, request: ConfigRecord, context: Context) -> dict:
 
 def _site_identity(context: Context):
     from securefed.keys import Identity
+    from securefed.transport.file_cache import load_cached
 
-    return Identity.load(_node(context, "identity-key"), _node(context, "site-name"))
+    return load_cached(_node(context, "identity-key"), Identity.load, _node(context, "site-name"))
 
 
 def _countersign(checkpoint: dict, log_text: str, context: Context) -> dict:
@@ -112,7 +119,11 @@ def _load_site(context: Context):
 
     from securefed.site import Site
     from securefed.transport.calls import SiteCall, apply_call
+    from securefed.transport.loopback import HELD_KEY, held_site
 
+    if HELD_KEY in context.node_config:  # an in-process run: the rows are in this process
+        return held_site(str(context.node_config[HELD_KEY]),
+                         [t for t in _state(context)["setup"] if t])
     site = Site(_node(context, "site-name"), pd.read_csv(Path(_node(context, "data-path"))))
     for text in _state(context)["setup"]:
         if text:
@@ -122,15 +133,15 @@ def _load_site(context: Context):
 
 def _keep_setup(texts: list[str], context: Context) -> None:
     """Remember setup calls; each replaces an earlier call of the same method."""
-    from securefed.transport.calls import RemoteCallError, SiteCall
+    from securefed.transport.calls import RemoteCallError, parsed_call
 
     state = _state(context)
     kept = [t for t in state["setup"] if t]
     for text in texts:
-        call = SiteCall.from_json(text)
+        call = parsed_call(text)
         if call.releases:
             raise RemoteCallError(f"Site.{call.method} releases a vector; it is not setup")
-        kept = [t for t in kept if SiteCall.from_json(t).method != call.method] + [text]
+        kept = [t for t in kept if parsed_call(t).method != call.method] + [text]
     state["setup"] = [""] + kept
 
 
@@ -138,10 +149,11 @@ def _identity(context: Context):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from securefed.keys import Identity, Registry, public_key_from_hex
+    from securefed.transport.file_cache import load_cached
 
     name = _node(context, "site-name")
-    identity = Identity.load(_node(context, "identity-key"), name)
-    registry = Registry.load(_node(context, "registry"))
+    identity = load_cached(_node(context, "identity-key"), Identity.load, name)
+    registry = load_cached(_node(context, "registry"), Registry.load)
     if registry.public_key_hex(name) != identity.public_key_hex:
         raise ValueError(f"the identity key is not the one registered for {name!r}")
     private = Ed25519PrivateKey.from_private_bytes(identity.export_private_key_raw())
@@ -151,9 +163,18 @@ def _identity(context: Context):
 def _keys(params: RoundParams, context: Context):
     from securefed.keys import COORDINATOR
 
-    private, registry, parse = _identity(context)
-    roster = {uid: parse(registry.public_key_hex(name)) for name, uid in params.sites.items()}
-    return private, roster, parse(registry.public_key_hex(COORDINATOR))
+    private, registry, _ = _identity(context)
+    roster = {uid: _public_key(registry.public_key_hex(name))
+              for name, uid in params.sites.items()}
+    return private, roster, _public_key(registry.public_key_hex(COORDINATOR))
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(public_key_hex: str):
+    """A registry entry as a key object (parsed once per process)."""
+    from securefed.keys import public_key_from_hex
+
+    return public_key_from_hex(public_key_hex)
 
 
 def _key_holder_node(context: Context):
@@ -166,12 +187,29 @@ def _key_holder_node(context: Context):
     return KeyHolderNode(_node(context, "site-name"), private, registry, secret, ledger, floor)
 
 
+def _guard(context: Context):
+    """This site's policy guard, from its node config and its own registry."""
+    from securefed.keys import Registry
+    from securefed.policy.guard import SiteGuard
+    from securefed.transport.file_cache import load_cached
+
+    registry = load_cached(_node(context, "registry"), Registry.load)
+    return SiteGuard.from_node_config(context.node_config, registry.parties)
+
+
+def _dp_query(dp_text: str):
+    from securefed.transport.site_privacy import query_from_json
+
+    return query_from_json(dp_text)[0] if dp_text else None
+
+
 def _check_registry(context: Context, audit: dict | None) -> None:
     """Before anything is computed: the site's registry is its pinned one, and the run's."""
     from securefed.keys import Registry
+    from securefed.transport.file_cache import load_cached
     from securefed.transport.site_audit import check_registry
 
-    check_registry(Registry.load(_node(context, "registry")), context.node_config,
+    check_registry(load_cached(_node(context, "registry"), Registry.load), context.node_config,
                    None if audit is None else audit.get("registry_fingerprint"))
 
 
@@ -204,19 +242,22 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: Contex
     from securefed.transport.secagg_state import export_site
 
     name = _node(context, "site-name")
-    if name not in params.sites:
-        raise ValueError(f"site {name!r} is not in this round")
     _check_registry(context, audit)
-    dp = _site_dp(context, dp_text, params)
     _keep_setup(setup, context)
+    call = SiteCall.from_json(call_text)
+    guard = _guard(context)  # the site's own policy decides before anything is computed
+    admitted = guard.admit(params, call, call_text, list(_state(context)["setup"]),
+                           _dp_query(dp_text))
+    dp = _site_dp(context, dp_text, params)
     if params.layer == "ckks":  # trust the key before anything is computed or released
         from securefed.transport.flower_ckks import KEY_HOLDER, trusted_context
 
         private, registry, _ = _identity(context)
         public = trusted_context(params, request or {}, registry,
                                  str(context.node_config.get("ckks-key-holder", KEY_HOLDER)))
-    call = SiteCall.from_json(call_text)
-    vector = release(_load_site(context), call, params.round_id, params.purpose, dp)
+    site = _load_site(context)
+    vector = release(site, call, params.round_id, params.purpose, dp)
+    guard.release(admitted, site, call, vector)  # the policy's last word before it leaves
     # a local DP query: the site noises this vector for itself, keeps it, releases a function
     local = dp.query is not None and dp.query.local_length is not None
     if params.layer == "none":

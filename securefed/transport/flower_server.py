@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
-from protocols.errors import ProtocolError
+from protocols.errors import EncodingError, ProtocolError
 from protocols.stack import AggregateResult
 from securefed.keys import Registry, public_key_from_hex
 from securefed.privacy import DpQuery
@@ -47,6 +47,10 @@ Observer = Callable[[Stage, tuple[str, ...]], None]
 
 class SiteRefused(ProtocolError):
     """A site could not compute what the round asked (nothing was released)."""
+
+
+class OutOfBound(SiteRefused, EncodingError):
+    """Every refusing site had a value above the round's declared bound."""
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,11 @@ class FlowerEngine:
         self._setup.clear()
         if opened.errors:
             raise_budget_refusals(opened.errors)
-            raise SiteRefused("; ".join(f"{n}: {e}" for n, e in sorted(opened.errors.items())))
+            text = "; ".join(f"{n}: {e}" for n, e in sorted(opened.errors.items()))
+            if all(e.startswith("above-bound:") for e in opened.errors.values()):
+                # a value to fix (standardise, raise the bound): exit 2, as in-process
+                raise OutOfBound(text)
+            raise SiteRefused(text)
         length = self._screen_open(opened)
         if dp is not None:
             self._admit_dp(dp, round_id, opened, m, length)

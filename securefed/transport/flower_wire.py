@@ -36,6 +36,7 @@ site answers with its ciphertext and a signed receipt.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 from dataclasses import dataclass
 
@@ -108,10 +109,17 @@ class RoundParams:
 
     def config(self, vector_length: int):
         """The :class:`~protocols.secagg_config.SecAggConfig` both sides build."""
-        from protocols.secagg_config import SecAggConfig
+        return _config(self.to_json(), int(vector_length))
 
-        return SecAggConfig(session_id=self.session_id, round_id=self.round_id,
-                            site_ids=tuple(sorted(self.sites.values())),
-                            vector_length=vector_length, bounds=self.bound,
-                            threshold=self.threshold, neighbours=self.neighbours,
-                            min_contributors=self.min_contributors)
+
+@functools.lru_cache(maxsize=64)
+def _config(params_json: str, vector_length: int):
+    """One frozen config per round and length (its neighbour graph is costly to build)."""
+    from protocols.secagg_config import SecAggConfig
+
+    params = RoundParams.from_json(params_json)
+    return SecAggConfig(session_id=params.session_id, round_id=params.round_id,
+                        site_ids=tuple(sorted(params.sites.values())),
+                        vector_length=vector_length, bounds=params.bound,
+                        threshold=params.threshold, neighbours=params.neighbours,
+                        min_contributors=params.min_contributors)

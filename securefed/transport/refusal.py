@@ -40,6 +40,7 @@ class Refusal(enum.Enum):
     PROTOCOL = "protocol-check-failed"
     BAD_REQUEST = "bad-request"
     SITE_SETUP = "site-setup"
+    POLICY = "policy-refused"  # the reply's ``refusal`` names the policy's own code
     INTERNAL = "internal-error"
 
     @property
@@ -71,6 +72,7 @@ _MESSAGES = {
                          "a malformed field, or a roster or identity it cannot trust)",
     Refusal.SITE_SETUP: "the site cannot serve this request with its own files and "
                         "configuration; its operator has the details",
+    Refusal.POLICY: "the site's own policy does not allow this round",
     Refusal.INTERNAL: "the site could not serve this request; its operator has the details",
 }
 
@@ -114,6 +116,11 @@ def refusal_reply(exc: BaseException) -> tuple[Refusal, dict[str, str]]:
     The site's own log gets the code and the exception's class (the operator
     reads the detail there); the reply gets only the code and its message.
     """
+    from securefed.policy.refusal import PolicyRefused
+
+    if isinstance(exc, PolicyRefused):  # a fixed text of the site's policy (policy/refusal.py)
+        _LOG.warning("refused a request under the site's policy: %s", exc.code)
+        return Refusal.POLICY, {"error": str(exc), "refusal": exc.code}
     code = refusal_for(exc)
     _LOG.warning("refused a request: %s (%s)", code.value, type(exc).__name__)
     return code, {"error": code.text, "refusal": code.value}

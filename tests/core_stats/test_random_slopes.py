@@ -99,20 +99,21 @@ def test_matches_lme4(name: str, key: str) -> None:
     assert fit.rounds <= ROUNDS[name, key]
 
 
-# Rounds (design summary + Newton rounds) measured on these problems; before start
+# Rounds (design summary + Newton rounds + the final counts round, a sum like every other
+# release: the coordinator reads no site's rows) measured on these problems; before start
 # values from X'X, relative steps on off-diagonals, derivatives at every trial point,
 # the quadratic-convergence stop and the boundary faces they were, in the order below:
 # 11, 11, 8, 16, 20, 6, 6; the boundary fits 30, 26, 39, 19 and 266, none of them
 # converged; poisson_q3_near_boundary 26 (its interior optimum, a Cholesky diagonal of
 # 0.013, now first visits two faces). README.md in the goldens' folder has the table.
 ROUNDS = {
-    ("sleepstudy_slopes", "nagq1"): 6, ("sleepstudy_nested", "nagq1"): 6,
-    ("sleepstudy_slope_only", "nagq1"): 5, ("binomial_longitudinal", "nagq1"): 12,
-    ("poisson_slopes", "nagq1"): 6, ("poisson_slope_only", "nagq1"): 5,
-    ("poisson_slope_only", "nagq5"): 5,
-    ("binomial_longitudinal_singular", "nagq1"): 10, ("gaussian_corr_boundary", "nagq1"): 11,
-    ("gaussian_q3_boundary", "nagq1"): 11, ("binomial_zero_covariance", "nagq1"): 13,
-    ("poisson_intercept_boundary", "nagq1"): 21, ("poisson_q3_near_boundary", "nagq1"): 60,
+    ("sleepstudy_slopes", "nagq1"): 7, ("sleepstudy_nested", "nagq1"): 7,
+    ("sleepstudy_slope_only", "nagq1"): 6, ("binomial_longitudinal", "nagq1"): 13,
+    ("poisson_slopes", "nagq1"): 7, ("poisson_slope_only", "nagq1"): 6,
+    ("poisson_slope_only", "nagq5"): 6,
+    ("binomial_longitudinal_singular", "nagq1"): 11, ("gaussian_corr_boundary", "nagq1"): 12,
+    ("gaussian_q3_boundary", "nagq1"): 12, ("binomial_zero_covariance", "nagq1"): 14,
+    ("poisson_intercept_boundary", "nagq1"): 22, ("poisson_q3_near_boundary", "nagq1"): 61,
 }
 
 

@@ -106,8 +106,20 @@ def engine_for(world, protection) -> FlowerEngine:
     return engine
 
 
+def allow_layer_none(world, tmp_path) -> None:
+    """Each site's own policy lets the coordinator see its vector (layer ``none``)."""
+    for context in world.grid.contexts.values():
+        name = context.node_config["site-name"]
+        path = tmp_path / f"{name}.policy.toml"
+        path.write_text(f'[protection]\nlayers = ["secagg", "none"]\n\n'
+                        f'[record]\ndir = "releases-{name}"\n')
+        context.node_config["policy"] = str(path)
+
+
 @pytest.mark.parametrize("protection", [SecAggSum(), PlaintextSum()])
-def test_engine_sum_equals_the_sites_sum(world, protection):
+def test_engine_sum_equals_the_sites_sum(world, protection, tmp_path):
+    if protection.name == "none":
+        allow_layer_none(world, tmp_path)
     engine = engine_for(world, protection)
     call = record_call(lambda s: s.design_summary_vector(), SITES)
     result = engine.run_round(1, "summary", call, SITES)

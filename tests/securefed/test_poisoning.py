@@ -293,6 +293,9 @@ class PoisonedSite(Site):
         honest = super().glmm_terms_vector(layout, theta, derivatives)
         return self._release("glmm-terms", honest, layout, np.asarray(theta, dtype=float))
 
+    def glmm_counts_vector(self) -> Vector:  # the final counts: a release like the others
+        return self._release("glmm-counts", super().glmm_counts_vector())
+
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, pd.DataFrame]:
@@ -325,21 +328,33 @@ def _poison_glmm(monkeypatch, attack: Attack) -> list[PoisonedSite]:
     return made
 
 
+class PoisonedBFISite(Site):
+    """A BFI site that crafts its release for one round (it fits and releases itself)."""
+
+    def __init__(self, name: str, frame: pd.DataFrame, purpose: str, tamper: Tamper) -> None:
+        super().__init__(name, frame)
+        self.purpose, self.tamper = purpose, tamper
+
+    def _release(self, purpose: str, honest: Vector) -> Vector:
+        return self.tamper(honest.copy(), None, None) if purpose == self.purpose else honest
+
+    def count_vector(self) -> Vector:
+        return self._release("bfi-count", super().count_vector())
+
+    def standardize_vector(self, columns) -> Vector:
+        return self._release("bfi-standardize", super().standardize_vector(columns))
+
+    def bfi_terms_vector(self, spec) -> Vector:
+        return self._release("bfi-terms", super().bfi_terms_vector(spec))
+
+
 def _poison_bfi(monkeypatch, attack: Attack) -> None:
-    honest = bfi_run.Coordinator
+    def factory(name: str, part: pd.DataFrame) -> Site:
+        if name != TARGET:
+            return Site(name, part)
+        return PoisonedBFISite(name, part, attack.purpose, attack.tamper)
 
-    class Crafting(honest):
-        def secure_sum(self, purpose, compute, key=None, dp=None):
-            if purpose == attack.purpose:
-                inner = compute
-
-                def compute(site):
-                    vector = np.asarray(inner(site), dtype=float)
-                    return attack.tamper(vector, None, None) if site.name == TARGET \
-                        else vector
-            return super().secure_sum(purpose, compute, key=key, dp=dp)
-
-    monkeypatch.setattr(bfi_run, "Coordinator", Crafting)
+    monkeypatch.setattr(bfi_run, "Site", factory)
 
 
 def _estimates(result) -> np.ndarray:

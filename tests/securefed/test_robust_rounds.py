@@ -154,7 +154,8 @@ def test_a_wrong_share_that_cannot_be_outvoted_aborts_instead_of_a_wrong_sum(wor
 @pytest.mark.parametrize("alter", [set_field("vector", "AAAA"), set_field("vector", b"\x01" * 7),
                                    set_field("vector", np.float64(np.inf).tobytes() * 3),
                                    drop_record])
-def test_the_plaintext_layer_sets_a_malformed_vector_aside(world, alter):
+def test_the_plaintext_layer_sets_a_malformed_vector_aside(world, alter, tmp_path):
+    loopback.allow_layer_none(world, tmp_path)  # each site's own policy allows layer none
     world.grid = TamperingGrid(world.grid, Stage.OPEN, alter)
     result = summary(engine_for(world, PlaintextSum()))
     assert result.contributors == ("A", "C", "D") and "B" in result.details["dropout_reasons"]
@@ -176,6 +177,8 @@ def _fit_with_garbled_sites(tmp_path, monkeypatch, bad: set[int], *extra: str) -
     garble = functools.partial(secagg.secure_sum, network=lambda u, step, data: (
         data[::-1] if u in bad and step == "masked_input" else data))
     monkeypatch.setattr(secagg, "secure_sum", garble)
+    # the garbling sits in the in-process SecAgg driver: take the direct path, not the runtime
+    monkeypatch.setattr("securefed.glmm_run.runtime_supports", lambda protection: False)
     return main(["fit", str(tmp_path / "data.csv"), "--formula", "y ~ x1 + (1 | hospital)",
                  "--family", "binomial", "--site-column", "hospital", "--protect", "secagg",
                  "--quiet", *extra])

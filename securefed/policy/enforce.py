@@ -1,0 +1,194 @@
+"""The site's checks of one round against its own policy, before anything is released.
+
+:func:`admit_round` checks the round's public parameters (layer, roster, t,
+minimum contributors, DP terms); :func:`admit_call` checks what is asked
+(an approved model, columns, parameters inside the public bounds, bins);
+:func:`check_release` checks the computed vector before it leaves (records
+behind it, small cells, the effective number of records carrying a
+likelihood's curvature). Each raises :class:`PolicyRefused` with a code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import numpy as np
+
+from securefed.policy.model import SitePolicy
+from securefed.policy.refusal import PolicyRefused, Refusal
+
+__all__ = ["admit_round", "admit_call", "check_release", "model_of", "canonical_formula",
+           "THETA_METHODS", "COORDINATOR_NAME"]
+
+COORDINATOR_NAME = "coordinator"
+#: release calls whose value depends on the coordinator's parameters (layout, theta)
+THETA_METHODS = frozenset({"glmm_terms_vector", "dp_terms_vector", "validation_loglik_vector",
+                           "validation_histograms"})
+_GLMM_METHODS = THETA_METHODS | {"glmm_counts_vector", "design_summary_vector",
+                                 "dp_summary_vector"}
+_BFI_METHODS = frozenset({"bfi_terms_vector", "dp_bfi_stats_vector"})
+_VALIDATION = frozenset({"validation_loglik_vector", "validation_histograms"})
+
+
+def _refuse(refusal: Refusal) -> None:
+    raise PolicyRefused(refusal)
+
+
+# ------------------------------------------------------------------ round
+def admit_round(policy: SitePolicy, site_name: str, params: Any, registry: Collection[str],
+                dp_query: Any = None, dp_delta: float = 1e-6, key_holder: str | None = None
+                ) -> None:
+    """Refuse a round whose public parameters this site's policy does not allow.
+
+    ``params`` is the round's :class:`~securefed.transport.flower_wire.RoundParams`;
+    ``registry`` the party names of the site's own registry.
+    """
+    names = list(params.sites)
+    if site_name not in names:
+        _refuse(Refusal.NOT_IN_ROSTER)
+    if params.layer not in policy.layers:
+        _refuse(Refusal.LAYER_BELOW_FLOOR)
+    if dp_query is None and policy.dp_required:
+        _refuse(Refusal.DP_REQUIRED)
+    if dp_query is not None and policy.max_epsilon_per_release > 0:
+        from protocols.dp import zcdp_epsilon
+
+        if zcdp_epsilon(float(dp_query.rho), dp_delta) > policy.max_epsilon_per_release:
+            _refuse(Refusal.EPSILON_ABOVE_CAP)
+    never = {COORDINATOR_NAME, policy.key_holder} | ({key_holder} if key_holder else set())
+    if any(name in never for name in names):
+        _refuse(Refusal.ROSTER_NOT_A_SITE)
+    if any(name not in registry for name in names):
+        _refuse(Refusal.ROSTER_UNKNOWN)
+    if len(names) < policy.min_sites:
+        _refuse(Refusal.ROSTER_TOO_SMALL)
+    if params.layer == "secagg":
+        try:
+            threshold = params.config(1).t
+        except Exception:  # an invalid configuration: the protocol refuses it anyway
+            _refuse(Refusal.THRESHOLD_BELOW_FLOOR)
+        if threshold < policy.min_threshold:
+            _refuse(Refusal.THRESHOLD_BELOW_FLOOR)
+        if int(params.min_contributors) < policy.min_contributors:
+            _refuse(Refusal.CONTRIBUTORS_BELOW_FLOOR)
+
+
+# ------------------------------------------------------------------ model
+@functools.lru_cache(maxsize=256)
+def canonical_formula(text: str) -> str:
+    """A formula as the site compares it: as written, without spaces (``y~x1+x2+(1|g)``)."""
+    return "".join(str(text).split())
+
+
+@functools.lru_cache(maxsize=256)
+def _columns(formula_text: str) -> frozenset[str]:
+    """The data columns a formula reads (the project's parser: data, never code)."""
+    from core_stats.formula import parse_formula
+
+    return frozenset(parse_formula(formula_text).columns)
+
+
+def model_of(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None, set[str]]:
+    """The formula a release call computes from (canonical), its model key, its columns.
+
+    ``(None, None, columns)`` for a call without a model (counts, standardisation).
+    """
+    method, kwargs = call.method, call.kwargs
+    if method in _GLMM_METHODS:
+        designs = [c.kwargs["design"] for c in setup if c.method == "prepare_glmm"]
+        if not designs:
+            return None, None, set()  # the site refuses it anyway: no design was prepared
+        design = designs[-1]
+        formula = canonical_formula(design.schema.formula)
+        columns = set(_columns(design.schema.formula)) | (
+            {design.weights} if design.weights else set())
+        key = f"glmm|{formula}|{design.schema.factors}|{design.family.name}|{design.nagq}"
+        return formula, key, columns
+    if method in _BFI_METHODS:
+        spec = kwargs["spec"]
+        formula = canonical_formula(spec.schema.formula)
+        columns = set(_columns(spec.schema.formula)) | {c for c, _, _ in spec.standardize}
+        return formula, f"bfi|{formula}|{spec.schema.factors}|{spec.family.name}", columns
+    if method == "standardize_vector":
+        return None, None, {str(c) for c in kwargs["columns"]}
+    return None, None, set()
+
+
+def _approved(policy: SitePolicy, formula: str | None, columns: set[str]) -> bool:
+    if policy.columns and not columns <= set(policy.columns):
+        return False
+    if formula is None or not policy.formulas:
+        return True
+    return formula in {canonical_formula(text) for text in policy.formulas}
+
+
+def _theta_in_bounds(policy: SitePolicy, layout: Any, theta: np.ndarray) -> bool:
+    theta = np.asarray(theta, dtype=float)
+    if theta.shape != (layout.size,) or not np.all(np.isfinite(theta)):
+        return False
+    if np.any(np.abs(theta[layout.beta]) > policy.max_abs_beta):
+        return False
+    entries = layout.cholesky_entries() if layout.random_effects else []
+    cov = theta[layout.cov]
+    logs = [v for v, (r, c) in zip(cov, entries, strict=True) if layout.log_scale(r, c)]
+    if layout.has_dispersion:
+        logs.append(theta[layout.scale_index])
+    off = [v for v, (r, c) in zip(cov, entries, strict=True) if not layout.log_scale(r, c)]
+    if any(not policy.log_sd_min <= v <= policy.log_sd_max for v in logs):
+        return False
+    return all(abs(v) <= np.exp(policy.log_sd_max) for v in off)
+
+
+def admit_call(policy: SitePolicy, call: Any, setup: Sequence[Any]) -> str | None:
+    """Refuse a call the policy does not allow; the model to count it under, if it
+    depends on the coordinator's parameters (None otherwise)."""
+    formula, model, columns = model_of(call, setup)
+    if not _approved(policy, formula, columns):
+        _refuse(Refusal.MODEL_NOT_APPROVED)
+    if call.method in THETA_METHODS:
+        if not _theta_in_bounds(policy, call.kwargs["layout"], call.kwargs["theta"]):
+            _refuse(Refusal.THETA_OUT_OF_BOUNDS)
+    if call.method == "validation_histograms" and int(call.kwargs["bins"]) > policy.max_bins:
+        _refuse(Refusal.TOO_MANY_BINS)
+    return model if call.method in THETA_METHODS else None
+
+
+# ---------------------------------------------------------------- release
+def _records(site: Any, method: str) -> int:
+    if method in _VALIDATION:
+        return site.n_validation_rows
+    if method in _GLMM_METHODS:
+        return site.glmm_rows.n_rows
+    return site.n_rows
+
+
+def effective_records(site: Any, layout: Any, theta: np.ndarray) -> float:
+    """``(Σ w)² / Σ w²`` of the working weights ``w = -r''(x'β)`` of the site's rows.
+
+    About the number of records carrying the likelihood's curvature at ``β``:
+    a crafted ``β`` that puts all weight on one patient gives about 1.
+    """
+    rows = site.glmm_rows
+    eta = rows.X @ np.asarray(theta, dtype=float)[layout.beta]
+    weight = -site.glmm_family.kernel_derivatives(rows.y, eta, 2)[2]
+    total = float(np.sum(weight))
+    square = float(np.sum(weight**2))
+    return 0.0 if square <= 0 else total * total / square
+
+
+def check_release(policy: SitePolicy, site: Any, call: Any, vector: np.ndarray) -> None:
+    """Refuse to release ``vector`` (what ``call`` computed at ``site``) under the policy."""
+    if _records(site, call.method) < policy.min_records:
+        _refuse(Refusal.TOO_FEW_RECORDS)
+    if call.method == "validation_histograms":
+        counts = np.asarray(vector, dtype=float)
+        if np.any((counts > 0) & (counts < policy.min_cell_count)):
+            _refuse(Refusal.SMALL_CELL)
+    derivatives = (call.method == "glmm_terms_vector" and call.kwargs["derivatives"]) or (
+        call.method == "dp_terms_vector")
+    if derivatives and policy.min_effective_records > 0:
+        layout, theta = call.kwargs["layout"], call.kwargs["theta"]
+        if effective_records(site, layout, theta) < policy.min_effective_records:
+            _refuse(Refusal.TOO_FEW_RECORDS)
