@@ -255,7 +255,10 @@ def runtime_supports(protection: ProtectedSum) -> bool:
 
     if getattr(protection, "privacy", None) is not None or getattr(protection, "drop", None):
         return False
-    if importlib.util.find_spec("flwr") is None:  # the runtime's messages are Flower's
+    try:
+        if importlib.util.find_spec("flwr") is None:  # the runtime's messages are Flower's
+            return False
+    except (ImportError, ValueError):  # ValueError: flwr is in sys.modules as None
         return False
     return getattr(protection, "name", None) in ("none", "secagg")
 
