@@ -20,6 +20,7 @@ def init(
     folder: Annotated[Path, typer.Argument(help="The site's folder (beside its data and keys).")],
     data: Annotated[Path | None, typer.Option(
         "--data", help="The site's CSV: its header becomes the approved columns.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
 ) -> None:
     """Write the commented default policy to DIR/policy.toml (never overwrites)."""
     from securefed.errors import InputError
@@ -38,12 +39,14 @@ def init(
         path = write_default_policy(folder, columns)
     except PolicyError as err:
         raise InputError(str(err)) from None
-    typer.echo(f"wrote {path}; point the SuperNode's node config at it: policy=\"{path}\"")
+    if not quiet:
+        typer.echo(f"wrote {path}; point the SuperNode's node config at it: policy=\"{path}\"")
 
 
 @site_app.command("check")
 def check(
     folder: Annotated[Path, typer.Argument(help="The site's folder, or its policy file.")],
+    quiet: Annotated[bool, typer.Option("--quiet", help="Only check; print nothing.")] = False,
 ) -> None:
     """Read a policy file and print the rules in force."""
     from dataclasses import asdict
@@ -56,7 +59,7 @@ def check(
         policy = load_policy(path)
     except PolicyError as err:
         raise InputError(str(err)) from None
-    for key, value in asdict(policy).items():
+    for key, value in ({} if quiet else asdict(policy)).items():
         typer.echo(f"{key} = {value}")
 
 

@@ -23,6 +23,10 @@ __all__ = ["BFISiteSpec", "GLMMSiteDesign", "Site", "bfi_terms_from_noisy_stats"
 TINY_SITE_ROWS = 10
 
 
+class SiteDataError(ValueError):
+    """The site's own rows cannot give the statistic asked for (refused as cannot-compute)."""
+
+
 @dataclass(frozen=True)
 class GLMMSiteDesign:
     """The public model spec a site needs to build its own design.
@@ -302,7 +306,10 @@ class Site:
         from core_stats import bfi
 
         X, y = self._bfi_design(spec)
-        local = bfi.fit_map(X, y, spec.family, spec.prior, names=spec.names)
+        try:
+            local = bfi.fit_map(X, y, spec.family, spec.prior, names=spec.names)
+        except (ValueError, bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
+            raise SiteDataError(f"site {self.name}: the local fit failed") from err
         return bfi.HomogeneousLayout(local.names, spec.family).site_vector(local)
 
     def dp_bfi_stats_vector(self, spec: BFISiteSpec, clip: float,

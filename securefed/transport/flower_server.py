@@ -53,6 +53,10 @@ class OutOfBound(SiteRefused, EncodingError):
     """Every refusing site had a value above the round's declared bound."""
 
 
+class RowsCannotServe(SiteRefused, EncodingError):
+    """Every refusing site's rows cannot give the statistic (an input problem: exit 2)."""
+
+
 @dataclass(frozen=True)
 class StageTimeouts:
     """How long one stage waits: ``stage`` at most, ``grace`` after the first reply."""
@@ -229,6 +233,9 @@ class FlowerEngine:
             if all(e.startswith("above-bound:") for e in opened.errors.values()):
                 # a value to fix (standardise, raise the bound): exit 2, as in-process
                 raise OutOfBound(text)
+            if all(e.startswith("cannot-compute:") for e in opened.errors.values()):
+                raise RowsCannotServe("; ".join(  # the data to fix (a one-row site): exit 2
+                    f"site {n}: {e}" for n, e in sorted(opened.errors.items())))
             raise SiteRefused(text)
         length = self._screen_open(opened)
         if dp is not None:

@@ -40,6 +40,7 @@ class Refusal(enum.Enum):
     PROTOCOL = "protocol-check-failed"
     BAD_REQUEST = "bad-request"
     SITE_SETUP = "site-setup"
+    CANNOT_COMPUTE = "cannot-compute"
     POLICY = "policy-refused"  # the reply's ``refusal`` names the policy's own code
     INTERNAL = "internal-error"
 
@@ -72,6 +73,9 @@ _MESSAGES = {
                          "a malformed field, or a roster or identity it cannot trust)",
     Refusal.SITE_SETUP: "the site cannot serve this request with its own files and "
                         "configuration; its operator has the details",
+    Refusal.CANNOT_COMPUTE: "the site's rows cannot give this statistic (too few rows, a "
+                            "constant or collinear column, or a local fit that did not "
+                            "converge); its operator has the details",
     Refusal.POLICY: "the site's own policy does not allow this round",
     Refusal.INTERNAL: "the site could not serve this request; its operator has the details",
 }
@@ -92,6 +96,10 @@ _BY_CLASS = {
     "RemoteCallError": Refusal.BAD_REQUEST,
     "CodecError": Refusal.BAD_REQUEST,
     "InputError": Refusal.SITE_SETUP,
+    "FormulaError": Refusal.CANNOT_COMPUTE,
+    "SiteDataError": Refusal.CANNOT_COMPUTE,
+    "MAPConvergenceError": Refusal.CANNOT_COMPUTE,
+    "LinAlgError": Refusal.CANNOT_COMPUTE,
     "OSError": Refusal.SITE_SETUP,
     "KeyError": Refusal.BAD_REQUEST,
     "ValueError": Refusal.BAD_REQUEST,

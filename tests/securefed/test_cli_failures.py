@@ -106,7 +106,9 @@ def test_a_one_row_site_is_an_input_error_without_data(tmp_path, capsys) -> None
     pd.concat([first, nurses[nurses.hospital != 1]]).to_csv(path, index=False)
     assert main(["bfi", str(path), *BFI_MODEL, "--quiet"]) == 2
     line = _one_line(capsys)
-    assert "site 1" in line and "constant" in line
+    # through the site runtime the site refuses with a fixed text (cannot-compute); the
+    # direct path names the local fit's reason; neither carries a data value
+    assert "site 1" in line and ("constant" in line or "cannot-compute" in line)
     assert f"({first.stress.iloc[0]})" not in line and "age" not in line
 
 
