@@ -25,6 +25,7 @@ from typing import Any
 __all__ = ["Refusal", "refusal_for", "refusal_reply", "log_refusal"]
 
 _LOG = logging.getLogger("securefed.site")
+_LOG.addHandler(logging.NullHandler())  # shown where the site configures logging only
 
 
 class Refusal(enum.Enum):
