@@ -364,9 +364,9 @@ def _estimates(result) -> np.ndarray:
 
 
 def _run(model: str, data: dict) -> object:
-    if model in GLMM_MODELS:
-        frame, opts = GLMM_MODELS[model]
-        return run_glmm(data[frame], opts)
+    if model in GLMM_MODELS:  # a GLMM site is poisoned on either path; the direct one is
+        frame, opts = GLMM_MODELS[model]  # faster for attacks that run to max_iter
+        return run_glmm(data[frame], opts, site_runtime=False)
     frame, opts = BFI_MODELS[model]
     return run_bfi(data[frame], opts)
 
