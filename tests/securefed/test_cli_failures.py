@@ -225,18 +225,20 @@ def test_bfi_progress_shows_on_a_terminal_and_quiet_silences_it(monkeypatch, cap
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize(("args", "fragment"), [
-    (["fit", "x.csv", "--nagq", "abc"], "'--nagq': 'abc' is not a valid integer"),
-    (["fit", "x.csv"], "Missing option '--formula'"),
-    (["audit", "verify"], "Missing argument 'LOG'"),
-    (["fitt"], "No such command 'fitt'"),
+@pytest.mark.parametrize(("args", "fragment"), [  # click's words differ between typer releases
+    (["fit", "x.csv", "--nagq", "abc"], "'--nagq'"),
+    (["fit", "x.csv"], "missing option '--formula'"),
+    (["audit", "verify"], "missing argument 'log'"),
+    (["fitt"], "no such command 'fitt'"),
 ])
 def test_usage_errors_are_one_line_naming_the_help(args, fragment, capsys) -> None:
     assert main(args) == 2
     line = _one_line(capsys)
     command = {"audit": "securefed audit verify", "fitt": "securefed"}.get(args[0],
                                                                           "securefed fit")
-    assert fragment in line and f"(see: {command} --help)" in line
+    assert fragment in line.lower() and f"(see: {command} --help)" in line
+    if args[-1] == "abc":
+        assert "integer" in line
     assert line.count("Did you mean") <= 1
 
 
