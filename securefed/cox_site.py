@@ -21,8 +21,8 @@ from core_stats.cox_concordance import concordance_sums
 from securefed.survival_spec import CoxSiteSpec, StatusCoding
 from securefed.vectors import pack_terms, upper_triangle
 
-__all__ = ["CoxRows", "bfi_survival_fit", "concordance_vector", "prepare_cox_rows",
-           "summary_vector", "terms_vector"]
+__all__ = ["CoxRows", "bfi_survival_fit", "concordance_vector", "poly_order_vector",
+           "prepare_cox_rows", "summary_vector", "terms_vector"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,15 +103,26 @@ def concordance_vector(rows: CoxRows, beta: np.ndarray) -> np.ndarray:
     return concordance_sums(rows.time, rows.event, rows.X @ np.asarray(beta, dtype=float))
 
 
-def bfi_survival_fit(site: str, rows: CoxRows, layout, baseline: str, prior: np.ndarray):
-    """This site's local MAP of a parametric hazard model (ValueError naming the site)."""
+def bfi_survival_fit(site: str, rows: CoxRows, layout, baseline, prior: np.ndarray):
+    """This site's local MAP of a survival model (ValueError naming the site)."""
     from core_stats.bfi_local import MAPConvergenceError
     from core_stats.bfi_survival import fit_survival_map
+    from core_stats.survival_baselines import as_baseline
 
+    baseline = as_baseline(baseline)
     covariates = layout.names[:rows.X.shape[1]]
     try:
         local = fit_survival_map(rows.time, rows.event, rows.X, baseline, prior,
                                  names=covariates)
     except (ValueError, MAPConvergenceError) as err:
-        raise ValueError(f"site {site}: the local {baseline} fit failed ({err})") from None
+        raise ValueError(f"site {site}: the local {baseline.kind} fit failed ({err})") from None
     return local
+
+
+def poly_order_vector(rows: CoxRows, max_order: int, alpha: float) -> np.ndarray:
+    """``[1[q = 0], ..., 1[q = max_order]]`` for this site's order ``q`` of a polynomial
+    baseline, chosen as R's ``ql.LRT`` does (:func:`core_stats.survival_poly.select_order`)."""
+    from core_stats.survival_poly import select_order
+
+    chosen = select_order(rows.time, rows.event, rows.X, max_order, alpha)
+    return np.eye(max_order + 1)[chosen]

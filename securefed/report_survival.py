@@ -72,6 +72,12 @@ def curves_section(result: dict, profiles: list[str], stem: str, folder: Path,
                              "centre-specific baseline parameters each centre has its own)")
         return ('<p class="muted">No survival curves: the baseline parameters are '
                 "centre-specific.</p>")
+    if str(result.get("baseline")) not in ("exponential", "weibull", "gompertz"):
+        if profiles:
+            raise InputError("--profile: curves are drawn for the exponential, Weibull and "
+                             "Gompertz baselines only")
+        return ('<p class="muted">No survival curves: they are drawn for the exponential, '
+                "Weibull and Gompertz baselines only.</p>")
     rows = result["estimates"]
     names = tuple(str(r["term"]) for r in rows)
     terms = tuple(n for n in names if not n.startswith("omega_"))

@@ -61,7 +61,11 @@ def test_cli_gompertz_matches_r_bfi(tmp_path):
 
 @pytest.mark.parametrize(("extra", "message"), [
     ([], "needs --baseline"),
-    (["--baseline", "poly"], "choose one of"),
+    (["--baseline", "cubic"], "choose one of"),
+    (["--baseline", "pwexp"], "needs --baseline-pieces"),
+    (["--baseline", "pwexp", "--baseline-pieces", "3"], "go together"),
+    (["--baseline", "poly", "--baseline-knots", "0,1"], "are for --baseline pwexp"),
+    (["--baseline", "unspecified", "--stratify", "omega_1"], "no parameters"),
     (["--baseline", "weibull", "--standardize", "x1"], "not available with --family survival"),
     (["--baseline", "weibull", "--protect", "secagg,dp", "--epsilon", "1"],
      "not available with --family survival"),

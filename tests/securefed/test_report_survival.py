@@ -43,3 +43,15 @@ def test_bad_profile_exits_2_with_one_line(tmp_path, capsys):
     code = main(["report", str(result), "--out", str(tmp_path / "r.html"), "--profile", "age=3"])
     err = capsys.readouterr().err
     assert code == 2 and "a term of the fit" in err and len(err.strip().splitlines()) == 1
+
+
+def test_pwexp_report_says_no_curves(tmp_path, capsys):
+    result = tmp_path / "pw.json"
+    assert main(["bfi", str(GOLDEN / "bfi_survival" / "gompertz_bfi.csv"), "--formula",
+                 "Surv(time, status) ~ x1 + x2", "--family", "survival", "--baseline",
+                 "pwexp", "--baseline-knots", "0,1,2", "--site-column", "centre",
+                 "--json", str(result)]) == 0
+    assert main(["report", str(result), "--out", str(tmp_path / "pw.html")]) == 0
+    assert "No survival curves" in (tmp_path / "pw.html").read_text()
+    assert main(["report", str(result), "--out", str(tmp_path / "pw2.html"),
+                 "--profile", "x1=1"]) == 2
