@@ -180,8 +180,9 @@ def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
     spec = survival_spec(frame, opts.formula, opts.site_column)
     protection = protection or PlaintextSum()
     if getattr(protection, "privacy", None) is not None:
-        raise InputError("BFI survival has no differential-privacy mode yet: use --protect "
-                         "none, secagg or ckks")
+        from securefed.cli_bfi import SURVIVAL_DP_REFUSED
+
+        raise InputError(SURVIVAL_DP_REFUSED)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
     audit = None
     if audit_log is not None:

@@ -21,7 +21,10 @@ from securefed.cli_fit import (
 )
 
 PROTECT = typer.Option("none", "--protect", help="Protection layers: none, secagg, ckks or "
-                       "secagg,ckks (no dp: Cox sums have no bounded sensitivity).")
+                       "secagg,ckks (no dp: see docs/survival.md).")
+DP_REFUSED = ("the Cox model has no differential-privacy mode (with clipped covariates its "
+              "sums' sensitivity grows with exp(2 B |beta|) log n and the noise would swamp "
+              "them; docs/survival.md): use --protect none, secagg, ckks or secagg,ckks")
 
 
 def cox(
@@ -44,7 +47,11 @@ def cox(
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
 ) -> None:
     """Fit coxph(Surv(time, status) ~ ... + strata(site)) federated over the sites."""
+    from securefed.errors import InputError
     from securefed.preflight import check_output
+
+    if "dp" in [layer.strip().lower() for layer in protect.split(",")]:
+        raise InputError(DP_REFUSED)
 
     for path, flag in ((json_out, "--json"), (audit_log, "--audit-log")):
         if path is not None:

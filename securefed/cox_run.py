@@ -77,8 +77,9 @@ def run_cox(frame: pd.DataFrame, opts: CoxOptions, *, protection: ProtectedSum |
     spec = _check(frame, opts)
     protection = protection or PlaintextSum()
     if getattr(protection, "privacy", None) is not None:
-        raise InputError("the Cox model has no differential-privacy mode (its sums have no "
-                         "bounded sensitivity): use --protect none, secagg or ckks")
+        from securefed.cli_cox import DP_REFUSED
+
+        raise InputError(DP_REFUSED)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
     audit = None
     if audit_log is not None:

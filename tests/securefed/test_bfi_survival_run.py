@@ -29,7 +29,14 @@ def _reference(frame: pd.DataFrame, baseline: str) -> bfi.BFIFit:
     return layout.combine(bfi.sum_site_vectors([layout.site_vector(f) for f in fits]))
 
 
-@pytest.mark.parametrize("protection", [None, SecAggSum, CkksSum], ids=["none", "secagg", "ckks"])
+def _stack(name: str):
+    from securefed.protection import ProtectionOptions, build_protection
+
+    return build_protection(ProtectionOptions(protect=name), ["1", "2", "3"])
+
+
+@pytest.mark.parametrize("protection", [None, SecAggSum, CkksSum, lambda: _stack("secagg,ckks")],
+                         ids=["none", "secagg", "ckks", "secagg,ckks"])
 @pytest.mark.parametrize("baseline", ["exponential", "weibull", "gompertz"])
 def test_protected_run_equals_plain_combination(protection, baseline):
     frame = pd.read_csv(GOMPERTZ)
@@ -68,7 +75,8 @@ def test_cli_gompertz_matches_r_bfi(tmp_path):
     (["--baseline", "unspecified", "--stratify", "omega_1"], "no parameters"),
     (["--baseline", "weibull", "--standardize", "x1"], "not available with --family survival"),
     (["--baseline", "weibull", "--protect", "secagg,dp", "--epsilon", "1"],
-     "not available with --family survival"),
+     "no differential-privacy mode"),
+    (["--baseline", "pwexp", "--protect", "ckks,dp"], "no differential-privacy mode"),
 ])
 def test_survival_bfi_errors_exit_2(extra, message, capsys):
     code = main(["bfi", str(GOMPERTZ), "--formula", FORMULA, "--family", "survival",
