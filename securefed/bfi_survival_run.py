@@ -42,7 +42,11 @@ from securefed.plausibility_linear import check_bfi_linear
 from securefed.site import Site
 from securefed.survival_spec import survival_spec
 
-__all__ = ["SurvivalBFIOptions", "SurvivalBFIReport", "run_bfi_survival"]
+__all__ = ["SURVIVAL_DP_REFUSED", "SurvivalBFIOptions", "SurvivalBFIReport", "run_bfi_survival"]
+
+SURVIVAL_DP_REFUSED = (
+    "BFI survival has no differential-privacy mode: its local fits are not functions of "
+    "bounded sums (docs/survival.md); use --protect none, secagg, ckks or secagg,ckks")
 
 
 
@@ -180,8 +184,6 @@ def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
     spec = survival_spec(frame, opts.formula, opts.site_column)
     protection = protection or PlaintextSum()
     if getattr(protection, "privacy", None) is not None:
-        from securefed.cli_bfi import SURVIVAL_DP_REFUSED
-
         raise InputError(SURVIVAL_DP_REFUSED)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
     audit = None

@@ -38,11 +38,6 @@ from securefed.cli_fit import (
 from securefed.errors import InputError
 
 
-SURVIVAL_DP_REFUSED = (
-    "BFI survival has no differential-privacy mode: its local fits are not functions of "
-    "bounded sums (docs/survival.md); use --protect none, secagg, ckks or secagg,ckks")
-
-
 def _names(text: str | None) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text else ()
 
@@ -138,6 +133,8 @@ def bfi(
         from securefed import preflight as pre
 
         if "dp" in [layer.strip().lower() for layer in protect.split(",")]:
+            from securefed.bfi_survival_run import SURVIVAL_DP_REFUSED
+
             raise InputError(SURVIVAL_DP_REFUSED)
         pre.check_layers(protect)
         for flag, path in outputs.items():

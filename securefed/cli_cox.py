@@ -22,9 +22,6 @@ from securefed.cli_fit import (
 
 PROTECT = typer.Option("none", "--protect", help="Protection layers: none, secagg, ckks or "
                        "secagg,ckks (no dp: see docs/survival.md).")
-DP_REFUSED = ("the Cox model has no differential-privacy mode (with clipped covariates its "
-              "sums' sensitivity grows with exp(2 B |beta|) log n and the noise would swamp "
-              "them; docs/survival.md): use --protect none, secagg, ckks or secagg,ckks")
 
 
 def cox(
@@ -51,6 +48,8 @@ def cox(
     from securefed.preflight import check_output
 
     if "dp" in [layer.strip().lower() for layer in protect.split(",")]:
+        from securefed.cox_run import DP_REFUSED
+
         raise InputError(DP_REFUSED)
 
     for path, flag in ((json_out, "--json"), (audit_log, "--audit-log")):

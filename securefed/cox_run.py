@@ -48,6 +48,11 @@ from securefed.vectors import from_upper_triangle, unpack_terms
 __all__ = ["CoxOptions", "run_cox"]
 
 
+DP_REFUSED = ("the Cox model has no differential-privacy mode (with clipped covariates its "
+              "sums' sensitivity grows with exp(2 B |beta|) log n and the noise would swamp "
+              "them; docs/survival.md): use --protect none, secagg, ckks or secagg,ckks")
+
+
 @dataclass(frozen=True)
 class CoxOptions:
     """Everything a Cox run needs besides the data."""
@@ -77,8 +82,6 @@ def run_cox(frame: pd.DataFrame, opts: CoxOptions, *, protection: ProtectedSum |
     spec = _check(frame, opts)
     protection = protection or PlaintextSum()
     if getattr(protection, "privacy", None) is not None:
-        from securefed.cli_cox import DP_REFUSED
-
         raise InputError(DP_REFUSED)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
     audit = None
