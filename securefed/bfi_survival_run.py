@@ -40,6 +40,7 @@ from securefed.errors import InputError
 from securefed.plausibility import check_bfi_count, check_bfi_terms
 from securefed.plausibility_linear import check_bfi_linear
 from securefed.site import Site
+from securefed.survival_runtime import runtime_coordinator, site_words, use_runtime
 from securefed.survival_spec import survival_spec
 
 __all__ = ["SURVIVAL_DP_REFUSED", "SurvivalBFIOptions", "SurvivalBFIReport", "run_bfi_survival"]
@@ -47,7 +48,6 @@ __all__ = ["SURVIVAL_DP_REFUSED", "SurvivalBFIOptions", "SurvivalBFIReport", "ru
 SURVIVAL_DP_REFUSED = (
     "BFI survival has no differential-privacy mode: its local fits are not functions of "
     "bounded sums (docs/survival.md); use --protect none, secagg, ckks or secagg,ckks")
-
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,14 @@ def _check_options(opts: SurvivalBFIOptions) -> None:
 
 def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
                      protection: ProtectedSum | None = None,
-                     audit_log: str | Path | None = None) -> SurvivalBFIReport:
-    """BFI of a parametric survival model over the sites of ``opts.site_column``."""
+                     audit_log: str | Path | None = None,
+                     site_runtime: bool = True) -> SurvivalBFIReport:
+    """BFI of a survival model over the sites of ``opts.site_column``.
+
+    A homogeneous model under ``none`` or ``secagg`` without an audit trail goes, with
+    ``site_runtime``, through the site runtime (:mod:`securefed.survival_runtime`); the
+    result is the same.
+    """
     started = clock.perf_counter()
     model = _baseline(opts)
     _check_options(opts)
@@ -186,54 +192,65 @@ def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
     if getattr(protection, "privacy", None) is not None:
         raise InputError(SURVIVAL_DP_REFUSED)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
+    if not opts.stratify and use_runtime(protection, audit_log, site_runtime):
+        with runtime_coordinator(sites, protection, lambda s: s.prepare_cox(spec)) as remote, \
+                site_words(
+                lambda: run_bfi_survival(frame, opts, protection=protection, site_runtime=False)):
+            return _rounds(remote, opts, spec, model, started)
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="bfi",
                                  config=asdict(opts), protection=describe_protection(protection))
     coordinator = Coordinator(sites, protection, audit=audit)
-    order_counts: tuple[int, ...] = ()
     try:
         try:
             coordinator.setup(lambda s: s.prepare_cox(spec))
         except ValueError as err:
             raise InputError(str(err)) from None
-        count = check_bfi_count(coordinator.secure_sum("bfi-count", lambda s: s.count_vector()),
-                                coordinator)
-        if model.kind == "poly":
-            order_counts = _poly_order(coordinator, opts)
-            model = _baseline(opts, max(q for q, c in enumerate(order_counts) if c > 0))
-        names = spec.names + model.names
-        prior = opts.lam * np.eye(len(names))
-        combined = None if opts.combined_lam is None else opts.combined_lam * np.eye(len(names))
-        centre = tuple(names.index(n) for n in opts.stratify)
-        layout = bfi.CentreSpecificLayout(names, SURVIVAL, centre) if centre else \
-            bfi.HomogeneousLayout(names, SURVIVAL)
-        if centre and combined is not None:
-            shared = list(layout.shared_params)
-            combined = combined[np.ix_(shared, shared)]
-        try:
-            total = coordinator.secure_sum(
-                "bfi-terms", lambda s: s.bfi_survival_vector(layout, model, prior))
-        except (ValueError, bfi.MAPConvergenceError) as err:
-            raise InputError(str(err)) from None
-        check_bfi_terms(total, coordinator, layout, count, prior)
-        check_bfi_linear(total, layout, SURVIVAL, count.tolerance)
-        try:
-            fit = layout.combine(total, combined, opts.level)
-        except ValueError as err:
-            raise InputError(str(err)) from None
-        centres = () if not centre else tuple(  # each site's own, from the broadcast fit
-            (s.name, s.bfi_survival_centre(layout, fit)) for s in coordinator.live_sites)
+        report = _rounds(coordinator, opts, spec, model, started)
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
+    coordinator.finish_audit(report.to_dict(), "bfi")
+    return report
+
+
+def _rounds(coordinator: Coordinator, opts: SurvivalBFIOptions, spec, model: Baseline,
+            started: float) -> SurvivalBFIReport:
+    """The count round, the polynomial's order round, the terms round; the combination."""
+    order_counts: tuple[int, ...] = ()
+    count = check_bfi_count(coordinator.secure_sum("bfi-count", lambda s: s.count_vector()),
+                            coordinator)
+    if model.kind == "poly":
+        order_counts = _poly_order(coordinator, opts)
+        model = _baseline(opts, max(q for q, c in enumerate(order_counts) if c > 0))
+    names = spec.names + model.names
+    prior = opts.lam * np.eye(len(names))
+    combined = None if opts.combined_lam is None else opts.combined_lam * np.eye(len(names))
+    centre = tuple(names.index(n) for n in opts.stratify)
+    layout = bfi.CentreSpecificLayout(names, SURVIVAL, centre) if centre else \
+        bfi.HomogeneousLayout(names, SURVIVAL)
+    if centre and combined is not None:
+        shared = list(layout.shared_params)
+        combined = combined[np.ix_(shared, shared)]
+    try:
+        total = coordinator.secure_sum(
+            "bfi-terms", lambda s: s.bfi_survival_vector(layout, model, prior))
+    except (ValueError, bfi.MAPConvergenceError) as err:
+        raise InputError(str(err)) from None
+    check_bfi_terms(total, coordinator, layout, count, prior)
+    check_bfi_linear(total, layout, SURVIVAL, count.tolerance)
+    try:
+        fit = layout.combine(total, combined, opts.level)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+    centres = () if not centre else tuple(  # each site's own, from the broadcast fit
+        (s.name, s.bfi_survival_centre(layout, fit)) for s in coordinator.live_sites)
     seconds = clock.perf_counter() - started
-    report = SurvivalBFIReport(
+    return SurvivalBFIReport(
         opts, fit, coordinator.protection.name, coordinator.round_id,
         coordinator.release_list(), coordinator.mean_bytes_per_site(), seconds,
         coordinator.timings(seconds), centres, model, order_counts)
-    coordinator.finish_audit(report.to_dict(), "bfi")
-    return report
 
 
 def _poly_order(coordinator: Coordinator, opts: SurvivalBFIOptions) -> tuple[int, ...]:

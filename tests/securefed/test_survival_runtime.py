@@ -1,0 +1,90 @@
+"""Cox and BFI survival through the one site runtime equal the direct path to 1e-10.
+
+``run_cox`` and ``run_bfi_survival`` send every round as Flower messages to each
+simulated site's ClientApp handler (:mod:`securefed.survival_runtime`);
+``site_runtime=False`` is the direct path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from protocols.stack import PlaintextSum, SecAggSum
+from securefed.bfi_survival_run import SurvivalBFIOptions, run_bfi_survival
+from securefed.cox_run import CoxOptions, run_cox
+from securefed.errors import InputError
+from securefed.transport import flower_client
+
+GOLDEN = Path(__file__).parents[1] / "golden"
+GOMPERTZ = GOLDEN / "bfi_survival" / "gompertz_bfi.csv"
+
+
+@pytest.fixture
+def handled(monkeypatch):
+    """The stages the ClientApp handler served."""
+    calls = []
+    real = flower_client.handle
+
+    def counting(message, context):
+        calls.append(str(message.content["securefed"]["stage"]))
+        return real(message, context)
+
+    monkeypatch.setattr(flower_client, "handle", counting)
+    return calls
+
+
+def close(a, b) -> None:
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("protection", [PlaintextSum, SecAggSum], ids=["none", "secagg"])
+@pytest.mark.parametrize("ties", ["efron", "breslow"])
+def test_cox_through_the_runtime_equals_the_direct_path(protection, ties, handled):
+    frame = pd.read_csv(GOLDEN / "cox" / "veteran.csv")
+    opts = CoxOptions("Surv(time, status) ~ trt * karno + log(age) + celltype", "site", ties)
+    direct = run_cox(frame, opts, protection=protection(), site_runtime=False)
+    assert not handled
+    runtime = run_cox(frame, opts, protection=protection())
+    sites = frame["site"].nunique()
+    assert handled.count("open") == sites * runtime.rounds  # every round at every handler
+    close([f.estimate for f in runtime.fixed_effects], [f.estimate for f in direct.fixed_effects])
+    close([f.std_error for f in runtime.fixed_effects],
+          [f.std_error for f in direct.fixed_effects])
+    assert runtime.loglik == pytest.approx(direct.loglik, abs=1e-10)
+    assert runtime.concordance == direct.concordance
+    assert runtime.rounds == direct.rounds and runtime.n_events == direct.n_events
+
+
+@pytest.mark.parametrize("protection", [PlaintextSum, SecAggSum], ids=["none", "secagg"])
+@pytest.mark.parametrize("baseline", ["weibull", "poly", "pwexp", "unspecified"])
+def test_bfi_survival_through_the_runtime_equals_the_direct_path(protection, baseline,
+                                                                 handled):
+    frame = pd.read_csv(GOMPERTZ)
+    opts = SurvivalBFIOptions("Surv(time, status) ~ x1 + x2", "centre", baseline,
+                              knots=(0.0, 0.7, 1.6) if baseline == "pwexp" else ())
+    direct = run_bfi_survival(frame, opts, protection=protection(), site_runtime=False)
+    assert not handled
+    runtime = run_bfi_survival(frame, opts, protection=protection())
+    assert handled.count("open") == 3 * runtime.rounds
+    close(runtime.fit.estimate, direct.fit.estimate)
+    close(runtime.fit.sd, direct.fit.sd)
+    assert runtime.order_counts == direct.order_counts and runtime.fit.names == direct.fit.names
+    assert [r["purpose"] for r in runtime.releases] == [r["purpose"] for r in direct.releases]
+
+
+def test_a_site_input_error_reads_as_on_the_direct_path(handled):
+    frame = pd.read_csv(GOMPERTZ).assign(time=lambda f: f["time"].where(f.index != 3, -1.0))
+    with pytest.raises(InputError, match="site 1: the time column 'time' has negative times"):
+        run_cox(frame, CoxOptions("Surv(time, status) ~ x1", "centre"))
+    assert not handled  # refused before any round
+
+
+def test_centre_specific_baselines_keep_the_direct_path(handled):
+    opts = SurvivalBFIOptions("Surv(time, status) ~ x1 + x2", "centre", "gompertz",
+                              stratify=("omega_1",))
+    run_bfi_survival(pd.read_csv(GOMPERTZ), opts, protection=SecAggSum())
+    assert not handled
