@@ -32,7 +32,6 @@ import pandas as pd
 from core_stats import bfi
 from core_stats.bfi_survival import BASELINES, SURVIVAL
 from core_stats.survival_baselines import Baseline
-from protocols.errors import ProtocolError
 from protocols.stack import PlaintextSum, ProtectedSum
 from securefed.audit_trail import AuditTrail, describe_protection
 from securefed.coordinator import Coordinator
@@ -40,7 +39,7 @@ from securefed.errors import InputError
 from securefed.plausibility import check_bfi_count, check_bfi_terms
 from securefed.plausibility_linear import check_bfi_linear
 from securefed.site import Site
-from securefed.survival_runtime import runtime_coordinator, site_words, use_runtime
+from securefed.survival_runtime import audited, runtime_coordinator, site_words, use_runtime
 from securefed.survival_spec import survival_spec
 
 __all__ = ["SURVIVAL_DP_REFUSED", "SurvivalBFIOptions", "SurvivalBFIReport", "run_bfi_survival"]
@@ -202,17 +201,15 @@ def run_bfi_survival(frame: pd.DataFrame, opts: SurvivalBFIOptions, *,
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="bfi",
                                  config=asdict(opts), protection=describe_protection(protection))
     coordinator = Coordinator(sites, protection, audit=audit)
-    try:
+
+    def rounds() -> SurvivalBFIReport:
         try:
             coordinator.setup(lambda s: s.prepare_cox(spec))
         except ValueError as err:
             raise InputError(str(err)) from None
-        report = _rounds(coordinator, opts, spec, model, started)
-    except ProtocolError as err:
-        coordinator.abort_audit(err)
-        raise
-    coordinator.finish_audit(report.to_dict(), "bfi")
-    return report
+        return _rounds(coordinator, opts, spec, model, started)
+
+    return audited(coordinator, rounds, "bfi")
 
 
 def _rounds(coordinator: Coordinator, opts: SurvivalBFIOptions, spec, model: Baseline,

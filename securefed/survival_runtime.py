@@ -19,13 +19,29 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
+from protocols.errors import ProtocolError
 from securefed.coordinator import Coordinator, RemoteSite
 from securefed.errors import InputError
 from securefed.site import Site
 
-__all__ = ["runtime_coordinator", "site_words", "use_runtime"]
+__all__ = ["audited", "runtime_coordinator", "site_words", "use_runtime"]
+
+
+Result = TypeVar("Result")
+
+
+def audited(coordinator: Coordinator, rounds: Callable[[], Result], model: str) -> Result:
+    """Run ``rounds``; log a protocol abort (REFUSAL, countersigned checkpoint) before it
+    propagates, or the result (its ``to_dict``) when they finish."""
+    try:
+        result = rounds()
+    except ProtocolError as err:
+        coordinator.abort_audit(err)
+        raise
+    coordinator.finish_audit(result.to_dict(), model)
+    return result
 
 
 def use_runtime(protection: Any, audit_log: Any, site_runtime: bool) -> bool:
@@ -36,12 +52,13 @@ def use_runtime(protection: Any, audit_log: Any, site_runtime: bool) -> bool:
 
 
 @contextmanager
-def runtime_coordinator(sites: Sequence[Site], protection: Any,
-                        prepare: Callable[[Any], Any]) -> Iterator[Coordinator]:
+def runtime_coordinator(sites: Sequence[Site], protection: Any, prepare: Callable[[Any], Any],
+                        policy: Any = None) -> Iterator[Coordinator]:
     """A coordinator of remote sites served by the loopback runtime, each prepared.
 
     ``prepare`` is the setup call (``lambda s: s.prepare_cox(spec)``); it runs first
     on the in-process sites (an input error: :class:`InputError`, the site's words).
+    ``policy``: every site's policy (default: written from the flags, as for GLMs).
     """
     from securefed.transport.loopback import loopback_rounds
 
@@ -50,7 +67,7 @@ def runtime_coordinator(sites: Sequence[Site], protection: Any,
             prepare(site)
         except ValueError as err:
             raise InputError(str(err)) from None
-    with loopback_rounds({s.name: s for s in sites}, protection) as rounds:
+    with loopback_rounds({s.name: s for s in sites}, protection, policy) as rounds:
         coordinator = Coordinator([RemoteSite(s.name) for s in sites], protection,
                                   transport=rounds)
         coordinator.setup(prepare)

@@ -88,3 +88,41 @@ def test_centre_specific_baselines_keep_the_direct_path(handled):
                               stratify=("omega_1",))
     run_bfi_survival(pd.read_csv(GOMPERTZ), opts, protection=SecAggSum())
     assert not handled
+
+
+def _policy(**changes):
+    import dataclasses
+
+    from securefed.transport.loopback import policy_from_flags
+
+    return dataclasses.replace(policy_from_flags(PlaintextSum()), **changes)
+
+
+@pytest.mark.parametrize(("changes", "beta", "refused"), [
+    ({"formulas": ("Surv(time, status) ~ x1 + x2",)}, 0.1, "model-not-approved"),
+    ({"formulas": ("Surv(time, status) ~ x1",)}, 0.1, None),
+    ({"columns": ("time", "status", "x2")}, 0.1, "model-not-approved"),  # x1 not allowed
+    ({"max_abs_beta": 5.0}, 50.0, "theta-out-of-bounds"),  # the coordinator's beta too big
+    ({"max_abs_beta": 5.0}, 4.0, None),
+])
+def test_the_sites_policy_decides_survival_rounds(changes, beta, refused):
+    from core_stats.formula import DesignSchema
+    from securefed.site import Site
+    from securefed.survival_runtime import runtime_coordinator
+    from securefed.survival_spec import survival_spec
+    from securefed.transport.flower_server import SiteRefused
+
+    frame = pd.read_csv(GOMPERTZ)
+    spec = survival_spec(frame, "Surv(time, status) ~ x1", "centre")
+    assert isinstance(spec.schema, DesignSchema)
+    sites = [Site(str(n), p) for n, p in frame.groupby("centre")]
+    with runtime_coordinator(sites, PlaintextSum(), lambda s: s.prepare_cox(spec),
+                             _policy(**changes)) as coordinator:
+        def terms():
+            return coordinator.secure_sum("cox-terms", lambda s: s.cox_terms_vector(
+                np.array([beta]), "efron", True))
+        if refused:
+            with pytest.raises(SiteRefused, match=rf"refused\[{refused}\]"):
+                terms()
+        else:
+            assert terms().shape == (3,)
