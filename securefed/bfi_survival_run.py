@@ -222,6 +222,10 @@ def _rounds(coordinator: Coordinator, opts: SurvivalBFIOptions, spec, model: Bas
         order_counts = _poly_order(coordinator, opts)
         model = _baseline(opts, max(q for q, c in enumerate(order_counts) if c > 0))
     names = spec.names + model.names
+    absent = [n for n in opts.stratify if n not in names]
+    if absent:
+        raise InputError(f"--stratify {absent[0]}: the sites chose order {model.order}, so the "
+                         f"baseline's parameters are {', '.join(model.names)}")
     prior = opts.lam * np.eye(len(names))
     combined = None if opts.combined_lam is None else opts.combined_lam * np.eye(len(names))
     centre = tuple(names.index(n) for n in opts.stratify)

@@ -73,6 +73,7 @@ def test_cli_gompertz_matches_r_bfi(tmp_path):
     (["--baseline", "pwexp", "--baseline-pieces", "3"], "go together"),
     (["--baseline", "poly", "--baseline-knots", "0,1"], "are for --baseline pwexp"),
     (["--baseline", "unspecified", "--stratify", "omega_1"], "no parameters"),
+    (["--baseline", "poly", "--baseline-order", "3", "--stratify", "omega_3"], "chose order 2"),
     (["--baseline", "weibull", "--standardize", "x1"], "not available with --family survival"),
     (["--baseline", "weibull", "--protect", "secagg,dp", "--epsilon", "1"],
      "no differential-privacy mode"),
