@@ -152,3 +152,20 @@ def test_pwexp_knots_are_r_grid():
     assert r_knots(4, 3.0) == pytest.approx((0.0, 0.75025, 1.5005, 2.25075, 3.001))
     with pytest.raises(ValueError, match="start at 0"):
         Baseline("pwexp", knots=(0.5, 1.0))
+
+
+def test_polynomial_integrals_resolve_or_say_not_on_a_days_scale():
+    """Times in days at R's start (-0.5, -0.5, -0.5): the mass sits near 0 of [0, 3000];
+    the integral is exp(-3/8) sqrt(pi/2) (erf((t + 1/2)/sqrt 2) - erf(1/(2 sqrt 2)))."""
+    from scipy import special
+
+    omega = np.array([-0.5, -0.5, -0.5])
+    time = np.array([30.0, 400.0, 3000.0])
+    exact = np.exp(-0.375) * np.sqrt(np.pi / 2) * (
+        special.erfc(0.5 / np.sqrt(2)) - special.erfc((time + 0.5) / np.sqrt(2)))
+    np.testing.assert_allclose(poly_integrals(time, omega, 2)[:, 0], exact, rtol=1e-12)
+    sd, at = 0.2, 60.0  # a narrow peak far out: exp(-(t - 60)^2 / (2 0.2^2)) on [0, 200]
+    peak = poly_integrals(np.array([200.0]), np.array([-at**2, 2 * at, -1.0]) / (2 * sd**2), 2)
+    assert peak[0, 0] == pytest.approx(sd * np.sqrt(2 * np.pi), rel=1e-10)
+    steep = poly_integrals(np.array([3e5]), np.array([-700.0, 0.0, 1400.0 / 3e5**2]), 0)
+    assert np.isnan(steep).all()  # log h0 climbs by 1400 at the end: unresolved, not a value
