@@ -16,8 +16,10 @@ stack; the coordinator combines the sum,
 ``A_l`` is the exact curvature at the site's MAP (R BFI 3.1.0 over-counts the
 prior in it; see ``docs/survival.md``). Layouts: homogeneous, or centre-specific
 parameters of the baseline (``--stratify omega_1[,omega_2]``, Appendix B; each
-site computes its own from the broadcast shared estimate); centre covariates,
-DP and Flower are refused for this family.
+site computes its own from the broadcast shared estimate). Centre covariates and
+DP are refused for this family. A homogeneous run goes through the site runtime
+when it carries the stack (:mod:`securefed.survival_runtime`), and over Flower with
+:func:`securefed.survival_remote.run_bfi_survival_remote`.
 """
 
 from __future__ import annotations

@@ -16,8 +16,11 @@ protection stack:
    jackknife sums (:mod:`core_stats.cox_concordance`).
 
 No event time, risk set or row leaves a site. Differential privacy is not
-offered: the sensitivity of these sums to one patient is unbounded (a
-patient's record enters every risk set at or before its time).
+offered: with clipped covariates one patient can move the gradient by up to
+``2B (1 + e^(2B |beta|) H_E)`` (they enter every earlier risk set), a noise
+far above the sums (derivation in ``docs/survival.md``). Under ``none`` or
+``secagg`` the rounds go through the site runtime (:mod:`securefed.survival_runtime`);
+over Flower see :func:`securefed.survival_remote.run_cox_remote`.
 """
 
 from __future__ import annotations
