@@ -26,7 +26,8 @@ import pandas as pd
 from core_stats.formula.syntax import Call, FormulaError, Name, Node
 from core_stats.formula.terms import FACTOR_FUNCTIONS, ModelFormula
 
-__all__ = ["variable_report", "agree_levels", "r_label", "r_level_order", "is_factor_node"]
+__all__ = ["variable_report", "level_counts", "agree_levels", "r_label", "r_level_order",
+           "is_factor_node"]
 
 NUMERIC = "numeric"
 
@@ -102,6 +103,24 @@ def variable_report(formula: ModelFormula, frame: pd.DataFrame) -> dict[str, obj
             report[f"~{formula.response.id}"] = {
                 "levels": sorted({r_label(v) for v in _present(column)}), "numeric": False}
     return report
+
+
+def level_counts(formula: ModelFormula, frame: pd.DataFrame,
+                 report: Mapping[str, object]) -> dict[str, dict[str, int]]:
+    """Rows behind each label of ``report`` (:func:`variable_report`) in ``frame``.
+
+    For a site's own disclosure checks: the counts never leave the site.
+    """
+    columns = {key: node.args[0].id if is_factor_node(node) else node.id  # type: ignore
+               for key, node in formula.variables
+               if isinstance(report.get(key), dict)}
+    if isinstance(formula.response, Name) and f"~{formula.response.id}" in report:
+        columns[f"~{formula.response.id}"] = formula.response.id
+    counts: dict[str, dict[str, int]] = {}
+    for key, name in columns.items():
+        labels = pd.Series([r_label(v) for v in _present(frame[name])], dtype=object)
+        counts[key] = {str(k): int(v) for k, v in labels.value_counts().items()}
+    return counts
 
 
 def _report_one(node: Node, frame: pd.DataFrame) -> object:
