@@ -745,7 +745,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
     if schema is None:  # the factor-levels round: the sites' own reports
         from securefed.remote_levels import remote_schema
 
-        schema = remote_schema(transport, opts.formula, site_names)
+        schema = remote_schema(transport, opts.formula, site_names, audit)
     try:
         names = fixed_column_names(schema)
     except DesignError as err:

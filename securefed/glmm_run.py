@@ -288,7 +288,7 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     if schema is None:  # the factor-levels round: the sites' own reports
         from securefed.remote_levels import remote_schema
 
-        schema = remote_schema(transport, opts.formula, site_names)
+        schema = remote_schema(transport, opts.formula, site_names, audit)
     fixed_names, random_names = _public_design(schema)
     from securefed.coordinator import RemoteSite
 

@@ -23,8 +23,12 @@ __all__ = ["remote_schema"]
 MAX_LEVELS = 1000  # a factor with more levels than a design may have columns is refused
 
 
-def remote_schema(transport, formula_text: str, site_names: Sequence[str]) -> DesignSchema:
+def remote_schema(transport, formula_text: str, site_names: Sequence[str],
+                  audit=None) -> DesignSchema:
     """The schema agreed from the sites' reports (one exchange, no sum).
+
+    ``audit``: the run's audit trail; its context travels with the request, so
+    a site that pins its registry checks the run's before it reports.
 
     A transport without the round (it carries sums only) gets the formula's
     schema without levels; a site whose rows hold text then refuses the fit.
@@ -33,7 +37,8 @@ def remote_schema(transport, formula_text: str, site_names: Sequence[str]) -> De
     ask = getattr(transport, "variable_reports", None)
     if ask is None:
         return DesignSchema(formula_text)
-    reports = ask(formula_text, list(site_names))
+    context = None if audit is None else audit.remote_context()
+    reports = ask(formula_text, list(site_names), audit=context)
     keys = {key for key, _ in formula.variables}
     for name, report in sorted(reports.items()):
         _check_report(name, report, keys)

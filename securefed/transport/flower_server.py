@@ -260,18 +260,22 @@ class FlowerEngine:
             result.details["releases"] = {n: r for n, r in releases.items() if r is not None}
         return result
 
-    def variable_reports(self, formula: str, site_names: Iterable[str]) -> dict[str, dict]:
+    def variable_reports(self, formula: str, site_names: Iterable[str], *,
+                         audit: dict | None = None) -> dict[str, dict]:
         """The factor-levels round: each site's variable report for ``formula``.
 
         Each site's policy decides first (labels only, never counts; see
         :meth:`securefed.policy.guard.SiteGuard.report`). Raises
         :class:`SiteRefused` if a site refuses, and :class:`RowsCannotServe`
         if one does not answer: levels agreed without a site could change its
-        columns.
+        columns. ``audit``: the run's audit context (a site that pins its
+        registry checks the run's against it first).
         """
         names = sorted(site_names)
-        exchange = self._exchange(Stage.REPORT, dict.fromkeys(names, {
-            "formula": str(formula), "sites": json.dumps(names)}))
+        request = {"formula": str(formula), "sites": json.dumps(names)}
+        if audit is not None:
+            request["audit"] = json.dumps(audit, sort_keys=True)
+        exchange = self._exchange(Stage.REPORT, dict.fromkeys(names, request))
         if exchange.errors:
             _raise_refusals(exchange.errors)
         reports = {n: json_field(r, "report") for n, r in exchange.replies.items()}

@@ -95,3 +95,26 @@ def test_dp_refuses_cbind_and_other_links(data, model, extra, fragment, capsys) 
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+GLMM = Path(__file__).parents[1] / "golden" / "glmm_language" / "data"
+
+
+@pytest.mark.parametrize("data, model, extra", [
+    (GOLDEN / "data" / "mmmec.csv", "deaths ~ uvb + offset(log(expected)) + (1 | region)",
+     ["--family", "poisson", "--dp-outcome-bound", "500"]),
+    (GOLDEN / "data" / "mmmec.csv", "deaths ~ uvb + (1 | region)",
+     ["--family", "poisson", "--dp-outcome-bound", "500", "--weights", "expected"]),
+    (GLMM / "cbpp_cbind.csv", "cbind(incidence, size - incidence) ~ factor(period) + (1 | herd)",
+     ["--family", "binomial"]),
+    (GLMM / "guimmun_text.csv", "immun ~ kid2p + (1 | comm)",
+     ["--family", "binomial", "--link", "probit"]),
+])
+def test_glmm_under_dp_refuses_offsets_weights_cbind_and_links(data, model, extra,
+                                                                capsys) -> None:
+    args = ["fit", str(data), "--formula", model, "--site-column", "site", "--protect", "dp",
+            "--epsilon", "4", "--dp-clip", "5", *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "under differential privacy are not supported" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err

@@ -134,7 +134,7 @@ def test_a_malformed_report_is_refused() -> None:
         def __init__(self, report):
             self.report = report
 
-        def variable_reports(self, formula, names):
+        def variable_reports(self, formula, names, audit=None):
             return dict.fromkeys(names, self.report)
 
     for report in ({"ethn": {"levels": "LNS", "numeric": False}},
