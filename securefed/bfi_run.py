@@ -115,6 +115,8 @@ class BFIReport(BFITables):
             "estimates": list(self.estimates),
             "dispersion": self.fit.dispersion,
             "family": self.fit.family.name,
+            "link": self.fit.family.link,
+            "weights": self.options.weights,
             "lambda": self.options.lam,
             "n_sites": self.n_sites,
             "n_obs": self.fit.n_obs,
@@ -146,7 +148,9 @@ class BFIReport(BFITables):
     def summary(self) -> str:
         lines = [f"Bayesian Federated Inference ({self.fit.family.name}), {self.n_sites} sites, "
                  f"protection: {self.protection}", f"Formula: {self.options.formula}",
-                 f"Prior precision lambda = {self.options.lam:g}", "",
+                 f"Prior precision lambda = {self.options.lam:g}"
+                 + (f"; prior weights: {self.options.weights}" if self.options.weights else ""),
+                 "",
                  f"{'term':<28} {'estimate':>10} {'sd':>9} {'CI low':>9} {'CI high':>9}"
                  + (f" {'pooled':>9}" if self.pooled else "")]
         pooled = {row["term"]: row for row in self.pooled or ()}

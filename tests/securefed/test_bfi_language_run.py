@@ -59,6 +59,7 @@ def test_weights_column_equals_cbind(tmp_path, capsys) -> None:
     np.testing.assert_allclose([r["estimate"] for r in weighted["estimates"]],
                                case["theta_bfi"], atol=5e-7)
     assert len(weighted["pooled"]["estimates"]) == 4
+    assert weighted["weights"] == "size" and weighted["link"] == "logit"
 
 
 def test_predictions_carry_the_offset() -> None:
