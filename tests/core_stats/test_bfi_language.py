@@ -3,7 +3,7 @@
 Against R BFI 3.1.0 (tests/golden/bfi_language, R's model.matrix passed to
 MAP.estimation and bfi()) on mlmRev's guImmun and lme4's cbpp, and against a
 Poisson MAP written in R (R BFI has no Poisson family or offsets) on mlmRev's
-Mmmec.
+Mmmec and glmmTMB's Owls.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _combine(fits: list[bfi.LocalFit]) -> bfi.BFIFit:
 
 
 @pytest.mark.parametrize("key", ["guimmun_default", "guimmun_tight", "cbpp_tight",
-                                 "mmmec_offset"])
+                                 "mmmec_offset", "owls_offset"])
 def test_column_names_are_r_model_matrix_names(key):
     case = CASES[key]
     for data in _site_data(case).values():
@@ -55,7 +55,7 @@ def test_column_names_are_r_model_matrix_names(key):
 
 
 @pytest.mark.parametrize("key", ["guimmun_default", "guimmun_tight", "cbpp_tight",
-                                 "mmmec_offset"])
+                                 "mmmec_offset", "owls_offset"])
 def test_combination_of_r_fits_equals_r_bfi(key):
     case = CASES[key]
     family = FAMILIES[case["family"]]
@@ -72,7 +72,8 @@ def test_combination_of_r_fits_equals_r_bfi(key):
 
 @pytest.mark.parametrize("key, atol_theta, atol_sd", [("guimmun_tight", 2e-6, 1e-7),
                                                       ("cbpp_tight", 5e-7, 1e-7),
-                                                      ("mmmec_offset", 1e-8, 1e-10)])
+                                                      ("mmmec_offset", 1e-8, 1e-10),
+                                                      ("owls_offset", 1e-8, 1e-10)])
 def test_bfi_equals_r(key, atol_theta, atol_sd):
     """R's L-BFGS-B tightened (factr = 1, pgtol = 0) and, for Mmmec, BFGS on the MAP
     written in R: the federated estimate equals R's within the optimiser's reach."""

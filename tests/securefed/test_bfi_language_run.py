@@ -32,7 +32,8 @@ def _cli(args: list[str], tmp_path: Path, capsys) -> dict:
 @pytest.mark.parametrize("key, extra, atol", [
     ("guimmun_tight", [], 2e-6),
     ("cbpp_tight", [], 5e-7),
-    ("mmmec_offset", ["--protect", "secagg"], 1e-8)])
+    ("mmmec_offset", ["--protect", "secagg"], 1e-8),
+    ("owls_offset", ["--protect", "secagg"], 1e-8)])
 def test_cli_equals_r(key, extra, atol, tmp_path, capsys) -> None:
     case = CASES[key]
     result = _cli([str(GOLDEN / case["data"]), "--formula", case["formula"], "--family",

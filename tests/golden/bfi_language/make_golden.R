@@ -17,6 +17,8 @@
 #   R BFI has no Poisson family and no offsets: each site's MAP is optim() (BFGS, reltol
 #   1e-16) on the log posterior written below with its exact gradient, A_hat its exact
 #   Hessian; bfi() combines them (its binomial branch is the no-dispersion algebra, eq. 3).
+# * owls: glmmTMB::Owls, sites = nests modulo 4, poisson SiblingNegotiation ~
+#   FoodTreatment * SexParent + I((ArrivalTime - 25)^2) + offset(log(BroodSize)), the same way.
 suppressPackageStartupMessages({library(BFI); library(jsonlite)})
 out_dir <- "tests/golden/bfi_language"
 lambda <- 0.01
@@ -115,6 +117,31 @@ golden$mmmec_offset <- list(
   data = "data/mmmec.csv", formula = "deaths ~ uvb + offset(log(expected))",
   family = "poisson", site_column = "site", names = colnames(Xm),
   sites = sort(unique(mm$site)),
+  centres = lapply(fits, function(f) list(theta_hat = unname(f$theta_hat),
+                                          A_hat = unname(f$A_hat),
+                                          convergence = f$convergence)),
+  theta_bfi = unname(combined$theta_hat[1, ]), sd_bfi = unname(combined$sd))
+
+# ---- Owls: factors, their interaction, I() and an offset (Poisson; MAP written above)
+ow <- transform(glmmTMB::Owls, site = sites_for(Nest, 4))[,
+        c("site", "Nest", "FoodTreatment", "SexParent", "ArrivalTime", "SiblingNegotiation",
+          "BroodSize")]
+write.csv(ow, file.path(out_dir, "data", "owls.csv"), row.names = FALSE)
+ow <- read.csv(file.path(out_dir, "data", "owls.csv"), stringsAsFactors = TRUE)
+f_ow <- SiblingNegotiation ~ FoodTreatment * SexParent + I((ArrivalTime - 25)^2)
+Xo <- model.matrix(f_ow, ow)
+Lm <- diag(lambda, ncol(Xo))
+dimnames(Lm) <- list(colnames(Xo), colnames(Xo))
+fits <- lapply(sort(unique(as.character(ow$site))), function(s) {
+  keep <- ow$site == s
+  poisson_map(Xo[keep, , drop = FALSE], ow$SiblingNegotiation[keep], log(ow$BroodSize[keep]))
+})
+combined <- bfi(theta_hats = lapply(fits, function(f) f$theta_hat),
+                A_hats = lapply(fits, function(f) f$A_hat), Lambda = Lm, family = "binomial")
+golden$owls_offset <- list(
+  data = "data/owls.csv",
+  formula = paste(deparse(f_ow, width.cutoff = 500L), "+ offset(log(BroodSize))"),
+  family = "poisson", site_column = "site", names = colnames(Xo),
   centres = lapply(fits, function(f) list(theta_hat = unname(f$theta_hat),
                                           A_hat = unname(f$A_hat),
                                           convergence = f$convergence)),
