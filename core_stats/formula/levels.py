@@ -26,8 +26,8 @@ import pandas as pd
 from core_stats.formula.syntax import Call, FormulaError, Name, Node
 from core_stats.formula.terms import FACTOR_FUNCTIONS, ModelFormula
 
-__all__ = ["variable_report", "level_counts", "agree_levels", "r_label", "r_level_order",
-           "is_factor_node"]
+__all__ = ["variable_report", "level_counts", "agree_levels", "check_agreed_levels",
+           "r_label", "r_level_order", "is_factor_node"]
 
 NUMERIC = "numeric"
 
@@ -203,6 +203,18 @@ def agree_levels(formula: ModelFormula, reports: Iterable[Mapping[str, object]]
                                    f"{len(labels)} categories: a binomial outcome needs two")
             factors.append((key, r_level_order(labels, False)))
     return tuple(factors)
+
+
+def check_agreed_levels(factors: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+    """Refuse levels that :func:`agree_levels` cannot have given: repeated, or not in R's
+    order (a schema from elsewhere must not move a factor's reference level)."""
+    for key, levels in factors:
+        orders = [r_level_order(levels, False)]
+        if all(_is_number_text(v) for v in levels):
+            orders.append(r_level_order(levels, True))
+        if len(set(levels)) != len(levels) or tuple(levels) not in orders:
+            raise FormulaError(f"the levels of '{key}' are not distinct and in R's order: "
+                               "the schema was not agreed from the sites' reports")
 
 
 def _is_number_text(text: str) -> bool:

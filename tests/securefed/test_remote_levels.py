@@ -142,3 +142,28 @@ def test_a_malformed_report_is_refused() -> None:
                    {"open('x')": "numeric"}):
         with pytest.raises(InputError, match="site A"):
             remote_schema(Liar(report), "immun ~ ethn", ["A", "B", "C"])
+
+
+def test_a_site_refuses_levels_not_in_r_order() -> None:
+    """A schema whose levels a coordinator reordered (moving the reference level) or
+    repeated is refused where it arrives, before the site builds anything."""
+    from core_stats.formula import DesignSchema
+    from securefed.transport.calls import SiteCall
+    from securefed.transport.codec import CodecError
+
+    formula = "immun ~ ethn + factor(ord)"
+    honest = DesignSchema(formula, (("ethn", ("L", "N", "S")), ("factor(ord)", ("2", "10"))))
+    text = SiteCall("bfi_terms_vector", {"spec": _spec(honest)}).to_json()
+    assert SiteCall.from_json(text) == SiteCall.from_json(text)
+    for factors in ((("ethn", ("N", "L", "S")),), (("ethn", ("L", "L", "S")),)):
+        bad = text.replace('"L","N","S"', ",".join(f'"{v}"' for v in factors[0][1]))
+        with pytest.raises(CodecError, match="not distinct and in R's order"):
+            SiteCall.from_json(bad)
+
+
+def _spec(schema):
+    from core_stats.families import BINOMIAL
+    from securefed.site import BFISiteSpec
+
+    return BFISiteSpec(schema, BINOMIAL, np.eye(4) * 0.01,
+                       ("(Intercept)", "ethnN", "ethnS", "factor(ord)10"))
