@@ -423,12 +423,15 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     return report
 
 
-def _count_round(coordinator: Coordinator):
+def _count_round(coordinator: Coordinator, schema: DesignSchema | None = None,
+                 weights: str | None = None):
     """Round 1: rows and sites (the protocol's set-up round); the checked count, or under
-    DP the noisy one (not checked; it sharpens the sums' own noisy count)."""
+    DP the noisy one (not checked; it sharpens the sums' own noisy count). With
+    ``schema`` (remote sites, whose rows may miss values) the rows the model uses."""
     privacy = coordinator.privacy
     counted = coordinator.secure_sum(
-        "bfi-count", lambda site: site.count_vector(),
+        "bfi-count", lambda site: site.count_vector() if schema is None else
+        site.count_vector(schema, weights),
         dp=None if privacy is None else DpQuery("row count", 1.0,
                                                 DP_SHARES["count"] * privacy.options.run_rho))
     return check_bfi_count(counted, coordinator) if privacy is None else counted
@@ -777,7 +780,7 @@ def _bfi_remote(coordinator, opts, schema, family, names, started, warnings) -> 
     from securefed.site import BFISiteSpec
 
     privacy = coordinator.privacy
-    count = _count_round(coordinator)
+    count = _count_round(coordinator, schema, opts.weights)
     prior, combined = _priors(opts, family, names)
     guard = BFIGuard(count, prior, family, opts.theta_bound, *_rows_kind(opts, schema)) \
         if privacy is None else _Unchecked()
@@ -785,7 +788,8 @@ def _bfi_remote(coordinator, opts, schema, family, names, started, warnings) -> 
     if opts.standardize:
         columns = tuple(opts.standardize)
         total = coordinator.secure_sum("bfi-standardize",
-                                       lambda s: s.standardize_vector(columns))
+                                       lambda s: s.standardize_vector(columns, schema,
+                                                                      opts.weights))
         guard.standardize(total, coordinator)
         std = StandardizeLayout(len(columns)).combine(total)
         scaling = tuple((c, float(m), float(sd))

@@ -204,9 +204,19 @@ class Site:
             return pack_terms(terms.loglik, terms.gradient, terms.hessian)
         return pack_terms(terms.loglik, None, None)
 
-    def count_vector(self) -> np.ndarray:
-        """``[rows, 1]``: this site's row count and one site (BFI's set-up round)."""
-        return np.array([float(self.n_rows), 1.0])
+    def count_vector(self, schema: DesignSchema | None = None,
+                     weights: str | None = None) -> np.ndarray:
+        """``[rows, 1]``: this site's row count and one site (BFI's set-up round).
+
+        With ``schema`` the rows the model uses: those with no missing value in
+        a column it reads (R's ``na.omit``), as the site's local fit counts them.
+        """
+        if schema is None:
+            return np.array([float(self.n_rows), 1.0])
+        from core_stats.formula.frame import incomplete_rows
+
+        used = int((~incomplete_rows(schema, self._frame, weights)).sum())
+        return np.array([float(used), 1.0])
 
     def glmm_counts_vector(self) -> np.ndarray:
         """``[rows, groups]`` of the prepared GLMM design."""
@@ -296,11 +306,18 @@ class Site:
         return np.concatenate([pos, neg]).astype(float)
 
     # ------------------------------------------------------------ BFI
-    def standardize_vector(self, columns: tuple[str, ...]) -> np.ndarray:
-        """``[n, Σx, Σx²]`` of ``columns`` (the pooled standardisation round)."""
+    def standardize_vector(self, columns: tuple[str, ...], schema: DesignSchema | None = None,
+                           weights: str | None = None) -> np.ndarray:
+        """``[n, Σx, Σx²]`` of ``columns`` (the pooled standardisation round); with
+        ``schema`` over the rows the model uses (:meth:`count_vector`)."""
         from core_stats.standardize import StandardizeLayout
 
-        values = self._frame[list(columns)].to_numpy(dtype=float)
+        frame = self._frame
+        if schema is not None:
+            from core_stats.formula.frame import incomplete_rows
+
+            frame = frame.loc[~incomplete_rows(schema, frame, weights)]
+        values = frame[list(columns)].to_numpy(dtype=float)
         return StandardizeLayout(len(columns)).site_vector(values)
 
     def bfi_terms_vector(self, spec: BFISiteSpec) -> np.ndarray:

@@ -145,9 +145,13 @@ def model_of(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None, s
         columns = set(_columns(spec.schema.formula)) | {c for c, _, _ in spec.standardize} | (
             {spec.weights} if spec.weights else set())
         return formula, f"bfi|{formula}|{spec.schema.factors}|{spec.family.name}", columns
+    read = set()  # the model's columns, read to find its complete rows (never released)
+    if method in ("standardize_vector", "count_vector") and kwargs.get("schema") is not None:
+        read = set(_columns(kwargs["schema"].formula)) | (
+            {kwargs["weights"]} if kwargs.get("weights") else set())
     if method == "standardize_vector":
-        return None, None, {str(c) for c in kwargs["columns"]}
-    return None, None, set()
+        return None, None, {str(c) for c in kwargs["columns"]} | read
+    return None, None, read
 
 
 def _approved(policy: SitePolicy, formula: str | None, columns: set[str]) -> bool:

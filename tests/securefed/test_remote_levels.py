@@ -167,3 +167,20 @@ def _spec(schema):
 
     return BFISiteSpec(schema, BINOMIAL, np.eye(4) * 0.01,
                        ("(Intercept)", "ethnN", "ethnS", "factor(ord)10"))
+
+
+def test_remote_bfi_counts_and_standardises_the_rows_the_model_uses() -> None:
+    """A site with missing values: its count and standardisation rounds use the rows its
+    local fit uses (R's na.omit), so the remote fit equals the in-process one (it was
+    refused as implausible: the count round had counted every row)."""
+    frame = _guimmun()
+    frame.loc[frame.index[:5], "pcInd81"] = np.nan
+    frame = frame.assign(z=np.arange(len(frame)) % 7 + 0.5)
+    opts = BFIOptions("immun ~ kid2p + pcInd81 + z", "binomial", "site", standardize=("z",))
+    direct = run_bfi(frame, opts, site_runtime=False)
+    sites = _sites(frame)
+    with loopback_rounds(sites, PlaintextSum()) as rounds:
+        remote = run_bfi_remote(opts, rounds, list(sites), protection=PlaintextSum())
+    assert remote.fit.n_obs == direct.fit.n_obs == len(frame) - 5
+    np.testing.assert_allclose(remote.fit.estimate, direct.fit.estimate, rtol=0, atol=1e-10)
+    assert remote.standardization == direct.standardization
