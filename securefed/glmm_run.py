@@ -541,4 +541,5 @@ def _make_fit(opts, est: GLMMEstimate, family, n_obs, n_groups, n_sites, coordin
         message=est.message, warnings=tuple(warnings), dropped_columns=dropped_cols,
         dropped_sites=tuple(coordinator.dropped),
         bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra,
+        n_sites_counted=coordinator.counted_sites(),
     )
