@@ -50,6 +50,7 @@ _DERIVED = DpQuery.derived("BFI terms from the sites' noisy local fits")
 DP_SHARES = {"count": 0.05, "standardize": 0.15}
 
 SCALE_TERM = bfi.SCALE_NAME
+ESTIMATE_ROUNDS = ("bfi-terms", "bfi-sufficient-statistics")  # the sums an estimate holds
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class BFIReport(BFITables):
     estimates: tuple[dict, ...]
     n_sites: int
     protection: str
+    n_sites_counted: int | None = None  # sites whose local fits the combination holds
     pooled: tuple[dict, ...] | None = None
     pooled_dispersion: float | None = None
     heterogeneity: dict = field(default_factory=dict)
@@ -119,6 +121,7 @@ class BFIReport(BFITables):
             "weights": self.options.weights,
             "lambda": self.options.lam,
             "n_sites": self.n_sites,
+            "n_sites_counted": self.n_sites_counted,
             "n_obs": self.fit.n_obs,
             "formula": self.options.formula,
             "factor_levels": {} if self.schema is None else
@@ -410,6 +413,7 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     report = BFIReport(
         options=opts, fit=fit, term_names=tuple(r["term"] for r in estimates),
         estimates=tuple(estimates), n_sites=len(live), protection=coordinator.protection.name,
+        n_sites_counted=coordinator.counted_sites(*ESTIMATE_ROUNDS),
         pooled=pooled, pooled_dispersion=pooled_disp, heterogeneity=heterogeneity,
         centre_regression=extra.get("centre_regression"), standardization=standardization,
         dropped_sites=tuple(coordinator.dropped), warnings=tuple(warnings),
@@ -671,7 +675,7 @@ def _regression_dict(reg) -> dict:
 
 
 def _z(level: float) -> float:
-    from scipy.special import ndtri
+    from core_stats.special import ndtri
 
     return float(ndtri(0.5 + level / 2.0))
 
@@ -828,6 +832,7 @@ def _bfi_remote(coordinator, opts, schema, family, names, started, warnings) -> 
         options=opts, fit=fit, term_names=fit.names,
         estimates=tuple(_rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper)),
         n_sites=len(live), protection=coordinator.protection.name,
+        n_sites_counted=coordinator.counted_sites(*ESTIMATE_ROUNDS),
         standardization=standardization, dropped_sites=tuple(coordinator.dropped),
         warnings=tuple(warnings), bytes_sent_per_site=coordinator.mean_bytes_per_site(),
         rounds=coordinator.round_id, seconds=time.perf_counter() - started,

@@ -117,12 +117,13 @@ def _check_nested(frame: pd.DataFrame, term, site_column: str) -> None:
     """Every level of the term's grouping factor lies in one site; there are two or more."""
     columns = list(term.group)
     complete = frame[columns].notna().all(axis=1)
-    groups = frame.loc[complete, columns].astype(str).agg(":".join, axis=1)
+    groups = (frame.loc[complete, columns[0]].astype(str) if len(columns) == 1 else
+              frame.loc[complete, columns].astype(str).agg(":".join, axis=1))
     sites = frame.loc[complete, site_column].astype(str)
-    per_group = sites.groupby(groups).unique()
-    split = per_group[per_group.map(len) > 1]
+    per_group = sites.groupby(groups).nunique()
+    split = per_group[per_group > 1]
     if len(split):
-        first, second = sorted(split.iloc[0])[:2]
+        first, second = sorted(sites[groups == split.index[0]].unique())[:2]
         raise InputError(f"a level of '{term.group_name}' appears in sites {first} and "
                          f"{second}: grouping factors must be nested within '{site_column}'")
     if per_group.size < 2:
@@ -545,4 +546,5 @@ def _make_fit(opts, est: GLMMEstimate, family, n_obs, n_groups, n_sites, coordin
         message=est.message, warnings=tuple(warnings), dropped_columns=dropped_cols,
         dropped_sites=tuple(coordinator.dropped),
         bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra,
+        n_sites_counted=coordinator.counted_sites(),
     )

@@ -111,6 +111,7 @@ class Site:
         self._omitted = 0
         self._multi = None  # rows of a model with several random-effects terms
         self._cox = None
+        self._checked = None  # (key, ModelData) of outcome_for_checks, for prepare_glmm once
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={len(self._frame)})"
@@ -135,10 +136,7 @@ class Site:
         model is then fitted on the training rows and the held-out rows serve
         model selection and AUC.
         """
-        from core_stats.formula import model_data
-
-        data = model_data(design.schema, self._frame, na_action=design.na_action,
-                          weights_column=design.weights)
+        data = self._model_data(design.schema, design.na_action, design.weights)
         X = data.X if keep_columns is None else data.X[:, keep_columns]
         (random,) = data.random
         y, Z, groups = data.y, random.Z, random.groups
@@ -383,11 +381,25 @@ class Site:
     def outcome_for_checks(self, schema: DesignSchema, na_action: str = "omit",
                            weights: str | None = None
                            ) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """The outcome under ``schema`` and the rows omitted (in-process input checks only)."""
+        """The outcome under ``schema`` and the rows omitted (in-process input checks only).
+
+        The design built for the check is kept for the next :meth:`prepare_glmm` of the same
+        schema, options and rows (it is the same function of them), then dropped.
+        """
         from core_stats.formula import model_data
 
         data = model_data(schema, self._frame, na_action=na_action, weights_column=weights)
+        self._checked = ((schema, na_action, weights), data)
         return data.y, data.weights, data.n_omitted
+
+    def _model_data(self, schema: DesignSchema, na_action: str, weights: str | None):
+        """This site's design under ``schema`` (the checked one if it was built for it)."""
+        from core_stats.formula import model_data
+
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] == (schema, na_action, weights):
+            return checked[1]
+        return model_data(schema, self._frame, na_action=na_action, weights_column=weights)
 
     @property
     def n_omitted(self) -> int:
