@@ -249,16 +249,9 @@ def runtime_supports(protection: ProtectedSum) -> bool:
     The runtime carries ``none`` and ``secagg`` (SecAgg+ included) without DP
     and without simulated dropouts in-process; the other stacks (ckks,
     secagg,ckks, ...,dp), simulated drops and audit trails still run in the
-    coordinator's process, and so does everything where Flower is not installed.
+    coordinator's process. The runtime needs no Flower (:mod:`securefed.transport.messages`).
     """
-    import importlib.util
-
     if getattr(protection, "privacy", None) is not None or getattr(protection, "drop", None):
-        return False
-    try:
-        if importlib.util.find_spec("flwr") is None:  # the runtime's messages are Flower's
-            return False
-    except (ImportError, ValueError):  # ValueError: flwr is in sys.modules as None
         return False
     return getattr(protection, "name", None) in ("none", "secagg")
 

@@ -3,9 +3,10 @@
 ``securefed fit``, ``bfi`` and ``run`` simulate every site in one process.
 They run through the same code a deployment runs: the coordinator's
 :class:`~securefed.transport.flower_server.FlowerEngine` sends each round's
-messages (JSON calls, protocol bytes in Flower ``ConfigRecord`` s) and each
-simulated site answers with the real ClientApp handler
-(:func:`securefed.transport.flower_client.handle`), its own identity key, its
+messages (JSON calls, protocol bytes; the records Flower carries, see
+:mod:`securefed.transport.messages`) and each simulated site answers with the
+site runtime's handler (:func:`securefed.transport.site_runtime.handle`, the
+one a SuperNode's ClientApp runs), its own identity key, its
 own registry copy and its own policy (:mod:`securefed.policy`), so every
 check a site makes over Flower it makes here. Only the network is missing.
 
@@ -28,14 +29,16 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from securefed.policy.model import SitePolicy, policy_text
 from securefed.site import Site
+from securefed.transport import site_runtime
+from securefed.transport.messages import Node, NodeContext, SiteMessage
 
 __all__ = ["HELD_KEY", "held_site", "loopback_rounds", "policy_from_flags", "LoopbackGrid"]
 
@@ -56,43 +59,36 @@ def held_site(token: str, setup: list[str]) -> Site:
 
 
 class LoopbackGrid:
-    """A Flower ``Grid`` whose nodes are the simulated sites' ClientApp handlers."""
+    """The runtime's grid whose nodes are the simulated sites, served by the site handler."""
 
     def __init__(self, configs: Mapping[str, dict]) -> None:
-        from flwr.app import Context, RecordDict
-
-        self.contexts = {1000 + k: Context(run_id=1, node_id=1000 + k, node_config=config,
-                                           state=RecordDict(), run_config={})
-                         for k, config in enumerate(configs.values())}
+        self.contexts = {1000 + k: NodeContext(config) for k, config in enumerate(configs.values())}
         self.names = dict(zip(self.contexts, configs, strict=True))
         self.site_seconds = 0.0
         self.protection_seconds = 0.0
         self._ids = itertools.count()
-        self._replies: dict[str, Any] = {}
+        self._replies: dict[str, SiteMessage] = {}
 
-    def get_nodes(self) -> list[SimpleNamespace]:
-        return [SimpleNamespace(node_id=n, name=name) for n, name in self.names.items()]
+    def nodes(self) -> list[Node]:
+        return [Node(n, name) for n, name in self.names.items()]
 
-    def push_messages(self, messages) -> list[str]:
-        from securefed.transport.flower_client import handle
-
+    def push(self, messages: Sequence[SiteMessage], ttl: float = 0.0) -> list[str]:
         ids = []
         for message in messages:
-            message_id = f"loopback-{next(self._ids)}"
-            message.metadata.__dict__["_message_id"] = message_id
-            opening = message.content["securefed"]["stage"] == "open"
+            message = replace(message, message_id=f"loopback-{next(self._ids)}")
+            opening = (message.record or {}).get("stage") == "open"
             started = time.perf_counter()
-            self._replies[message_id] = handle(message, self.contexts[
-                message.metadata.dst_node_id])
+            self._replies[message.message_id] = site_runtime.handle(
+                message, self.contexts[message.node_id])
             seconds = time.perf_counter() - started
             if opening:  # the site computes its vector (and advertises its keys)
                 self.site_seconds += seconds
             else:  # the site's protocol steps
                 self.protection_seconds += seconds
-            ids.append(message_id)
+            ids.append(message.message_id)
         return ids
 
-    def pull_messages(self, message_ids) -> list:
+    def pull(self, message_ids: Sequence[str]) -> list[SiteMessage]:
         return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
 
 
@@ -148,8 +144,7 @@ def loopback_rounds(sites: Mapping[str, Site], protection: Any,
     tokens = []
     shm = Path("/dev/shm")  # keys and records of a simulation: memory, not disk, if we can
     where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
-    with tempfile.TemporaryDirectory(prefix="securefed-loopback-", dir=where) as folder, \
-            _task_identity():
+    with tempfile.TemporaryDirectory(prefix="securefed-loopback-", dir=where) as folder:
         root = Path(folder)
         parties = [Identity.generate(COORDINATOR), *(Identity.generate(n) for n in sites)]
         registry = Registry.of(*parties)
@@ -177,19 +172,3 @@ def loopback_rounds(sites: Mapping[str, Site], protection: Any,
         finally:
             for token in tokens:
                 _HELD.pop(token, None)
-
-
-@contextmanager
-def _task_identity() -> Iterator[None]:
-    """Flower's message constructor needs a task identity; a ServerApp sets it, we do here."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = {a: getattr(TaskIdentity, a) for a in ("_run_id", "_node_id", "_task_id")}
-    for attr, value in saved.items():
-        if value is None:
-            setattr(TaskIdentity, attr, 1)
-    try:
-        yield
-    finally:
-        for attr, value in saved.items():
-            setattr(TaskIdentity, attr, value)

@@ -15,7 +15,7 @@ from protocols.stack import CkksSum, PlaintextSum, SecAggSum
 from securefed.bfi_run import BFIOptions, run_bfi
 from securefed.glmm_run import GLMMOptions, run_glmm, runtime_supports
 from securefed.synthetic import make_clustered
-from securefed.transport import flower_client
+from securefed.transport import site_runtime
 from securefed.transport.loopback import policy_from_flags
 
 
@@ -30,13 +30,13 @@ def frame():
 def handled(monkeypatch):
     """Counts the messages the ClientApp handler served."""
     calls = []
-    real = flower_client.handle
+    real = site_runtime.handle
 
     def counting(message, context):
-        calls.append(str(message.content["securefed"]["stage"]))
+        calls.append(str(message.record["stage"]))
         return real(message, context)
 
-    monkeypatch.setattr(flower_client, "handle", counting)
+    monkeypatch.setattr(site_runtime, "handle", counting)
     return calls
 
 
