@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from securefed.policy.model import SitePolicy, policy_text
+from securefed.policy.record import MemoryReleaseRecord
 from securefed.site import Site
 from securefed.transport import site_runtime
 from securefed.transport.messages import Node, NodeContext, SiteMessage
@@ -62,7 +63,11 @@ class LoopbackGrid:
     """The runtime's grid whose nodes are the simulated sites, served by the site handler."""
 
     def __init__(self, configs: Mapping[str, dict]) -> None:
-        self.contexts = {1000 + k: NodeContext(config) for k, config in enumerate(configs.values())}
+        # each simulated site keeps its parsed keys, its guard and an in-memory release
+        # record between messages (the CLI wrote its policy; its record dies with the run)
+        self.contexts = {1000 + k: NodeContext(config, resident={
+            site_runtime.MEMORY_RECORD: MemoryReleaseRecord()})
+            for k, config in enumerate(configs.values())}
         self.names = dict(zip(self.contexts, configs, strict=True))
         self.site_seconds = 0.0
         self.protection_seconds = 0.0
@@ -150,20 +155,20 @@ def loopback_rounds(sites: Mapping[str, Site], protection: Any,
         registry = Registry.of(*parties)
         registry.save(root / "registry.json")
         configs = {}
+        # one file for the one policy the CLI writes for all its simulated sites (parsed once);
+        # each site's record is its own, in memory (LoopbackGrid)
+        (root / "policy.toml").write_text(policy_text(policy.with_record_dir(
+            root / "releases")), encoding="utf-8")
         for party in parties[1:]:
             name = party.name
             party.save_private_key(root / f"{name}.key")
-            (root / name).mkdir()
-            (root / name / "policy.toml").write_text(policy_text(
-                policy.with_record_dir(root / name / "releases")), encoding="utf-8")
             token = secrets.token_hex(8)
             _HELD[token] = (sites[name], [])
             tokens.append(token)
             configs[name] = {"site-name": name, HELD_KEY: token,
                              "identity-key": str(root / f"{name}.key"),
                              "registry": str(root / "registry.json"),
-                             "policy": str(root / name / "policy.toml"),
-                             "record-durable": "false"}
+                             "policy": str(root / "policy.toml")}
         grid = LoopbackGrid(configs)
         key = Ed25519PrivateKey.from_private_bytes(parties[0].export_private_key_raw())
         engine = FlowerEngine(grid, key, registry, protection, StageTimeouts(60.0, 60.0, 0.0))

@@ -49,10 +49,17 @@ class SiteMessage:
 
 @dataclass
 class NodeContext:
-    """What one node knows besides the message: its config and its lasting state."""
+    """What one node knows besides the message: its config and its lasting state.
+
+    ``resident``: objects one process keeps between the messages it serves
+    (parsed keys, the policy guard and, for a simulated site, its in-memory
+    release record); ``None`` for a SuperNode, whose process is fresh for
+    every message and rebuilds them from its files.
+    """
 
     node_config: Mapping[str, Any]
     state: dict[str, Any] = field(default_factory=dict)
+    resident: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -59,6 +59,9 @@ from securefed.transport.messages import NodeContext, SiteMessage
 __all__ = ["handle", "serve_record"]
 
 Record = Mapping[str, Any]
+T = TypeVar("T")
+#: ``context.resident`` key of a simulated site's in-memory release record (the loopback's)
+MEMORY_RECORD = "memory-release-record"
 
 
 def handle(message: SiteMessage, context: NodeContext) -> SiteMessage:
@@ -102,11 +105,21 @@ def _serve(stage: Stage, request: Record, context: NodeContext) -> dict:
     return _step(stage, str(request["round_key"]), bytes(request["payload"]), context)
 
 
+def _kept(context: NodeContext, key: Any, build: Callable[[], T]) -> T:
+    """``build()``, kept between messages where the process lasts (``context.resident``)."""
+    if context.resident is None:
+        return build()
+    if key not in context.resident:
+        context.resident[key] = build()
+    return context.resident[key]
+
+
 def _site_identity(context: NodeContext):
     from securefed.keys import Identity
     from securefed.transport.file_cache import load_cached
 
-    return load_cached(_node(context, "identity-key"), Identity.load, _node(context, "site-name"))
+    return _kept(context, "identity", lambda: load_cached(
+        _node(context, "identity-key"), Identity.load, _node(context, "site-name")))
 
 
 def _countersign(checkpoint: dict, log_text: str, context: NodeContext) -> dict:
@@ -159,6 +172,10 @@ def _keep_setup(texts: list[str], context: NodeContext) -> None:
 
 
 def _identity(context: NodeContext):
+    return _kept(context, "signing", lambda: _load_identity(context))
+
+
+def _load_identity(context: NodeContext):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from securefed.keys import Identity, Registry, public_key_from_hex
@@ -206,8 +223,12 @@ def _guard(context: NodeContext):
     from securefed.policy.guard import SiteGuard
     from securefed.transport.file_cache import load_cached
 
-    registry = load_cached(_node(context, "registry"), Registry.load)
-    return SiteGuard.from_node_config(context.node_config, registry.parties)
+    def build() -> SiteGuard:
+        registry = load_cached(_node(context, "registry"), Registry.load)
+        record = None if context.resident is None else context.resident.get(MEMORY_RECORD)
+        return SiteGuard.from_node_config(context.node_config, registry.parties, record)
+
+    return _kept(context, "guard", build)
 
 
 def _dp_query(dp_text: str):
@@ -222,8 +243,10 @@ def _check_registry(context: NodeContext, audit: dict | None) -> None:
     from securefed.transport.file_cache import load_cached
     from securefed.transport.site_audit import check_registry
 
-    check_registry(load_cached(_node(context, "registry"), Registry.load), context.node_config,
-                   None if audit is None else audit.get("registry_fingerprint"))
+    fingerprint = None if audit is None else audit.get("registry_fingerprint")
+    _kept(context, ("registry-checked", repr(fingerprint)), lambda: check_registry(
+        load_cached(_node(context, "registry"), Registry.load), context.node_config,
+        fingerprint) or True)
 
 
 def _site_dp(context: NodeContext, dp_text: str, params: RoundParams):
