@@ -198,7 +198,8 @@ class FlowerEngine:
         :meth:`~securefed.audit_trail.AuditTrail.remote_context`) every site
         logs its release (under DP: the noisy vector, when it is masked) in
         its own log and returns the signed record, found in
-        ``details["releases"]`` (site → payload).
+        ``details["releases"]`` (site → payload); when the round aborts after
+        the sites logged, the error's ``released`` holds ``(length, releases)``.
 
         Raises
         ------
@@ -215,6 +216,7 @@ class FlowerEngine:
             raise RemoteCallError(f"Site.{call.method} releases nothing: use setup")
         names = sorted(site_names)
         self.current_round = round_id
+        self._masked = {}
         params = self._params(round_id, purpose, names)
         request = {"round": params.to_json(), "call": call.to_json()}
         if self._setup:
@@ -241,20 +243,30 @@ class FlowerEngine:
         length = self._screen_open(opened)
         if dp is not None:
             self._admit_dp(dp, round_id, opened, m, length)
-        if self._layer == "none":
-            result = self._plain_sum(names, opened)
-        elif self._ckks is not None:
-            result = self._ckks.finish(params, names, opened.replies)
-        else:
-            result = self._secagg(params, names, opened, length)
+        try:
+            if self._layer == "none":
+                result = self._plain_sum(names, opened)
+            elif self._ckks is not None:
+                result = self._ckks.finish(params, names, opened.replies)
+            else:
+                result = self._secagg(params, names, opened, length)
+        except ProtocolError as err:  # aborted: what the sites logged is still theirs
+            if audit is not None:
+                err.released = (length, self._releases(opened, dp))  # type: ignore[attr-defined]
+            raise
         reasons = {**opened.rejected, **result.details.get("dropout_reasons", {})}
         if reasons:
             result.details["dropout_reasons"] = dict(sorted(reasons.items()))
-        if audit is not None:  # under DP and secagg a site logs its release as it masks it
-            logged = opened.replies if dp is None or self._layer == "none" else self._masked
-            releases = {n: json_field(r, "release") for n, r in sorted(logged.items())}
-            result.details["releases"] = {n: r for n, r in releases.items() if r is not None}
+        if audit is not None:
+            result.details["releases"] = self._releases(opened, dp)
         return result
+
+    def _releases(self, opened: _Exchange, dp: DpQuery | None) -> dict[str, dict]:
+        """Site → the signed release record it logged this round (under DP and a masking
+        layer a site logs its release as it masks it)."""
+        logged = opened.replies if dp is None or self._layer == "none" else self._masked
+        releases = {n: json_field(r, "release") for n, r in sorted(logged.items())}
+        return {n: r for n, r in releases.items() if r is not None}
 
     def countersign(self, request: dict, log_lines: list[str],
                     site_names: Iterable[str]) -> dict[str, dict]:

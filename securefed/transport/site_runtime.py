@@ -18,7 +18,9 @@ the site is and where its files are::
 * ``registry``: the consortium's public keys, the coordinator's included; the
   site trusts only these, never keys sent by the coordinator.
 * ``audit-dir`` (needed when the coordinator keeps an audit trail): the folder
-  of the site's own audit log and salts (:mod:`securefed.transport.site_audit`).
+  of the site's own audit log and salts (:mod:`securefed.transport.site_audit`);
+  a simulated site of an in-process run has ``audit-trail`` instead (its log
+  beside the coordinator's, as an in-process trail lays them out).
 * ``ckks-key-holder`` (optional, default ``"keyholder"``): the party whose
   signature a CKKS public context must carry (:mod:`~securefed.transport.flower_ckks`).
 * ``policy`` (optional): the site's policy file (``securefed site init``,
@@ -124,9 +126,10 @@ def _site_identity(context: NodeContext):
 
 def _countersign(checkpoint: dict, log_text: str, context: NodeContext) -> dict:
     from securefed.keys import Registry
-    from securefed.transport.site_audit import countersign
+    from securefed.transport.site_audit import audit_place, countersign
 
-    signature = countersign(_node(context, "audit-dir"), _site_identity(context), checkpoint,
+    signature = countersign(audit_place(context.node_config), _site_identity(context),
+                            checkpoint,
                             log_text, Registry.load(_node(context, "registry")),
                             context.node_config)
     return {"countersignature": json.dumps(signature, sort_keys=True)}
@@ -261,10 +264,10 @@ def _log_release(context: NodeContext, vector: np.ndarray, params: RoundParams,
     """Log the vector as it leaves the site in the site's own audit log; the reply field."""
     if audit is None:
         return {}
-    from securefed.transport.site_audit import log_release
+    from securefed.transport.site_audit import audit_place, log_release
 
     return {"release": json.dumps(log_release(
-        _node(context, "audit-dir"), _site_identity(context), vector, params.round_id,
+        audit_place(context.node_config), _site_identity(context), vector, params.round_id,
         params.purpose, audit, dp.spent), sort_keys=True)}
 
 
