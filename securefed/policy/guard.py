@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from securefed.policy.enforce import admit_call, admit_round, check_release
+from securefed.policy.enforce import admit_call, admit_round, admit_study, check_release
 from securefed.policy.model import PolicyError, SitePolicy, load_policy
 from securefed.policy.record import MemoryReleaseRecord, ReleaseRecord, call_key
 from securefed.policy.refusal import PolicyRefused, Refusal
@@ -107,15 +107,20 @@ class SiteGuard:
         return error
 
     def admit(self, params: Any, call: Any, call_text: str, setup_texts: Sequence[str],
-              dp_query: Any = None) -> Admitted:
-        """Check the round and the call (nothing computed yet); refuse or admit."""
+              dp_query: Any = None, study_text: str | None = None) -> Admitted:
+        """Check the round and the call (nothing computed yet); refuse or admit.
+
+        ``study_text``: the study file the round carries (checked against the
+        policy's ``study_sha256``, if it pins one).
+        """
         from securefed.transport.calls import parsed_call
 
         try:
             admit_round(self.policy, self.site_name, params, self.registry, dp_query,
                         self.dp_delta, self.key_holder)
+            study = admit_study(self.policy, study_text)
             setup = [parsed_call(t) for t in setup_texts if t]
-            model = admit_call(self.policy, call, setup)
+            model = admit_call(self.policy, call, setup, study)
         except PolicyRefused as err:
             raise self._refused(err, params.round_id, params.purpose) from None
         return Admitted(call_key([_rows_of(t) for t in setup_texts if t], call_text),

@@ -133,6 +133,9 @@ class FlowerEngine:
         self.timeouts = timeouts
         self.observer = observer
         self._setup: list[str] = []
+        #: the study file's text, sent with every ``open`` (a site whose policy pins the
+        #: study's SHA-256 refuses a round without it, or under another model)
+        self.study_text: str | None = None
         self.current_round = 0  # the round being run (observers read it)
         self._masked: dict[str, Mapping] = {}  # the last round's masked-input replies
         #: (stage, seconds, spread of the replies) of every exchange so far
@@ -221,6 +224,8 @@ class FlowerEngine:
         request = {"round": params.to_json(), "call": call.to_json()}
         if self._setup:
             request["setup"] = list(self._setup)
+        if self.study_text is not None:
+            request["study"] = self.study_text
         if audit is not None:
             request["audit"] = json.dumps(audit, sort_keys=True)
         if self._ckks is not None:

@@ -20,6 +20,10 @@ stage                   coordinator → site                       site → coor
                         audit log lines)
 ======================  =======================================  ==========================
 
+A study run's ``open`` also carries ``study`` (the study file's text): a
+site whose policy pins the study's SHA-256 (``study_sha256``) refuses a round
+without it, and any call whose model is not the study's.
+
 With an audit trail, ``open`` also carries ``audit`` (the run id and layers,
 JSON) and the site's reply adds ``release``: its signed release record (a
 commitment to the vector, never the vector), already in the site's own log.

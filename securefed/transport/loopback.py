@@ -76,12 +76,17 @@ _SILENT_FROM = {
 class LoopbackGrid:
     """The runtime's grid whose nodes are the simulated sites, served by the site handler."""
 
-    def __init__(self, configs: Mapping[str, dict], drop: Any = None) -> None:
+    def __init__(self, configs: Mapping[str, dict], drop: Any = None,
+                 privacy: Any = None) -> None:
         # each simulated site keeps its parsed keys, its guard and an in-memory release
-        # record between messages (the CLI wrote its policy; its record dies with the run)
-        self.contexts = {1000 + k: NodeContext(config, resident={
-            site_runtime.MEMORY_RECORD: MemoryReleaseRecord()})
-            for k, config in enumerate(configs.values())}
+        # record between messages (the CLI wrote its policy; its record dies with the run);
+        # under DP it draws its noise from its in-process privacy object's source
+        self.contexts = {}
+        for k, (name, config) in enumerate(configs.items()):
+            resident: dict[str, Any] = {site_runtime.MEMORY_RECORD: MemoryReleaseRecord()}
+            if privacy is not None and name in privacy.sites:
+                resident[site_runtime.DP_NOISE] = privacy.sites[name].noise_source()
+            self.contexts[1000 + k] = NodeContext(config, resident=resident)
         self.names = dict(zip(self.contexts, configs, strict=True))
         self.site_seconds = 0.0
         self.protection_seconds = 0.0
@@ -268,7 +273,7 @@ def loopback_rounds(sites: Mapping[str, Site], protection: Any,
                              **({} if privacy is None else _privacy_config(root, name, privacy))}
         if ckks:
             configs[holder] = _key_holder_config(root, holder, protection)
-        grid = LoopbackGrid(configs, getattr(protection, "drop", None))
+        grid = LoopbackGrid(configs, getattr(protection, "drop", None), privacy)
         key = Ed25519PrivateKey.from_private_bytes(parties[0].export_private_key_raw())
         # every reply is there when push returns: a stage closes at once, a silent
         # (dropped) site is noticed without waiting

@@ -64,6 +64,8 @@ Record = Mapping[str, Any]
 T = TypeVar("T")
 #: ``context.resident`` key of a simulated site's in-memory release record (the loopback's)
 MEMORY_RECORD = "memory-release-record"
+#: ``context.resident`` key of a simulated site's noise source (the in-process guard's site's)
+DP_NOISE = "dp-noise-source"
 
 
 def handle(message: SiteMessage, context: NodeContext) -> SiteMessage:
@@ -256,7 +258,9 @@ def _site_dp(context: NodeContext, dp_text: str, params: RoundParams):
     """This site's DP terms for the round (its own budget; see ``site_privacy``)."""
     from securefed.transport.site_privacy import SiteDp
 
-    return SiteDp.for_round(context.node_config, _node(context, "site-name"), dp_text, params)
+    rng = None if context.resident is None else context.resident.get(DP_NOISE)
+    return SiteDp.for_round(context.node_config, _node(context, "site-name"), dp_text, params,
+                            rng)
 
 
 def _log_release(context: NodeContext, vector: np.ndarray, params: RoundParams,
@@ -286,7 +290,9 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: NodeCo
     call = SiteCall.from_json(call_text)
     guard = _guard(context)  # the site's own policy decides before anything is computed
     admitted = guard.admit(params, call, call_text, list(_state(context)["setup"]),
-                           _dp_query(dp_text))
+                           _dp_query(dp_text),
+                           None if request is None or "study" not in request
+                           else str(request["study"]))
     dp = _site_dp(context, dp_text, params)
     if params.layer == "ckks":  # trust the key before anything is computed or released
         from securefed.transport.flower_ckks import KEY_HOLDER, trusted_context
