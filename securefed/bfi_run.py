@@ -309,13 +309,15 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
 
 def _runtime_carries(opts: BFIOptions, protection: ProtectedSum | None,
                      audited: bool = False) -> bool:
-    from securefed.glmm_run import runtime_supports
+    from securefed.glmm_run import runtime_carries_audit, runtime_supports
 
     per_site = (opts.stratify or opts.center_covariate or opts.heterogeneity
                 or opts.compare_pooled)
     if getattr(protection, "privacy", None) is not None and opts.standardize:
         return False  # DP standardisation: not carried by the runtime yet
-    return not per_site and runtime_supports(protection or PlaintextSum(), audited)
+    protection = protection or PlaintextSum()
+    return not per_site and runtime_supports(protection) and (
+        not audited or runtime_carries_audit(protection))
 
 
 def _run_bfi_runtime(frame: pd.DataFrame, opts: BFIOptions, protection,

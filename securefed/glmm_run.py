@@ -218,7 +218,8 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
                                  config=asdict(opts), protection=describe_protection(protection),
                                  keys=audit_keys)
-    if site_runtime and not several and runtime_supports(protection, audit is not None):
+    if site_runtime and not several and runtime_supports(protection) and (
+            audit is None or runtime_carries_audit(protection)):
         from securefed.transport.loopback import loopback_rounds
 
         # the sites answer through the site runtime (its handler, their policy and logs)
@@ -243,18 +244,23 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
     return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
 
 
-def runtime_supports(protection: ProtectedSum, audited: bool = False) -> bool:
+def runtime_supports(protection: ProtectedSum) -> bool:
     """True if an in-process run with ``protection`` goes through the site runtime.
 
-    The runtime carries ``none``, ``secagg`` (SecAgg+ included), ``dp`` and
-    ``secagg,dp`` (each site noises and charges its own ledger), with an audit
-    trail or simulated dropouts (``--drop-sites``) or neither, and ``ckks``
-    without an audit trail; ``secagg,ckks``, ``ckks,dp`` and audited ``ckks``
-    still run in the coordinator's process. The runtime needs
-    no Flower (:mod:`securefed.transport.messages`).
+    The runtime carries ``none``, ``secagg`` (SecAgg+ included), ``ckks`` (a
+    simulated key holder), ``dp`` and ``secagg,dp`` (each site noises and
+    charges its own ledger), with simulated dropouts (``--drop-sites``) and
+    audit trails (not yet for ``ckks``: :func:`runtime_carries_audit`);
+    ``secagg,ckks`` and ``ckks,dp`` still run in the coordinator's process.
+    The runtime needs no Flower (:mod:`securefed.transport.messages`).
     """
-    name = getattr(protection, "name", None)
-    return name in ("none", "secagg", "dp", "secagg,dp") or (name == "ckks" and not audited)
+    return getattr(protection, "name", None) in ("none", "secagg", "ckks", "dp", "secagg,dp")
+
+
+def runtime_carries_audit(protection: ProtectedSum) -> bool:
+    """True if the site runtime carries an audit trail under ``protection`` (not ``ckks``
+    yet: the trail's registry would need the key holder the simulated sites trust)."""
+    return getattr(protection, "name", None) != "ckks"
 
 
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
