@@ -1,12 +1,13 @@
 """In-process survival runs through the one site runtime (:mod:`securefed.transport.loopback`).
 
 ``securefed cox`` and ``securefed bfi --family survival`` simulate every site in
-one process. Under ``none`` or ``secagg`` without an audit trail, and with
-Flower's message types installed, their rounds go through the ClientApp
-handler (:func:`securefed.transport.flower_client.handle`): each site checks
+one process. Under the stacks the runtime carries (``none``, ``secagg``, ``ckks``:
+:func:`securefed.glmm_run.runtime_supports`; survival models have no DP) and without
+an audit trail, their rounds go through the site runtime's handler
+(:func:`securefed.transport.site_runtime.handle`, the ClientApp's): each site checks
 its own rows, applies its policy and computes its own vector, exactly as over
-Flower (the site calls: :mod:`securefed.transport.survival_calls`). The other
-stacks keep the direct path, as for GLMs (:func:`securefed.glmm_run.runtime_supports`).
+Flower (the site calls: :mod:`securefed.transport.survival_calls`). ``secagg,ckks``
+and audited runs keep the direct path.
 
 Before the rounds the sites' checks run once in this process, so an input
 error reads as it does on the direct path (the runtime's refusals carry a

@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from protocols.stack import PlaintextSum, SecAggSum
+from protocols.stack import CkksSum, PlaintextSum, SecAggSum
 from securefed.bfi_survival_run import SurvivalBFIOptions, run_bfi_survival
 from securefed.cox_run import CoxOptions, run_cox
 from securefed.errors import InputError
-from securefed.transport import flower_client
+from securefed.transport import site_runtime
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 GOMPERTZ = GOLDEN / "bfi_survival" / "gompertz_bfi.csv"
@@ -27,13 +27,13 @@ GOMPERTZ = GOLDEN / "bfi_survival" / "gompertz_bfi.csv"
 def handled(monkeypatch):
     """The stages the ClientApp handler served."""
     calls = []
-    real = flower_client.handle
+    real = site_runtime.handle
 
     def counting(message, context):
-        calls.append(str(message.content["securefed"]["stage"]))
+        calls.append(str(message.record["stage"]))
         return real(message, context)
 
-    monkeypatch.setattr(flower_client, "handle", counting)
+    monkeypatch.setattr(site_runtime, "handle", counting)
     return calls
 
 
@@ -41,7 +41,8 @@ def close(a, b) -> None:
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("protection", [PlaintextSum, SecAggSum], ids=["none", "secagg"])
+@pytest.mark.parametrize("protection", [PlaintextSum, SecAggSum, CkksSum],
+                         ids=["none", "secagg", "ckks"])
 @pytest.mark.parametrize("ties", ["efron", "breslow"])
 def test_cox_through_the_runtime_equals_the_direct_path(protection, ties, handled):
     frame = pd.read_csv(GOLDEN / "cox" / "veteran.csv")
@@ -59,7 +60,8 @@ def test_cox_through_the_runtime_equals_the_direct_path(protection, ties, handle
     assert runtime.rounds == direct.rounds and runtime.n_events == direct.n_events
 
 
-@pytest.mark.parametrize("protection", [PlaintextSum, SecAggSum], ids=["none", "secagg"])
+@pytest.mark.parametrize("protection", [PlaintextSum, SecAggSum, CkksSum],
+                         ids=["none", "secagg", "ckks"])
 @pytest.mark.parametrize("baseline", ["weibull", "poly", "pwexp", "unspecified"])
 def test_bfi_survival_through_the_runtime_equals_the_direct_path(protection, baseline,
                                                                  handled):
