@@ -162,9 +162,16 @@ def record_call(compute: Callable[[Any], Any], site_names: list[str] | tuple[str
     if not calls:
         raise RemoteCallError("no sites to call")
     first = calls[0].to_json()  # fails here, at the coordinator, if an argument cannot travel
-    if any(c.to_json() != first for c in calls[1:]):
+    if any(not _same_objects(c, calls[0]) and c.to_json() != first for c in calls[1:]):
         raise RemoteCallError("the compute closure asks different sites different things")
     return calls[0]
+
+
+def _same_objects(call: SiteCall, other: SiteCall) -> bool:
+    """True if both calls pass the very same argument objects (then they encode alike;
+    a closure asking every site the same thing does, and is not encoded once per site)."""
+    return call.method == other.method and call.kwargs.keys() == other.kwargs.keys() and all(
+        call.kwargs[k] is other.kwargs[k] for k in call.kwargs)
 
 
 def apply_call(site: Site, call: SiteCall) -> np.ndarray | None:
