@@ -24,6 +24,7 @@ import hmac
 import secrets
 import struct
 from collections import OrderedDict
+from functools import lru_cache
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -163,15 +164,19 @@ def round_key(
     """
     if low >= high:
         raise ValueError("round_key needs low < high")
-    info = (
+    info = _round_info(session_id, round_id, purpose) + struct.pack(">qq", low, high)
+    return hmac.digest(pair_key, info + b"\x01", "sha256")  # HKDF-Expand, one block
+
+
+@lru_cache(maxsize=256)
+def _round_info(session_id: bytes, round_id: int, purpose: str) -> bytes:
+    return (
         _DOMAIN
         + b"/round"
         + _field(session_id)
         + struct.pack(">Q", round_id)
         + _field(purpose.encode())
-        + struct.pack(">qq", low, high)
     )
-    return hkdf_expand_sha256(pair_key, info)
 
 
 def _field(value: bytes) -> bytes:

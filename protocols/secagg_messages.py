@@ -65,6 +65,11 @@ class MessageKind(enum.Enum):
     ENCRYPTED_MASKED_INPUT = 10
 
 
+_U32 = struct.Struct(">I")
+_I64 = struct.Struct(">q")
+_PAIR_HEAD = struct.Struct(">qI")
+
+
 class _Writer:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
@@ -85,18 +90,15 @@ class _Writer:
 
     def pairs(self, values: tuple[tuple[int, bytes], ...]) -> None:
         self.u32(len(values))
+        parts = self.parts
         for site, payload in values:
-            self.i64(site)
-            self.blob(payload)
+            parts.append(_PAIR_HEAD.pack(site, len(payload)))
+            parts.append(bytes(payload))
 
     def blobs(self, values: tuple[bytes, ...]) -> None:
         self.u32(len(values))
         for payload in values:
             self.blob(payload)
-
-
-_U32 = struct.Struct(">I")
-_I64 = struct.Struct(">q")
 
 
 class _Reader:
@@ -145,7 +147,19 @@ class _Reader:
         return values
 
     def pairs(self) -> tuple[tuple[int, bytes], ...]:
-        values = tuple((self.i64(), self.blob()) for _ in range(self.count()))
+        n, data, out = self.count(), self.data, []
+        pos, end = self.pos, len(self.data)
+        for _ in range(n):  # (i64 site, u32 length, payload), read in place
+            if pos + 12 > end:
+                raise InvalidMessage("message truncated")
+            site, size = _PAIR_HEAD.unpack_from(data, pos)
+            pos += 12
+            if pos + size > end:
+                raise InvalidMessage("message truncated")
+            out.append((site, bytes(data[pos : pos + size])))
+            pos += size
+        self.pos = pos
+        values = tuple(out)
         sites = [site for site, _ in values]
         if any(b <= a for a, b in zip(sites, sites[1:], strict=False)):
             raise InvalidMessage("pair list must be strictly increasing in site id")
