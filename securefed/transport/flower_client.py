@@ -368,7 +368,8 @@ def _step(stage: Stage, key: str, payload: bytes, context: Context) -> dict:
         else:
             raise ValueError(f"stage {stage.value} is not a protocol step")
     finally:
-        state["secagg_run"] = export_run(site.run)  # keys, last round, or the run's end
+        if stage in (Stage.SHARE_KEYS, Stage.UNMASK) or site.stage is SiteStage.ABORTED:
+            state["secagg_run"] = export_run(site.run)  # its keys, last round, or its end
         if site.stage in (SiteStage.DONE, SiteStage.ABORTED):
             for field in ("round", "length", "vector", "call", "secagg", "dp", "audit"):
                 if field in state:

@@ -31,7 +31,7 @@ from protocols.secagg_config import SecAggConfig
 from protocols.secagg_messages import AdvertiseKeys
 from protocols.secagg_run import SiteRun
 from protocols.secagg_site import SecAggSite, SiteStage
-from protocols.shamir import SHARE_BYTES, Share
+from protocols.shamir import PRIME, SHARE_BYTES, Share
 
 __all__ = ["CARRIED", "StateError", "export_run", "restore_run", "export_site", "restore_site"]
 
@@ -183,8 +183,11 @@ def restore_site(data: bytes, run: SiteRun, site_id: int, config: SecAggConfig,
         held, keys = {}, {}
         for v, record in records.items():
             x = struct.unpack_from(">q", record, 0)[0]
-            if x:
-                held[v] = Share.from_value_bytes(x, bytes(record[8 : 8 + SHARE_BYTES]))
+            if x:  # checked to be a field element when it arrived; checked again here
+                y = int.from_bytes(record[8 : 8 + SHARE_BYTES], "big")
+                if y >= PRIME:
+                    raise ValueError("a saved share is not a field element")
+                held[v] = Share(x, y)
             if state["keys"]:
                 keys[v] = bytes(record[8 + SHARE_BYTES :])
         site._held = held
