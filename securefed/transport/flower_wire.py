@@ -99,6 +99,10 @@ class RoundParams:
         return round_key(self.session_id, self.round_id)
 
     def to_json(self) -> str:
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> str:  # built once per instance: every message of a round needs it
         run = {} if self.run_session is None else {
             "run_session": self.run_session.hex(), "run_sites": self.run_sites,
             "setup": self.setup}
@@ -110,6 +114,12 @@ class RoundParams:
 
     @classmethod
     def from_json(cls, text: str) -> RoundParams:
+        """Parse (and check) round parameters; a text seen before is parsed once per
+        process (the result is frozen; its dicts are never changed by any caller)."""
+        return _parsed(str(text)) if cls is RoundParams else cls._parse(str(text))
+
+    @classmethod
+    def _parse(cls, text: str) -> RoundParams:
         data = json.loads(text)
         if data["layer"] not in ("secagg", "ckks", "none"):
             raise ValueError(f"unknown protection layer {data['layer']!r}")
@@ -132,6 +142,11 @@ class RoundParams:
     def config(self, vector_length: int):
         """The :class:`~protocols.secagg_config.SecAggConfig` both sides build."""
         return _config(self.to_json(), int(vector_length))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str) -> RoundParams:
+    return RoundParams._parse(text)
 
 
 @functools.lru_cache(maxsize=64)

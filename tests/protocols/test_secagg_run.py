@@ -121,6 +121,16 @@ def test_a_round_seed_serves_one_round_only():
         configs[0], key, 1, 0, "pairwise-mask")  # both ends derive the same seed
 
 
+def test_a_round_key_is_hkdf_expand_of_the_documented_info():
+    import struct
+
+    key = bytes(range(32, 64))
+    info = (b"securefed/secagg/v1/round" + struct.pack(">I", 2) + b"s1" + struct.pack(">Q", 9)
+            + struct.pack(">I", 13) + b"pairwise-mask" + struct.pack(">qq", 3, 7))
+    assert round_key(key, session_id=b"s1", round_id=9, purpose="pairwise-mask", low=3,
+                     high=7) == primitives.hkdf_expand_sha256(key, info)
+
+
 def test_hkdf_expand_matches_rfc5869_case_1():
     prk = bytes.fromhex("077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5")
     okm = bytes.fromhex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
