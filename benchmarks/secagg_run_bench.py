@@ -100,11 +100,14 @@ def main() -> None:
                 if name not in best or sum(costs) < sum(best[name]):
                     best[name] = costs
         one_round = best["per-round"][0]
+        before = best["before"][0] if "before" in best else None
         for name, costs in best.items():
             row = {"length": length, "mode": name, "first_round_s": round(costs[0], 3),
                    "later_round_s": round(float(np.mean(costs[1:])), 3),
                    "total_s": round(sum(costs), 3),
-                   "total_over_one_round": round(sum(costs) / one_round, 2)}
+                   "total_over_one_round": round(sum(costs) / one_round, 2),
+                   "total_over_one_round_before": None if before is None else round(
+                       sum(costs) / before, 2)}
             rows.append(row)
             print(row, flush=True)
     write_markdown(rows, args)
@@ -123,17 +126,29 @@ def write_markdown(rows: list[dict], args) -> None:
         f"sequential, in process), best of {args.repeat} interleaved runs. `per-run`: keys "
         "agreed in round 1 only; `per-round`: the same code with fresh keys every round; "
         "`before`: the protocol before this change (keys, s_sk and b_u shares every round). "
-        "`total_over_one_round` = total / the first per-round round.",
+        "Ratios: the rounds' total over one round of `per-round` (the current code with "
+        "fresh keys), and over one round of `before`.",
         "",
-        "| values | mode | first round s | later rounds s (mean) | 7 rounds s | "
-        "7 rounds / one round |",
-        "|---|---|---|---|---|---|",
+        "| values | mode | first round s | later rounds s (mean) | total s | "
+        "total / one per-round round | total / one round before |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['length']} | {r['mode']} | {r['first_round_s']} | "
-                     f"{r['later_round_s']} | {r['total_s']} | {r['total_over_one_round']} |")
-    ok = all(r["total_over_one_round"] <= 2 for r in rows if r["mode"] == "per-run")
-    lines += ["", f"Goal (7 rounds per run ≤ 2 × one round): {'met' if ok else 'NOT met'}."]
+                     f"{r['later_round_s']} | {r['total_s']} | {r['total_over_one_round']} | "
+                     f"{r['total_over_one_round_before']} |")
+    per_run = [r for r in rows if r["mode"] == "per-run"]
+    worst_now = max(r["total_over_one_round"] for r in per_run)
+    lines += ["", f"Goal (a {args.rounds}-round fit's protection ≤ 2 × one round's):"]
+    if all(r["total_over_one_round_before"] is not None for r in per_run):
+        worst = max(r["total_over_one_round_before"] for r in per_run)
+        lines.append(f"- against one round as it cost before this change (keys every round): "
+                     f"{'met' if worst <= 2 else 'NOT met'} ({worst:.2f}×).")
+    lines.append(f"- against one round of the current code with fresh keys: "
+                 f"{'met' if worst_now <= 2 else 'NOT met'} ({worst_now:.2f}×): the first round "
+                 "of a run costs what a per-round round costs, and each later round still "
+                 "Shamir-shares a fresh b_u to every holder, encrypts and signs (about a third "
+                 "of a first round).")
     text = "\n".join(lines) + "\n"
     path = RESULTS / "secagg.md"
     old = path.read_text() if path.exists() else "# Secure aggregation benchmark\n"
