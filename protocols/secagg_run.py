@@ -30,11 +30,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from protocols.errors import AbortError
-from protocols.primitives import AgreementKey
+from protocols.primitives import AgreementKey, derive_key, round_key
 from protocols.secagg_config import SecAggConfig
 from protocols.secagg_messages import AdvertiseKeys, Message
 
-__all__ = ["SiteRun", "ServerRun"]
+__all__ = ["SiteRun", "ServerRun", "run_pair_key", "pair_seed"]
+
+
+def run_pair_key(
+    config: SecAggConfig, secret: AgreementKey, peer_public: bytes, me: int, peer: int, purpose: str
+) -> bytes:
+    """The run's pair key: HKDF of the X25519 secret between ``me`` and ``peer``."""
+    return derive_key(
+        secret.exchange(peer_public),
+        session_id=config.run_session,
+        round_id=0,
+        purpose=f"run-{purpose}",
+        low=min(me, peer),
+        high=max(me, peer),
+    )
+
+
+def pair_seed(config: SecAggConfig, pair_key: bytes, me: int, peer: int, purpose: str) -> bytes:
+    """This round's key for one purpose, expanded from a run pair key."""
+    return round_key(
+        pair_key,
+        session_id=config.session_id,
+        round_id=config.round_id,
+        purpose=purpose,
+        low=min(me, peer),
+        high=max(me, peer),
+    )
 
 
 def _refusal(run: SiteRun | ServerRun, config: SecAggConfig) -> str | None:

@@ -41,11 +41,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from protocols.errors import AbortError, InvalidMessage, StageError
 from protocols.primitives import (
     AgreementKey,
-    derive_key,
     open_sealed,
     prg_words,
     random_seed,
-    round_key,
     seal,
     sign,
     verify,
@@ -65,7 +63,7 @@ from protocols.secagg_messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from protocols.secagg_run import SiteRun
+from protocols.secagg_run import SiteRun, pair_seed, run_pair_key
 from protocols.shamir import SHARE_BYTES, Share, split
 
 __all__ = ["SiteStage", "SecAggSite", "share_aad", "run_pair_key", "pair_seed"]
@@ -90,32 +88,6 @@ def share_aad(config: SecAggConfig, sender: int, recipient: int) -> bytes:
         + bytes([len(config.session_id)])
         + config.session_id
         + struct.pack(">Qqq", config.round_id, sender, recipient)
-    )
-
-
-def run_pair_key(
-    config: SecAggConfig, secret: AgreementKey, peer_public: bytes, me: int, peer: int, purpose: str
-) -> bytes:
-    """The run's pair key: HKDF of the X25519 secret between ``me`` and ``peer``."""
-    return derive_key(
-        secret.exchange(peer_public),
-        session_id=config.run_session,
-        round_id=0,
-        purpose=f"run-{purpose}",
-        low=min(me, peer),
-        high=max(me, peer),
-    )
-
-
-def pair_seed(config: SecAggConfig, pair_key: bytes, me: int, peer: int, purpose: str) -> bytes:
-    """This round's key for one purpose, expanded from a run pair key."""
-    return round_key(
-        pair_key,
-        session_id=config.session_id,
-        round_id=config.round_id,
-        purpose=purpose,
-        low=min(me, peer),
-        high=max(me, peer),
     )
 
 

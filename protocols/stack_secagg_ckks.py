@@ -18,7 +18,8 @@ What each party sees: the coordinator, ciphertexts and Σ y_u (never one y_u);
 the key holder, one encrypted sum and Σ y_u, which is uniformly masked by
 Σ PRG(b_u). A key holder colluding with the coordinator that decrypts one
 site's ciphertext gets y_u, still uniformly masked; to learn x_u it also
-needs b_u and s_sk_u, i.e. the SecAgg collusion threshold (t holders of u).
+needs b_u and u's pair seeds of that round, i.e. the SecAgg collusion threshold
+(``threat_model/secagg.md`` §3, §4a).
 See ``threat_model/ckks_dp.md``.
 """
 
