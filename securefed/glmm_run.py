@@ -117,12 +117,13 @@ def _check_nested(frame: pd.DataFrame, term, site_column: str) -> None:
     """Every level of the term's grouping factor lies in one site; there are two or more."""
     columns = list(term.group)
     complete = frame[columns].notna().all(axis=1)
-    groups = frame.loc[complete, columns].astype(str).agg(":".join, axis=1)
+    groups = (frame.loc[complete, columns[0]].astype(str) if len(columns) == 1 else
+              frame.loc[complete, columns].astype(str).agg(":".join, axis=1))
     sites = frame.loc[complete, site_column].astype(str)
-    per_group = sites.groupby(groups).unique()
-    split = per_group[per_group.map(len) > 1]
+    per_group = sites.groupby(groups).nunique()
+    split = per_group[per_group > 1]
     if len(split):
-        first, second = sorted(split.iloc[0])[:2]
+        first, second = sorted(sites[groups == split.index[0]].unique())[:2]
         raise InputError(f"a level of '{term.group_name}' appears in sites {first} and "
                          f"{second}: grouping factors must be nested within '{site_column}'")
     if per_group.size < 2:
@@ -213,20 +214,21 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
     warnings += [f"site {name}: {n} row(s) with missing values omitted"
                  for name, n in omitted.items()]
     source = frame.attrs.get("source")
-    if site_runtime and audit_log is None and not several and runtime_supports(protection):
-        from securefed.transport.loopback import loopback_rounds
-
-        # the sites answer through the site runtime (the ClientApp handler, their policy)
-        with loopback_rounds({s.name: s for s in sites}, protection) as rounds:
-            fit = run_glmm_remote(opts, rounds, [s.name for s in sites],
-                                  protection=protection, on_step=on_step, schema=schema,
-                                  warnings=warnings, started=started)
-        return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
                                  config=asdict(opts), protection=describe_protection(protection),
                                  keys=audit_keys)
+    if site_runtime and not several and runtime_supports(protection) and (
+            audit is None or runtime_carries_audit(protection)):
+        from securefed.transport.loopback import loopback_rounds
+
+        # the sites answer through the site runtime (its handler, their policy and logs)
+        with loopback_rounds({s.name: s for s in sites}, protection, trail=audit) as rounds:
+            fit = run_glmm_remote(opts, rounds, [s.name for s in sites],
+                                  protection=protection, on_step=on_step, audit=audit,
+                                  schema=schema, warnings=warnings, started=started)
+        return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
     if several:  # several random-effects terms: securefed.glmm_multi_run
@@ -246,21 +248,20 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
 def runtime_supports(protection: ProtectedSum) -> bool:
     """True if an in-process run with ``protection`` goes through the site runtime.
 
-    The runtime carries ``none`` and ``secagg`` (SecAgg+ included) without DP
-    and without simulated dropouts in-process; the other stacks (ckks,
-    secagg,ckks, ...,dp), simulated drops and audit trails still run in the
-    coordinator's process, and so does everything where Flower is not installed.
+    The runtime carries ``none``, ``secagg`` (SecAgg+ included), ``ckks`` (a
+    simulated key holder), ``dp`` and ``secagg,dp`` (each site noises and
+    charges its own ledger), with simulated dropouts (``--drop-sites``) and
+    audit trails (not yet for ``ckks``: :func:`runtime_carries_audit`);
+    ``secagg,ckks`` and ``ckks,dp`` still run in the coordinator's process.
+    The runtime needs no Flower (:mod:`securefed.transport.messages`).
     """
-    import importlib.util
+    return getattr(protection, "name", None) in ("none", "secagg", "ckks", "dp", "secagg,dp")
 
-    if getattr(protection, "privacy", None) is not None or getattr(protection, "drop", None):
-        return False
-    try:
-        if importlib.util.find_spec("flwr") is None:  # the runtime's messages are Flower's
-            return False
-    except (ImportError, ValueError):  # ValueError: flwr is in sys.modules as None
-        return False
-    return getattr(protection, "name", None) in ("none", "secagg")
+
+def runtime_carries_audit(protection: ProtectedSum) -> bool:
+    """True if the site runtime carries an audit trail under ``protection`` (not ``ckks``
+    yet: the trail's registry would need the key holder the simulated sites trust)."""
+    return getattr(protection, "name", None) != "ckks"
 
 
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
@@ -271,11 +272,12 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
                     started: float | None = None) -> GLMMFit:
     """Fit a GLMM over remote sites (e.g. Flower SuperNodes) through ``transport``.
 
-    The coordinator holds no rows: the public design comes from the formula
-    alone, so every fixed-effect covariate must be numeric (code a category
-    as 0/1 columns); a site whose rows do not fit the design refuses the
-    round. ``protection`` gives the layer's public parameters (the sites run
-    it). Results equal :func:`run_glmm` on the pooled rows of the same sites.
+    The coordinator holds no rows: without ``schema`` it first asks every
+    site for its variable report and agrees the factor levels from them
+    (:mod:`securefed.remote_levels`); a site whose rows do not fit the
+    agreed design refuses the round. ``protection`` gives the layer's public
+    parameters (the sites run it). Results equal :func:`run_glmm` on the
+    pooled rows of the same sites.
     ``warnings``: the run's warnings so far; ``started``: when the run began.
     """
     started = time.perf_counter() if started is None else started
@@ -284,11 +286,14 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     if len(formula.model.random) > 1 or not formula.model.random[0].correlated:
         raise InputError("several random-effects terms (or '||') are not available over a "
                          "remote transport yet")
-    schema = DesignSchema(opts.formula) if schema is None else schema
+    if schema is None:  # the factor-levels round: the sites' own reports
+        from securefed.remote_levels import remote_schema
+
+        schema = remote_schema(transport, opts.formula, site_names, audit)
     fixed_names, random_names = _public_design(schema)
     from securefed.coordinator import RemoteSite
 
-    coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
+    coordinator = Coordinator([RemoteSite(n) for n in site_names], protection,
                               audit=audit, transport=transport)
     try:
         return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
@@ -541,4 +546,5 @@ def _make_fit(opts, est: GLMMEstimate, family, n_obs, n_groups, n_sites, coordin
         message=est.message, warnings=tuple(warnings), dropped_columns=dropped_cols,
         dropped_sites=tuple(coordinator.dropped),
         bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra,
+        n_sites_counted=coordinator.counted_sites(),
     )

@@ -159,9 +159,9 @@ def record_call(compute: Callable[[Any], Any], site_names: list[str] | tuple[str
         calls.append(call)
     if not calls:
         raise RemoteCallError("no sites to call")
-    if any(c != calls[0] for c in calls[1:]):
+    first = calls[0].to_json()  # fails here, at the coordinator, if an argument cannot travel
+    if any(c.to_json() != first for c in calls[1:]):
         raise RemoteCallError("the compute closure asks different sites different things")
-    calls[0].to_json()  # fail here, at the coordinator, if an argument cannot travel
     return calls[0]
 
 
@@ -189,8 +189,11 @@ def _design_from_fields(fields: dict[str, Any]) -> GLMMSiteDesign:
 
 
 def _schema_from_fields(fields: dict[str, Any]) -> DesignSchema:
+    from core_stats.formula.levels import check_agreed_levels
+
     schema = DesignSchema.from_fields(fields)
     schema.parsed  # noqa: B018 - read the formula now: a formula that is not data is refused
+    check_agreed_levels(schema.factors)  # nor levels reordered to move a reference level
     return schema
 
 

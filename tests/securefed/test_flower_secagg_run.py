@@ -15,7 +15,8 @@ from test_flower_engine import SITES, engine_for, expected_summary
 from protocols.stack import SecAggSum
 from securefed.site import Site
 from securefed.transport.calls import record_call
-from securefed.transport.flower_client import _secagg_run
+from securefed.transport.messages import NodeContext
+from securefed.transport.site_runtime import _secagg_run
 from securefed.transport.flower_server import SiteRefused
 from securefed.transport.flower_wire import RoundParams, Stage
 
@@ -68,19 +69,13 @@ def _params(**change) -> RoundParams:
 
 
 def test_a_site_refuses_to_set_up_a_run_twice_or_to_join_an_unknown_one(world):
-    context = next(iter(world.grid.contexts.values()))
-    context.state.config_records["securefed"] = _record()
+    config = next(iter(world.grid.contexts.values())).node_config
+    context = NodeContext(config, {"setup": [""]})
     _secagg_run(_params(), context)
     with pytest.raises(ValueError, match="set up"):
         _secagg_run(_params(), context)
     with pytest.raises(ValueError, match="no secure-aggregation run"):
         _secagg_run(_params(run_session=b"x" * 16, setup=False), context)
-
-
-def _record():
-    from flwr.app import ConfigRecord
-
-    return ConfigRecord({"setup": [""]})
 
 
 def test_round_parameters_carry_the_run_and_refuse_a_site_outside_it():
