@@ -15,10 +15,10 @@ from test_flower_engine import SITES, engine_for, expected_summary
 from protocols.stack import SecAggSum
 from securefed.site import Site
 from securefed.transport.calls import record_call
-from securefed.transport.messages import NodeContext
-from securefed.transport.site_runtime import _secagg_run
 from securefed.transport.flower_server import SiteRefused
 from securefed.transport.flower_wire import RoundParams, Stage
+from securefed.transport.messages import NodeContext
+from securefed.transport.site_runtime import _secagg_run
 
 world = loopback.world  # the four sites A-D and the coordinator, over a loopback grid
 CALL = record_call(lambda s: s.design_summary_vector(), SITES)
