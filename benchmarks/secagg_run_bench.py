@@ -153,7 +153,8 @@ def write_markdown(rows: list[dict], args) -> None:
     path = RESULTS / "secagg.md"
     old = path.read_text() if path.exists() else "# Secure aggregation benchmark\n"
     head = old.split("\n## Per run:")[0].rstrip("\n") + "\n"
-    path.write_text(head + text)
+    tail = old.split("\n## Whole process")[1] if "\n## Whole process" in old else None
+    path.write_text(head + text + ("" if tail is None else "\n## Whole process" + tail))
     print(text)
 
 
