@@ -143,6 +143,10 @@ class FlowerEngine:
         self._protection = protection
         self._layer = layer
         self._session = secrets.token_bytes(16)
+        self._runs = 0  # secure-aggregation runs begun (one key agreement each)
+        self._run = None  # the current run: protocols.secagg_run.ServerRun
+        self._run_session = b""
+        self._run_sites: dict[str, int] = {}
         self.timeouts = timeouts
         self.observer = observer
         self._setup: list[str] = []
@@ -233,6 +237,9 @@ class FlowerEngine:
         names = sorted(site_names)
         self.current_round = round_id
         self._masked = {}
+        gone: tuple[str, ...] = ()
+        if self._layer == "secagg":
+            names, gone = self._join_run(round_id, names)
         params = self._params(round_id, purpose, names)
         request = {"round": params.to_json(), "call": call.to_json()}
         if self._setup:
@@ -264,6 +271,10 @@ class FlowerEngine:
             if audit is not None:
                 err.released = (length, self._releases(opened, dp))  # type: ignore[attr-defined]
             raise
+        if gone:  # left the run earlier: never asked again, and not counted
+            result = AggregateResult(result.total, result.contributors,
+                                     tuple(sorted({*result.dropped, *gone})),
+                                     result.bytes_sent_per_site, result.details)
         reasons = {**opened.rejected, **result.details.get("dropout_reasons", {})}
         if reasons:
             result.details["dropout_reasons"] = dict(sorted(reasons.items()))
@@ -356,6 +367,24 @@ class FlowerEngine:
                              "nothing is released")
         return length
 
+    def _join_run(self, round_id: int, names: list[str]) -> tuple[list[str], tuple[str, ...]]:
+        """The round's sites in the current secure-aggregation run, and those that left it.
+
+        A run begins with the first round (or when round ids start again, or
+        the last run ended); its keys serve every later round. A site that did
+        not complete the run's previous round is not asked again in that run.
+        """
+        run = self._run
+        if run is None or run.closed or run.last_round is None or round_id <= run.last_round:
+            self._runs += 1
+            self._run = None
+            self._run_session = hashlib.sha256(
+                self._session + b"/run/" + self._runs.to_bytes(8, "big")).digest()[:16]
+            self._run_sites = {n: self._ids[n] for n in names if n in self._ids}
+            return names, ()
+        eligible = {n for n, uid in self._run_sites.items() if uid in run.eligible}
+        return [n for n in names if n in eligible], tuple(n for n in names if n not in eligible)
+
     def _params(self, round_id: int, purpose: str, names: list[str]) -> RoundParams:
         unknown = [n for n in names if n not in self._ids]
         if unknown:
@@ -363,13 +392,19 @@ class FlowerEngine:
         if self.key_holder in names:
             raise ValueError(f"{self.key_holder!r} is the key holder, not a site")
         protection = self._protection
-        session = hashlib.sha256(self._session + purpose.encode()).digest()[:16]
+        run = {}
+        if self._layer == "secagg":
+            run = {"run_session": self._run_session, "run_sites": dict(self._run_sites),
+                   "setup": self._run is None}
+            session = hashlib.sha256(self._run_session + purpose.encode()).digest()[:16]
+        else:
+            session = hashlib.sha256(self._session + purpose.encode()).digest()[:16]
         return RoundParams(self._layer, session, round_id, purpose,
                            {n: self._ids[n] for n in names},
                            float(getattr(protection, "bound", 0.0)),
                            getattr(protection, "threshold", None),
                            getattr(protection, "neighbours", None),
-                           int(getattr(protection, "min_contributors", 1)))
+                           int(getattr(protection, "min_contributors", 1)), **run)
 
     def _plain_sum(self, names: list[str], opened: _Exchange) -> AggregateResult:
         from protocols.stack import PlaintextSum
@@ -387,13 +422,15 @@ class FlowerEngine:
         rejected: dict[str, str] = {}
         roster = {uid: public_key_from_hex(self._registry.public_key_hex(n))
                   for n, uid in params.sites.items()}
-        server = SecAggServer(params.config(length), self._identity, roster)
+        server = SecAggServer(params.config(length), self._identity, roster, run=self._run)
+        self._run = server.run  # the run's keys and who may take part next
         by_id = {uid: n for n, uid in params.sites.items()}
         sent = dict.fromkeys(names, 0)
         seconds = 0.0
         replies = opened.replies
-        for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK,
-                      None):
+        # a run's first round opens with the keys; later rounds with this round's shares
+        first = (Stage.SHARE_KEYS,) if params.setup else ()
+        for stage in (*first, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK, None):
             started = time.perf_counter()
             for name, reply in sorted(replies.items()):
                 payload = byte_field(reply, "payload")

@@ -40,8 +40,8 @@ key holder's stages (optional ``ckks-ledger``, ``ckks-min-contributors``).
 Flower starts a fresh process for every message, so everything that must last
 between messages is kept in :attr:`NodeContext.state` (over Flower, a record of
 ``Context.state``, held by the site's own SuperNode): the setup calls to replay
-on the freshly loaded ``Site``, and the current round's secure-aggregation
-state (:mod:`securefed.transport.secagg_state`).
+on the freshly loaded ``Site``, the secure-aggregation run (its pair keys, agreed
+once per run) and the current round's state (:mod:`securefed.transport.secagg_state`).
 Vectors are produced only by :func:`securefed.transport.release.release`.
 """
 
@@ -296,7 +296,7 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: NodeCo
     from protocols.secagg_site import SecAggSite
     from securefed.transport.calls import SiteCall
     from securefed.transport.release import local_release, protect, protect_local, release
-    from securefed.transport.secagg_state import export_site
+    from securefed.transport.secagg_state import export_run, export_site
 
     name = _node(context, "site-name")
     _check_registry(context, audit)
@@ -335,10 +335,13 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: NodeCo
         return {**encrypt_for_round(params, public, vector, name, private),
                 **_log_release(context, vector, params, audit, dp)}
     private, roster, server_key = _keys(params, context)
+    run = _secagg_run(params, context)
     site = SecAggSite(params.sites[name], params.config(released_length), private, roster,
-                      server_key)
-    advert = site.advertise_keys()
+                      server_key, run=run)
+    # a run's first round advertises its keys; a later one shares this round's b_u at once
+    advert = site.advertise_keys() if params.setup else site.share_keys()
     state = _state(context)
+    state["secagg_run"] = export_run(site.run)
     state["round"] = params.to_json()
     state["length"] = released_length
     state["vector"] = vector.astype("<f8").tobytes()  # under a local query: what is noised
@@ -349,6 +352,29 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: NodeCo
     # under DP the vector that leaves is the noisy one: it is logged when masked
     logged = {} if dp.query is not None else _log_release(context, vector, params, audit, dp)
     return {"length": released_length, "payload": advert, **dp.receipt, **logged}
+
+
+def _secagg_run(params: RoundParams, context: NodeContext):
+    """The run this round belongs to: a new one in a run's first round, else the one
+    this site agreed to (refused if it has none of that id: a site never joins late)."""
+    from protocols.secagg_run import SiteRun
+    from securefed.transport.secagg_state import restore_run
+
+    state = _state(context)
+    name = _node(context, "site-name")
+    session = (params.run_session or params.session_id).hex()
+    used = [str(t) for t in state["secagg_runs"]] if "secagg_runs" in state else []
+    if params.setup or params.run_session is None:
+        if session in used:
+            raise ValueError("this secure-aggregation run was set up at this site before")
+        state["secagg_runs"] = [*used[-63:], session]
+        return SiteRun.for_config(params.sites[name], params.config(1))
+    if "secagg_run" not in state:
+        raise ValueError("no secure-aggregation run of this id at this site")
+    run = restore_run(bytes(state["secagg_run"]))
+    if run.run_session.hex() != session:
+        raise ValueError("no secure-aggregation run of this id at this site")
+    return run
 
 
 def _noisy_release(vector: np.ndarray, dp, call_text: str, params: RoundParams) -> np.ndarray:
@@ -368,14 +394,15 @@ def _noisy_release(vector: np.ndarray, dp, call_text: str, params: RoundParams) 
 
 def _step(stage: Stage, key: str, payload: bytes, context: NodeContext) -> dict:
     from protocols.secagg_site import SiteStage
-    from securefed.transport.secagg_state import export_site, restore_site
+    from securefed.transport.secagg_state import export_run, export_site, restore_run, restore_site
 
     state = _state(context)
     if "round" not in state or RoundParams.from_json(str(state["round"])).key != key:
         raise ValueError(f"no open round {key} at this site")
     params = RoundParams.from_json(str(state["round"]))
     private, roster, server_key = _keys(params, context)
-    site = restore_site(bytes(state["secagg"]), params.sites[_node(context, "site-name")],
+    site = restore_site(bytes(state["secagg"]), restore_run(bytes(state["secagg_run"])),
+                        params.sites[_node(context, "site-name")],
                         params.config(int(state["length"])), private, roster, server_key)
     logged: dict = {}
     try:
@@ -399,6 +426,8 @@ def _step(stage: Stage, key: str, payload: bytes, context: NodeContext) -> dict:
         else:
             raise ValueError(f"stage {stage.value} is not a protocol step")
     finally:
+        if stage in (Stage.SHARE_KEYS, Stage.UNMASK) or site.stage is SiteStage.ABORTED:
+            state["secagg_run"] = export_run(site.run)  # its keys, last round, or its end
         if site.stage in (SiteStage.DONE, SiteStage.ABORTED):
             for field in ("round", "length", "vector", "call", "secagg", "dp", "audit"):
                 if field in state:
