@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -59,3 +60,18 @@ def test_uncorrelated_bars_are_named_as_lme4_prints_them():
     assert fit.converged
     assert [(r.group, r.term) for r in fit.random_effects] == [
         ("schoolid", "(Intercept)"), ("schoolid.1", "year"), ("Residual", "")]
+
+
+@pytest.mark.parametrize("protect", ["ckks", "secagg,ckks"])
+def test_nested_terms_under_ckks_equal_plaintext(protect):
+    from securefed.protection import ProtectionOptions, build_protection
+
+    spec, frame = _spec("grouseticks")
+    opts = GLMMOptions(spec["formula"], spec["family"], spec["site_column"])
+    plain = run_glmm(frame, opts)
+    sites = sorted(frame[spec["site_column"]].astype(str).unique())
+    fit = run_glmm(frame, opts, protection=build_protection(ProtectionOptions(protect=protect),
+                                                            sites))
+    assert fit.protection == protect and fit.converged
+    assert np.allclose(fit.theta, plain.theta, atol=1e-8, rtol=0)  # as the single-term tests
+    assert fit.loglik == pytest.approx(plain.loglik, abs=1e-8)
