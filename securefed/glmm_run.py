@@ -213,7 +213,7 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
     warnings += [f"site {name}: {n} row(s) with missing values omitted"
                  for name, n in omitted.items()]
     source = frame.attrs.get("source")
-    if site_runtime and audit_log is None and not several and runtime_supports(protection):
+    if site_runtime and audit_log is None and runtime_supports(protection):
         from securefed.transport.loopback import loopback_rounds
 
         # the sites answer through the site runtime (the ClientApp handler, their policy)
@@ -281,21 +281,36 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     started = time.perf_counter() if started is None else started
     _check_options(opts)
     formula, family = _parse_model(opts)
-    if len(formula.model.random) > 1 or not formula.model.random[0].correlated:
-        raise InputError("several random-effects terms (or '||') are not available over a "
-                         "remote transport yet")
+    several = len(formula.model.random) > 1 or not formula.model.random[0].correlated
     schema = DesignSchema(opts.formula) if schema is None else schema
-    fixed_names, random_names = _public_design(schema)
+    fixed_names, random_names = _public_design(schema) if not several else (
+        _public_fixed(schema), ())
     from securefed.coordinator import RemoteSite
 
     coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
                               audit=audit, transport=transport)
     try:
+        if several:  # several random-effects terms: securefed.glmm_multi_run
+            from securefed.glmm_multi_run import fit_multi
+
+            design = GLMMSiteDesign(schema, family, 1, opts.na_action, opts.weights)
+            fit = fit_multi(coordinator, opts, family, design, fixed_names,
+                            list(warnings or []), started, on_step, _weighted(opts, formula))
+            coordinator.finish_audit(fit.to_dict(), "glmm")
+            return fit
         return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
                     on_step, started, list(warnings or []))
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
+
+
+def _public_fixed(schema: DesignSchema) -> tuple[str, ...]:
+    """Fixed-effect column names, from the schema alone."""
+    try:
+        return fixed_column_names(schema)
+    except DesignError as err:
+        raise InputError(str(err)) from None
 
 
 def _public_design(schema: DesignSchema) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -154,6 +154,9 @@ def loopback_rounds(sites: Mapping[str, Site], protection: Any,
         parties = [Identity.generate(COORDINATOR), *(Identity.generate(n) for n in sites)]
         registry = Registry.of(*parties)
         registry.save(root / "registry.json")
+        from securefed.level_sketch import LEVEL_KEY, new_level_key
+
+        level_key = new_level_key(root / "level.key")  # the sites' key, not the engine's
         configs = {}
         for party in parties[1:]:
             name = party.name
@@ -168,7 +171,7 @@ def loopback_rounds(sites: Mapping[str, Site], protection: Any,
                              "identity-key": str(root / f"{name}.key"),
                              "registry": str(root / "registry.json"),
                              "policy": str(root / name / "policy.toml"),
-                             "record-durable": "false"}
+                             "record-durable": "false", LEVEL_KEY: str(level_key)}
         grid = LoopbackGrid(configs)
         key = Ed25519PrivateKey.from_private_bytes(parties[0].export_private_key_raw())
         engine = FlowerEngine(grid, key, registry, protection, StageTimeouts(60.0, 60.0, 0.0))

@@ -1,0 +1,159 @@
+"""Several random-effects terms through the site runtime (the ClientApp handler) and over
+an in-memory Flower grid: equal to the direct in-process fit, under each site's policy
+bounds on every term's parameters, with the level check made by the sites."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flwr.supercore.task_identity import TaskIdentity
+
+from core_stats.glmm import ParameterLayout
+from core_stats.glmm_multi import MultiLayout
+from protocols.errors import ProtocolError
+from protocols.stack import PlaintextSum, SecAggSum
+from securefed.errors import InputError
+from securefed.glmm_run import GLMMOptions, run_glmm, run_glmm_remote
+from securefed.keys import Identity, Registry
+from securefed.level_sketch import new_level_key
+from securefed.policy.enforce import admit_call
+from securefed.policy.model import SitePolicy
+from securefed.policy.refusal import PolicyRefused
+from securefed.transport.calls import SiteCall
+from securefed.transport.flower_rounds import FlowerRounds
+from securefed.transport.flower_server import FlowerEngine, StageTimeouts
+from securefed.transport.loopback import LoopbackGrid, loopback_rounds, policy_from_flags
+
+GOLDEN = Path(__file__).parents[1] / "golden" / "glmm_multi"
+
+
+def _spec(name: str):
+    spec = json.loads((GOLDEN / f"{name}.json").read_text())
+    frame = pd.read_csv(GOLDEN / spec["dataset_path"])
+    return GLMMOptions(spec["formula"], spec["family"], spec["site_column"]), frame
+
+
+def _same(fit, reference, atol=1e-10):
+    np.testing.assert_allclose(fit.theta, reference.theta, rtol=0, atol=atol)
+    np.testing.assert_allclose(fit.covariance, reference.covariance, rtol=0, atol=atol)
+    assert fit.loglik == pytest.approx(reference.loglik, abs=atol)
+    assert (fit.n_obs, fit.n_groups, fit.n_sites) == (reference.n_obs, reference.n_groups,
+                                                      reference.n_sites)
+    assert fit.extra["n_groups_by_factor"] == reference.extra["n_groups_by_factor"]
+
+
+@pytest.mark.parametrize(("name", "protection"), [("grouseticks", SecAggSum()),
+                                                  ("guImmun", PlaintextSum())])
+def test_the_site_runtime_equals_the_direct_path(name, protection):
+    opts, frame = _spec(name)
+    direct = run_glmm(frame, opts, protection=protection, site_runtime=False)
+    runtime = run_glmm(frame, opts, protection=protection)
+    _same(runtime, direct)
+    assert runtime.rounds > direct.rounds  # + the sites' level check
+
+
+def _grid(frame, tmp_path, site_column, level_key=True, policy: SitePolicy | None = None):
+    """Sites as a deployment has them: a CSV, a key, a registry, a policy file, a level key."""
+    from securefed.policy.model import policy_text
+
+    names = sorted(frame[site_column].astype(str).unique())
+    parties = [Identity.generate("coordinator"), *(Identity.generate(n) for n in names)]
+    registry = Registry.of(*parties)
+    registry.save(tmp_path / "registry.json")
+    key_path = new_level_key(tmp_path / "level.key")
+    policy = policy or policy_from_flags(SecAggSum())
+    configs = {}
+    for party in parties[1:]:
+        name = party.name
+        party.save_private_key(tmp_path / f"{name}.key")
+        frame[frame[site_column].astype(str) == name].to_csv(tmp_path / f"{name}.csv",
+                                                            index=False)
+        (tmp_path / f"{name}.toml").write_text(policy_text(policy.with_record_dir(
+            tmp_path / f"releases-{name}")))
+        configs[name] = {"site-name": name, "data-path": str(tmp_path / f"{name}.csv"),
+                         "identity-key": str(tmp_path / f"{name}.key"),
+                         "registry": str(tmp_path / "registry.json"),
+                         "policy": str(tmp_path / f"{name}.toml")}
+        if level_key:
+            configs[name]["level-key"] = str(key_path)
+    key = Ed25519PrivateKey.from_private_bytes(parties[0].export_private_key_raw())
+    engine = FlowerEngine(LoopbackGrid(configs), key, registry, SecAggSum(),
+                          StageTimeouts(stage=30.0, grace=1.0, poll=0.0))
+    return FlowerRounds(engine), names
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    for attr in ("_run_id", "_node_id", "_task_id"):  # Flower sets these in a ServerApp
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+def test_over_the_grid_sites_read_their_own_files_and_equal_in_process(tmp_path,
+                                                                       task_identity):
+    opts, frame = _spec("grouseticks")
+    direct = run_glmm(frame, opts, protection=SecAggSum(), site_runtime=False)
+    rounds, names = _grid(frame, tmp_path, opts.site_column)
+    remote = run_glmm_remote(opts, rounds, names, protection=SecAggSum())
+    _same(remote, direct)
+    assert [r.group for r in remote.random_effects] == ["BROOD:LOCATION", "LOCATION"]
+
+
+def test_a_level_in_two_sites_is_found_by_the_sites(tmp_path, task_identity):
+    opts, frame = _spec("grouseticks")
+    sites = frame[opts.site_column].astype(str)
+    first, second = sorted(sites.unique())[:2]
+    moved = frame.copy()
+    row = int(np.flatnonzero(sites == second)[0])
+    moved.loc[row, "LOCATION"] = frame.loc[sites == first, "LOCATION"].iloc[0]
+    rounds, names = _grid(moved, tmp_path, opts.site_column)
+    with pytest.raises(InputError, match="a level of 'LOCATION' appears in two or more sites"):
+        run_glmm_remote(opts, rounds, names, protection=SecAggSum())
+
+
+def test_a_site_without_the_level_key_cannot_check_and_refuses(tmp_path, task_identity):
+    opts, frame = _spec("grouseticks")
+    rounds, names = _grid(frame, tmp_path, opts.site_column, level_key=False)
+    with pytest.raises(ProtocolError, match="rows cannot give"):
+        run_glmm_remote(opts, rounds, names, protection=SecAggSum())
+
+
+def _call(theta):
+    term = ParameterLayout((), ("(Intercept)", "x"), "g", has_dispersion=False)
+    scalar = ParameterLayout((), ("(Intercept)",), "h", has_dispersion=False)
+    layout = MultiLayout(("(Intercept)",), (scalar, term), has_dispersion=True)
+    return SiteCall("multi_terms_vector", {"layout": layout, "theta": np.asarray(theta, float),
+                                           "derivatives": True})
+
+
+@pytest.mark.parametrize(("theta", "admitted"), [
+    ([0.5, -1.0, 0.2, 0.1, -0.3, 0.0], True),
+    ([0.5, -30.0, 0.2, 0.1, -0.3, 0.0], False),  # the first term's log-SD below log_sd_min
+    ([0.5, -1.0, 0.2, 0.1, 13.0, 0.0], False),  # the second term's slope log-SD
+    ([0.5, -1.0, 0.2, 1e6, -0.3, 0.0], False),  # its correlation entry
+    ([0.5, -1.0, 0.2, 0.1, -0.3, 13.0], False),  # the residual log-SD
+    ([500.0, -1.0, 0.2, 0.1, -0.3, 0.0], False),  # |beta|
+])
+def test_the_policy_bounds_every_terms_parameters(theta, admitted):
+    policy = SitePolicy.default()
+    if admitted:
+        assert admit_call(policy, _call(theta), []) is None  # no design: not counted
+    else:
+        with pytest.raises(PolicyRefused, match="outside this site's public bounds"):
+            admit_call(policy, _call(theta), [])
+
+
+def test_the_policy_counts_and_caps_the_rounds_of_several_terms():
+    opts, frame = _spec("grouseticks")
+    sites = {str(n): part for n, part in frame.groupby(opts.site_column)}
+    from securefed.site import Site
+
+    policy = replace(policy_from_flags(SecAggSum()), max_rounds=5)
+    with loopback_rounds({n: Site(n, p) for n, p in sites.items()}, SecAggSum(),
+                         policy) as rounds, pytest.raises(ProtocolError, match="as many"):
+        run_glmm_remote(opts, rounds, list(sites), protection=SecAggSum())
