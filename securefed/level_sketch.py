@@ -175,3 +175,12 @@ def checked_terms(groups: tuple[tuple[str, ...], ...]) -> tuple[int, ...]:
         seen.add(cols)
         out.append(t)
     return tuple(out)
+
+
+if __name__ == "__main__":  # python -m securefed.level_sketch PATH: a new level key
+    import sys
+
+    if len(sys.argv) != 2 or Path(sys.argv[1]).exists():
+        sys.exit("usage: python -m securefed.level_sketch PATH (a new file: the sites' "
+                 "level key)")
+    print(new_level_key(sys.argv[1]))
