@@ -93,8 +93,8 @@ def start_point(layout: ParameterLayout, family: Family, summary: np.ndarray,
     xtx = positive_definite(from_upper_triangle(summary[3 + p:3 + p + p * (p + 1) // 2], p),
                             noise_floor(summary_sd, p))
     n_groups = max(float(summary[-1]), 1.0)
-    theta = _starting_values(layout)(layout, family, n_obs, float(summary[1]),
-                                     float(summary[2]), xty, xtx)
+    theta = starting_values(layout, family, n_obs, float(summary[1]), float(summary[2]),
+                            xty, xtx)
     theta[layout.beta] = np.clip(theta[layout.beta], -MAX_START, MAX_START)
     try:
         beta = np.linalg.solve(xtx, xty)
@@ -122,26 +122,11 @@ def newton_update(layout: ParameterLayout, theta: np.ndarray, gradient: np.ndarr
 def keep_inside(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
     """Log-Cholesky diagonals stay above ``MIN_LOG_SD`` (AGQ needs a positive SD)."""
     out = theta.copy()
-    for index in _log_sd_indices(layout):
-        out[index] = max(out[index], MIN_LOG_SD)
+    start = layout.cov.start
+    for k, (r, c) in enumerate(layout.cholesky_entries()):
+        if r == c:
+            out[start + k] = max(out[start + k], MIN_LOG_SD)
     return out
-
-
-def _starting_values(layout):
-    """The plaintext fit's start values for this layout (one term or several)."""
-    if hasattr(layout, "terms"):  # a MultiLayout
-        from core_stats.glmm_multi_fit import multi_starting_values
-
-        return multi_starting_values
-    return starting_values
-
-
-def _log_sd_indices(layout) -> list[int]:
-    """Where ``theta`` holds a log-Cholesky diagonal (every term's)."""
-    blocks = ([(term, layout.term_slice(t).start) for t, term in enumerate(layout.terms)]
-              if hasattr(layout, "terms") else [(layout, layout.cov.start)])
-    return [start + k for term, start in blocks if term.random_effects
-            for k, (r, c) in enumerate(term.cholesky_entries()) if r == c]
 
 
 def _information(released: np.ndarray, damped: np.ndarray) -> np.ndarray:

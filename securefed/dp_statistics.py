@@ -47,7 +47,7 @@ from securefed.vectors import from_upper_triangle, upper_triangle
 
 __all__ = ["positive_definite", "noise_floor", "clip_records", "summary_vector",
            "summary_sensitivity", "summary_query", "summary_length", "group_clip_units",
-           "clipped_terms_vector", "clipped_sum", "terms_query", "standardize_vector",
+           "clipped_terms_vector", "terms_query", "standardize_vector",
            "standardize_sensitivity", "local_fit_from_stats"]
 
 
@@ -143,18 +143,10 @@ def clipped_terms_vector(rows: GroupedRows, family: Family, layout: ParameterLay
     """
     terms = site_terms(rows, family, layout, theta, nagq=nagq, start_modes=start_modes,
                        derivatives=True, per_group=True)
-    return clipped_sum(terms.group_gradients, terms.group_hessians, units, hessian), terms.modes
-
-
-def clipped_sum(gradients: np.ndarray, hessians: np.ndarray, units: tuple[int, int],
-                hessian: bool = True) -> np.ndarray:
-    """``[Σ_g g_g, upper(Σ_g H_g)]`` with each unit's ``[g_g / C_g, upper(H_g) / C_H]``
-    scaled to L2 norm ≤ 1 (``gradients``: units x P, ``hessians``: units x P x P)."""
-    P = gradients.shape[1]
-    iu = np.triu_indices(P)
-    grads = np.ldexp(gradients, -units[0])
+    iu = np.triu_indices(layout.size)
+    grads = np.ldexp(terms.group_gradients, -units[0])
     if hessian:
-        hess = np.ldexp(hessians[:, iu[0], iu[1]], -units[1])
+        hess = np.ldexp(terms.group_hessians[:, iu[0], iu[1]], -units[1])
         scaled = np.concatenate([grads, hess], axis=1)
     else:
         scaled = grads
@@ -162,8 +154,10 @@ def clipped_sum(gradients: np.ndarray, hessians: np.ndarray, units: tuple[int, i
     over = norms > 1.0
     scaled *= np.where(over, 1.0 / np.where(over, norms, 1.0), 1.0)[:, None]
     total = scaled.sum(axis=0)
+    P = layout.size
+    vector = np.concatenate([np.ldexp(total[:P], units[0]), np.ldexp(total[P:], units[1])])
     # (with hessian=False, total[P:] is empty)
-    return np.concatenate([np.ldexp(total[:P], units[0]), np.ldexp(total[P:], units[1])])
+    return vector, terms.modes
 
 
 def terms_query(purpose: str, layout: ParameterLayout, units: tuple[int, int],

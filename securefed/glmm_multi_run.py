@@ -40,6 +40,10 @@ def check_multi_options(opts, coordinator) -> None:
     if opts.lambda_grid:
         raise InputError("--lambda-grid with several random-effects terms is not supported "
                          "yet: give --lambda")
+    if coordinator.privacy is not None:  # why: docs/privacy.md, "Several random-effects terms"
+        raise InputError("several random-effects terms under differential privacy are refused: "
+                         "the DP standard errors would ignore the clustering (see "
+                         "docs/privacy.md); fit them without --epsilon")
 
 
 def public_terms(schema: DesignSchema
@@ -64,19 +68,7 @@ def fit_multi(coordinator, opts, family, design, fixed_names, started_warnings,
 
     check_multi_options(opts, coordinator)
     template, groups_of = public_terms(design.schema)
-    if coordinator.privacy is not None:
-        from securefed.dp_multi import check_dp_multi
-
-        check_dp_multi(groups_of, coordinator, bool(design.schema.parsed.offsets), weighted,
-                       family, opts)
     coordinator.setup(lambda s: s.prepare_glmm_multi(design))
-    layout = MultiLayout(tuple(fixed_names), tuple(term_layout(t) for t in template),
-                         family.has_dispersion)
-    if coordinator.privacy is not None:  # no exact release: no counts, no checks of sums
-        from securefed.level_sketch import checked_terms
-
-        top = template[checked_terms(groups_of)[0]].name  # the one top-level factor
-        return _fit_multi_dp(coordinator, opts, family, layout, top, on_step, started_at)
     counts = coordinator.secure_sum("glmm-multi-counts", lambda s: s.multi_counts_vector())
     check_two_levels(template, counts)
     if coordinator.transport is not None:  # nobody here holds the rows: the sites check
@@ -84,6 +76,8 @@ def fit_multi(coordinator, opts, family, design, fixed_names, started_warnings,
     summary = coordinator.secure_sum("design-summary", lambda s: s.design_summary_vector())
     reference = check_design_summary(summary, coordinator, family=family,
                                      fixed_names=fixed_names, weighted=weighted)
+    layout = MultiLayout(tuple(fixed_names), tuple(term_layout(t) for t in template),
+                         family.has_dispersion)
     n, sum_y, sum_y2 = (float(v) for v in summary[:3])
     start = multi_starting_values(layout, family, n, sum_y, sum_y2, reference.xty,
                                   reference.xtx)
@@ -110,29 +104,6 @@ def fit_multi(coordinator, opts, family, design, fixed_names, started_warnings,
     extra = {"timings": coordinator.timings(seconds), "n_groups_by_factor": groups}
     return _result(opts, estimate, family, n_obs, groups, len(live), coordinator, warnings,
                    extra, seconds)
-
-
-def _fit_multi_dp(coordinator, opts, family, layout: MultiLayout, top: str, on_step,
-                  started_at: float) -> GLMMFit:
-    """The budgeted DP fit (:mod:`securefed.glmm_dp`, bounds in :mod:`securefed.dp_multi`)."""
-    import time
-    from dataclasses import replace
-
-    from securefed.glmm_dp import fit_glmm_dp
-
-    result = fit_glmm_dp(coordinator, layout, family, coordinator.privacy.options, on_step)
-    warnings = []  # not the plaintext warnings: they name exact site sizes, which DP hides
-    if coordinator.dropped:
-        warnings.append("site(s) dropped out and were excluded from the fit: "
-                        + ", ".join(coordinator.dropped))
-    seconds = time.perf_counter() - started_at
-    groups = {top: int(round(result.n_groups))}  # noisy: the top-level units only
-    privacy = {**coordinator.privacy.report(), "inference": result.report()}
-    extra = {"timings": coordinator.timings(seconds), "privacy": privacy,
-             "n_groups_by_factor": groups}
-    fit = _result(opts, result.estimate, family, int(round(result.n_obs)), groups,
-                  len(coordinator.live_sites), coordinator, warnings, extra, seconds)
-    return replace(fit, counts_noisy=True)
 
 
 def _result(opts, est: GLMMEstimate, family, n_obs: int, groups: dict[str, int], n_sites: int,

@@ -246,10 +246,6 @@ class Site:
         """The design summary over clipped records, plus their count (see dp_statistics)."""
         from securefed.dp_statistics import summary_vector
 
-        if self._multi is not None:  # several terms: one group is one top-level block
-            rows = self._multi
-            return summary_vector(rows.X, rows.y, clip, outcome_bound,
-                                  self._design.family.name, rows.n_blocks)
         rows = self._require_rows()
         return summary_vector(rows.X, rows.y, clip, outcome_bound, self._design.family.name,
                               rows.n_groups)
@@ -259,13 +255,6 @@ class Site:
         """``[gradient, upper(Hessian)]`` (or the gradient) with each group's part clipped."""
         from securefed.dp_statistics import clipped_terms_vector
 
-        if self._multi is not None:  # several terms: each top-level block clipped
-            from securefed.dp_multi import clipped_multi_terms_vector
-
-            vector, self._modes[("dp-multi", layout)] = clipped_multi_terms_vector(
-                self._multi, self._design.family, layout, theta, units,
-                self._modes.get(("dp-multi", layout)), hessian)
-            return vector
         rows = self._require_rows()
         key = (layout.random_effects, layout.q)
         vector, modes = clipped_terms_vector(rows, self._design.family, layout, theta,

@@ -75,3 +75,15 @@ def test_nested_terms_under_ckks_equal_plaintext(protect):
     assert fit.protection == protect and fit.converged
     assert np.allclose(fit.theta, plain.theta, atol=1e-8, rtol=0)  # as the single-term tests
     assert fit.loglik == pytest.approx(plain.loglik, abs=1e-8)
+
+
+def test_differential_privacy_with_several_terms_is_refused_in_one_line(tmp_path, capsys):
+    spec, frame = _spec("egsingle")
+    path = tmp_path / "e.csv"
+    frame.to_csv(path, index=False)
+    code = main(["fit", str(path), "--formula", spec["formula"], "--family", "gaussian",
+                 "--site-column", spec["site_column"], "--protect", "secagg,dp",
+                 "--epsilon", "16", "--dp-outcome-bound", "6", "--dp-clip", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "differential privacy are refused" in err and "clustering" in err
