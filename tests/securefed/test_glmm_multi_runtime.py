@@ -66,6 +66,7 @@ def _grid(frame, tmp_path, site_column, level_key=True, policy: SitePolicy | Non
     parties = [Identity.generate("coordinator"), *(Identity.generate(n) for n in names)]
     registry = Registry.of(*parties)
     registry.save(tmp_path / "registry.json")
+    parties[0].save_private_key(tmp_path / "coordinator.key")
     key_path = new_level_key(tmp_path / "level.key")
     policy = policy or policy_from_flags(SecAggSum())
     configs = {}
@@ -82,10 +83,13 @@ def _grid(frame, tmp_path, site_column, level_key=True, policy: SitePolicy | Non
                          "policy": str(tmp_path / f"{name}.toml")}
         if level_key:
             configs[name]["level-key"] = str(key_path)
+        (tmp_path / "audit" / name).mkdir(parents=True)
+        configs[name]["audit-dir"] = str(tmp_path / "audit" / name)
     key = Ed25519PrivateKey.from_private_bytes(parties[0].export_private_key_raw())
-    engine = FlowerEngine(LoopbackGrid(configs), key, registry, SecAggSum(),
+    grid = LoopbackGrid(configs)
+    engine = FlowerEngine(grid, key, registry, SecAggSum(),
                           StageTimeouts(stage=30.0, grace=1.0, poll=0.0))
-    return FlowerRounds(engine), names
+    return FlowerRounds(engine), names, grid, registry
 
 
 @pytest.fixture
@@ -98,7 +102,7 @@ def test_over_the_grid_sites_read_their_own_files_and_equal_in_process(tmp_path,
                                                                        task_identity):
     opts, frame = _spec("grouseticks")
     direct = run_glmm(frame, opts, protection=SecAggSum(), site_runtime=False)
-    rounds, names = _grid(frame, tmp_path, opts.site_column)
+    rounds, names, *_ = _grid(frame, tmp_path, opts.site_column)
     remote = run_glmm_remote(opts, rounds, names, protection=SecAggSum())
     _same(remote, direct)
     assert [r.group for r in remote.random_effects] == ["BROOD:LOCATION", "LOCATION"]
@@ -111,14 +115,14 @@ def test_a_level_in_two_sites_is_found_by_the_sites(tmp_path, task_identity):
     moved = frame.copy()
     row = int(np.flatnonzero(sites == second)[0])
     moved.loc[row, "LOCATION"] = frame.loc[sites == first, "LOCATION"].iloc[0]
-    rounds, names = _grid(moved, tmp_path, opts.site_column)
+    rounds, names, *_ = _grid(moved, tmp_path, opts.site_column)
     with pytest.raises(InputError, match="a level of 'LOCATION' appears in two or more sites"):
         run_glmm_remote(opts, rounds, names, protection=SecAggSum())
 
 
 def test_a_site_without_the_level_key_cannot_check_and_refuses(tmp_path, task_identity):
     opts, frame = _spec("grouseticks")
-    rounds, names = _grid(frame, tmp_path, opts.site_column, level_key=False)
+    rounds, names, *_ = _grid(frame, tmp_path, opts.site_column, level_key=False)
     with pytest.raises(ProtocolError, match="rows cannot give"):
         run_glmm_remote(opts, rounds, names, protection=SecAggSum())
 
@@ -157,3 +161,32 @@ def test_the_policy_counts_and_caps_the_rounds_of_several_terms():
     with loopback_rounds({n: Site(n, p) for n, p in sites.items()}, SecAggSum(),
                          policy) as rounds, pytest.raises(ProtocolError, match="as many"):
         run_glmm_remote(opts, rounds, list(sites), protection=SecAggSum())
+
+
+def test_a_study_with_nested_terms_runs_over_flower_and_its_trail_verifies(tmp_path,
+                                                                          task_identity):
+    """The deployment's ServerApp code (a study file, an audit trail every site logs)."""
+    from securefed.audit_verify import verify_log
+    from securefed.transport.flower_study import run_study_over_flower
+    from securefed.transport.site_audit import site_log_paths
+
+    opts, frame = _spec("grouseticks")
+    direct = run_glmm(frame, opts, protection=SecAggSum(), site_runtime=False)
+    _, names, grid, registry = _grid(frame, tmp_path, opts.site_column)
+    study = tmp_path / "study.toml"
+    study.write_text(f'[model]\nkind = "glmm"\nformula = "{opts.formula}"\n'
+                     f'family = "poisson"\n\n[protection]\nlayers = ["secagg"]\n\n'
+                     + "".join(f'[[sites]]\nname = "{n}"\n\n' for n in names)
+                     + '[output]\ndir = "out"\n')
+    config = {"study": str(study), "registry": str(tmp_path / "registry.json"),
+              "coordinator-key": str(tmp_path / "coordinator.key"), "stage-seconds": 30.0,
+              "grace-seconds": 1.0, "poll-seconds": 0.0, "wait-seconds": 1.0}
+    result = run_study_over_flower(grid, config)
+    np.testing.assert_allclose(list(result["theta"].values()), direct.theta, rtol=0,
+                               atol=1e-10)
+    assert result["loglik"] == pytest.approx(direct.loglik, abs=1e-10)
+    log = tmp_path / "out" / "audit.jsonl"
+    run_id = json.loads(log.read_text().splitlines()[0])["payload"]["run_id"]
+    logs = [site_log_paths(tmp_path / "audit" / n, run_id, n)[0] for n in names]
+    report = verify_log(log, registry, logs)
+    assert report.ok, report.summary()
