@@ -99,7 +99,8 @@ def fit_multi(coordinator, opts, family, design, fixed_names, started_warnings,
     warnings = list(started_warnings)
     if coordinator.dropped:
         warnings.append("site(s) dropped out and were excluded from the fit: "
-                        + ", ".join(coordinator.dropped))
+                        + ", ".join(coordinator.dropped) + " (the numbers of observations "
+                        "and groups were summed before, and include them)")
     seconds = time.perf_counter() - started_at
     extra = {"timings": coordinator.timings(seconds), "n_groups_by_factor": groups}
     return _result(opts, estimate, family, n_obs, groups, len(live), coordinator, warnings,
