@@ -230,7 +230,8 @@ def protected_section(repeats: int) -> list[str]:
              f"Median of {repeats} runs of the CLI process; `site statistics` and `protection` "
              "are the fit's own timings (seconds inside the sites' Laplace work and inside "
              "secure aggregation, sites and server); rounds include the counts round and "
-             "the sites' keyed level check (`securefed/level_sketch.py`). " + machine_line(),
+             "the sites' keyed level check (`securefed/level_sketch.py`). " + machine_line()
+             + "; load average at the start %.1f (2 cores shared)." % os.getloadavg()[0],
              ""]
     return lines + markdown_table(protected_processes(repeats),
                                   ["problem", "protection", "sites", "seconds",
