@@ -231,7 +231,7 @@ def protected_section(repeats: int) -> list[str]:
              "are the fit's own timings (seconds inside the sites' Laplace work and inside "
              "secure aggregation, sites and server); rounds include the counts round and "
              "the sites' keyed level check (`securefed/level_sketch.py`). " + machine_line()
-             + "; load average at the start %.1f (2 cores shared)." % os.getloadavg()[0],
+             + f"; load average at the start {os.getloadavg()[0]:.1f} (2 cores shared).",
              ""]
     return lines + markdown_table(protected_processes(repeats),
                                   ["problem", "protection", "sites", "seconds",
