@@ -152,14 +152,19 @@ def test_the_policy_bounds_every_terms_parameters(theta, admitted):
             admit_call(policy, _call(theta), [])
 
 
-def test_the_policy_counts_and_caps_the_rounds_of_several_terms():
-    opts, frame = _spec("grouseticks")
-    sites = {str(n): part for n, part in frame.groupby(opts.site_column)}
+@pytest.mark.parametrize(("rule", "message"), [
+    ({"max_rounds": 5}, "as many releases"),
+    ({"min_records": 10**6}, "fewer"),
+    ({"min_effective_records": 10**6}, "fewer"),
+])
+def test_the_policy_counts_rounds_and_records_of_several_terms(rule, message):
     from securefed.site import Site
 
-    policy = replace(policy_from_flags(SecAggSum()), max_rounds=5)
+    opts, frame = _spec("grouseticks")
+    sites = {str(n): part for n, part in frame.groupby(opts.site_column)}
+    policy = replace(policy_from_flags(SecAggSum()), **rule)
     with loopback_rounds({n: Site(n, p) for n, p in sites.items()}, SecAggSum(),
-                         policy) as rounds, pytest.raises(ProtocolError, match="as many"):
+                         policy) as rounds, pytest.raises(ProtocolError, match=message):
         run_glmm_remote(opts, rounds, list(sites), protection=SecAggSum())
 
 
