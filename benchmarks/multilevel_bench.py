@@ -231,7 +231,8 @@ def protected_section(repeats: int) -> list[str]:
              "are the fit's own timings (seconds inside the sites' Laplace work and inside "
              "secure aggregation, sites and server); rounds include the counts round and "
              "the sites' keyed level check (`securefed/level_sketch.py`). " + machine_line()
-             + f"; load average at the start {os.getloadavg()[0]:.1f} (2 cores shared).",
+             + f"; load average at the start {os.getloadavg()[0]:.1f} (2 cores shared). "
+             "Sections 3 and 4 ran at different times and loads: compare within a section.",
              ""]
     return lines + markdown_table(protected_processes(repeats),
                                   ["problem", "protection", "sites", "seconds",
