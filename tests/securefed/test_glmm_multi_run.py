@@ -62,13 +62,19 @@ def test_uncorrelated_bars_are_named_as_lme4_prints_them():
         ("schoolid", "(Intercept)"), ("schoolid.1", "year"), ("Residual", "")]
 
 
+@pytest.fixture(scope="module")
+def grouse_plain():
+    spec, frame = _spec("grouseticks")
+    return run_glmm(frame, GLMMOptions(spec["formula"], spec["family"], spec["site_column"]))
+
+
 @pytest.mark.parametrize("protect", ["ckks", "secagg,ckks"])
-def test_nested_terms_under_ckks_equal_plaintext(protect):
+def test_nested_terms_under_ckks_equal_plaintext(protect, grouse_plain):
     from securefed.protection import ProtectionOptions, build_protection
 
     spec, frame = _spec("grouseticks")
     opts = GLMMOptions(spec["formula"], spec["family"], spec["site_column"])
-    plain = run_glmm(frame, opts)
+    plain = grouse_plain
     sites = sorted(frame[spec["site_column"]].astype(str).unique())
     fit = run_glmm(frame, opts, protection=build_protection(ProtectionOptions(protect=protect),
                                                             sites))

@@ -92,6 +92,13 @@ def _grid(frame, tmp_path, site_column, level_key=True, policy: SitePolicy | Non
     return FlowerRounds(engine), names, grid, registry
 
 
+@pytest.fixture(scope="module")
+def grouse_direct():
+    """grouseticks under secagg on the direct path (the reference of the grid tests)."""
+    opts, frame = _spec("grouseticks")
+    return run_glmm(frame, opts, protection=SecAggSum(), site_runtime=False)
+
+
 @pytest.fixture
 def task_identity(monkeypatch):
     for attr in ("_run_id", "_node_id", "_task_id"):  # Flower sets these in a ServerApp
@@ -99,9 +106,10 @@ def task_identity(monkeypatch):
 
 
 def test_over_the_grid_sites_read_their_own_files_and_equal_in_process(tmp_path,
-                                                                       task_identity):
+                                                                       task_identity,
+                                                                       grouse_direct):
     opts, frame = _spec("grouseticks")
-    direct = run_glmm(frame, opts, protection=SecAggSum(), site_runtime=False)
+    direct = grouse_direct
     rounds, names, *_ = _grid(frame, tmp_path, opts.site_column)
     remote = run_glmm_remote(opts, rounds, names, protection=SecAggSum())
     _same(remote, direct)
@@ -169,14 +177,15 @@ def test_the_policy_counts_rounds_and_records_of_several_terms(rule, message):
 
 
 def test_a_study_with_nested_terms_runs_over_flower_and_its_trail_verifies(tmp_path,
-                                                                          task_identity):
+                                                                          task_identity,
+                                                                          grouse_direct):
     """The deployment's ServerApp code (a study file, an audit trail every site logs)."""
     from securefed.audit_verify import verify_log
     from securefed.transport.flower_study import run_study_over_flower
     from securefed.transport.site_audit import site_log_paths
 
     opts, frame = _spec("grouseticks")
-    direct = run_glmm(frame, opts, protection=SecAggSum(), site_runtime=False)
+    direct = grouse_direct
     _, names, grid, registry = _grid(frame, tmp_path, opts.site_column)
     study = tmp_path / "study.toml"
     study.write_text(f'[model]\nkind = "glmm"\nformula = "{opts.formula}"\n'
