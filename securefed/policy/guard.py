@@ -24,6 +24,7 @@ import numpy as np
 
 from securefed.policy.enforce import admit_call, admit_round, check_release
 from securefed.policy.model import PolicyError, SitePolicy, load_policy
+from securefed.policy.multi import record_text
 from securefed.policy.record import ReleaseRecord, call_key
 from securefed.policy.refusal import PolicyRefused, Refusal
 
@@ -110,7 +111,7 @@ class SiteGuard:
             model = admit_call(self.policy, call, setup)
         except PolicyRefused as err:
             raise self._refused(err, params.round_id, params.purpose) from None
-        return Admitted(call_key([_rows_of(c) for c in setup], call_text),
+        return Admitted(call_key([_rows_of(c) for c in setup], record_text(call, call_text)),
                         tuple(sorted(params.sites)), model, dp_query is not None,
                         int(params.round_id), str(params.purpose))
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MULTI_THETA_METHODS", "MULTI_METHODS", "covariance_parameters", "model_rows"]
+__all__ = ["MULTI_THETA_METHODS", "MULTI_METHODS", "covariance_parameters", "model_rows",
+           "record_text"]
 
 #: release calls of a model with several terms that depend on the coordinator's theta
 MULTI_THETA_METHODS = frozenset({"multi_terms_vector"})
@@ -51,3 +52,18 @@ def model_rows(site: Any) -> tuple[Any, Any]:
     if multi is not None:
         return multi, site._design.family
     return site.glmm_rows, site.glmm_family
+
+
+def record_text(call: Any, call_text: str) -> str:
+    """The call as the release record keys it. A level sketch is keyed without its random
+    nonce: asked again over another roster it is refused as differencing, as the counts
+    are (a new nonce would otherwise let the bins of two rosters tell one site's number of
+    levels)."""
+    if call.method != "level_sketch_vector":
+        return call_text
+    from dataclasses import replace
+
+    from securefed.transport.calls import SiteCall
+
+    request = call.kwargs["request"]
+    return SiteCall(call.method, {"request": replace(request, nonce="")}).to_json()

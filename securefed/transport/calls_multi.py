@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core_stats.glmm_multi import MultiLayout
-from securefed.level_sketch import LEVEL_KEY, LevelSketchRequest, load_level_key
+from securefed.level_sketch import LEVEL_KEY, MAX_STAGES, LevelSketchRequest, load_level_key
 from securefed.transport.codec import register_dataclass
 
 __all__ = ["attach_level_key"]
@@ -43,7 +43,10 @@ def _request_from_fields(fields: dict[str, Any]) -> LevelSketchRequest:
                                  tuple(int(b) for b in fields["bins"]), str(fields["nonce"]),
                                  int(fields["stage"]), paths)
     if not (len(request.terms) == len(request.names) == len(request.bins)) or any(
-            b < 1 or b > 1 << 20 for b in request.bins) or request.length > 1 << 22:
+            b < 1 or b > 1 << 20 for b in request.bins) or request.length > 1 << 22 or not (
+            0 <= request.stage <= MAX_STAGES) or (request.stage == 0) != (not paths) or any(
+            not 0 <= k < len(request.terms) or len(path) != request.stage
+            for k, path in paths):
         raise ValueError("a level sketch request out of shape")
     return request
 

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.supercore.task_identity import TaskIdentity
 
+from core_stats.formula import DesignSchema
 from core_stats.glmm import ParameterLayout
 from core_stats.glmm_multi import MultiLayout
 from protocols.errors import ProtocolError
@@ -204,3 +205,30 @@ def test_a_study_with_nested_terms_runs_over_flower_and_its_trail_verifies(tmp_p
     logs = [site_log_paths(tmp_path / "audit" / n, run_id, n)[0] for n in names]
     report = verify_log(log, registry, logs)
     assert report.ok, report.summary()
+
+
+def test_a_level_sketch_asked_again_over_another_roster_is_refused(tmp_path, task_identity):
+    """With a fresh nonce the bins differ, but the site keys the sketch without it: over a
+    smaller roster it would tell the missing site's number of levels (differencing)."""
+    from securefed.glmm_multi_run import public_terms
+    from securefed.level_sketch import LevelSketchRequest
+    from securefed.site import GLMMSiteDesign
+
+    opts, frame = _spec("grouseticks")
+    rounds, names, *_ = _grid(frame, tmp_path, opts.site_column)
+    from core_stats.families import POISSON
+
+    design = GLMMSiteDesign(DesignSchema(opts.formula), POISSON, 1)
+    terms, _ = public_terms(design.schema)
+    rounds.setup(lambda s: s.prepare_glmm_multi(design), names)
+
+    def ask(nonce, roster, round_id):
+        request = LevelSketchRequest((1,), (terms[1].name,), (256,), nonce)
+        return rounds.aggregate("level-sketch", lambda s: s.level_sketch_vector(request),
+                                roster, round_id)
+
+    # 63 locations in 256 bins (a bin counts the sites holding a level there)
+    assert 50 < ask("first", names, 1).total.sum() <= 63
+    assert 50 < ask("second", names, 2).total.sum() <= 63  # the same roster again: allowed
+    with pytest.raises(ProtocolError, match="differenc|roster"):
+        ask("third", names[:-1], 3)

@@ -81,3 +81,18 @@ def test_checked_factors_are_those_not_nested_in_another(groups, expected):
 
 def test_bins_grow_with_the_levels():
     assert first_bins(1) == 256 and first_bins(118) == 512 and first_bins(10**6) == 1 << 16
+
+
+@pytest.mark.parametrize("bad", [
+    LevelSketchRequest((0,), ("g",), (256,), "n", MAX_STAGES + 1, ((0, (1,) * 7),)),
+    LevelSketchRequest((0,), ("g",), (256,), "n", 2, ((0, (1,)),)),  # path of stage 1
+    LevelSketchRequest((0,), ("g",), (256,), "n", 1, ((3, (1,)),)),  # no term 3
+    LevelSketchRequest((0,), ("g",), (256,), "n", 1, ()),  # a later stage with no path
+    LevelSketchRequest((0,), ("g",), (1 << 21,), "n"),  # too many bins
+])
+def test_a_site_refuses_a_sketch_request_out_of_shape(bad):
+    from securefed.transport.calls import SiteCall
+
+    text = SiteCall("level_sketch_vector", {"request": bad}).to_json()
+    with pytest.raises(ValueError, match="out of shape"):
+        SiteCall.from_json(text)
