@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, gammaln
+
+from core_stats.special import expit, gammaln
 
 __all__ = ["Family", "BINOMIAL", "POISSON", "GAUSSIAN", "get_family", "FAMILIES"]
 

@@ -90,6 +90,19 @@ class Coordinator:
     def live_sites(self) -> list[Site | RemoteSite]:
         return [s for name, s in self._sites.items() if name not in self.dropped]
 
+    def counted_sites(self, *purposes: str) -> int:
+        """How many sites the last round (of one of ``purposes``) summed: the sites a result
+        counts.
+
+        A site that dropped out after its masked input arrived is counted (its data is in
+        the sum) although it is no longer live; a site that dropped before is not. Without
+        such a round, the live sites.
+        """
+        for record in reversed(self.rounds):
+            if not purposes or record.purpose in purposes:
+                return len(record.contributors)
+        return len(self.live_sites)
+
     def setup(self, compute: Callable[[Site], None]) -> None:
         """Every live site applies ``compute`` (e.g. ``prepare_glmm``); nothing is released."""
         if self.transport is not None:

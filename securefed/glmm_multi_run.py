@@ -127,5 +127,6 @@ def _result(opts, est: GLMMEstimate, family, n_obs: int, groups: dict[str, int],
         parameter_names=lay.parameter_names(),
         covariance=tuple(tuple(float(v) for v in row) for row in cov), trace=est.trace,
         message=est.message, warnings=tuple(warnings), dropped_sites=tuple(coordinator.dropped),
-        bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra)
+        bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra,
+        n_sites_counted=coordinator.counted_sites())
 

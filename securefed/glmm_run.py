@@ -117,12 +117,13 @@ def _check_nested(frame: pd.DataFrame, term, site_column: str) -> None:
     """Every level of the term's grouping factor lies in one site; there are two or more."""
     columns = list(term.group)
     complete = frame[columns].notna().all(axis=1)
-    groups = frame.loc[complete, columns].astype(str).agg(":".join, axis=1)
+    groups = (frame.loc[complete, columns[0]].astype(str) if len(columns) == 1 else
+              frame.loc[complete, columns].astype(str).agg(":".join, axis=1))
     sites = frame.loc[complete, site_column].astype(str)
-    per_group = sites.groupby(groups).unique()
-    split = per_group[per_group.map(len) > 1]
+    per_group = sites.groupby(groups).nunique()
+    split = per_group[per_group > 1]
     if len(split):
-        first, second = sorted(split.iloc[0])[:2]
+        first, second = sorted(sites[groups == split.index[0]].unique())[:2]
         raise InputError(f"a level of '{term.group_name}' appears in sites {first} and "
                          f"{second}: grouping factors must be nested within '{site_column}'")
     if per_group.size < 2:
@@ -271,18 +272,22 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
                     started: float | None = None) -> GLMMFit:
     """Fit a GLMM over remote sites (e.g. Flower SuperNodes) through ``transport``.
 
-    The coordinator holds no rows: the public design comes from the formula
-    alone, so every fixed-effect covariate must be numeric (code a category
-    as 0/1 columns); a site whose rows do not fit the design refuses the
-    round. ``protection`` gives the layer's public parameters (the sites run
-    it). Results equal :func:`run_glmm` on the pooled rows of the same sites.
+    The coordinator holds no rows: without ``schema`` it first asks every
+    site for its variable report and agrees the factor levels from them
+    (:mod:`securefed.remote_levels`); a site whose rows do not fit the
+    agreed design refuses the round. ``protection`` gives the layer's public
+    parameters (the sites run it). Results equal :func:`run_glmm` on the
+    pooled rows of the same sites.
     ``warnings``: the run's warnings so far; ``started``: when the run began.
     """
     started = time.perf_counter() if started is None else started
     _check_options(opts)
     formula, family = _parse_model(opts)
     several = len(formula.model.random) > 1 or not formula.model.random[0].correlated
-    schema = DesignSchema(opts.formula) if schema is None else schema
+    if schema is None:  # the factor-levels round: the sites' own reports
+        from securefed.remote_levels import remote_schema
+
+        schema = remote_schema(transport, opts.formula, site_names, audit)
     fixed_names, random_names = _public_design(schema) if not several else (
         _public_fixed(schema), ())
     from securefed.coordinator import RemoteSite
@@ -556,4 +561,5 @@ def _make_fit(opts, est: GLMMEstimate, family, n_obs, n_groups, n_sites, coordin
         message=est.message, warnings=tuple(warnings), dropped_columns=dropped_cols,
         dropped_sites=tuple(coordinator.dropped),
         bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra,
+        n_sites_counted=coordinator.counted_sites(),
     )

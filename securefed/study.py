@@ -31,7 +31,8 @@ SITE_COLUMN = "site"
 LAYERS = ("none", "secagg", "ckks", "dp")  # a [protection] layers list stacks these
 KINDS = ("glmm", "bfi")
 FAMILIES = ("binomial", "poisson", "gaussian")
-SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number"}
+SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number",
+               "weights": "str"}
 GLMM_KEYS = {"nagq": "int", "lambda_grid": "list[number]", "select": "str", "seed": "int",
              "validation_fraction": "number"}
 BFI_KEYS = {"intercept_lambda": "number", "scale_lambda": "number", "stratify": "list[str]",
@@ -292,7 +293,8 @@ class _Parser:
                            lam=float(m.get("lambda", 0.0)),
                            lambda_grid=tuple(float(v) for v in m.get("lambda_grid", ())),
                            select=m.get("select", "aic"), seed=m.get("seed"),
-                           validation_fraction=float(m.get("validation_fraction", 0.3)))
+                           validation_fraction=float(m.get("validation_fraction", 0.3)),
+                           weights=m.get("weights"))
 
     def bfi_options(self, m: dict, at) -> BFIOptions:
         for key in ("lambda", "intercept_lambda", "scale_lambda"):
@@ -310,7 +312,8 @@ class _Parser:
                           center_covariate=opt("center_covariate"), center_covariate_kind=kind,
                           standardize=tuple(m.get("standardize", ())),
                           compare_pooled=m.get("compare_pooled", False),
-                          heterogeneity=tuple(m.get("heterogeneity", ())))
+                          heterogeneity=tuple(m.get("heterogeneity", ())),
+                          weights=opt("weights"))
 
     def sites(self, entries: list[dict]) -> list[SiteSpec]:
         from securefed.keys import check_party_name

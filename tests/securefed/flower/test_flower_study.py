@@ -107,6 +107,7 @@ def test_bfi_with_a_late_and_a_killed_site_equals_in_process_over_the_counted_si
     reference = run_bfi(pooled(federation, counted), BFIOptions(BFI_FORMULA, "binomial", "site"),
                         protection=SecAggSum(bound=BOUND))
     assert result["dropped_sites"] == [LATE, KILLED]  # in the order they dropped
+    assert (result["n_sites"], result["n_sites_counted"]) == (len(SITES) - 2, len(counted))
     np.testing.assert_allclose([r["estimate"] for r in result["estimates"]],
                                reference.fit.estimate, rtol=0, atol=1e-10)
     np.testing.assert_allclose([r["sd"] for r in result["estimates"]], reference.fit.sd,
