@@ -1,8 +1,9 @@
 """The site runtime's cost in-process: a Contraception-sized GLMM, loopback vs direct.
 
-``securefed fit`` runs every simulated site through the ClientApp handler
-(:mod:`securefed.transport.loopback`); ``run_glmm(..., site_runtime=False)``
-applies each round's closure to the sites directly. Both give the same fit;
+``securefed fit`` runs every simulated site through the site runtime's handler
+(:mod:`securefed.transport.loopback`; no Flower needed);
+``run_glmm(..., site_runtime=False)`` applies each round's closure to the sites
+directly. Both give the same fit;
 this script times both on 1,934 rows in 60 sites (one district each), binomial,
 4 covariates + (1 | district), under ``none`` and ``secagg``, best of
 ``--repeat`` interleaved runs each (after one warm-up run that pays the
@@ -57,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     frame = contraception_like()
     opts = GLMMOptions(FORMULA, "binomial", "site")
-    timed(frame, opts, PlaintextSum, True)  # imports (flwr) once, outside the timings
+    timed(frame, opts, PlaintextSum, True)  # one-time imports, outside the timings
     for name, protection in (("none", PlaintextSum), ("secagg", SecAggSum)):
         times: dict[bool, list[float]] = {False: [], True: []}
         fits = {}

@@ -307,8 +307,9 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
     """
     created: list[Coordinator] = []
     try:
-        if site_runtime and audit_log is None and _runtime_carries(opts, protection):
-            return _run_bfi_runtime(frame, opts, protection or PlaintextSum())
+        if site_runtime and _runtime_carries(opts, protection, audit_log is not None):
+            return _run_bfi_runtime(frame, opts, protection or PlaintextSum(), audit_log,
+                                    audit_keys)
         return _run_bfi(frame, opts, protection, audit_log, created, audit_keys)
     except ProtocolError as err:
         if created:
@@ -316,15 +317,22 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
         raise
 
 
-def _runtime_carries(opts: BFIOptions, protection: ProtectedSum | None) -> bool:
-    from securefed.glmm_run import runtime_supports
+def _runtime_carries(opts: BFIOptions, protection: ProtectedSum | None,
+                     audited: bool = False) -> bool:
+    from securefed.glmm_run import runtime_carries_audit, runtime_supports
 
     per_site = (opts.stratify or opts.center_covariate or opts.heterogeneity
                 or opts.compare_pooled)
-    return not per_site and runtime_supports(protection or PlaintextSum())
+    if getattr(protection, "privacy", None) is not None and opts.standardize:
+        return False  # DP standardisation: not carried by the runtime yet
+    protection = protection or PlaintextSum()
+    return not per_site and runtime_supports(protection) and (
+        not audited or runtime_carries_audit(protection))
 
 
-def _run_bfi_runtime(frame: pd.DataFrame, opts: BFIOptions, protection) -> BFIReport:
+def _run_bfi_runtime(frame: pd.DataFrame, opts: BFIOptions, protection,
+                     audit_log: str | Path | None = None,
+                     audit_keys: TrailKeys | None = None) -> BFIReport:
     """:func:`run_bfi` through the site runtime (see there)."""
     from securefed.transport.loopback import loopback_rounds
 
@@ -336,9 +344,18 @@ def _run_bfi_runtime(frame: pd.DataFrame, opts: BFIOptions, protection) -> BFIRe
     parts, omitted = _complete_rows(parts, formula, opts)
     schema = _schema(opts, formula, family, parts)
     warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
-    with loopback_rounds({n: Site(n, p) for n, p in parts.items()}, protection) as rounds:
+    audit = None if audit_log is None else _start_trail(audit_log, parts, opts, protection,
+                                                        audit_keys)
+    with loopback_rounds({n: Site(n, p) for n, p in parts.items()}, protection,
+                         trail=audit) as rounds:
         return run_bfi_remote(opts, rounds, list(parts), protection=protection, schema=schema,
-                              warnings=warnings + omitted, started=started)
+                              warnings=warnings + omitted, started=started, audit=audit)
+
+
+def _start_trail(audit_log: str | Path, parts: dict, opts: BFIOptions, protection,
+                 audit_keys: TrailKeys | None) -> AuditTrail:
+    return AuditTrail.start(audit_log, site_names=list(parts), model="bfi", config=asdict(opts),
+                            protection=describe_protection(protection), keys=audit_keys)
 
 
 def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIReport:
@@ -350,11 +367,8 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     parts, omitted = _complete_rows(parts, formula, opts)
     schema = _schema(opts, formula, family, parts)
     protection = protection or PlaintextSum()
-    audit = None
-    if audit_log is not None:
-        audit = AuditTrail.start(audit_log, site_names=list(parts), model="bfi",
-                                 config=asdict(opts), protection=describe_protection(protection),
-                                 keys=audit_keys)
+    audit = None if audit_log is None else _start_trail(audit_log, parts, opts, protection,
+                                                        audit_keys)
     coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection, audit=audit)
     created.append(coordinator)
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
@@ -761,7 +775,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
         names = fixed_column_names(schema)
     except DesignError as err:
         raise InputError(str(err)) from None
-    coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
+    coordinator = Coordinator([RemoteSite(n) for n in site_names], protection,
                               audit=audit, transport=transport)
     if coordinator.privacy is not None:
         _check_dp(opts, family, coordinator.privacy.options)

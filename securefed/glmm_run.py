@@ -214,20 +214,21 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
     warnings += [f"site {name}: {n} row(s) with missing values omitted"
                  for name, n in omitted.items()]
     source = frame.attrs.get("source")
-    if site_runtime and audit_log is None and runtime_supports(protection):
-        from securefed.transport.loopback import loopback_rounds
-
-        # the sites answer through the site runtime (the ClientApp handler, their policy)
-        with loopback_rounds({s.name: s for s in sites}, protection) as rounds:
-            fit = run_glmm_remote(opts, rounds, [s.name for s in sites],
-                                  protection=protection, on_step=on_step, schema=schema,
-                                  warnings=warnings, started=started)
-        return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
                                  config=asdict(opts), protection=describe_protection(protection),
                                  keys=audit_keys)
+    if site_runtime and runtime_supports(protection) and (
+            audit is None or runtime_carries_audit(protection)):
+        from securefed.transport.loopback import loopback_rounds
+
+        # the sites answer through the site runtime (its handler, their policy and logs)
+        with loopback_rounds({s.name: s for s in sites}, protection, trail=audit) as rounds:
+            fit = run_glmm_remote(opts, rounds, [s.name for s in sites],
+                                  protection=protection, on_step=on_step, audit=audit,
+                                  schema=schema, warnings=warnings, started=started)
+        return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
     if several:  # several random-effects terms: securefed.glmm_multi_run
@@ -247,21 +248,20 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
 def runtime_supports(protection: ProtectedSum) -> bool:
     """True if an in-process run with ``protection`` goes through the site runtime.
 
-    The runtime carries ``none`` and ``secagg`` (SecAgg+ included) without DP
-    and without simulated dropouts in-process; the other stacks (ckks,
-    secagg,ckks, ...,dp), simulated drops and audit trails still run in the
-    coordinator's process, and so does everything where Flower is not installed.
+    The runtime carries ``none``, ``secagg`` (SecAgg+ included), ``ckks`` (a
+    simulated key holder), ``dp`` and ``secagg,dp`` (each site noises and
+    charges its own ledger), with simulated dropouts (``--drop-sites``) and
+    audit trails (not yet for ``ckks``: :func:`runtime_carries_audit`);
+    ``secagg,ckks`` and ``ckks,dp`` still run in the coordinator's process.
+    The runtime needs no Flower (:mod:`securefed.transport.messages`).
     """
-    import importlib.util
+    return getattr(protection, "name", None) in ("none", "secagg", "ckks", "dp", "secagg,dp")
 
-    if getattr(protection, "privacy", None) is not None or getattr(protection, "drop", None):
-        return False
-    try:
-        if importlib.util.find_spec("flwr") is None:  # the runtime's messages are Flower's
-            return False
-    except (ImportError, ValueError):  # ValueError: flwr is in sys.modules as None
-        return False
-    return getattr(protection, "name", None) in ("none", "secagg")
+
+def runtime_carries_audit(protection: ProtectedSum) -> bool:
+    """True if the site runtime carries an audit trail under ``protection`` (not ``ckks``
+    yet: the trail's registry would need the key holder the simulated sites trust)."""
+    return getattr(protection, "name", None) != "ckks"
 
 
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
@@ -292,7 +292,7 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
         _public_fixed(schema), ())
     from securefed.coordinator import RemoteSite
 
-    coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
+    coordinator = Coordinator([RemoteSite(n) for n in site_names], protection,
                               audit=audit, transport=transport)
     try:
         if several:  # several random-effects terms: securefed.glmm_multi_run

@@ -11,7 +11,10 @@ likelihood's curvature). Each raises :class:`PolicyRefused` with a code.
 from __future__ import annotations
 
 import functools
+import hashlib
+import tomllib
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -181,11 +184,55 @@ def _theta_in_bounds(policy: SitePolicy, layout: Any, theta: np.ndarray) -> bool
     return all(abs(v) <= np.exp(policy.log_sd_max) for v in off)
 
 
-def admit_call(policy: SitePolicy, call: Any, setup: Sequence[Any]) -> str | None:
+@dataclass(frozen=True)
+class PinnedStudy:
+    """The model of the study file a site's policy pins (``study_sha256``)."""
+
+    kind: str
+    formula: str  # canonical (:func:`canonical_formula`)
+    family: str
+
+
+def admit_study(policy: SitePolicy, study_text: str | None) -> PinnedStudy | None:
+    """The pinned study's model, if the policy pins one; refuse a round without that file.
+
+    The round must carry the study file's text, whose SHA-256 is the policy's
+    ``study_sha256``; the site reads its ``[model]`` itself (TOML, never code).
+    """
+    if not policy.study_sha256:
+        return None
+    if study_text is None or hashlib.sha256(
+            study_text.encode("utf-8")).hexdigest() != policy.study_sha256:
+        _refuse(Refusal.STUDY_NOT_PINNED)
+    try:
+        model = tomllib.loads(study_text)["model"]
+        return PinnedStudy(str(model["kind"]), canonical_formula(str(model["formula"])),
+                           str(model["family"]).lower())
+    except (tomllib.TOMLDecodeError, KeyError, TypeError):
+        raise PolicyRefused(Refusal.STUDY_NOT_PINNED) from None
+
+
+def _model_family(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None]:
+    """(kind, family name) of the model a call computes from; (None, None) without one."""
+    if call.method in _GLMM_METHODS:
+        designs = [c.kwargs["design"] for c in setup if c.method == "prepare_glmm"]
+        return ("glmm", designs[-1].family.name) if designs else (None, None)
+    if call.method in _BFI_METHODS:
+        return "bfi", call.kwargs["spec"].family.name
+    return None, None
+
+
+def admit_call(policy: SitePolicy, call: Any, setup: Sequence[Any],
+               study: PinnedStudy | None = None) -> str | None:
     """Refuse a call the policy does not allow; the model to count it under, if it
-    depends on the coordinator's parameters (None otherwise)."""
+    depends on the coordinator's parameters (None otherwise). ``study``: the pinned
+    study (:func:`admit_study`), whose model every model-bound call must compute."""
     formula, model, columns = model_of(call, setup)
     if not _approved(policy, formula, columns):
+        _refuse(Refusal.MODEL_NOT_APPROVED)
+    if study is not None and formula is not None and (
+            (formula, *_model_family(call, setup)) != (study.formula, study.kind,
+                                                       study.family)):
         _refuse(Refusal.MODEL_NOT_APPROVED)
     if call.method in THETA_METHODS:
         if not _theta_in_bounds(policy, call.kwargs["layout"], call.kwargs["theta"]):

@@ -162,9 +162,9 @@ def record_call(compute: Callable[[Any], Any], site_names: list[str] | tuple[str
         calls.append(call)
     if not calls:
         raise RemoteCallError("no sites to call")
-    if any(c != calls[0] for c in calls[1:]):
+    first = calls[0].to_json()  # fails here, at the coordinator, if an argument cannot travel
+    if any(c.to_json() != first for c in calls[1:]):
         raise RemoteCallError("the compute closure asks different sites different things")
-    calls[0].to_json()  # fail here, at the coordinator, if an argument cannot travel
     return calls[0]
 
 

@@ -27,6 +27,9 @@ stage                   coordinator → site                       site → coor
 formula with the project's parser (data, never code) and reports which of its
 variables are numbers and which categories its text columns hold, never
 counts; its policy decides first (:meth:`securefed.policy.guard.SiteGuard.report`).
+A study run's ``open`` also carries ``study`` (the study file's text): a
+site whose policy pins the study's SHA-256 (``study_sha256``) refuses a round
+without it, and any call whose model is not the study's.
 
 With an audit trail, ``open`` also carries ``audit`` (the run id and layers,
 JSON) and the site's reply adds ``release``: its signed release record (a
