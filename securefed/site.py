@@ -451,7 +451,13 @@ class Site:
 
         return concordance_vector(self._require_cox(), beta)
 
-    def bfi_survival_vector(self, layout, baseline: str, prior: np.ndarray) -> np.ndarray:
+    def poly_order_vector(self, max_order: int, alpha: float) -> np.ndarray:
+        """This site's order of a polynomial baseline, one-hot (R's likelihood-ratio choice)."""
+        from securefed.cox_site import poly_order_vector
+
+        return poly_order_vector(self._require_cox(), max_order, alpha)
+
+    def bfi_survival_vector(self, layout, baseline, prior: np.ndarray) -> np.ndarray:
         """This site's local MAP of a parametric survival model, as a BFI site vector
         (the fit stays here, for its centre-specific estimate)."""
         from securefed.cox_site import bfi_survival_fit

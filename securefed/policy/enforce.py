@@ -137,6 +137,11 @@ def model_of(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None, s
 
     ``(None, None, columns)`` for a call without a model (counts, standardisation).
     """
+    from securefed.policy.survival import survival_model_of
+
+    survival = survival_model_of(call, setup)
+    if survival is not None:
+        return survival
     method, kwargs = call.method, call.kwargs
     if method in _GLMM_METHODS:
         designs = [c.kwargs["design"] for c in setup
@@ -239,7 +244,12 @@ def admit_call(policy: SitePolicy, call: Any, setup: Sequence[Any],
             _refuse(Refusal.THETA_OUT_OF_BOUNDS)
     if call.method == "validation_histograms" and int(call.kwargs["bins"]) > policy.max_bins:
         _refuse(Refusal.TOO_MANY_BINS)
-    return model if call.method in THETA_METHODS else None
+    from securefed.policy.survival import survival_beta_in_bounds
+    from securefed.transport.survival_calls import SURVIVAL_THETA_METHODS
+
+    if not survival_beta_in_bounds(policy, call):
+        _refuse(Refusal.THETA_OUT_OF_BOUNDS)
+    return model if call.method in THETA_METHODS | SURVIVAL_THETA_METHODS else None
 
 
 # ---------------------------------------------------------------- release
