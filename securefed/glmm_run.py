@@ -219,7 +219,7 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
                                  config=asdict(opts), protection=describe_protection(protection),
                                  keys=audit_keys)
-    if site_runtime and not several and runtime_supports(protection) and (
+    if site_runtime and runtime_supports(protection) and (
             audit is None or runtime_carries_audit(protection)):
         from securefed.transport.loopback import loopback_rounds
 
@@ -283,24 +283,39 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     started = time.perf_counter() if started is None else started
     _check_options(opts)
     formula, family = _parse_model(opts)
-    if len(formula.model.random) > 1 or not formula.model.random[0].correlated:
-        raise InputError("several random-effects terms (or '||') are not available over a "
-                         "remote transport yet")
+    several = len(formula.model.random) > 1 or not formula.model.random[0].correlated
     if schema is None:  # the factor-levels round: the sites' own reports
         from securefed.remote_levels import remote_schema
 
         schema = remote_schema(transport, opts.formula, site_names, audit)
-    fixed_names, random_names = _public_design(schema)
+    fixed_names, random_names = _public_design(schema) if not several else (
+        _public_fixed(schema), ())
     from securefed.coordinator import RemoteSite
 
     coordinator = Coordinator([RemoteSite(n) for n in site_names], protection,
                               audit=audit, transport=transport)
     try:
+        if several:  # several random-effects terms: securefed.glmm_multi_run
+            from securefed.glmm_multi_run import fit_multi
+
+            design = GLMMSiteDesign(schema, family, 1, opts.na_action, opts.weights)
+            fit = fit_multi(coordinator, opts, family, design, fixed_names,
+                            list(warnings or []), started, on_step, _weighted(opts, formula))
+            coordinator.finish_audit(fit.to_dict(), "glmm")
+            return fit
         return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
                     on_step, started, list(warnings or []))
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
+
+
+def _public_fixed(schema: DesignSchema) -> tuple[str, ...]:
+    """Fixed-effect column names, from the schema alone."""
+    try:
+        return fixed_column_names(schema)
+    except DesignError as err:
+        raise InputError(str(err)) from None
 
 
 def _public_design(schema: DesignSchema) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -110,6 +110,7 @@ class Site:
         self._design: GLMMSiteDesign | None = None
         self._omitted = 0
         self._multi = None  # rows of a model with several random-effects terms
+        self._level_key: bytes | None = None  # the consortium's level key (level_sketch)
         self._cox = None
         self._checked = None  # (key, ModelData) of outcome_for_checks, for prepare_glmm once
 
@@ -201,6 +202,25 @@ class Site:
         if derivatives:
             return pack_terms(terms.loglik, terms.gradient, terms.hessian)
         return pack_terms(terms.loglik, None, None)
+
+    def multi_counts_vector(self) -> np.ndarray:
+        """``[rows, levels of each term]`` (summed over sites: lme4's 'groups:' line)."""
+        rows = self.multi_rows
+        return np.array([float(rows.n_rows), *(float(n) for n in rows.n_levels())])
+
+    def use_level_key(self, key: bytes) -> None:
+        """The consortium's level key, from the site's own node config (never a call)."""
+        self._level_key = bytes(key)
+
+    def level_sketch_vector(self, request) -> np.ndarray:
+        """This site's 0/1 bins of one stage of the level sketch
+        (:mod:`securefed.level_sketch`): is a level of a factor in two sites?"""
+        from securefed.level_sketch import sketch_vector
+
+        if self._level_key is None:
+            raise SiteDataError("this site has no level key (node config 'level-key'): it "
+                                "cannot check that its groups are its own")
+        return sketch_vector(request, self.multi_rows.level_labels, self._level_key)
 
     def count_vector(self, schema: DesignSchema | None = None,
                      weights: str | None = None) -> np.ndarray:

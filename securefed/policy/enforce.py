@@ -20,6 +20,12 @@ from typing import Any
 import numpy as np
 
 from securefed.policy.model import SitePolicy
+from securefed.policy.multi import (
+    MULTI_METHODS,
+    MULTI_THETA_METHODS,
+    covariance_parameters,
+    model_rows,
+)
 from securefed.policy.refusal import PolicyRefused, Refusal
 
 __all__ = ["admit_round", "admit_call", "admit_report", "check_report", "check_release",
@@ -28,9 +34,9 @@ __all__ = ["admit_round", "admit_call", "admit_report", "check_report", "check_r
 COORDINATOR_NAME = "coordinator"
 #: release calls whose value depends on the coordinator's parameters (layout, theta)
 THETA_METHODS = frozenset({"glmm_terms_vector", "dp_terms_vector", "validation_loglik_vector",
-                           "validation_histograms"})
-_GLMM_METHODS = THETA_METHODS | {"glmm_counts_vector", "design_summary_vector",
-                                 "dp_summary_vector"}
+                           "validation_histograms"}) | MULTI_THETA_METHODS
+_GLMM_METHODS = THETA_METHODS | MULTI_METHODS | {"glmm_counts_vector", "design_summary_vector",
+                                                 "dp_summary_vector"}
 _BFI_METHODS = frozenset({"bfi_terms_vector", "dp_bfi_stats_vector"})
 _VALIDATION = frozenset({"validation_loglik_vector", "validation_histograms"})
 
@@ -138,7 +144,8 @@ def model_of(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None, s
         return survival
     method, kwargs = call.method, call.kwargs
     if method in _GLMM_METHODS:
-        designs = [c.kwargs["design"] for c in setup if c.method == "prepare_glmm"]
+        designs = [c.kwargs["design"] for c in setup
+                   if c.method in ("prepare_glmm", "prepare_glmm_multi")]
         if not designs:
             return None, None, set()  # the site refuses it anyway: no design was prepared
         design = designs[-1]
@@ -176,12 +183,7 @@ def _theta_in_bounds(policy: SitePolicy, layout: Any, theta: np.ndarray) -> bool
         return False
     if np.any(np.abs(theta[layout.beta]) > policy.max_abs_beta):
         return False
-    entries = layout.cholesky_entries() if layout.random_effects else []
-    cov = theta[layout.cov]
-    logs = [v for v, (r, c) in zip(cov, entries, strict=True) if layout.log_scale(r, c)]
-    if layout.has_dispersion:
-        logs.append(theta[layout.scale_index])
-    off = [v for v, (r, c) in zip(cov, entries, strict=True) if not layout.log_scale(r, c)]
+    logs, off = covariance_parameters(layout, theta)  # every term's, several terms or one
     if any(not policy.log_sd_min <= v <= policy.log_sd_max for v in logs):
         return False
     return all(abs(v) <= np.exp(policy.log_sd_max) for v in off)
@@ -255,7 +257,7 @@ def _records(site: Any, method: str) -> int:
     if method in _VALIDATION:
         return site.n_validation_rows
     if method in _GLMM_METHODS:
-        return site.glmm_rows.n_rows
+        return model_rows(site)[0].n_rows
     return site.n_rows
 
 
@@ -265,9 +267,9 @@ def effective_records(site: Any, layout: Any, theta: np.ndarray) -> float:
     About the number of records carrying the likelihood's curvature at ``β``:
     a crafted ``β`` that puts all weight on one patient gives about 1.
     """
-    rows = site.glmm_rows
+    rows, family = model_rows(site)
     eta = rows.X @ np.asarray(theta, dtype=float)[layout.beta]
-    weight = -site.glmm_family.kernel_derivatives(rows.y, eta, 2)[2]
+    weight = -family.kernel_derivatives(rows.y, eta, 2)[2]
     total = float(np.sum(weight))
     square = float(np.sum(weight**2))
     return 0.0 if square <= 0 else total * total / square
@@ -281,7 +283,8 @@ def check_release(policy: SitePolicy, site: Any, call: Any, vector: np.ndarray) 
         counts = np.asarray(vector, dtype=float)
         if np.any((counts > 0) & (counts < policy.min_cell_count)):
             _refuse(Refusal.SMALL_CELL)
-    derivatives = (call.method == "glmm_terms_vector" and call.kwargs["derivatives"]) or (
+    derivatives = (call.method in ("glmm_terms_vector", "multi_terms_vector")
+                   and call.kwargs["derivatives"]) or (
         call.method == "dp_terms_vector")
     if derivatives and policy.min_effective_records > 0:
         layout, theta = call.kwargs["layout"], call.kwargs["theta"]

@@ -32,6 +32,7 @@ from securefed.policy.enforce import (
     check_report,
 )
 from securefed.policy.model import PolicyError, SitePolicy, load_policy
+from securefed.policy.multi import record_text
 from securefed.policy.record import MemoryReleaseRecord, ReleaseRecord, call_key
 from securefed.policy.refusal import PolicyRefused, Refusal
 
@@ -130,7 +131,8 @@ class SiteGuard:
             model = admit_call(self.policy, call, setup, study)
         except PolicyRefused as err:
             raise self._refused(err, params.round_id, params.purpose) from None
-        return Admitted(call_key([_rows_of(t) for t in setup_texts if t], call_text),
+        return Admitted(call_key([_rows_of(t) for t in setup_texts if t],
+                                 record_text(call, call_text)),
                         tuple(sorted(params.sites)), model, dp_query is not None,
                         int(params.round_id), str(params.purpose))
 

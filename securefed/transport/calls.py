@@ -42,12 +42,14 @@ from securefed.transport.survival_calls import SURVIVAL_RELEASE_METHODS, SURVIVA
 __all__ = ["SiteCall", "RecordingSite", "RemoteCallError", "SETUP_METHODS", "RELEASE_METHODS",
            "record_call", "apply_call", "parsed_call"]
 
-SETUP_METHODS = frozenset({"prepare_glmm"}) | SURVIVAL_SETUP_METHODS
+SETUP_METHODS = frozenset({"prepare_glmm", "prepare_glmm_multi"}) | SURVIVAL_SETUP_METHODS
 RELEASE_METHODS = frozenset({"count_vector", "glmm_counts_vector", "design_summary_vector",
                              "glmm_terms_vector", "validation_loglik_vector",
                              "validation_histograms", "standardize_vector", "bfi_terms_vector",
-                             "dp_summary_vector", "dp_terms_vector", "dp_bfi_stats_vector"}
-                            ) | SURVIVAL_RELEASE_METHODS
+                             "dp_summary_vector", "dp_terms_vector", "dp_bfi_stats_vector",
+                             # several random-effects terms (securefed.transport.calls_multi)
+                             "multi_counts_vector", "multi_terms_vector",
+                             "level_sketch_vector"}) | SURVIVAL_RELEASE_METHODS
 
 
 class RemoteCallError(ValueError):
@@ -215,3 +217,5 @@ register_dataclass("core_stats.families.Family", Family,
 register_dataclass("securefed.site.GLMMSiteDesign", GLMMSiteDesign, _design_fields,
                    _design_from_fields)
 register_dataclass("securefed.site.BFISiteSpec", BFISiteSpec)
+
+from securefed.transport import calls_multi  # noqa: E402,F401 - its dataclasses travel too

@@ -255,6 +255,9 @@ def loopback_rounds(sites: Mapping[str, Site], protection: Any,
         registry.save(root / "registry.json")
         for party in extra:
             party.save_private_key(root / f"{party.name}.key")
+        from securefed.level_sketch import LEVEL_KEY, new_level_key
+
+        level_key = new_level_key(root / "level.key")  # the sites' key, not the engine's
         configs = {}
         # one file for the one policy the CLI writes for all its simulated sites (parsed once);
         # each site's record is its own, in memory (LoopbackGrid)
@@ -269,7 +272,7 @@ def loopback_rounds(sites: Mapping[str, Site], protection: Any,
             configs[name] = {"site-name": name, HELD_KEY: token,
                              "identity-key": str(root / f"{name}.key"),
                              "registry": str(root / "registry.json"),
-                             "policy": str(root / "policy.toml"),
+                             "policy": str(root / "policy.toml"), LEVEL_KEY: str(level_key),
                              **({} if trail is None else {"audit-trail": str(trail.path)}),
                              **({"ckks-key-holder": holder} if ckks else {}),
                              **({} if privacy is None else _privacy_config(root, name, privacy))}

@@ -28,6 +28,9 @@ the site is and where its files are::
   computes, and every vector before it leaves (:mod:`securefed.policy.guard`).
   Without it the safe default applies, recording releases in ``record-dir``
   (default ``securefed-releases`` beside the data file).
+* ``level-key`` (needed for several random-effects terms over a network): the
+  consortium's level key, shared by the sites and never by the coordinator
+  (:mod:`securefed.level_sketch`, ``python -m securefed.level_sketch PATH``).
 * ``expect-fingerprint`` (optional): the registry fingerprint the consortium
   agreed on (64 hex, ``securefed keygen`` prints it); the site refuses to take
   part if its ``registry`` file differs, and refuses any audited run started under
@@ -315,6 +318,9 @@ def _open(params: RoundParams, call_text: str, setup: list[str], context: NodeCo
         public = trusted_context(params, request or {}, registry,
                                  str(context.node_config.get("ckks-key-holder", KEY_HOLDER)))
     site = _load_site(context)
+    from securefed.transport.calls_multi import attach_level_key
+
+    attach_level_key(site, context.node_config)  # the sites' shared key: never from a call
     vector = release(site, call, params.round_id, params.purpose, dp)
     guard.release(admitted, site, call, vector)  # the policy's last word before it leaves
     # a local DP query: the site noises this vector for itself, keeps it, releases a function
