@@ -39,6 +39,8 @@ from securefed.dp_bfi import fit_from_noisy_sums, precision_weighted
 from securefed.errors import InputError
 from securefed.plausibility import BFIGuard, check_bfi_count
 from securefed.privacy import DpQuery
+from securefed.robust.runs import check_robust_options, robust_bfi, validator_for
+from securefed.robust.validator import robust_summary_line
 from securefed.site import Site
 
 __all__ = ["BFIOptions", "BFIReport", "run_bfi", "run_bfi_remote"]
@@ -70,6 +72,8 @@ class BFIOptions:
     na_action: str = "omit"
     link: str | None = None  # None: the family's canonical link
     theta_bound: float | None = None  # public |theta_l,j| bound of the linear check; None: 100
+    robust: bool = False  # bounded influence (securefed.robust): refuse a dominating site
+    robust_bound: float = 2.0  # the largest leave-one-out shift allowed, in honest SEs
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class BFIReport(BFITables):
     parameter_names: tuple[str, ...] = ()
     privacy: dict | None = None
     schema: DesignSchema | None = None  # the agreed design (factor levels) for predictions
+    robust: dict | None = None  # the validator's verdict under --robust
 
     def theta_for(self, site: str | None) -> np.ndarray:
         """The parameter vector that predicts for ``site`` (shared when homogeneous)."""
@@ -139,6 +144,8 @@ class BFIReport(BFITables):
             out["standardization"] = self.standardization
         if self.privacy is not None:
             out["privacy"] = self.privacy
+        if self.robust is not None:
+            out["robust"] = self.robust
         return out
 
     def summary(self) -> str:
@@ -167,6 +174,8 @@ class BFIReport(BFITables):
             lines.append(f"heterogeneity of {term}: leave-one-out intervals exclude 0 for "
                          f"{len(flagged)} of {self.n_sites} sites"
                          + (f" ({', '.join(flagged)})" if flagged else ""))
+        if self.robust is not None:
+            lines.append(robust_summary_line(self.robust))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -310,7 +319,7 @@ def _runtime_carries(opts: BFIOptions, protection: ProtectedSum | None) -> bool:
     from securefed.glmm_run import runtime_supports
 
     per_site = (opts.stratify or opts.center_covariate or opts.heterogeneity
-                or opts.compare_pooled)
+                or opts.compare_pooled or opts.robust)
     return not per_site and runtime_supports(protection or PlaintextSum())
 
 
@@ -350,6 +359,9 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
     # it takes no part in the sums the estimates are made of.
     privacy = coordinator.privacy
+    check_robust_options(opts.robust, opts.robust_bound, dp=privacy is not None, remote=False,
+                         unsupported="--stratify or --center-covariate"
+                         if opts.stratify or opts.center_covariate else None)
     if privacy is not None:
         _check_dp(opts, family, privacy.options)
     count = _count_round(coordinator)
@@ -409,7 +421,7 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
         timings=coordinator.timings(time.perf_counter() - started),
         parameter_names=full_names, pooled_site_thetas=pooled_thetas,
         privacy=None if privacy is None else {**privacy.report(), "inference": inference},
-        schema=schema)
+        schema=schema, robust=extra.get("robust"))
     coordinator.finish_audit(report.to_dict(), "bfi")
     return report
 
@@ -594,13 +606,18 @@ def _combine(coordinator: Coordinator, opts: BFIOptions, family: Family, locals_
                                     guard, combined)
     if not centre:
         layout = bfi.HomogeneousLayout(names, family)
-        total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]),
-                                       dp=_DERIVED)
+        validator = validator_for(opts.robust, opts.robust_bound)
+        compute = lambda s: layout.site_vector(locals_[s.name])  # noqa: E731
+        total = coordinator.secure_sum("bfi-terms", compute if validator is None
+                                       else validator.tee("bfi-terms", compute), dp=_DERIVED)
         guard.terms(total, coordinator, layout)
         fit = layout.combine(total, combined_prior=combined, level=level)
         thetas = {s.name: fit.estimate for s in coordinator.live_sites}
-        return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
-            {"site_thetas": thetas}
+        extra = {"site_thetas": thetas}
+        if validator is not None:  # the validator bounds each site's influence
+            extra["robust"] = robust_bfi(coordinator, validator, layout, total, combined,
+                                         SCALE_TERM)
+        return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), extra
     layout = bfi.CentreSpecificLayout(names, family, centre)
     total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]),
                                    dp=_DERIVED)
@@ -705,6 +722,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
     from securefed.coordinator import RemoteSite
 
     started = time.perf_counter() if started is None else started
+    check_robust_options(opts.robust, opts.robust_bound, dp=False, remote=True)
     for flag, used in (("--stratify", opts.stratify), ("--center-covariate",
                        opts.center_covariate), ("--heterogeneity", opts.heterogeneity),
                        ("--compare-pooled", opts.compare_pooled)):
