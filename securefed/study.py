@@ -31,7 +31,8 @@ SITE_COLUMN = "site"
 LAYERS = ("none", "secagg", "ckks", "dp")  # a [protection] layers list stacks these
 KINDS = ("glmm", "bfi")
 FAMILIES = ("binomial", "poisson", "gaussian")
-SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number"}
+SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number",
+               "robust": "bool", "robust_bound": "number"}
 GLMM_KEYS = {"nagq": "int", "lambda_grid": "list[number]", "select": "str", "seed": "int",
              "validation_fraction": "number"}
 BFI_KEYS = {"intercept_lambda": "number", "scale_lambda": "number", "stratify": "list[str]",
@@ -291,7 +292,8 @@ class _Parser:
                            lam=float(m.get("lambda", 0.0)),
                            lambda_grid=tuple(float(v) for v in m.get("lambda_grid", ())),
                            select=m.get("select", "aic"), seed=m.get("seed"),
-                           validation_fraction=float(m.get("validation_fraction", 0.3)))
+                           validation_fraction=float(m.get("validation_fraction", 0.3)),
+                           **self.robust_options(m, at))
 
     def bfi_options(self, m: dict, at) -> BFIOptions:
         for key in ("lambda", "intercept_lambda", "scale_lambda"):
@@ -309,7 +311,17 @@ class _Parser:
                           center_covariate=opt("center_covariate"), center_covariate_kind=kind,
                           standardize=tuple(m.get("standardize", ())),
                           compare_pooled=m.get("compare_pooled", False),
-                          heterogeneity=tuple(m.get("heterogeneity", ())))
+                          heterogeneity=tuple(m.get("heterogeneity", ())),
+                          **self.robust_options(m, at))
+
+    def robust_options(self, m: dict, at) -> dict:
+        """``robust`` / ``robust_bound`` of ``[model]`` (bounded influence, securefed.robust)."""
+        bound = float(m.get("robust_bound", 2.0))
+        if not bound > 0:
+            self.fail(at("robust_bound"), "robust_bound must be a positive number of SEs")
+        if "robust_bound" in m and not m.get("robust", False):
+            self.fail(at("robust_bound"), "robust_bound needs robust = true")
+        return {"robust": bool(m.get("robust", False)), "robust_bound": bound}
 
     def sites(self, entries: list[dict]) -> list[SiteSpec]:
         from securefed.keys import check_party_name
