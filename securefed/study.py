@@ -649,6 +649,11 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
         "key_origin": "ephemeral" if keys is None else "consortium",
     }
     summary = fit.summary() + "\n" + trail_note(keys)
+    if study.kind == "glmm" and "robust" in fit.extra:
+        from securefed.robust.validator import robust_summary_line
+
+        summary = f"{fit.summary()}\n{robust_summary_line(fit.extra['robust'])}\n" \
+            f"{trail_note(keys)}"
     summary_path, result_path = study.output_dir / "summary.txt", study.output_dir / "result.json"
     try:
         summary_path.write_text(summary + "\n", encoding="utf-8")
