@@ -38,6 +38,7 @@ from securefed.data import check_numeric_columns
 from securefed.dp_bfi import fit_from_noisy_sums, precision_weighted
 from securefed.errors import InputError
 from securefed.plausibility import BFIGuard, check_bfi_count
+from securefed.plausibility_dp import check_dp_count, check_dp_standardize, check_dp_summary
 from securefed.privacy import DpQuery
 from securefed.robust.runs import check_robust_options, robust_bfi, validator_for
 from securefed.robust.validator import robust_summary_line
@@ -281,6 +282,8 @@ def _dp_standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
             parts[site.name][list(columns)].to_numpy(dtype=float), low, high),
         dp=DpQuery("standardisation sums", standardize_sensitivity(low, high),
                    DP_SHARES["standardize"] * privacy.options.run_rho))
+    contributors = len(coordinator.rounds[-1].contributors)
+    check_dp_standardize(total, privacy.sum_noise_sd(contributors), half, contributors)
     m = len(columns)
     n = max(float(total[0]), 2.0)
     s1, s2 = total[1:1 + m], total[1 + m:]
@@ -434,7 +437,11 @@ def _count_round(coordinator: Coordinator):
         "bfi-count", lambda site: site.count_vector(),
         dp=None if privacy is None else DpQuery("row count", 1.0,
                                                 DP_SHARES["count"] * privacy.options.run_rho))
-    return check_bfi_count(counted, coordinator) if privacy is None else counted
+    if privacy is None:
+        return check_bfi_count(counted, coordinator)
+    contributors = len(coordinator.rounds[-1].contributors)
+    check_dp_count(counted, privacy.sum_noise_sd(contributors), contributors)
+    return counted
 
 
 def _priors(opts: BFIOptions, family: Family, names) -> tuple[np.ndarray, np.ndarray | None]:
@@ -452,7 +459,8 @@ def _priors(opts: BFIOptions, family: Family, names) -> tuple[np.ndarray, np.nda
 
 
 class _Unchecked:
-    """Under DP the sums are noisy: the exact-arithmetic plausibility checks do not apply."""
+    """Under DP the sums are noisy: the exact-arithmetic checks do not apply; the interval
+    checks of :mod:`securefed.plausibility_dp` run on each noisy sum instead."""
 
     def terms(self, *args, **kwargs) -> None:
         return None
@@ -502,8 +510,14 @@ def _dp_pooled(coordinator: Coordinator, designs: dict, outcome: dict, prior: np
 
 def _fit_from_sums(coordinator: Coordinator, total: np.ndarray, names, family, prior, level,
                    count: np.ndarray):
-    """The fit from the noisy sums, their row count sharpened by the count round's."""
+    """The fit from the noisy sums (checked: :mod:`securefed.plausibility_dp`), their row
+    count sharpened by the count round's."""
     privacy = coordinator.privacy
+    dp = privacy.options
+    contributors = len(coordinator.rounds[-1].contributors)
+    check_dp_summary(total, privacy.sum_noise_sd(contributors), p=len(names), clip=dp.clip,
+                     outcome_bound=dp.outcome_scale(family.name), family=family.name,
+                     contributors=contributors, purpose="bfi-sufficient-statistics")
     noise = float(np.max(privacy.sum_noise_sd(len(coordinator.rounds[-1].contributors))))
     count_sd = next(r["noise_sd_units"] for r in privacy.releases if r["purpose"] == "row count")
     total = total.copy()

@@ -1,4 +1,4 @@
-"""``securefed audit dispute``: an honest site's data reproduce its commitments, a poisoned one's not.
+"""``securefed audit dispute``: honest data reproduce the commitments, poisoned data do not.
 
 The auditor holds the site's data file and the salt file the site reveals; the
 coordinator's log holds the commitments the site signed (threat_model/poisoning.md).
