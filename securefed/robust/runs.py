@@ -17,6 +17,7 @@ from securefed.robust.influence import (
     bfi_influence,
     glmm_influence,
     huber_combination,
+    newton_leave_one_out,
 )
 from securefed.robust.validator import RobustVerdict, Validator
 
@@ -110,7 +111,49 @@ def robust_glmm(coordinator, validator: Validator, estimate, split_state: str) -
         influences = glmm_influence(estimate.terms.gradient, -estimate.terms.hessian,
                                     site_terms, checked)
     except NoOtherInformation as alone:
-        validator.no_other_information(purpose, alone.site)
+        influences = ()
+        flagged = {alone.site}
+    else:
+        flagged = {i.site for i in influences if i.largest > validator.bound}
+    if flagged:  # refit without each flagged site before refusing (the validator only)
+        others_at = _others_at(coordinator, estimate, site_terms)
+        try:
+            refined = {name: newton_leave_one_out(name, others_at(name), theta, checked)
+                       for name in sorted(flagged)}
+        except NoOtherInformation as alone:
+            validator.no_other_information(purpose, alone.site)
+        influences = tuple(refined.get(i.site, i) for i in influences) or tuple(
+            refined.values())
     largest = validator.bound_influence(purpose, influences, names)
-    return RobustVerdict("GLMM one-step leave-one-out", validator.bound, n_sites,
-                         largest).to_dict()
+    return RobustVerdict("GLMM leave-one-out (one Newton step; refitted where above the "
+                         "bound)", validator.bound, n_sites, largest).to_dict()
+
+
+def _others_at(coordinator, estimate, site_terms: dict):
+    """``others_at(site)(point)``: the other sites' summed objective, gradient and
+    information at ``point`` (each evaluates its terms there for the validator), with the fit's
+    quadratic penalty (the estimate's terms minus the sites' sum at the estimate)."""
+    from securefed.vectors import unpack_terms
+
+    lay, theta = estimate.layout, np.asarray(estimate.theta, dtype=float)
+    full = 1 + lay.size + lay.size * (lay.size + 1) // 2
+    pen_grad = estimate.terms.gradient - sum(g for g, _ in site_terms.values())
+    pen_info = -estimate.terms.hessian - sum(j for _, j in site_terms.values())
+
+    def for_site(left_out: str):
+        others = [s for s in coordinator.live_sites if s.name != left_out]
+
+        def at(point: np.ndarray):
+            shift = point - theta
+            value = float(pen_grad @ shift - 0.5 * shift @ pen_info @ shift)
+            grad = pen_grad - pen_info @ shift
+            info = pen_info.copy()
+            for site in others:
+                v, g, h = unpack_terms(np.asarray(site.glmm_terms_vector(lay, point, True))[:full],
+                                       lay.size)
+                value, grad, info = value + v, grad + g, info - h
+            return value, grad, info
+
+        return at
+
+    return for_site

@@ -93,13 +93,30 @@ def test_glmm_one_step_influence_matches_a_refit_on_the_slopes(hospitals, monkey
     seen = _captured(monkeypatch, "glmm_influence")
     opts = GLMMOptions(FORMULA, "binomial", "hospital", robust=True)
     full = run_glmm(hospitals, opts)
-    assert full.extra["robust"]["method"] == "GLMM one-step leave-one-out"
+    assert full.extra["robust"]["method"].startswith("GLMM leave-one-out (one Newton step")
     for site in seen[0]:
         without = run_glmm(hospitals[hospitals.hospital.astype(str) != site.site],
                            replace(opts, robust=False))
         sd = np.sqrt(np.diag(np.asarray(without.covariance)))[1:3]
         refit = (np.asarray(full.theta)[1:3] - np.asarray(without.theta)[1:3]) / sd
         np.testing.assert_allclose(site.shift_se[1:3], refit, atol=0.05)
+
+
+def test_a_site_above_the_bound_after_one_step_is_refitted_before_refusing(monkeypatch):
+    """Site 3 is an outlier of the random-intercept distribution: one step puts its intercept
+    shift above 2 SEs, the refit (the validator's Newton iterations) at 1.49, as run_glmm."""
+    frame = make_hospitals(n_sites=5, rows_per_site=80, seed=1)
+    opts = GLMMOptions(FORMULA, "binomial", "hospital", robust=True)
+    one_step = _captured(monkeypatch, "glmm_influence")
+    refitted = _captured(monkeypatch, "newton_leave_one_out")
+    full = run_glmm(frame, opts)  # passes
+    assert next(i for i in one_step[0] if i.site == "3").largest > 2.0
+    assert [r.site for r in refitted] == ["3"]
+    without = run_glmm(frame[frame.hospital != 3], replace(opts, robust=False))
+    sd = np.sqrt(np.diag(np.asarray(without.covariance)))[:3]
+    refit = (np.asarray(full.theta)[:3] - np.asarray(without.theta)[:3]) / sd
+    np.testing.assert_allclose(refitted[0].shift_se, refit, atol=0.01)
+    assert full.extra["robust"]["largest_influence_se"] < 2.0
 
 
 def test_huber_combination_with_unit_weights_is_the_bfi_combination(trauma) -> None:
