@@ -624,13 +624,13 @@ def _combine(coordinator: Coordinator, opts: BFIOptions, family: Family, locals_
         compute = lambda s: layout.site_vector(locals_[s.name])  # noqa: E731
         total = coordinator.secure_sum("bfi-terms", compute if validator is None
                                        else validator.tee("bfi-terms", compute), dp=_DERIVED)
+        robust = None if validator is None else robust_bfi(  # per site first: names it
+            coordinator, validator, layout, total, combined, SCALE_TERM, guard)
         guard.terms(total, coordinator, layout)
         fit = layout.combine(total, combined_prior=combined, level=level)
         thetas = {s.name: fit.estimate for s in coordinator.live_sites}
-        extra = {"site_thetas": thetas}
-        if validator is not None:  # the validator bounds each site's influence
-            extra["robust"] = robust_bfi(coordinator, validator, layout, total, combined,
-                                         SCALE_TERM)
+        extra = {"site_thetas": thetas} if robust is None else {"site_thetas": thetas,
+                                                                "robust": robust}
         return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), extra
     layout = bfi.CentreSpecificLayout(names, family, centre)
     total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]),

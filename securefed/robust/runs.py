@@ -56,13 +56,20 @@ def _live_count(coordinator) -> int:
 
 
 def robust_bfi(coordinator, validator: Validator, layout, total: np.ndarray,
-               combined_prior: np.ndarray | None, scale_name: str) -> dict:
-    """Check a homogeneous BFI ``bfi-terms`` round; the verdict (raises on refusal)."""
+               combined_prior: np.ndarray | None, scale_name: str, guard) -> dict:
+    """Check a homogeneous BFI ``bfi-terms`` round; the verdict (raises on refusal).
+
+    ``guard``: the run's :class:`~securefed.plausibility.BFIGuard`, whose checks the
+    validator applies to every site's vector on its own (each holds for one honest
+    site as for a sum), naming the site that fails one.
+    """
     purpose = "bfi-terms"
     n_sites = _live_count(coordinator)
     validator.check_sum(purpose, total, Tolerance.of(coordinator),
                         coordinator.rounds[-1].contributors)
     vectors = validator.summaries(purpose)
+    for site, vector in vectors.items():
+        _check_one_site(validator, purpose, site, vector, layout, guard)
     checked = [j for j, name in enumerate(layout.names) if name != scale_name]
     names = tuple(layout.names[j] for j in checked)
     try:
@@ -85,6 +92,27 @@ def robust_bfi(coordinator, validator: Validator, layout, total: np.ndarray,
     validator.robust_gap(purpose, gap)
     return RobustVerdict("BFI leave-one-out (exact) and Huber combination", validator.bound,
                          n_sites, largest, gap).to_dict()
+
+
+def _check_one_site(validator: Validator, purpose: str, site: str, vector: np.ndarray, layout,
+                    guard) -> None:
+    """The sum checks of ``bfi-terms`` on one site's vector (exact floats: no decoding)."""
+    from securefed.coordinator import RoundRecord
+    from securefed.plausibility import BFICount, BFIGuard, ImplausibleAggregate
+
+    class _One:  # the one-site view the checks read (contributors, tolerance)
+        protection = None
+        live_sites = (site,)
+        dropped = ()
+        rounds = (RoundRecord(0, purpose, len(vector), (site,), ()),)
+
+    parts = layout.spec.split(vector)
+    count = BFICount(float(parts["n"][0]), 1, frozenset({site}), Tolerance(0.0))
+    try:
+        BFIGuard(count, guard.prior, guard.family, guard.theta_bound).terms(vector, _One(),
+                                                                            layout)
+    except ImplausibleAggregate as failed:
+        validator.site_fails(purpose, site, failed.check)
 
 
 def robust_glmm(coordinator, validator: Validator, estimate, split_state: str) -> dict:

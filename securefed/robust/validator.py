@@ -10,6 +10,8 @@ coordinator. The validator
 1. checks that the summaries add up to the decoded secure sum of the same
    round (``summary-sum``: a site that tells the validator one thing and the
    secure sum another is caught; which site is not known from sums alone);
+   for BFI, applies the sum checks of :mod:`securefed.plausibility` to every
+   site's vector on its own, naming the site that fails one (``site-<check>``);
 2. computes every site's leave-one-out influence
    (:mod:`securefed.robust.influence`) and refuses the run **naming the site**
    when one moves a coefficient by more than ``bound`` honest SEs
@@ -149,6 +151,13 @@ class Validator:
                 f"{self.bound:g} honest SEs (leave-one-out); check that site's data or run "
                 "without it", site=worst.site)
         return worst.largest
+
+    def site_fails(self, purpose: str, site: str, check: str) -> None:
+        """``site-<check>``: one site's own vector fails a plausibility check of the sums."""
+        raise InfluenceRefused(
+            purpose, f"site-{check}",
+            f"--robust refused the run: site {site}'s own vector fails plausibility check "
+            f"'{check}' (it holds for every honest site); check that site", site=site)
 
     def no_other_information(self, purpose: str, site: str) -> None:
         raise InfluenceRefused(

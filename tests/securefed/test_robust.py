@@ -163,8 +163,9 @@ def test_bfi_shift_and_pin_attacks_are_refused_naming_the_site(trauma, nurses,
     _bfi_liar(monkeypatch, lambda a, b: (a, b + 8.0 * per_se * unit))  # +8 SE on age
     with pytest.raises(InfluenceRefused) as refused:
         run_bfi(trauma, TRAUMA, protection=SecAggSum())
-    assert refused.value.check == "bounded-influence" and refused.value.site == ATTACKER
-    assert "site 1 moves 'age'" in str(refused.value)
+    # site 1's own b'A^-1 b is outside its bound (the per-site check); else its influence is
+    assert refused.value.check in ("site-linear-consistency", "bounded-influence")
+    assert refused.value.site == ATTACKER and "site 1" in str(refused.value)
     honest = run_bfi(nurses, replace(NURSES, robust=False))  # trauma: linear-consistency
     j = honest.parameter_names.index("age")
     unit = np.eye(len(honest.parameter_names))[j]
@@ -175,6 +176,17 @@ def test_bfi_shift_and_pin_attacks_are_refused_naming_the_site(trauma, nurses,
     with pytest.raises(InfluenceRefused) as pinned:
         run_bfi(nurses, NURSES, protection=SecAggSum())
     assert pinned.value.site == ATTACKER
+
+
+def test_each_sites_vector_gets_the_sum_checks_and_a_failure_names_it(nurses, monkeypatch):
+    """Issue 22's `bfi-gaussian-A-negated` passes every check of the sum (1.4 SE); the
+    validator checks site 1's own vector: its curvature is not positive definite."""
+    _bfi_liar(monkeypatch, lambda a, b: (-a, b))
+    run_bfi(nurses, replace(NURSES, robust=False), protection=SecAggSum())  # unchecked: passes
+    with pytest.raises(InfluenceRefused) as refused:
+        run_bfi(nurses, NURSES, protection=SecAggSum())
+    assert refused.value.check == "site-curvature-pd" and refused.value.site == ATTACKER
+    assert "site 1's own vector fails plausibility check 'curvature-pd'" in str(refused.value)
 
 
 def test_a_shift_inside_the_bound_passes_and_just_outside_is_refused(trauma, monkeypatch):
