@@ -31,6 +31,8 @@ def dispute(
                       ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the verdicts here.")
                         ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print only the releases that differ "
+                                        "and the summary line.")] = False,
 ) -> None:
     """Re-derive a site's releases from its data and open its commitments in the log."""
     from securefed.data import read_table
@@ -49,8 +51,9 @@ def dispute(
     except (OSError, ValueError):
         raise InputError(f"cannot read the result {path}") from None
     report = dispute_site(log, site, frame, spec.options, salts, given)
-    for line in report.lines():
-        typer.echo(line)
+    for verdict, line in zip((*report.releases, None), report.lines(), strict=True):
+        if not quiet or verdict is None or verdict.status == "differs":
+            typer.echo(line)
     if json_out is not None:
         json_out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     if report.differs:

@@ -68,6 +68,13 @@ def test_bfi_dispute_names_the_poisoned_release(tmp_path, monkeypatch, capsys) -
     assert code == 0 and "site s1: 3 of 3 releases reproduced" in text
     code, text = _dispute(path, out, POISONED, capsys)
     assert code == 1 and "bfi-terms: differs" in text and "bfi-count: reproduced" in text, text
+    code = main(["audit", "dispute", str(out / "audit.jsonl"), "--study", str(path), "--site",
+                 POISONED, "--salts", str(out / f"audit.site-{POISONED}.salts.jsonl"),
+                 "--quiet"])
+    assert code == 1 and capsys.readouterr().out.splitlines() == [
+        "round 3 bfi-terms: differs",
+        f"site {POISONED}: 2 of 3 releases reproduced from its data, 1 differ, "
+        "0 not re-derivable"]
     # without the run's result the standardised terms cannot be re-derived
     report = dispute_site(out / "audit.jsonl", "s1", frames[0], study.options,
                           out / "audit.site-s1.salts.jsonl")
