@@ -145,7 +145,7 @@ def glmm_influence(gradient: np.ndarray, information: np.ndarray,
 
 
 def newton_leave_one_out(site: str, others_at, theta: np.ndarray, checked: Sequence[int], *,
-                         iterations: int = 40, tol: float = 1e-5) -> SiteInfluence:
+                         iterations: int = 20, tol: float = 1e-3) -> SiteInfluence:
     """The leave-one-out shift by Newton iterations to the other sites' optimum.
 
     ``others_at(point)`` returns the other sites' summed (penalised) objective,
@@ -165,7 +165,7 @@ def newton_leave_one_out(site: str, others_at, theta: np.ndarray, checked: Seque
         moved = float(np.max(np.abs(step) / np.sqrt(np.diag(np.linalg.inv(floored)))))
         if moved < tol:
             break
-        for _ in range(30):
+        for _ in range(12):
             trial = others_at(point + step)
             if np.isfinite(trial[0]) and trial[0] >= value - 1e-10 * (1 + abs(value)):
                 break
