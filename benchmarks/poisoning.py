@@ -24,7 +24,9 @@ The attacker is site ``1``. Attacks (the table of issue 22):
   ``1 - y``, Gaussian ``-y``), any model.
 
 Run: ``nice python3 benchmarks/poisoning.py`` (writes
-``benchmarks/results/poisoning.md`` and ``.csv``); ``--quick`` for N = 5 only.
+``benchmarks/results/poisoning.md`` and ``.csv``); ``--quick`` for N = 5 only;
+``--robust`` for the same attacks against ``--robust`` runs
+(:mod:`benchmarks.poisoning_robust`, ``results/poisoning_robust.md``).
 """
 
 from __future__ import annotations
@@ -254,7 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 5 only, fewer attacks")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--robust", action="store_true",
+                        help="the attacks against --robust runs (benchmarks/poisoning_robust.py)")
+    parser.add_argument("--robust-bound", type=float, default=2.0)
     args = parser.parse_args(argv)
+    if args.robust:
+        from benchmarks.poisoning_robust import main as robust_main
+
+        return robust_main(args.quick, args.out, args.robust_bound)
     started = time.perf_counter()
     rows: list[dict] = []
     for n_sites in (5,) if args.quick else (5, 12):

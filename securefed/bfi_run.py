@@ -39,7 +39,10 @@ from securefed.data import check_numeric_columns
 from securefed.dp_bfi import fit_from_noisy_sums, precision_weighted
 from securefed.errors import InputError
 from securefed.plausibility import BFIGuard, check_bfi_count
+from securefed.plausibility_dp import check_dp_count, check_dp_standardize, check_dp_summary
 from securefed.privacy import DpQuery
+from securefed.robust.runs import check_robust_options, robust_bfi, validator_for
+from securefed.robust.validator import robust_summary_line
 from securefed.site import Site
 
 __all__ = ["BFIOptions", "BFIReport", "run_bfi", "run_bfi_remote"]
@@ -73,6 +76,8 @@ class BFIOptions:
     link: str | None = None  # None: the family's canonical link
     theta_bound: float | None = None  # public |theta_l,j| bound of the linear check; None: 100
     weights: str | None = None  # the column of prior weights (glm's weights=)
+    robust: bool = False  # bounded influence (securefed.robust): refuse a dominating site
+    robust_bound: float = 2.0  # the largest leave-one-out shift allowed, in honest SEs
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,7 @@ class BFIReport(BFITables):
     parameter_names: tuple[str, ...] = ()
     privacy: dict | None = None
     schema: DesignSchema | None = None  # the agreed design (factor levels) for predictions
+    robust: dict | None = None  # the validator's verdict under --robust
 
     def theta_for(self, site: str | None) -> np.ndarray:
         """The parameter vector that predicts for ``site`` (shared when homogeneous)."""
@@ -146,6 +152,8 @@ class BFIReport(BFITables):
             out["standardization"] = self.standardization
         if self.privacy is not None:
             out["privacy"] = self.privacy
+        if self.robust is not None:
+            out["robust"] = self.robust
         return out
 
     def summary(self) -> str:
@@ -176,6 +184,8 @@ class BFIReport(BFITables):
             lines.append(f"heterogeneity of {term}: leave-one-out intervals exclude 0 for "
                          f"{len(flagged)} of {self.n_sites} sites"
                          + (f" ({', '.join(flagged)})" if flagged else ""))
+        if self.robust is not None:
+            lines.append(robust_summary_line(self.robust))
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -282,6 +292,8 @@ def _dp_standardize(coordinator: Coordinator, parts: dict[str, pd.DataFrame],
             parts[site.name][list(columns)].to_numpy(dtype=float), low, high),
         dp=DpQuery("standardisation sums", standardize_sensitivity(low, high),
                    DP_SHARES["standardize"] * privacy.options.run_rho))
+    contributors = len(coordinator.rounds[-1].contributors)
+    check_dp_standardize(total, privacy.sum_noise_sd(contributors), half, contributors)
     m = len(columns)
     n = max(float(total[0]), 2.0)
     s1, s2 = total[1:1 + m], total[1 + m:]
@@ -322,7 +334,7 @@ def _runtime_carries(opts: BFIOptions, protection: ProtectedSum | None,
     from securefed.glmm_run import runtime_carries_audit, runtime_supports
 
     per_site = (opts.stratify or opts.center_covariate or opts.heterogeneity
-                or opts.compare_pooled)
+                or opts.compare_pooled or opts.robust)
     if getattr(protection, "privacy", None) is not None and opts.standardize:
         return False  # DP standardisation: not carried by the runtime yet
     protection = protection or PlaintextSum()
@@ -374,6 +386,9 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
     # it takes no part in the sums the estimates are made of.
     privacy = coordinator.privacy
+    check_robust_options(opts.robust, opts.robust_bound, dp=privacy is not None, remote=False,
+                         unsupported="--stratify or --center-covariate"
+                         if opts.stratify or opts.center_covariate else None)
     if privacy is not None:
         _check_dp(opts, family, privacy.options)
     count = _count_round(coordinator)
@@ -436,7 +451,7 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
         timings=coordinator.timings(time.perf_counter() - started),
         parameter_names=full_names, pooled_site_thetas=pooled_thetas,
         privacy=None if privacy is None else {**privacy.report(), "inference": inference},
-        schema=schema)
+        schema=schema, robust=extra.get("robust"))
     coordinator.finish_audit(report.to_dict(), "bfi")
     return report
 
@@ -452,7 +467,11 @@ def _count_round(coordinator: Coordinator, schema: DesignSchema | None = None,
         site.count_vector(schema, weights),
         dp=None if privacy is None else DpQuery("row count", 1.0,
                                                 DP_SHARES["count"] * privacy.options.run_rho))
-    return check_bfi_count(counted, coordinator) if privacy is None else counted
+    if privacy is None:
+        return check_bfi_count(counted, coordinator)
+    contributors = len(coordinator.rounds[-1].contributors)
+    check_dp_count(counted, privacy.sum_noise_sd(contributors), contributors)
+    return counted
 
 
 def _priors(opts: BFIOptions, family: Family, names) -> tuple[np.ndarray, np.ndarray | None]:
@@ -477,7 +496,8 @@ def _rows_kind(opts: BFIOptions, schema: DesignSchema) -> tuple[bool, bool]:
 
 
 class _Unchecked:
-    """Under DP the sums are noisy: the exact-arithmetic plausibility checks do not apply."""
+    """Under DP the sums are noisy: the exact-arithmetic checks do not apply; the interval
+    checks of :mod:`securefed.plausibility_dp` run on each noisy sum instead."""
 
     def terms(self, *args, **kwargs) -> None:
         return None
@@ -537,8 +557,14 @@ def _dp_pooled(coordinator: Coordinator, designs: dict, outcome: dict, prior: np
 
 def _fit_from_sums(coordinator: Coordinator, total: np.ndarray, names, family, prior, level,
                    count: np.ndarray):
-    """The fit from the noisy sums, their row count sharpened by the count round's."""
+    """The fit from the noisy sums (checked: :mod:`securefed.plausibility_dp`), their row
+    count sharpened by the count round's."""
     privacy = coordinator.privacy
+    dp = privacy.options
+    contributors = len(coordinator.rounds[-1].contributors)
+    check_dp_summary(total, privacy.sum_noise_sd(contributors), p=len(names), clip=dp.clip,
+                     outcome_bound=dp.outcome_scale(family.name), family=family.name,
+                     contributors=contributors, purpose="bfi-sufficient-statistics")
     noise = float(np.max(privacy.sum_noise_sd(len(coordinator.rounds[-1].contributors))))
     count_sd = next(r["noise_sd_units"] for r in privacy.releases if r["purpose"] == "row count")
     total = total.copy()
@@ -648,13 +674,18 @@ def _combine(coordinator: Coordinator, opts: BFIOptions, family: Family, locals_
                                     guard, combined)
     if not centre:
         layout = bfi.HomogeneousLayout(names, family)
-        total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]),
-                                       dp=_DERIVED)
+        validator = validator_for(opts.robust, opts.robust_bound)
+        compute = lambda s: layout.site_vector(locals_[s.name])  # noqa: E731
+        total = coordinator.secure_sum("bfi-terms", compute if validator is None
+                                       else validator.tee("bfi-terms", compute), dp=_DERIVED)
+        robust = None if validator is None else robust_bfi(  # per site first: names it
+            coordinator, validator, layout, total, combined, SCALE_TERM, guard)
         guard.terms(total, coordinator, layout)
         fit = layout.combine(total, combined_prior=combined, level=level)
         thetas = {s.name: fit.estimate for s in coordinator.live_sites}
-        return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), \
-            {"site_thetas": thetas}
+        extra = {"site_thetas": thetas} if robust is None else {"site_thetas": thetas,
+                                                                "robust": robust}
+        return fit, _rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper), extra
     layout = bfi.CentreSpecificLayout(names, family, centre)
     total = coordinator.secure_sum("bfi-terms", lambda s: layout.site_vector(locals_[s.name]),
                                    dp=_DERIVED)
@@ -760,6 +791,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
     from securefed.coordinator import RemoteSite
 
     started = time.perf_counter() if started is None else started
+    check_robust_options(opts.robust, opts.robust_bound, dp=False, remote=True)
     for flag, used in (("--stratify", opts.stratify), ("--center-covariate",
                        opts.center_covariate), ("--heterogeneity", opts.heterogeneity),
                        ("--compare-pooled", opts.compare_pooled)):

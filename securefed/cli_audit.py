@@ -1,4 +1,4 @@
-"""``securefed audit verify|report`` and ``securefed keygen``.
+"""``securefed audit verify|report|dispute`` and ``securefed keygen``.
 
 Register in :func:`securefed.cli._register`::
 
@@ -203,6 +203,10 @@ def keygen(
 
 def register(app: typer.Typer) -> None:
     """Attach ``audit`` and ``keygen`` to the top-level app (idempotent)."""
+    if not any(c.name == "dispute" for c in audit_app.registered_commands):
+        from securefed.robust.cli_dispute import dispute
+
+        audit_app.command("dispute")(dispute)
     if not any(group.name == "audit" for group in app.registered_groups):
         app.add_typer(audit_app, name="audit")
     if not any(command.name == "keygen" for command in app.registered_commands):

@@ -25,6 +25,8 @@ from securefed.cli_fit import (
     NEIGHBOURS,
     PRIVACY_LEDGER,
     PROTECT,
+    ROBUST,
+    ROBUST_BOUND,
     SITE_KEYS,
     THRESHOLD,
     check_na_action,
@@ -111,6 +113,8 @@ def bfi(
         None, "--dp-standardize-range", help="DP: public range of each --standardize column, "
         "e.g. age=18:70,experien=0:50 (values are clipped to it)."),
     privacy_ledger: Path = PRIVACY_LEDGER,
+    robust: bool = ROBUST,
+    robust_bound: float = ROBUST_BOUND,
     audit_log: Path = AUDIT_LOG,
     site_keys: Path = SITE_KEYS,
     expect_fingerprint: str = EXPECT_FINGERPRINT,
@@ -160,7 +164,7 @@ def bfi(
         _survival_only({"--standardize": standardize, "--compare-pooled": compare_pooled or None,
                         "--heterogeneity": heterogeneity, "--predict": predict,
                         "--epsilon": epsilon, "--intercept-lambda": intercept_lambda,
-                        "--scale-lambda": scale_lambda})
+                        "--scale-lambda": scale_lambda, "--robust": robust or None})
         from securefed.bfi_survival_run import SurvivalBFIOptions, run_bfi_survival
 
         if baseline is None:
@@ -184,7 +188,8 @@ def bfi(
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity, combined_lambda)
-    opts = replace(opts, na_action=check_na_action(na_action), link=link, weights=weights)
+    opts = replace(opts, na_action=check_na_action(na_action), link=link, weights=weights,
+                   robust=robust, robust_bound=robust_bound)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, 3, 8.0,
                     dp_min_contributors, privacy_ledger, dp_standardize_range)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,

@@ -41,6 +41,12 @@ DP_MIN_CONTRIBUTORS = typer.Option(None, "--dp-min-contributors", help="DP: smal
                                    "of sites a noisy sum may hold (default 2n/3+1).")
 PRIVACY_LEDGER = typer.Option(None, "--privacy-ledger", help="DP: folder of the sites' "
                               "persistent privacy ledgers (earlier runs count).")
+ROBUST = typer.Option(False, "--robust", help="Bounded influence: each site also sends its "
+                      "summary of the final round to the validator, which refuses the run, "
+                      "naming the site, if one site moves a coefficient by more than "
+                      "--robust-bound SEs (leave-one-out); threat_model/poisoning.md.")
+ROBUST_BOUND = typer.Option(2.0, "--robust-bound", help="With --robust: the largest "
+                            "leave-one-out shift of any coefficient allowed, in SEs.")
 AUDIT_LOG = typer.Option(None, "--audit-log", help="Write a signed audit trail here "
                          "(plus per-site logs and a key registry beside it).")
 SITE_KEYS = typer.Option(None, "--site-keys", help="Sign the audit trail with the keys "
@@ -181,6 +187,8 @@ def fit(
     dp_max_se_ratio: float = DP_MAX_SE_RATIO,
     dp_min_contributors: int = DP_MIN_CONTRIBUTORS,
     privacy_ledger: Path = PRIVACY_LEDGER,
+    robust: bool = ROBUST,
+    robust_bound: float = ROBUST_BOUND,
     audit_log: Path = AUDIT_LOG,
     site_keys: Path = SITE_KEYS,
     expect_fingerprint: str = EXPECT_FINGERPRINT,
@@ -202,7 +210,8 @@ def fit(
     frame = read_table(data)
     opts = GLMMOptions(formula=formula, family=family, site_column=site_column, nagq=nagq,
                        lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed,
-                       na_action=check_na_action(na_action), weights=weights, link=link)
+                       na_action=check_na_action(na_action), weights=weights, link=link,
+                       robust=robust, robust_bound=robust_bound)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, dp_rounds,
                     dp_group_clip, dp_min_contributors, privacy_ledger,
                     max_se_ratio=dp_max_se_ratio)
@@ -211,6 +220,10 @@ def fit(
     result = run_with_progress(frame, opts, protect=prot, quiet=quiet, audit_log=audit_log,
                                audit_keys=keys)
     typer.echo(result.summary())
+    if "robust" in result.extra:
+        from securefed.robust.validator import robust_summary_line
+
+        typer.echo(robust_summary_line(result.extra["robust"]))
     echo_trail_note(audit_log, keys)  # with --quiet too: it says what the trail proves
     if json_out is not None:
         write_json(json_out, result.to_dict())

@@ -50,6 +50,7 @@ from securefed.dp_inference import (
     start_point,
 )
 from securefed.dp_statistics import group_clip_units, noise_floor, summary_query, terms_query
+from securefed.plausibility_dp import Z, check_dp_summary, check_dp_terms
 from securefed.privacy import DPOptions
 from securefed.vectors import from_upper_triangle
 
@@ -105,7 +106,13 @@ def fit_glmm_dp(coordinator: Coordinator, layout: ParameterLayout, family: Famil
     summary = coordinator.secure_sum(
         "dp-design-summary", lambda s: s.dp_summary_vector(dp.clip, bound),
         dp=summary_query("design summary", dp.clip, bound, rho_start))
-    summary_sd = float(np.max(guard.sum_noise_sd(len(coordinator.rounds[-1].contributors))))
+    contributors = len(coordinator.rounds[-1].contributors)
+    summary_sds = guard.sum_noise_sd(contributors)
+    summary_sd = float(np.max(summary_sds))
+    n_high = check_dp_summary(summary, summary_sds, p=layout.p, clip=dp.clip,
+                              outcome_bound=bound, family=family.name,
+                              contributors=contributors, purpose="dp-design-summary")
+    groups_high = min(n_high, float(summary[-1]) + Z * float(summary_sds[-1]))
     start = start_point(layout, family, summary, summary_sd)
     guard.clipped_records = float(summary[-2])
     units = group_clip_units(layout, dp.clip, bound, dp.group_clip)
@@ -124,6 +131,7 @@ def fit_glmm_dp(coordinator: Coordinator, layout: ParameterLayout, family: Famil
         total = coordinator.secure_sum(
             "dp-glmm-terms", lambda s, at=here: s.dp_terms_vector(layout, at, units), dp=query)
         sd = guard.sum_noise_sd(len(coordinator.rounds[-1].contributors))
+        check_dp_terms(total, sd, groups_high, layout.size, units)
         released = from_upper_triangle(total[layout.size:], layout.size)
         theta, information, ridge = newton_update(layout, here, total[:layout.size], released,
                                                   float(np.max(sd[layout.size:])))

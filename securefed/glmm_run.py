@@ -47,6 +47,7 @@ from securefed.plausibility import (
     check_validation_histograms,
     check_validation_loglik,
 )
+from securefed.robust.runs import check_robust_options, robust_glmm, validator_for
 from securefed.site import GLMMSiteDesign, Site
 from securefed.vectors import from_upper_triangle, unpack_terms
 
@@ -73,6 +74,8 @@ class GLMMOptions:
     na_action: str = "omit"
     weights: str | None = None  # a column of prior weights, as glmer's weights=
     link: str | None = None  # None: the family's canonical link
+    robust: bool = False  # bounded influence (securefed.robust): refuse a dominating site
+    robust_bound: float = 2.0  # the largest leave-one-out shift allowed, in honest SEs
 
 
 def _check_options(opts: GLMMOptions) -> None:
@@ -214,12 +217,15 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
     warnings += [f"site {name}: {n} row(s) with missing values omitted"
                  for name, n in omitted.items()]
     source = frame.attrs.get("source")
+    if opts.robust and several:
+        check_robust_options(True, opts.robust_bound, dp=False, remote=False,
+                             unsupported="several random-effects terms")
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
                                  config=asdict(opts), protection=describe_protection(protection),
                                  keys=audit_keys)
-    if site_runtime and runtime_supports(protection) and (
+    if site_runtime and not opts.robust and runtime_supports(protection) and (
             audit is None or runtime_carries_audit(protection)):
         from securefed.transport.loopback import loopback_rounds
 
@@ -336,6 +342,8 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
         coordinator.setup(lambda s: s.prepare_glmm(design, keep, fraction, seed))
 
     prepare(None, 0.0)
+    check_robust_options(opts.robust, opts.robust_bound, dp=coordinator.privacy is not None,
+                         remote=coordinator.transport is not None)
     if coordinator.privacy is not None:
         if formula.model.offsets or _weighted(opts, formula) or not family.canonical:
             raise InputError("offset(), weights, cbind() and non-canonical links under "
@@ -388,6 +396,9 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
         prepare(keep_arg, 0.0)
     estimate = fit_glmm_restarting(evaluate, layout, start, lam=lam, tol=opts.tol,
                                    on_step=on_step)
+    if opts.robust:  # the validator bounds each site's influence (securefed.robust)
+        extra["robust"] = robust_glmm(coordinator, validator_for(True, opts.robust_bound),
+                                      estimate, split_state[0])
     live = coordinator.live_sites
     # the coordinator never reads a site's rows, in-process either: the counts are a sum
     counts = coordinator.secure_sum("glmm-counts", lambda s: s.glmm_counts_vector())

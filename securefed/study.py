@@ -32,7 +32,7 @@ LAYERS = ("none", "secagg", "ckks", "dp")  # a [protection] layers list stacks t
 KINDS = ("glmm", "bfi")
 FAMILIES = ("binomial", "poisson", "gaussian")
 SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number",
-               "weights": "str"}
+               "weights": "str", "robust": "bool", "robust_bound": "number"}
 GLMM_KEYS = {"nagq": "int", "lambda_grid": "list[number]", "select": "str", "seed": "int",
              "validation_fraction": "number"}
 BFI_KEYS = {"intercept_lambda": "number", "scale_lambda": "number", "stratify": "list[str]",
@@ -294,7 +294,7 @@ class _Parser:
                            lambda_grid=tuple(float(v) for v in m.get("lambda_grid", ())),
                            select=m.get("select", "aic"), seed=m.get("seed"),
                            validation_fraction=float(m.get("validation_fraction", 0.3)),
-                           weights=m.get("weights"))
+                           weights=m.get("weights"), **self.robust_options(m, at))
 
     def bfi_options(self, m: dict, at) -> BFIOptions:
         for key in ("lambda", "intercept_lambda", "scale_lambda"):
@@ -313,7 +313,16 @@ class _Parser:
                           standardize=tuple(m.get("standardize", ())),
                           compare_pooled=m.get("compare_pooled", False),
                           heterogeneity=tuple(m.get("heterogeneity", ())),
-                          weights=opt("weights"))
+                          weights=opt("weights"), **self.robust_options(m, at))
+
+    def robust_options(self, m: dict, at) -> dict:
+        """``robust`` / ``robust_bound`` of ``[model]`` (bounded influence, securefed.robust)."""
+        bound = float(m.get("robust_bound", 2.0))
+        if not bound > 0:
+            self.fail(at("robust_bound"), "robust_bound must be a positive number of SEs")
+        if "robust_bound" in m and not m.get("robust", False):
+            self.fail(at("robust_bound"), "robust_bound needs robust = true")
+        return {"robust": bool(m.get("robust", False)), "robust_bound": bound}
 
     def sites(self, entries: list[dict]) -> list[SiteSpec]:
         from securefed.keys import check_party_name
@@ -641,6 +650,11 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
         "key_origin": "ephemeral" if keys is None else "consortium",
     }
     summary = fit.summary() + "\n" + trail_note(keys)
+    if study.kind == "glmm" and "robust" in fit.extra:
+        from securefed.robust.validator import robust_summary_line
+
+        summary = f"{fit.summary()}\n{robust_summary_line(fit.extra['robust'])}\n" \
+            f"{trail_note(keys)}"
     summary_path, result_path = study.output_dir / "summary.txt", study.output_dir / "result.json"
     try:
         summary_path.write_text(summary + "\n", encoding="utf-8")

@@ -61,6 +61,8 @@ def admit_round(policy: SitePolicy, site_name: str, params: Any, registry: Colle
         _refuse(Refusal.LAYER_BELOW_FLOOR)
     if dp_query is None and policy.dp_required:
         _refuse(Refusal.DP_REQUIRED)
+    if policy.robust_required and not getattr(params, "robust", False):
+        _refuse(Refusal.ROBUST_REQUIRED)  # the runtime does not carry --robust yet
     if dp_query is not None and policy.max_epsilon_per_release > 0:
         from protocols.dp import zcdp_epsilon
 

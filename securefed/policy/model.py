@@ -88,6 +88,14 @@ min_cell_count = 5
 min_records = 10
 min_effective_records = 5.0
 
+[robust]
+# true: take part only in runs with bounded influence (--robust, or robust = true
+# in the study file): each site's summary of the final round then goes to the
+# validator, which refuses a run one site moves by more than the bound, naming
+# it (threat_model/poisoning.md). --robust runs in-process only for now, so over
+# a remote transport a site that requires it refuses every round.
+required = false
+
 [record]
 # The folder (relative to this file) of this site's persistent record of what
 # it released over which roster (differencing is refused from it) and its
@@ -122,6 +130,7 @@ class SitePolicy:
     min_cell_count: int = 5
     min_records: int = 10
     min_effective_records: float = 5.0
+    robust_required: bool = False
     record_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -165,6 +174,7 @@ _SECTIONS = {
     "disclosure": {"max_bins": "max_bins", "min_cell_count": "min_cell_count",
                    "min_records": "min_records",
                    "min_effective_records": "min_effective_records"},
+    "robust": {"required": "robust_required"},
     "record": {"dir": "record_dir"},
 }
 _TYPES = {f.name: f.type for f in fields(SitePolicy)}

@@ -34,6 +34,7 @@ class Refusal(enum.Enum):
     SMALL_CELL = "small-cell"
     TOO_FEW_RECORDS = "too-few-records"
     DIFFERENCING = "differencing"
+    ROBUST_REQUIRED = "robust-required"
 
     @property
     def message(self) -> str:
@@ -63,6 +64,8 @@ _MESSAGES = {
     Refusal.TOO_FEW_RECORDS: "fewer records are behind the release than this site's minimum",
     Refusal.DIFFERENCING: "this site released the same statistic over another roster; "
                           "answering would reveal the difference",
+    Refusal.ROBUST_REQUIRED: "this site takes part only in runs with bounded influence "
+                             "(--robust)",
 }
 
 
