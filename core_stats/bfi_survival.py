@@ -44,6 +44,7 @@ optimum that Newton's method reaches here; see ``docs/survival.md``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -53,7 +54,16 @@ from core_stats.families import Family
 __all__ = ["BASELINES", "R_BASEHAZ", "SURVIVAL", "baseline_names", "fit_survival_map",
            "r_curvature", "survival_log_posterior"]
 
-SURVIVAL = Family("survival", "log", has_dispersion=False)
+@dataclass(frozen=True)
+class _Survival(Family):
+    """The survival models' marker family (its likelihood lives in this module)."""
+
+    name = "survival"
+    r_name = "survival"
+    links = ("log",)
+
+
+SURVIVAL = _Survival()
 BASELINES = ("exponential", "weibull", "gompertz")
 R_BASEHAZ = {"exponential": "exp", "weibull": "weibul", "gompertz": "gomp"}
 _START = -0.5  # R's initial value for every omega

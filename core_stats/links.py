@@ -1,6 +1,13 @@
-"""Binomial links other than the logit: probit and complementary log-log.
+"""Link functions as objects, and the binomial kernels of its non-canonical links.
 
-For a non-canonical link the kernel ``r(y, eta) = y log mu + (1 - y) log(1 - mu)``
+One :class:`Link` per link, named as R names it: ``logit``, ``probit``,
+``cloglog``, ``log``, ``identity``, ``inverse``. A link maps the mean ``mu``
+to the linear predictor ``eta = g(mu)``; ``inverse`` is ``g^{-1}``;
+``clip`` keeps a starting mean inside the link's domain (an explicit guard:
+``logit(0)`` is infinite). Which family allows which link is the family's
+business (:mod:`core_stats.families`).
+
+For a non-canonical binomial link the kernel ``r(y, eta) = y log mu + (1 - y) log(1 - mu)``
 (``mu = F(eta)``) has no short closed-form derivatives, so they are computed
 exactly by univariate Taylor arithmetic: each function of ``eta`` is carried
 as its Taylor coefficients ``c_0 .. c_4`` at the point (``f^(k) = k! c_k``),
@@ -22,12 +29,14 @@ the Laplace mode search needs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import factorial
 
 import numpy as np
-from scipy.special import log_ndtr, ndtr, ndtri
+from scipy.special import expit, log_ndtr, ndtr, ndtri
 
-__all__ = ["BINOMIAL_LINKS", "binomial_kernel_derivatives", "inverse_link", "link_value"]
+__all__ = ["BINOMIAL_LINKS", "LINKS", "Link", "binomial_kernel_derivatives", "get_link",
+           "inverse_link", "link_value"]
 
 BINOMIAL_LINKS = ("logit", "probit", "cloglog")
 _ORDER = 4
@@ -111,3 +120,68 @@ def link_value(link: str, mu: float) -> float:
     if link == "probit":
         return float(ndtri(mu))
     return float(np.log(-np.log1p(-mu)))
+
+
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link ``eta = g(mu)`` with its inverse (``name`` as R's ``make.link`` names it).
+
+    Attributes
+    ----------
+    name : str
+        R's name of the link.
+    domain : tuple of float
+        Open interval of means the link accepts; starting means are clipped
+        ``_EPS`` inside it.
+    """
+
+    name: str
+    domain: tuple[float, float]
+
+    def inverse(self, eta: np.ndarray) -> np.ndarray:
+        """``mu = g^{-1}(eta)``."""
+        eta = np.asarray(eta, dtype=float)
+        if self.name == "logit":
+            return expit(eta)
+        if self.name in ("probit", "cloglog"):
+            return inverse_link(self.name, eta)
+        if self.name == "log":
+            return np.exp(eta)
+        if self.name == "inverse":
+            return 1.0 / eta
+        return eta
+
+    def clip(self, mu: float) -> float:
+        """``mu`` moved ``_EPS`` inside the link's domain (explicit guard for start values)."""
+        low, high = self.domain
+        return float(min(max(mu, low + _EPS), high - _EPS))
+
+    def value(self, mu: float) -> float:
+        """``eta = g(mu)`` of one mean, clipped inside the domain first."""
+        mu = self.clip(mu)
+        if self.name == "logit":
+            return float(np.log(mu / (1.0 - mu)))
+        if self.name in ("probit", "cloglog"):
+            return link_value(self.name, mu)
+        if self.name == "log":
+            return float(np.log(mu))
+        if self.name == "inverse":
+            return 1.0 / mu
+        return float(mu)
+
+
+_UNIT, _POSITIVE, _LINE = (0.0, 1.0), (0.0, np.inf), (-np.inf, np.inf)
+LINKS: dict[str, Link] = {link.name: link for link in (
+    Link("logit", _UNIT), Link("probit", _UNIT), Link("cloglog", _UNIT),
+    Link("log", _POSITIVE), Link("inverse", _POSITIVE), Link("identity", _LINE))}
+
+
+def get_link(name: str) -> Link:
+    """The link called ``name``; ``ValueError`` names the valid ones."""
+    try:
+        return LINKS[name]
+    except KeyError:
+        raise ValueError(f"unknown link {name!r}: choose one of {', '.join(LINKS)}") from None

@@ -184,6 +184,9 @@ def _parse_model(opts: BFIOptions) -> tuple:
         family = get_family(opts.family, opts.link)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
+    if not family.bfi:
+        raise InputError(f"BFI does not support the {family.name} family yet: fit it with "
+                         "'securefed fit' (the federated GLMM)")
     if formula.model.offsets or formula.outcome.startswith("cbind("):
         raise InputError("offset() and cbind() responses are not supported by BFI yet")
     if opts.lam <= 0:

@@ -24,8 +24,8 @@ __all__ = ["admit_round", "admit_call", "check_release", "model_of", "canonical_
 
 COORDINATOR_NAME = "coordinator"
 #: release calls whose value depends on the coordinator's parameters (layout, theta)
-THETA_METHODS = frozenset({"glmm_terms_vector", "dp_terms_vector", "validation_loglik_vector",
-                           "validation_histograms"})
+THETA_METHODS = frozenset({"glmm_terms_vector", "glmm_reml_vector", "dp_terms_vector",
+                           "validation_loglik_vector", "validation_histograms"})
 _GLMM_METHODS = THETA_METHODS | {"glmm_counts_vector", "design_summary_vector",
                                  "dp_summary_vector"}
 _BFI_METHODS = frozenset({"bfi_terms_vector", "dp_bfi_stats_vector"})
@@ -165,14 +165,16 @@ def _records(site: Any, method: str) -> int:
 
 
 def effective_records(site: Any, layout: Any, theta: np.ndarray) -> float:
-    """``(Σ w)² / Σ w²`` of the working weights ``w = -r''(x'β)`` of the site's rows.
+    """``(Σ w)² / Σ w²`` of the working weights ``w = -d²l/dη²(x'β, s)`` of the site's rows.
 
     About the number of records carrying the likelihood's curvature at ``β``:
     a crafted ``β`` that puts all weight on one patient gives about 1.
     """
     rows = site.glmm_rows
     eta = rows.X @ np.asarray(theta, dtype=float)[layout.beta]
-    weight = -site.glmm_family.kernel_derivatives(rows.y, eta, 2)[2]
+    theta = np.asarray(theta, dtype=float)
+    s = float(theta[layout.scale_index]) if layout.has_dispersion else 0.0
+    weight = -site.glmm_family.row_partials(rows.y, eta, s, None, 2)[2, 0]
     total = float(np.sum(weight))
     square = float(np.sum(weight**2))
     return 0.0 if square <= 0 else total * total / square
@@ -187,7 +189,7 @@ def check_release(policy: SitePolicy, site: Any, call: Any, vector: np.ndarray) 
         if np.any((counts > 0) & (counts < policy.min_cell_count)):
             _refuse(Refusal.SMALL_CELL)
     derivatives = (call.method == "glmm_terms_vector" and call.kwargs["derivatives"]) or (
-        call.method == "dp_terms_vector")
+        call.method in ("dp_terms_vector", "glmm_reml_vector"))
     if derivatives and policy.min_effective_records > 0:
         layout, theta = call.kwargs["layout"], call.kwargs["theta"]
         if effective_records(site, layout, theta) < policy.min_effective_records:
