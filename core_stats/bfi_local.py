@@ -185,7 +185,7 @@ def log_posterior(
 
 def _start(X: np.ndarray, y: np.ndarray, family: Family, prior: np.ndarray, free_scale: bool):
     p = X.shape[1]
-    if family.name != "gaussian":
+    if not family.has_residual_sd:
         return np.zeros(p)
     ridge = prior[:p, :p] + 1e-8 * np.eye(p)
     beta = np.linalg.solve(X.T @ X + ridge, X.T @ y)

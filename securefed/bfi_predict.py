@@ -41,7 +41,7 @@ def predict_rows(report: BFIReport, frame: pd.DataFrame, *, response: bool = Tru
     parameters, so ``frame`` must then hold the site column.
     """
     opts = report.options
-    family = get_family(opts.family)
+    family = get_family(opts.family, opts.link)
     data = _standardized(report, frame)
     schema = report.schema or DesignSchema(opts.formula)
     try:

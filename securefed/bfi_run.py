@@ -450,10 +450,10 @@ class _Unchecked:
 
 
 def _check_dp(opts: BFIOptions, family: Family, dp) -> None:
-    if family.name == "poisson":
+    if not family.dp_sufficient_statistics:
         raise InputError("BFI under differential privacy is available for the gaussian and "
                          "binomial families (local fits from noisy sufficient statistics); for "
-                         "poisson outcomes use 'securefed fit' with --protect ...,dp")
+                         f"{family.name} outcomes use 'securefed fit' with --protect ...,dp")
     if opts.standardize:
         dp.standardize_range_for(opts.standardize)  # InputError naming the flag if missing
     if opts.compare_pooled:
@@ -477,7 +477,7 @@ def _dp_pooled(coordinator: Coordinator, designs: dict, outcome: dict, prior: np
     """
     from securefed.dp_statistics import summary_query, summary_vector
 
-    if family.name == "binomial" and "(Intercept)" not in names:
+    if family.binary and "(Intercept)" not in names:
         raise InputError("binomial BFI under dp needs an intercept in the formula")
     privacy = coordinator.privacy
     dp = privacy.options
@@ -727,7 +727,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
         if opts.standardize:
             raise InputError("--standardize under dp is not available over a remote transport "
                              "yet: standardise the columns at the sites beforehand")
-        if family.name == "binomial" and "(Intercept)" not in names:
+        if family.binary and "(Intercept)" not in names:
             raise InputError("binomial BFI under dp needs an intercept in the formula")
     try:
         report = _bfi_remote(coordinator, opts, schema, family, names, started,

@@ -63,7 +63,7 @@ DEFAULT_THETA_BOUND = 100.0
 def linear_bound(family: Family, dim: int, n: float, curvature: np.ndarray,
                  theta_bound: float) -> tuple[float, str]:
     """The honest upper bound on ``b' A^{-1} b`` and which of (2), (3) it is."""
-    if family.name == "binomial" and family.canonical:
+    if family.binary and family.canonical:
         return (C_LOGIT + 2.0 * np.log(2.0)) * n, "logit"
     return dim * theta_bound**2 * float(np.trace(curvature)), "public theta bound"
 

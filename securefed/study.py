@@ -33,7 +33,8 @@ KINDS = ("glmm", "bfi")
 # names and aliases of core_stats.families (tested equal; not imported: start-up time)
 FAMILIES = ("binomial", "poisson", "gaussian", "gamma", "negative_binomial", "nbinom2")
 SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number"}
-GLMM_KEYS = {"nagq": "int", "lambda_grid": "list[number]", "select": "str", "seed": "int",
+GLMM_KEYS = {"link": "str", "reml": "bool", "nagq": "int", "lambda_grid": "list[number]",
+             "select": "str", "seed": "int",
              "validation_fraction": "number"}
 BFI_KEYS = {"intercept_lambda": "number", "scale_lambda": "number", "stratify": "list[str]",
             "center_covariate": "str", "center_covariate_kind": "str",
@@ -292,7 +293,8 @@ class _Parser:
                            lam=float(m.get("lambda", 0.0)),
                            lambda_grid=tuple(float(v) for v in m.get("lambda_grid", ())),
                            select=m.get("select", "aic"), seed=m.get("seed"),
-                           validation_fraction=float(m.get("validation_fraction", 0.3)))
+                           validation_fraction=float(m.get("validation_fraction", 0.3)),
+                           link=m.get("link"), reml=bool(m.get("reml", False)))
 
     def bfi_options(self, m: dict, at) -> BFIOptions:
         for key in ("lambda", "intercept_lambda", "scale_lambda"):

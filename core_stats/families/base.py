@@ -89,6 +89,8 @@ class Family:
         or None when the sensitivity of the family's terms is not derived.
     several_terms : bool
         The several-term GLMM (:mod:`core_stats.glmm_multi_laplace`) supports it.
+    dp_sufficient_statistics : bool
+        DP BFI can fit it from noisy sufficient statistics (:mod:`core_stats.bfi_stats`).
     binary : bool
         The outcome is 0/1 (a proportion with trials as weights): AUC applies.
     reml : bool
@@ -108,6 +110,7 @@ class Family:
     bfi: ClassVar[bool] = False
     dp_outcome: ClassVar[str | None] = None
     several_terms: ClassVar[bool] = False
+    dp_sufficient_statistics: ClassVar[bool] = False
     binary: ClassVar[bool] = False
     reml: ClassVar[bool] = False
     prior_weights: ClassVar[bool] = False
@@ -126,6 +129,11 @@ class Family:
     def has_dispersion(self) -> bool:
         """True when ``theta`` carries the family's dispersion ``s``."""
         return self.dispersion is not None
+
+    @property
+    def has_residual_sd(self) -> bool:
+        """True when ``theta`` holds a residual SD on the scale of ``eta`` (the Gaussian)."""
+        return self.dispersion is not None and self.dispersion.residual_sd
 
     @property
     def canonical(self) -> bool:
@@ -164,6 +172,23 @@ class Family:
 
     def _check_values(self, y: np.ndarray, weights: np.ndarray | None) -> None:
         """The family's own outcome checks (one-line ``ValueError``, no data values)."""
+
+    # ------------------------------------------------ plausibility bounds
+    def information_bounds(self, random_effects: bool, laplace_intercept: bool,
+                           sigma: float) -> tuple[float, float | None] | None:
+        """Proven ``lower G <= -H_beta,beta <= upper G`` (``G = X'X``) for an honest sum, as
+        ``(lower, upper or None)``; None where no bound is proven (canonical links only;
+        the proofs are in :func:`securefed.plausibility.check_glmm_terms`)."""
+        return None
+
+    def score_bound(self, random_effects: bool, laplace_intercept: bool, n: float,
+                    rss_over_sigma4: float) -> float | None:
+        """Proven bound on ``g_beta' G^{-1} g_beta`` for an honest sum, or None."""
+        return None
+
+    def loglik_upper_per_row(self, log_dispersion: float) -> float | None:
+        """Largest log-density of one row (None: unbounded, a continuous density)."""
+        return 0.0 if self.density_at_most_one else None
 
     def summary_problem(self, n: float, sum_y: float, sum_y2: float, weighted: bool,
                         atol: float, rtol: float) -> str | None:

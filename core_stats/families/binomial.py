@@ -30,6 +30,7 @@ class Binomial(Family):
     bfi = True
     dp_outcome = "unit"
     several_terms = True
+    dp_sufficient_statistics = True
     binary = True
     prior_weights = True
 
@@ -46,11 +47,25 @@ class Binomial(Family):
     def summary_problem(self, n: float, sum_y: float, sum_y2: float, weighted: bool,
                         atol: float, rtol: float) -> str | None:
         moments = (-atol <= sum_y2 <= sum_y * (1 + rtol) + atol) if weighted else \
-            abs(sum_y2 - sum_y) <= atol + rtol * max(abs(sum_y2), abs(sum_y))
+            abs(sum_y2 - sum_y) <= atol + rtol * max(1.0, abs(sum_y))
         if not (-atol <= sum_y <= n + atol) or not moments:
             return (f"need 0 <= sum y <= n and sum y^2 = sum y (sum y = {sum_y:.6g}, "
                     f"sum y^2 = {sum_y2:.6g}, n = {n:.6g})")
         return None
+
+    def information_bounds(self, random_effects: bool, laplace_intercept: bool,
+                           sigma: float) -> tuple[float, float | None] | None:
+        """GLM: ``0 <= X'WX <= G/4``; Laplace with a random intercept: ``-6 G .. 25/4 G``."""
+        if not random_effects:
+            return 0.0, 0.25
+        return (-6.0, 6.25) if laplace_intercept else None
+
+    def score_bound(self, random_effects: bool, laplace_intercept: bool, n: float,
+                    rss_over_sigma4: float) -> float | None:
+        """GLM: ``||y - mu||^2 <= n``; Laplace with a random intercept: ``(2)^2 n``."""
+        if not random_effects:
+            return n
+        return 4.0 * n if laplace_intercept else None
 
     def mean_slope(self, mu: float) -> float:
         mu = float(np.clip(mu, 1e-6, 1 - 1e-6))

@@ -29,7 +29,22 @@ class Gaussian(Family):
     bfi = True
     dp_outcome = "bounded"
     several_terms = True
+    dp_sufficient_statistics = True
     prior_weights = True
+
+    def information_bounds(self, random_effects: bool, laplace_intercept: bool,
+                           sigma: float) -> tuple[float, float | None] | None:
+        """``X'V^{-1}X`` with ``V >= sigma^2 I``: ``0 <= -H <= G / sigma^2``."""
+        return 0.0, 1.0 / sigma**2
+
+    def score_bound(self, random_effects: bool, laplace_intercept: bool, n: float,
+                    rss_over_sigma4: float) -> float | None:
+        """``(a'g)^2 <= sigma^{-4} a'Ga RSS(beta)``."""
+        return rss_over_sigma4
+
+    def loglik_upper_per_row(self, log_dispersion: float) -> float | None:
+        """``-(1/2) log(2 pi sigma^2)``: ``l = log N(y; X beta, V)`` with ``V >= sigma^2 I``."""
+        return -0.5 * float(np.log(2.0 * np.pi)) - float(log_dispersion)
 
     def mean_slope(self, mu: float) -> float:
         return 1.0

@@ -36,6 +36,11 @@ class Poisson(Family):
                         atol: float, rtol: float) -> str | None:
         return count_summary_problem(sum_y, sum_y2, atol, rtol)
 
+    def information_bounds(self, random_effects: bool, laplace_intercept: bool,
+                           sigma: float) -> tuple[float, float | None] | None:
+        """GLM: ``X' diag(mu) X >= 0``."""
+        return None if random_effects else (0.0, None)
+
     def mean_slope(self, mu: float) -> float:
         return max(mu, 1e-6)
 

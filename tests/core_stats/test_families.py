@@ -93,3 +93,10 @@ def test_new_families_refuse_bad_outcomes_in_one_line(name):
     family = get_family(name)
     with pytest.raises(ValueError, match="non-negative|positive"):
         family.check_outcome(np.array([1.0, -1.0, 2.0]))
+
+
+def test_the_cli_lists_every_family_the_registry_has():
+    from securefed import preflight, study
+
+    names = {alias.lower() for f in FAMILIES.values() for alias in (f.name, *f.aliases)}
+    assert set(preflight.FAMILIES) == names == set(study.FAMILIES)

@@ -106,3 +106,11 @@ def test_reml_summary_prints_what_lmer_prints(reml_fit):
     assert text.startswith("Linear mixed model fit by REML")
     assert f"REML criterion at convergence: {spec['lmer']['reml_criterion']:.1f}" in text
     assert "AIC" not in text and "t value" in text
+
+
+def test_predict_uses_the_fitted_link(fitted):
+    spec, frame, _, fit = fitted
+    eta = fit.predict(frame.head(3), response=False)
+    mu = fit.predict(frame.head(3))
+    expected = np.exp(eta) if spec["link"] == "log" else 1.0 / eta
+    np.testing.assert_allclose(mu, expected, rtol=1e-12)
