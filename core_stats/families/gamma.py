@@ -11,7 +11,11 @@ kernel ``r = -y / mu - log mu``. Log link: with ``t = y e^{-eta}``,
 ``r = -t - eta``, ``r' = t - 1``, ``r'' = -t``, ``r''' = t``, ``r'''' = -t``.
 Inverse link (``mu = 1 / eta``, ``eta > 0``): ``r = -y eta + log eta``,
 ``r' = 1/eta - y``, ``r'' = -1/eta^2``, ``r''' = 2/eta^3``, ``r'''' = -6/eta^4``;
-``r = -inf`` where ``eta <= 0`` (no mean there), so step-halving backs off.
+an explicit guard continues ``r`` below ``eta = 1 / (10^6 y)`` (a mean above a
+million times the row's outcome) by its second-order Taylor polynomial there:
+concave and finite where no mean exists (``eta <= 0``), so a Newton step that
+leaves the domain gets a very low, finite value and step-halving backs off
+(a sum of ``-inf`` could not be securely aggregated). The optimum lies inside.
 With ``f(nu) = nu (log nu + log y) - lgamma(nu)``, ``f' = log nu + 1 + log y -
 psi(nu)``, ``f'' = 1/nu - psi'(nu)``, the ``s``-derivatives of the
 ``eta``-free terms are ``-2 nu f'`` and ``4 nu^2 f'' + 4 nu f'``. Both kernels
@@ -28,6 +32,8 @@ from scipy.special import digamma, gammaln, polygamma
 from core_stats.families.base import Dispersion, Family, inverse_square_scale
 
 __all__ = ["Gamma"]
+
+_MAX_MEAN_RATIO = 1e6  # the inverse link's guard: means up to 1e6 times the outcome
 
 
 @dataclass(frozen=True)
@@ -74,10 +80,16 @@ class Gamma(Family):
         if self.link == "log":
             t = y * np.exp(-eta)
             return [-t - eta, t - 1.0, -t, t, -t][: order + 1]
-        inside = eta > 0
-        e = np.where(inside, eta, 1.0)
-        value = np.where(inside, -y * e + np.log(e), -np.inf)
-        return [value, 1.0 / e - y, -1.0 / e**2, 2.0 / e**3, -6.0 / e**4][: order + 1]
+        # guard: below eta = delta (a mean above 1e6 y) the kernel is continued by its
+        # second-order Taylor polynomial at delta (C^2, concave, finite for eta <= 0)
+        delta = 1.0 / (_MAX_MEAN_RATIO * y)
+        e = np.maximum(eta, delta)
+        d = np.minimum(eta - delta, 0.0)
+        r0, r1, r2 = -y * e + np.log(e), 1.0 / e - y, -1.0 / e**2
+        inside = eta > delta
+        out = [r0 + r1 * d + 0.5 * r2 * d * d, r1 + r2 * d, r2,
+               np.where(inside, 2.0 / e**3, 0.0), np.where(inside, -6.0 / e**4, 0.0)]
+        return out[: order + 1]
 
     def log_normalizer(self, y: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         return -np.log(np.asarray(y, dtype=float))

@@ -67,9 +67,19 @@ def test_gamma_density_is_scipys(link):
     assert family.dispersion_value(s) == pytest.approx(0.16)  # glmmTMB's sigma^2 = 1/shape
 
 
-def test_gamma_inverse_link_has_no_mean_below_zero():
+def test_gamma_inverse_link_is_continued_finite_and_concave_outside_its_domain():
     family = get_family("Gamma", "inverse")
-    assert family.kernel_derivatives(np.array([1.0]), np.array([-0.1]), 0)[0][0] == -np.inf
+    y = np.full(5, 2.0)
+    delta = 1.0 / (1e6 * 2.0)
+    eta = np.array([-0.5, 0.0, delta, 2 * delta, 0.3])
+    r, r1, r2 = family.kernel_derivatives(y, eta, 2)
+    assert np.all(np.isfinite(r)) and np.all(r2 < 0) and r[0] < r[1] < r[2]
+    assert r[4] == pytest.approx(-2.0 * 0.3 + np.log(0.3))  # the true kernel inside
+    h = 1e-4 * delta  # value, slope and curvature continuous at the guard
+    value, slope, curve = family.kernel_derivatives(y[:2], np.array([delta - h, delta + h]), 2)
+    assert value[1] - value[0] == pytest.approx(2 * h * slope.mean(), rel=1e-6)
+    assert slope[0] == pytest.approx(slope[1], rel=1e-3)
+    assert curve[0] == pytest.approx(curve[1], rel=1e-3)
 
 
 def test_registry_names_aliases_and_links():

@@ -78,3 +78,14 @@ def test_agq_converges_to_the_exact_integral(name, link):
     errors = [abs(site_terms(rows, family, layout, theta, nagq=k).loglik - exact)
               for k in (1, 5, 25)]
     assert errors[0] > errors[2] and errors[2] < 1e-8
+
+
+def test_inverse_link_terms_stay_finite_where_no_mean_exists():
+    """A Newton step past eta = 0 gets a very low, finite value (a sum can carry it)."""
+    rows, family, layout, theta = _site("Gamma", "inverse", 1)
+    inside = site_terms(rows, family, layout, theta).loglik
+    theta = theta.copy()
+    theta[:2] = [0.05, -1.0]  # eta < 0 for about half the rows
+    terms = site_terms(rows, family, layout, theta)
+    assert np.isfinite(terms.loglik) and terms.loglik < inside - 1e3
+    assert np.all(np.isfinite(terms.gradient)) and np.all(np.isfinite(terms.hessian))
