@@ -82,29 +82,33 @@ for (name in names(cases)) {
 }
 
 ## Gaussian REML: lmer's default criterion on mlmRev's Exam, schools in 5 sites; the
-## second formula is the issue's (school SD 0.2930 under REML, 0.2848 under ML)
-d <- transform(mlmRev::Exam, centre = sites_for(school, 5))[,
-       c("centre", "school", "normexam", "standLRT", "sex", "schgend")]
-csv <- file.path(out, "data", "exam_reml.csv")
-write.csv(d, csv, row.names = FALSE)
-d <- read.csv(csv)
-reml_cases <- list(exam_reml = normexam ~ standLRT + (1 | school),
-                   exam_reml_issue = normexam ~ standLRT + sex + schgend + (1 | school))
+## second formula is the issue's (school SD 0.2930 under REML, 0.2848 under ML); and
+## lme4's Dyestuff2, whose REML fit is singular (batch variance 0)
+exam <- transform(mlmRev::Exam, centre = sites_for(school, 5))[,
+          c("centre", "school", "normexam", "standLRT", "sex", "schgend")]
+dye <- transform(lme4::Dyestuff2, centre = sites_for(Batch, 3))
+write.csv(exam, file.path(out, "data", "exam_reml.csv"), row.names = FALSE)
+write.csv(dye, file.path(out, "data", "dyestuff2_reml.csv"), row.names = FALSE)
+reml_cases <- list(
+  exam_reml = list(csv = "exam_reml.csv", f = normexam ~ standLRT + (1 | school)),
+  exam_reml_issue = list(csv = "exam_reml.csv",
+                         f = normexam ~ standLRT + sex + schgend + (1 | school)),
+  dyestuff2_reml = list(csv = "dyestuff2_reml.csv", f = Yield ~ 1 + (1 | Batch)))
 for (name in names(reml_cases)) {
-  f <- reml_cases[[name]]
+  f <- reml_cases[[name]]$f
+  d <- read.csv(file.path(out, "data", reml_cases[[name]]$csv))
   m <- lmer(f, data = d, REML = TRUE, control = lmerControl(optimizer = "bobyqa"))
   m_ml <- update(m, REML = FALSE)
-  m_tmb <- glmmTMB(f, data = d, REML = TRUE)
   vc <- as.data.frame(VarCorr(m))
   write_case(name, list(
     formula = paste(deparse(f, width.cutoff = 500L), collapse = ""), family = "gaussian",
-    link = "identity", site_column = "centre", dataset_path = "data/exam_reml.csv",
+    link = "identity", site_column = "centre",
+    dataset_path = file.path("data", reml_cases[[name]]$csv),
     reml = TRUE, n_obs = nobs(m), n_groups = as.integer(ngrps(m)),
     lmer = list(fixef = as.list(fixef(m)), se = as.list(sqrt(diag(as.matrix(vcov(m))))),
-                sd = list(school = vc$sdcor[1]), sigma = sigma(m),
+                sd = as.list(setNames(vc$sdcor[1], vc$grp[1])), sigma = sigma(m),
+                singular = isSingular(m),
                 reml_criterion = unname(REMLcrit(m)), loglik = as.numeric(logLik(m)),
-                ml_school_sd = as.data.frame(VarCorr(m_ml))$sdcor[1]),
-    glmmtmb = list(fixef = as.list(fixef(m_tmb)$cond), sd = sqrt(VarCorr(m_tmb)$cond[[1]][1]),
-                   sigma = sigma(m_tmb), loglik = as.numeric(logLik(m_tmb))),
+                ml_sd = as.data.frame(VarCorr(m_ml))$sdcor[1]),
     provenance = provenance()))
 }
