@@ -14,8 +14,9 @@ import pytest
 from securefed.glmm_run import GLMMOptions, run_glmm
 
 GOLDEN = Path(__file__).parents[1] / "golden" / "glmm_families"
-# exam_reml_issue is the issue's model (school SD 0.2930, ML 0.2848); Dyestuff2 is singular
-REML = ["exam_reml", "exam_reml_issue", "dyestuff2_reml"]
+# exam_reml_issue is the issue's model (school SD 0.2930, ML 0.2848); Dyestuff2 is singular;
+# sleepstudy has a correlated random slope
+REML = ["exam_reml", "exam_reml_issue", "dyestuff2_reml", "sleepstudy_reml_slope"]
 NAMES = sorted(p.stem for p in GOLDEN.glob("*.json") if p.stem not in REML)
 
 
@@ -88,13 +89,13 @@ def test_reml_matches_lmer(reml_fit):
     for fe in fit.fixed_effects:
         assert abs(fe.estimate - ref["fixef"][fe.term]) <= 1e-3 * (1 + abs(fe.estimate))
         assert fe.std_error == pytest.approx(ref["se"][fe.term], rel=0.02)
-    group, residual = fit.random_effects
-    (sd,) = ref["sd"].values()
-    assert group.sd == pytest.approx(sd, abs=1e-5)
-    assert residual.sd == pytest.approx(ref["sigma"], abs=1e-5)
+    sds = [re.sd for re in fit.random_effects]
+    np.testing.assert_allclose(sds, ref["all_sd"], rtol=1e-5, atol=1e-6)
+    corr = np.atleast_1d(np.asarray(ref["corr"], dtype=float))  # [] without a slope
+    np.testing.assert_allclose([c.correlation for c in fit.correlations], corr, atol=1e-5)
     assert fit.singular == ref["singular"]
     if not ref["singular"]:
-        assert group.sd > ref["ml_sd"] + 2e-3  # REML's larger SD, not ML's
+        assert sds[0] > ref["ml_sd"] + 2e-3  # REML's larger SD, not ML's
     assert fit.extra["reml_criterion"] == pytest.approx(ref["reml_criterion"], abs=0.02)
     assert fit.to_dict()["reml"] is True
 

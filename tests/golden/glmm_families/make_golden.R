@@ -83,17 +83,22 @@ for (name in names(cases)) {
 
 ## Gaussian REML: lmer's default criterion on mlmRev's Exam, schools in 5 sites; the
 ## second formula is the issue's (school SD 0.2930 under REML, 0.2848 under ML); and
-## lme4's Dyestuff2, whose REML fit is singular (batch variance 0)
+## lme4's Dyestuff2, whose REML fit is singular (batch variance 0); lme4's sleepstudy with
+## a correlated random slope, lmer's own example
 exam <- transform(mlmRev::Exam, centre = sites_for(school, 5))[,
           c("centre", "school", "normexam", "standLRT", "sex", "schgend")]
 dye <- transform(lme4::Dyestuff2, centre = sites_for(Batch, 3))
+sleep <- transform(lme4::sleepstudy, centre = sites_for(Subject, 3))
+write.csv(sleep, file.path(out, "data", "sleepstudy_reml_slope.csv"), row.names = FALSE)
 write.csv(exam, file.path(out, "data", "exam_reml.csv"), row.names = FALSE)
 write.csv(dye, file.path(out, "data", "dyestuff2_reml.csv"), row.names = FALSE)
 reml_cases <- list(
   exam_reml = list(csv = "exam_reml.csv", f = normexam ~ standLRT + (1 | school)),
   exam_reml_issue = list(csv = "exam_reml.csv",
                          f = normexam ~ standLRT + sex + schgend + (1 | school)),
-  dyestuff2_reml = list(csv = "dyestuff2_reml.csv", f = Yield ~ 1 + (1 | Batch)))
+  dyestuff2_reml = list(csv = "dyestuff2_reml.csv", f = Yield ~ 1 + (1 | Batch)),
+  sleepstudy_reml_slope = list(csv = "sleepstudy_reml_slope.csv",
+                               f = Reaction ~ Days + (Days | Subject)))
 for (name in names(reml_cases)) {
   f <- reml_cases[[name]]$f
   d <- read.csv(file.path(out, "data", reml_cases[[name]]$csv))
@@ -107,6 +112,7 @@ for (name in names(reml_cases)) {
     reml = TRUE, n_obs = nobs(m), n_groups = as.integer(ngrps(m)),
     lmer = list(fixef = as.list(fixef(m)), se = as.list(sqrt(diag(as.matrix(vcov(m))))),
                 sd = as.list(setNames(vc$sdcor[1], vc$grp[1])), sigma = sigma(m),
+                all_sd = vc$sdcor[is.na(vc$var2)], corr = vc$sdcor[!is.na(vc$var2)],
                 singular = isSingular(m),
                 reml_criterion = unname(REMLcrit(m)), loglik = as.numeric(logLik(m)),
                 ml_sd = as.data.frame(VarCorr(m_ml))$sdcor[1]),
