@@ -14,7 +14,7 @@ Gamma              Gamma      inverse, log                 ``log sigma``, ``sigm
 negative_binomial  nbinom2    log                          ``log theta`` (NB2 size)
 =================  =========  ===========================  ====================================
 
-A new family is one module here with its tests, and a line in ``_CLASSES``.
+A new family is one module here with its tests, and its class in ``FAMILY_CLASSES``.
 """
 
 from __future__ import annotations

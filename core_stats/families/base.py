@@ -56,7 +56,7 @@ class Dispersion:
     label: str = ""
 
     def report(self, log_dispersion: float) -> float:
-        """The value R reports (subclasses of :class:`Family` say what that is)."""
+        """The value R reports: ``exp(s)`` (sigma, NB2's theta); Gamma overrides it."""
         return float(np.exp(log_dispersion))
 
 
