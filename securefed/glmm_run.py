@@ -566,10 +566,22 @@ def _select_lambda(opts, layout, start, evaluate, coordinator, on_step, fit_rest
     return lam, extra
 
 
+def _conditional_beta(cov: np.ndarray, info: np.ndarray, lay: ParameterLayout) -> np.ndarray:
+    """lmer's REML ``vcov``: ``(X'V^-1 X)^-1`` at the estimates (given the variance
+    parameters; ``X'V^-1 X`` is the beta block of ``info``), no cross terms."""
+    out = cov.copy()
+    out[lay.beta, :] = 0.0
+    out[:, lay.beta] = 0.0
+    out[lay.beta, lay.beta] = covariance(info[lay.beta, lay.beta])
+    return out
+
+
 def _make_fit(opts, est: GLMMEstimate, family, n_obs, n_groups, n_sites, coordinator,
               warnings, dropped_cols, extra, seconds) -> GLMMFit:
     lay = est.layout
     cov = covariance(-est.terms.hessian)
+    if opts.reml:
+        cov = _conditional_beta(cov, -est.terms.hessian, lay)
     fixed = wald_fixed_effects(lay.fixed_names, est.theta[lay.beta], cov[lay.beta, lay.beta])
     sds, corrs = random_effect_table(lay, est.theta, cov)
     if family.has_dispersion and not family.dispersion.residual_sd:
