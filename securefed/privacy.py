@@ -105,7 +105,8 @@ class DPOptions:
                              "record's covariate vector (intercept included)")
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise InputError("--dp-clip must be a positive number")
-        outcome = _family(family).dp_outcome
+        known = _family(family)
+        outcome = "unit" if known is None else known.dp_outcome  # survival: its run decides
         if outcome is None:
             raise InputError(f"differential privacy is not available for the {family} family "
                              "(its sensitivity is not derived): drop 'dp' from --protect")
@@ -127,7 +128,9 @@ class DPOptions:
 
     def outcome_scale(self, family: str) -> float:
         """B: the bound on |y| (1 for an outcome in [0, 1], the binomial family)."""
-        return 1.0 if _family(family).dp_outcome == "unit" else float(self.outcome_bound)
+        known = _family(family)
+        return 1.0 if known is not None and known.dp_outcome == "unit" \
+            else float(self.outcome_bound)
 
     @property
     def run_rho(self) -> float:
@@ -528,10 +531,11 @@ class PrivacyGuard:
 
 
 def _family(name: str):
-    """The family called ``name`` (an unknown name is the family's own one-line error)."""
+    """The GLM family called ``name``, or None for another model's name (``survival``,
+    whose run refuses DP itself)."""
     from core_stats.families import get_family
 
     try:
         return get_family(name)
-    except ValueError as err:
-        raise InputError(str(err)) from None
+    except ValueError:
+        return None
