@@ -78,13 +78,15 @@ __all__ = [
 
 def fit_pooled(X: np.ndarray, y: np.ndarray, family: Family, combined_prior: np.ndarray, *,
                names: Sequence[str] | None = None, fixed_log_scale: float | None = None,
-               level: float = 0.95) -> BFIFit:
+               level: float = 0.95, offset: np.ndarray | None = None,
+               weights: np.ndarray | None = None) -> BFIFit:
     """The MAP fit of the same model on all rows with the combined prior (reference for BFI).
 
     ``theta = argmax sum_all log p(y | x, theta) - theta' Lambda theta / 2``,
-    covariance ``A^{-1}`` at the MAP.
+    covariance ``A^{-1}`` at the MAP (``offset``, prior ``weights``: as :func:`fit_map`).
     """
-    local = fit_map(X, y, family, combined_prior, names=names, fixed_log_scale=fixed_log_scale)
+    local = fit_map(X, y, family, combined_prior, names=names, fixed_log_scale=fixed_log_scale,
+                    offset=offset, weights=weights)
     return BFIFit(FitKind.POOLED, family, local.names, local.theta, local.covariance,
                   local.prior, 1, local.n, level)
 

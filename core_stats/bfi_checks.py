@@ -147,10 +147,11 @@ def regress_centre_effects(estimates: np.ndarray, covariance: np.ndarray, covari
 
 
 def predict(theta: np.ndarray, names: Sequence[str], X: np.ndarray, family: Family, *,
-            response: bool = True) -> np.ndarray:
-    """Linear predictor ``eta = X beta``, or the mean ``mu = g^{-1}(eta)`` if ``response``.
+            response: bool = True, offset: np.ndarray | None = None) -> np.ndarray:
+    """Linear predictor ``eta = X beta + o``, or the mean ``mu = g^{-1}(eta)`` if ``response``.
 
-    ``beta`` is ``theta`` without ``log_sigma``.
+    ``beta`` is ``theta`` without ``log_sigma``; ``o`` the rows' ``offset()`` (as R's
+    ``predict.glm``; 0 without).
 
     For a centre-specific fit pass the centre's ``CentreEstimate.local_theta``;
     for a centre-covariate fit pass ``layout.site_theta(fit, z_row)``.
@@ -160,5 +161,5 @@ def predict(theta: np.ndarray, names: Sequence[str], X: np.ndarray, family: Fami
     X = np.asarray(X, dtype=float)
     if X.shape[1] != beta.size:
         raise ValueError(f"X has {X.shape[1]} columns for {beta.size} coefficients")
-    eta = X @ beta
+    eta = X @ beta if offset is None else X @ beta + np.asarray(offset, dtype=float)
     return family.mean(eta) if response else eta

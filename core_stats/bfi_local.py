@@ -147,30 +147,41 @@ def log_posterior(
     family: Family,
     prior: np.ndarray,
     fixed_log_scale: float | None = None,
+    *,
+    offset: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Log posterior, its exact gradient and exact Hessian.
 
-    With ``eta = X beta``, kernel ``r`` and ``a(s) = exp(-2 s)`` (Gaussian; 1
-    otherwise)::
+    With ``eta = X beta + o`` (``o`` the offset, 0 without), kernel ``r``,
+    prior weights ``w`` (1 without; binomial: trials with ``y`` the
+    proportion, as glm's ``weights=`` and ``cbind()``) and ``a(s) = exp(-2 s)``
+    (Gaussian; 1 otherwise)::
 
-        f(theta) = sum_i [a(s) r(y_i, eta_i) + c(y_i, s)] - theta' Lambda theta / 2
-        df/dbeta       = a X' r'                    - (Lambda theta)_beta
-        df/ds          = -2 a sum r - n             - (Lambda theta)_s
-        d2f/dbeta2     = a X' diag(r'') X           - Lambda_bb
-        d2f/dbeta ds   = -2 a X' r'                 - Lambda_bs
-        d2f/ds2        = 4 a sum r                  - Lambda_ss
+        f(theta) = sum_i [a(s) w_i r(y_i, eta_i) + c_w(y_i, s)] - theta' Lambda theta / 2
+        df/dbeta       = a X' (w r')                - (Lambda theta)_beta
+        df/ds          = -2 a sum w r - n           - (Lambda theta)_s
+        d2f/dbeta2     = a X' diag(w r'') X         - Lambda_bb
+        d2f/dbeta ds   = -2 a X' (w r')             - Lambda_bs
+        d2f/ds2        = 4 a sum w r                - Lambda_ss
 
-    ``fixed_log_scale`` holds ``s`` fixed (``theta = beta`` only).
+    ``c_w`` is R's (:meth:`Family.log_normalizer`): the Gaussian adds
+    ``-s - log(2 pi)/2 + log(w)/2`` per row. ``fixed_log_scale`` holds ``s``
+    fixed (``theta = beta`` only).
     """
     theta = np.asarray(theta, dtype=float)
     beta, s, free_scale = _split(theta, family, fixed_log_scale)
-    eta = X @ beta
+    eta = X @ beta if offset is None else X @ beta + offset
     r, r1, r2 = family.kernel_derivatives(y, eta, 2)
+    if weights is not None:
+        r, r1, r2 = r * weights, r1 * weights, r2 * weights
     a = float(np.exp(-2.0 * s)) if family.has_dispersion else 1.0
     if family.has_dispersion:
         value = a * r.sum() - y.size * (s + 0.5 * _LOG_2PI)
+        if weights is not None:
+            value += family.log_normalizer(y, weights).sum()
     else:
-        value = r.sum() + family.log_normalizer(y).sum()
+        value = r.sum() + family.log_normalizer(y, weights).sum()
     grad_b = a * (X.T @ r1)
     hess_bb = a * (X.T @ (r2[:, None] * X))
     if free_scale:
@@ -183,15 +194,18 @@ def log_posterior(
     return float(value), grad - prior @ theta, hess - prior
 
 
-def _start(X: np.ndarray, y: np.ndarray, family: Family, prior: np.ndarray, free_scale: bool):
+def _start(X: np.ndarray, y: np.ndarray, family: Family, prior: np.ndarray, free_scale: bool,
+           offset: np.ndarray | None = None, weights: np.ndarray | None = None):
     p = X.shape[1]
     if not family.has_residual_sd:
         return np.zeros(p)
+    w = np.ones(y.size) if weights is None else weights
+    target = y if offset is None else y - offset
     ridge = prior[:p, :p] + 1e-8 * np.eye(p)
-    beta = np.linalg.solve(X.T @ X + ridge, X.T @ y)
+    beta = np.linalg.solve(X.T @ (w[:, None] * X) + ridge, X.T @ (w * target))
     if not free_scale:
         return beta
-    resid_sd = max(float(np.sqrt(np.mean((y - X @ beta) ** 2))), 1e-8)
+    resid_sd = max(float(np.sqrt(np.mean(w * (target - X @ beta) ** 2))), 1e-8)
     return np.append(beta, np.log(resid_sd))
 
 
@@ -227,6 +241,8 @@ def fit_map(
     *,
     names: Sequence[str] | None = None,
     fixed_log_scale: float | None = None,
+    offset: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
     gtol: float = 1e-12,
     max_iter: int = 200,
 ) -> LocalFit:
@@ -238,6 +254,7 @@ def fit_map(
     ``max |g| <= gtol * max(1, n)`` (``g`` is a sum of ``n`` terms), or when
     the Newton step is below ``1e-15`` relative (rounding limit; the reached
     ``max |g|`` is kept in ``gradient_max``). ``A_hat = -H(theta_hat)``.
+    ``offset`` and prior ``weights`` as in :func:`log_posterior`.
 
     Raises
     ------
@@ -248,13 +265,20 @@ def fit_map(
     X = np.asarray(X, dtype=float)
     y = np.asarray(y, dtype=float).ravel()
     prior = np.asarray(prior, dtype=float)
-    family.check_outcome(y)
+    offset = None if offset is None else np.asarray(offset, dtype=float).ravel()
+    weights = None if weights is None else np.asarray(weights, dtype=float).ravel()
+    family.check_outcome(y, weights)
     free_scale = family.has_dispersion and fixed_log_scale is None
     dim = X.shape[1] + int(free_scale)
     _check_inputs(X, y, prior, dim)
+    for extra in (offset, weights):
+        if extra is not None and extra.size != y.size:
+            raise ValueError(f"an offset or weights of {extra.size} rows for {y.size} rows")
+    scale = float(y.size if weights is None else max(weights.sum(), 1.0))
     theta, value, grad, hess, iteration = newton_map(
-        lambda th: log_posterior(th, X, y, family, prior, fixed_log_scale),
-        _start(X, y, family, prior, free_scale), tol=gtol * max(1.0, float(y.size)),
+        lambda th: log_posterior(th, X, y, family, prior, fixed_log_scale, offset=offset,
+                                 weights=weights),
+        _start(X, y, family, prior, free_scale, offset, weights), tol=gtol * max(1.0, scale),
         max_iter=max_iter)
     return _make_fit(theta, X, y, family, prior, names, value, grad, hess, iteration)
 

@@ -46,6 +46,7 @@ def predict_rows(report: BFIReport, frame: pd.DataFrame, *, response: bool = Tru
     schema = report.schema or DesignSchema(opts.formula)
     try:
         X = predictor_matrix(schema, data)
+        offset = _offset(schema, data)
     except FormulaError as err:
         raise InputError(f"--predict: {err}") from None
     out = np.empty(len(frame))
@@ -57,8 +58,31 @@ def predict_rows(report: BFIReport, frame: pd.DataFrame, *, response: bool = Tru
         mask = sites == site
         theta = report.theta_for(site)
         out[mask] = bfi.predict(theta, report.parameter_names, X[mask], family,
-                                response=response)
+                                response=response,
+                                offset=None if offset is None else offset[mask])
     return out
+
+
+def _offset(schema: DesignSchema, frame: pd.DataFrame) -> np.ndarray | None:
+    """The new rows' ``offset()`` terms (R's ``predict.glm`` adds them), None without."""
+    from core_stats.formula.design import evaluate_numeric
+
+    nodes = schema.parsed.offsets
+    if not nodes:
+        return None
+    missing = sorted(set(_offset_columns(nodes)) - set(frame.columns))
+    if missing:
+        raise FormulaError(f"column '{missing[0]}' of offset() is not in the new rows")
+    offset = sum(evaluate_numeric(node, frame) for node in nodes)
+    if not np.all(np.isfinite(offset)):
+        raise FormulaError("offset() is missing or infinite in some new rows")
+    return offset
+
+
+def _offset_columns(nodes) -> list[str]:
+    from core_stats.formula.terms import _column_names
+
+    return [c for node in nodes for c in _column_names(node)]
 
 
 def holdout_study(frame: pd.DataFrame, opts: BFIOptions, *, repeats: int = 50,

@@ -23,6 +23,7 @@ from core_stats.families import Family, get_family
 from core_stats.formula import (
     DesignSchema,
     agree_schema,
+    deparse,
     fixed_column_names,
     model_data,
     variable_report,
@@ -70,6 +71,7 @@ class BFIOptions:
     na_action: str = "omit"
     link: str | None = None  # None: the family's canonical link
     theta_bound: float | None = None  # public |theta_l,j| bound of the linear check; None: 100
+    weights: str | None = None  # the column of prior weights (glm's weights=)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ class BFIReport(BFITables):
             "estimates": list(self.estimates),
             "dispersion": self.fit.dispersion,
             "family": self.fit.family.name,
+            "link": self.fit.family.link,
+            "weights": self.options.weights,
             "lambda": self.options.lam,
             "n_sites": self.n_sites,
             "n_obs": self.fit.n_obs,
@@ -144,7 +148,9 @@ class BFIReport(BFITables):
     def summary(self) -> str:
         lines = [f"Bayesian Federated Inference ({self.fit.family.name}), {self.n_sites} sites, "
                  f"protection: {self.protection}", f"Formula: {self.options.formula}",
-                 f"Prior precision lambda = {self.options.lam:g}", "",
+                 f"Prior precision lambda = {self.options.lam:g}"
+                 + (f"; prior weights: {self.options.weights}" if self.options.weights else ""),
+                 "",
                  f"{'term':<28} {'estimate':>10} {'sd':>9} {'CI low':>9} {'CI high':>9}"
                  + (f" {'pooled':>9}" if self.pooled else "")]
         pooled = {row["term"]: row for row in self.pooled or ()}
@@ -187,8 +193,6 @@ def _parse_model(opts: BFIOptions) -> tuple:
     if not family.bfi:
         raise InputError(f"BFI does not support the {family.name} family yet: fit it with "
                          "'securefed fit' (the federated GLMM)")
-    if formula.model.offsets or formula.outcome.startswith("cbind("):
-        raise InputError("offset() and cbind() responses are not supported by BFI yet")
     if opts.lam <= 0:
         raise InputError("--lambda must be positive for BFI (it is the prior precision)")
     return formula, family
@@ -199,7 +203,8 @@ def _validate(frame: pd.DataFrame, opts: BFIOptions) -> tuple:
     if opts.center_covariate_kind not in ("categorical", "continuous"):
         raise InputError("--center-covariate-kind must be categorical or continuous")
     columns = [*opts.standardize] + ([opts.center_covariate] if opts.center_covariate else [])
-    for col in [opts.site_column, *formula.model.columns, *columns]:
+    weights = [opts.weights] if opts.weights else []
+    for col in [opts.site_column, *formula.model.columns, *weights, *columns]:
         if col not in frame.columns:
             raise InputError(f"column '{col}' is not in {frame.attrs.get('source', 'the data')} "
                              f"(its columns: {', '.join(map(str, frame.columns[:12]))})")
@@ -210,7 +215,7 @@ def _validate(frame: pd.DataFrame, opts: BFIOptions) -> tuple:
 def _complete_rows(parts: dict[str, pd.DataFrame], formula, opts: BFIOptions
                    ) -> tuple[dict[str, pd.DataFrame], list[str]]:
     """R's na.omit at each site: rows missing a model value are dropped and counted."""
-    used = list(formula.model.columns)
+    used = list(formula.model.columns) + ([opts.weights] if opts.weights else [])
     out, notes = {}, []
     for name, part in parts.items():
         incomplete = part[used].isna().any(axis=1)
@@ -229,11 +234,13 @@ def _schema(opts: BFIOptions, formula, family, parts: dict[str, pd.DataFrame]) -
     try:
         schema = agree_schema(opts.formula, [variable_report(formula.model, p)
                                              for p in parts.values()])
-        outcome = np.concatenate([model_data(schema, p).y for p in parts.values()])
+        data = [model_data(schema, p, weights_column=opts.weights) for p in parts.values()]
     except DesignError as err:
         raise InputError(str(err)) from None
+    outcome = np.concatenate([d.y for d in data])
+    weights = None if data[0].weights is None else np.concatenate([d.weights for d in data])
     try:
-        family.check_outcome(outcome)
+        family.check_outcome(outcome, weights)
     except ValueError as err:
         raise InputError(f"outcome '{formula.outcome}': {err}") from None
     return schema
@@ -359,10 +366,11 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     parts = {s.name: parts[s.name] for s in coordinator.live_sites}
     names = fixed_column_names(schema)
     prior, combined = _priors(opts, family, names)
-    guard = BFIGuard(count, prior, family, opts.theta_bound) if privacy is None else _Unchecked()
+    guard = BFIGuard(count, prior, family, opts.theta_bound, *_rows_kind(opts, schema)) \
+        if privacy is None else _Unchecked()
     standardization = _standardize(coordinator, parts, opts.standardize, guard) \
         if opts.standardize else None
-    data = {n: model_data(schema, p) for n, p in parts.items()}
+    data = {n: model_data(schema, p, weights_column=opts.weights) for n, p in parts.items()}
     designs = {n: d.X for n, d in data.items()}
     outcome = {n: d.y for n, d in data.items()}
     inference = None
@@ -371,7 +379,8 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
         for name in parts:
             try:
                 locals_[name] = bfi.fit_map(designs[name], outcome[name], family, prior,
-                                            names=names)
+                                            names=names, offset=data[name].offset,
+                                            weights=data[name].weights)
             except (bfi.MAPConvergenceError, np.linalg.LinAlgError, ValueError) as err:
                 raise InputError(f"site {name}: the local fit failed ({err})") from None
         warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
@@ -395,8 +404,8 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     pooled = pooled_disp = None
     pooled_thetas: dict = {}
     if opts.compare_pooled:
-        pooled_fit, pooled_thetas = _pooled(opts, family, names, full_names, designs, outcome,
-                                            parts, prior if combined is None else combined)
+        pooled_fit, pooled_thetas = _pooled(opts, family, names, full_names, data, parts,
+                                            prior if combined is None else combined)
         pooled = tuple(_rows(pooled_fit.names, pooled_fit.estimate, pooled_fit.sd,
                              pooled_fit.lower, pooled_fit.upper))
         pooled_disp = pooled_fit.dispersion
@@ -417,12 +426,15 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     return report
 
 
-def _count_round(coordinator: Coordinator):
+def _count_round(coordinator: Coordinator, schema: DesignSchema | None = None,
+                 weights: str | None = None):
     """Round 1: rows and sites (the protocol's set-up round); the checked count, or under
-    DP the noisy one (not checked; it sharpens the sums' own noisy count)."""
+    DP the noisy one (not checked; it sharpens the sums' own noisy count). With
+    ``schema`` (remote sites, whose rows may miss values) the rows the model uses."""
     privacy = coordinator.privacy
     counted = coordinator.secure_sum(
-        "bfi-count", lambda site: site.count_vector(),
+        "bfi-count", lambda site: site.count_vector() if schema is None else
+        site.count_vector(schema, weights),
         dp=None if privacy is None else DpQuery("row count", 1.0,
                                                 DP_SHARES["count"] * privacy.options.run_rho))
     return check_bfi_count(counted, coordinator) if privacy is None else counted
@@ -442,6 +454,13 @@ def _priors(opts: BFIOptions, family: Family, names) -> tuple[np.ndarray, np.nda
                                  else precision(opts.combined_lam))
 
 
+def _rows_kind(opts: BFIOptions, schema: DesignSchema) -> tuple[bool, bool]:
+    """``(weighted, offset)``: prior weights or cbind() (rows of several records), offset()."""
+    model = schema.parsed
+    weighted = bool(opts.weights) or deparse(model.response).startswith("cbind(")
+    return weighted, bool(model.offsets)
+
+
 class _Unchecked:
     """Under DP the sums are noisy: the exact-arithmetic plausibility checks do not apply."""
 
@@ -450,6 +469,16 @@ class _Unchecked:
 
 
 def _check_dp(opts: BFIOptions, family: Family, dp) -> None:
+    from core_stats.formula import parse_formula
+
+    model = parse_formula(opts.formula)
+    if model.offsets or opts.weights or deparse(model.response).startswith("cbind("):
+        raise InputError("offset(), --weights and cbind() are not available for BFI under "
+                         "differential privacy: its noise is sized for one unweighted record "
+                         "per row (run without dp, or drop them)")
+    if not family.canonical:
+        raise InputError(f"--link {family.link} is not available for BFI under differential "
+                         "privacy: its noisy statistics fit the logit model (use logit)")
     if not family.dp_sufficient_statistics:
         raise InputError("BFI under differential privacy is available for the gaussian and "
                          "binomial families (local fits from noisy sufficient statistics); for "
@@ -519,7 +548,7 @@ def _level_label(column: str, value) -> str:
     return f"{column}={value:g}" if isinstance(value, int | float) else f"{column}={value}"
 
 
-def _pooled(opts, family, names, full_names, designs, outcome, parts, prior):
+def _pooled(opts, family, names, full_names, data, parts, prior):
     """The pooled MAP fit of the same model, with per-centre columns as dummies.
 
     Centre-specific (or category-specific) coefficients become one column per
@@ -540,16 +569,15 @@ def _pooled(opts, family, names, full_names, designs, outcome, parts, prior):
     for j in centre:
         pooled_names += [f"{names[j]}{sep}[{g}]" if not sep else f"{names[j]}{sep}{g}"
                          for g in groups]
-    blocks, ys = [], []
+    blocks = []
     for site in parts:
-        X = designs[site]
+        X = data[site].X
         cols = [X[:, shared]]
         for j in centre:
             dummies = np.zeros((X.shape[0], len(groups)))
             dummies[:, groups.index(group_of[site])] = X[:, j]
             cols.append(dummies)
         blocks.append(np.hstack(cols))
-        ys.append(outcome[site])
     n_pooled = len(pooled_names)
     pooled_prior = np.eye(n_pooled + (len(full_names) - len(names))) * 0.0
     diag = np.diag(prior)
@@ -558,8 +586,10 @@ def _pooled(opts, family, names, full_names, designs, outcome, parts, prior):
         pooled_diag += [diag[j]] * len(groups)
     pooled_diag += list(diag[len(names):])
     pooled_prior = np.diag(pooled_diag)
-    fit = bfi.fit_pooled(np.vstack(blocks), np.concatenate(ys), family, pooled_prior,
-                         names=tuple(pooled_names), level=opts.level)
+    fit = bfi.fit_pooled(np.vstack(blocks), np.concatenate([data[s].y for s in parts]), family,
+                         pooled_prior, names=tuple(pooled_names), level=opts.level,
+                         offset=_stacked(data, parts, "offset"),
+                         weights=_stacked(data, parts, "weights"))
     thetas = {}
     for site in parts:
         theta = np.empty(len(full_names))
@@ -572,6 +602,12 @@ def _pooled(opts, family, names, full_names, designs, outcome, parts, prior):
         theta[len(names):] = fit.estimate[n_pooled:]
         thetas[site] = theta
     return fit, thetas
+
+
+def _stacked(data: dict, parts, field: str) -> np.ndarray | None:
+    """The sites' offsets or weights stacked in ``parts``' order (None if the model has none)."""
+    values = [getattr(data[s], field) for s in parts]
+    return None if values[0] is None else np.concatenate(values)
 
 
 def _indices(opts: BFIOptions, names: tuple[str, ...]) -> tuple[int, ...]:
@@ -700,9 +736,10 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
     The same rounds as :func:`run_bfi` (count, optional pooled
     standardisation, the sites' terms), but each site fits its local MAP
     itself (:meth:`securefed.site.Site.bfi_terms_vector`); the coordinator
-    holds no rows, so the design comes from the formula alone (numeric
-    covariates). Centre-specific parameters, centre covariates, the pooled
-    comparison and heterogeneity tables need per-site estimates or rows at
+    holds no rows, so without ``schema`` the factor levels are agreed from
+    the sites' own variable reports first (:mod:`securefed.remote_levels`).
+    Centre-specific parameters, centre covariates, the pooled comparison and
+    heterogeneity tables need per-site estimates or rows at
     the coordinator and are refused here. Results equal :func:`run_bfi`.
     """
     from securefed.coordinator import RemoteSite
@@ -715,7 +752,10 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
             raise InputError(f"{flag} is not available over a remote transport yet: it needs "
                              "per-site estimates or rows at the coordinator")
     formula, family = _parse_model(opts)
-    schema = DesignSchema(opts.formula) if schema is None else schema
+    if schema is None:  # the factor-levels round: the sites' own reports
+        from securefed.remote_levels import remote_schema
+
+        schema = remote_schema(transport, opts.formula, site_names, audit)
     try:
         names = fixed_column_names(schema)
     except DesignError as err:
@@ -743,21 +783,23 @@ def _bfi_remote(coordinator, opts, schema, family, names, started, warnings) -> 
     from securefed.site import BFISiteSpec
 
     privacy = coordinator.privacy
-    count = _count_round(coordinator)
+    count = _count_round(coordinator, schema, opts.weights)
     prior, combined = _priors(opts, family, names)
-    guard = BFIGuard(count, prior, family, opts.theta_bound) if privacy is None else _Unchecked()
+    guard = BFIGuard(count, prior, family, opts.theta_bound, *_rows_kind(opts, schema)) \
+        if privacy is None else _Unchecked()
     standardization, scaling = None, ()
     if opts.standardize:
         columns = tuple(opts.standardize)
         total = coordinator.secure_sum("bfi-standardize",
-                                       lambda s: s.standardize_vector(columns))
+                                       lambda s: s.standardize_vector(columns, schema,
+                                                                      opts.weights))
         guard.standardize(total, coordinator)
         std = StandardizeLayout(len(columns)).combine(total)
         scaling = tuple((c, float(m), float(sd))
                         for c, m, sd in zip(columns, std.mean, std.sd, strict=True))
         standardization = {"columns": list(columns), "mean": std.mean.tolist(),
                            "sd": std.sd.tolist()}
-    spec = BFISiteSpec(schema, family, prior, tuple(names), scaling)
+    spec = BFISiteSpec(schema, family, prior, tuple(names), scaling, opts.weights)
     full_names = tuple(names) + ((SCALE_TERM,) if family.has_dispersion else ())
     layout = bfi.HomogeneousLayout(full_names, family)
     if privacy is None:

@@ -107,6 +107,8 @@ def bfi(
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
     na_action: str = NA_ACTION,
     link: str = LINK,
+    weights: str = typer.Option(None, "--weights", help="Column of prior weights (glm's "
+                                "weights=; binomial: trials, with y the proportion)."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Combine local MAP fits of a GLM in one shot (BFI)."""
@@ -128,7 +130,7 @@ def bfi(
         pre.check_csv(data, (site_column,))
     else:
         preflight(data, formula, family, site_column, protect, outputs,
-                  (center_covariate, *_names(standardize)), random_effects=False)
+                  (center_covariate, weights, *_names(standardize)), random_effects=False)
     from securefed.bfi_run import run_bfi
     from securefed.data import read_table
     from securefed.progress import Display
@@ -162,7 +164,7 @@ def bfi(
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity, combined_lambda)
-    opts = replace(opts, na_action=check_na_action(na_action), link=link)
+    opts = replace(opts, na_action=check_na_action(na_action), link=link, weights=weights)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, 3, 8.0,
                     dp_min_contributors, privacy_ledger, dp_standardize_range)
     prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound, drop_sites,

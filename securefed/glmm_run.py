@@ -292,11 +292,12 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
                     started: float | None = None) -> GLMMFit:
     """Fit a GLMM over remote sites (e.g. Flower SuperNodes) through ``transport``.
 
-    The coordinator holds no rows: the public design comes from the formula
-    alone, so every fixed-effect covariate must be numeric (code a category
-    as 0/1 columns); a site whose rows do not fit the design refuses the
-    round. ``protection`` gives the layer's public parameters (the sites run
-    it). Results equal :func:`run_glmm` on the pooled rows of the same sites.
+    The coordinator holds no rows: without ``schema`` it first asks every
+    site for its variable report and agrees the factor levels from them
+    (:mod:`securefed.remote_levels`); a site whose rows do not fit the
+    agreed design refuses the round. ``protection`` gives the layer's public
+    parameters (the sites run it). Results equal :func:`run_glmm` on the
+    pooled rows of the same sites.
     ``warnings``: the run's warnings so far; ``started``: when the run began.
     """
     started = time.perf_counter() if started is None else started
@@ -305,7 +306,10 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     if len(formula.model.random) > 1 or not formula.model.random[0].correlated:
         raise InputError("several random-effects terms (or '||') are not available over a "
                          "remote transport yet")
-    schema = DesignSchema(opts.formula) if schema is None else schema
+    if schema is None:  # the factor-levels round: the sites' own reports
+        from securefed.remote_levels import remote_schema
+
+        schema = remote_schema(transport, opts.formula, site_names, audit)
     fixed_names, random_names = _public_design(schema)
     from securefed.coordinator import RemoteSite
 

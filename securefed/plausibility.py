@@ -499,12 +499,19 @@ class BFIGuard:
         The public bound on every parameter of a site's MAP used by
         ``linear-consistency`` (:mod:`securefed.plausibility_linear`); None:
         its default.
+    weighted, offset : bool
+        Prior weights or ``cbind()`` (rows carry several records), an
+        ``offset()``: the binomial bound of ``linear-consistency`` then does not
+        hold (the public bound is used), and with weights neither does
+        ``binomial-intercept``'s ``n / 4`` (``n`` counts rows, not trials).
     """
 
     count: BFICount
     prior: np.ndarray
     family: Family
     theta_bound: float | None = None
+    weighted: bool = False
+    offset: bool = False
 
     def standardize(self, total: np.ndarray, coordinator) -> None:
         """:func:`check_bfi_standardize` against this run's count."""
@@ -515,13 +522,15 @@ class BFIGuard:
         ``linear-consistency`` bound on ``sum A_l theta_l``."""
         from securefed.plausibility_linear import DEFAULT_THETA_BOUND, check_bfi_linear
 
-        check_bfi_terms(total, coordinator, layout, self.count, self.prior)
+        check_bfi_terms(total, coordinator, layout, self.count, self.prior,
+                        weighted=self.weighted)
         bound = DEFAULT_THETA_BOUND if self.theta_bound is None else self.theta_bound
-        check_bfi_linear(total, layout, self.family, self.count.tolerance, bound)
+        check_bfi_linear(total, layout, self.family, self.count.tolerance, bound,
+                         unit_rows=not (self.weighted or self.offset))
 
 
 def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
-                    prior: np.ndarray, *, one_hot: bool = True) -> None:
+                    prior: np.ndarray, *, one_hot: bool = True, weighted: bool = False) -> None:
     """Check the ``bfi-terms`` sum of a layout's site vectors.
 
     Honest site ``l`` has ``A_l = -grad^2 log posterior`` at its MAP
@@ -550,7 +559,8 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
     * ``binomial-intercept``: binomial with an intercept: the intercept's
       entries of ``sum (A_l - Lambda_l)`` add up to at most ``n / 4``
       (``(X_l'W_l X_l)_00 = sum_i mu_i (1 - mu_i) <= n_l / 4``; a Schur
-      complement only lowers a diagonal entry).
+      complement only lowers a diagonal entry). Not checked when ``weighted``
+      (prior weights, ``cbind()``): then the bound is the trials' sum, not ``n / 4``.
     * ``category-counts`` (centre covariate with one-hot rows):
       ``sum z_l z_l'`` is diagonal with whole counts ``>= 0`` adding up to ``L``.
     """
@@ -612,7 +622,7 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
             _refuse(purpose, "curvature-above-prior",
                     "the summed curvature minus the summed prior is not positive "
                     "semi-definite")
-    if family.binary and family.canonical and intercept_cols:
+    if family.binary and family.canonical and intercept_cols and not weighted:
         mass = float(sum(above[c, c] for c in intercept_cols))
         if mass > n / 4.0 + tol.absolute * (len(intercept_cols) + 1) \
                 + DATA_RTOL * max(1.0, n):

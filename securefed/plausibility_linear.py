@@ -61,15 +61,21 @@ DEFAULT_THETA_BOUND = 100.0
 
 
 def linear_bound(family: Family, dim: int, n: float, curvature: np.ndarray,
-                 theta_bound: float) -> tuple[float, str]:
-    """The honest upper bound on ``b' A^{-1} b`` and which of (2), (3) it is."""
-    if family.binary and family.canonical:
+                 theta_bound: float, unit_rows: bool = True) -> tuple[float, str]:
+    """The honest upper bound on ``b' A^{-1} b`` and which of (2), (3) it is.
+
+    (2) needs one unweighted record per row and no offset (``unit_rows``): with
+    trials ``w_i`` its ``n`` would be ``sum w_i``, which the coordinator does not
+    have, and an offset takes ``eta_i`` away from ``x_i' theta_l``.
+    """
+    if family.binary and family.canonical and unit_rows:
         return (C_LOGIT + 2.0 * np.log(2.0)) * n, "logit"
     return dim * theta_bound**2 * float(np.trace(curvature)), "public theta bound"
 
 
 def check_bfi_linear(total: np.ndarray, layout, family: Family, tolerance: Tolerance,
-                     theta_bound: float = DEFAULT_THETA_BOUND) -> float:
+                     theta_bound: float = DEFAULT_THETA_BOUND, *, unit_rows: bool = True
+                     ) -> float:
     """Check ``linear-consistency``: ``b' A^{-1} b`` within its honest bound.
 
     Returns ``b' A^{-1} b / bound`` (at most 1 for honest sums) so benchmarks
@@ -81,7 +87,7 @@ def check_bfi_linear(total: np.ndarray, layout, family: Family, tolerance: Toler
     curvature, linear, n = _slots(total, layout)
     theta = np.linalg.solve(curvature, linear)
     quad = float(linear @ theta)
-    bound, kind = linear_bound(family, layout.dim, n, curvature, theta_bound)
+    bound, kind = linear_bound(family, layout.dim, n, curvature, theta_bound, unit_rows)
     norm1 = float(np.sum(np.abs(theta)))
     eps = tolerance.absolute
     slack = eps * (2.0 * norm1 + norm1**2) + (MODEL_RTOL + DATA_RTOL) * max(1.0, bound)

@@ -48,7 +48,8 @@ class BFISiteSpec:
 
     ``names`` are the consortium's parameter names (a site whose design has
     other columns refuses); ``standardize`` lists ``(column, mean, sd)``
-    from the pooled standardisation round, applied to the site's rows first.
+    from the pooled standardisation round, applied to the site's rows first;
+    ``weights`` names the column of prior weights (glm's ``weights=``).
     """
 
     schema: DesignSchema
@@ -56,6 +57,7 @@ class BFISiteSpec:
     prior: np.ndarray
     names: tuple[str, ...]
     standardize: tuple[tuple[str, float, float], ...] = ()
+    weights: str | None = None
 
 
 def _bfi_layout(spec: BFISiteSpec):
@@ -202,9 +204,19 @@ class Site:
             return pack_terms(terms.loglik, terms.gradient, terms.hessian)
         return pack_terms(terms.loglik, None, None)
 
-    def count_vector(self) -> np.ndarray:
-        """``[rows, 1]``: this site's row count and one site (BFI's set-up round)."""
-        return np.array([float(self.n_rows), 1.0])
+    def count_vector(self, schema: DesignSchema | None = None,
+                     weights: str | None = None) -> np.ndarray:
+        """``[rows, 1]``: this site's row count and one site (BFI's set-up round).
+
+        With ``schema`` the rows the model uses: those with no missing value in
+        a column it reads (R's ``na.omit``), as the site's local fit counts them.
+        """
+        if schema is None:
+            return np.array([float(self.n_rows), 1.0])
+        from core_stats.formula.frame import incomplete_rows
+
+        used = int((~incomplete_rows(schema, self._frame, weights)).sum())
+        return np.array([float(used), 1.0])
 
     def glmm_counts_vector(self) -> np.ndarray:
         """``[rows, groups]`` of the prepared GLMM design."""
@@ -304,20 +316,28 @@ class Site:
         return np.concatenate([pos, neg]).astype(float)
 
     # ------------------------------------------------------------ BFI
-    def standardize_vector(self, columns: tuple[str, ...]) -> np.ndarray:
-        """``[n, Σx, Σx²]`` of ``columns`` (the pooled standardisation round)."""
+    def standardize_vector(self, columns: tuple[str, ...], schema: DesignSchema | None = None,
+                           weights: str | None = None) -> np.ndarray:
+        """``[n, Σx, Σx²]`` of ``columns`` (the pooled standardisation round); with
+        ``schema`` over the rows the model uses (:meth:`count_vector`)."""
         from core_stats.standardize import StandardizeLayout
 
-        values = self._frame[list(columns)].to_numpy(dtype=float)
+        frame = self._frame
+        if schema is not None:
+            from core_stats.formula.frame import incomplete_rows
+
+            frame = frame.loc[~incomplete_rows(schema, frame, weights)]
+        values = frame[list(columns)].to_numpy(dtype=float)
         return StandardizeLayout(len(columns)).site_vector(values)
 
     def bfi_terms_vector(self, spec: BFISiteSpec) -> np.ndarray:
         """This site's local MAP fit of ``spec``, as BFI's homogeneous site vector."""
         from core_stats import bfi
 
-        X, y = self._bfi_design(spec)
+        data = self._bfi_design(spec)
         try:
-            local = bfi.fit_map(X, y, spec.family, spec.prior, names=spec.names)
+            local = bfi.fit_map(data.X, data.y, spec.family, spec.prior, names=spec.names,
+                                offset=data.offset, weights=data.weights)
         except (ValueError, bfi.MAPConvergenceError, np.linalg.LinAlgError) as err:
             raise SiteDataError(f"site {self.name}: the local fit failed") from err
         return bfi.HomogeneousLayout(local.names, spec.family).site_vector(local)
@@ -331,21 +351,24 @@ class Site:
         """
         from securefed.dp_statistics import summary_vector
 
-        X, y = self._bfi_design(spec)
-        return summary_vector(X, y, clip, outcome_bound, spec.family.name)
+        data = self._bfi_design(spec)
+        if data.offset is not None or data.weights is not None:  # the sensitivity assumes none
+            raise ValueError(f"site {self.name}: offsets, weights and cbind() have no "
+                             "differentially private BFI statistics")
+        return summary_vector(data.X, data.y, clip, outcome_bound, spec.family.name)
 
-    def _bfi_design(self, spec: BFISiteSpec) -> tuple[np.ndarray, np.ndarray]:
+    def _bfi_design(self, spec: BFISiteSpec):
         from core_stats.formula import model_data
 
         frame = self._frame
         if spec.standardize:
             frame = frame.assign(**{c: (frame[c].to_numpy(dtype=float) - m) / s
                                     for c, m, s in spec.standardize})
-        data = model_data(spec.schema, frame)
+        data = model_data(spec.schema, frame, weights_column=spec.weights)
         if tuple(data.fixed_names) != tuple(spec.names):
             raise ValueError(f"site {self.name}: the design has columns {list(data.fixed_names)}, "
                              f"the model {list(spec.names)}")
-        return data.X, data.y
+        return data
 
     def variable_report(self, formula: str) -> dict:
         """Kinds and factor levels of ``formula``'s variables in this site's rows.
@@ -356,6 +379,16 @@ class Site:
         from core_stats.formula import parse_formula, variable_report
 
         return variable_report(parse_formula(formula), self._frame)
+
+    def variable_report_with_counts(self, formula: str) -> tuple[dict, dict[str, dict[str, int]]]:
+        """:meth:`variable_report` and the rows behind each label (for this site's own
+        disclosure checks; the counts never leave the site)."""
+        from core_stats.formula import parse_formula, variable_report
+        from core_stats.formula.levels import level_counts
+
+        parsed = parse_formula(formula)
+        report = variable_report(parsed, self._frame)
+        return report, level_counts(parsed, self._frame, report)
 
     def outcome_for_checks(self, schema: DesignSchema, na_action: str = "omit",
                            weights: str | None = None

@@ -32,7 +32,8 @@ LAYERS = ("none", "secagg", "ckks", "dp")  # a [protection] layers list stacks t
 KINDS = ("glmm", "bfi")
 # names and aliases of core_stats.families (tested equal; not imported: start-up time)
 FAMILIES = ("binomial", "poisson", "gaussian", "gamma", "negative_binomial", "nbinom2")
-SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number"}
+SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number",
+               "weights": "str"}
 GLMM_KEYS = {"link": "str", "reml": "bool", "nagq": "int", "lambda_grid": "list[number]",
              "select": "str", "seed": "int",
              "validation_fraction": "number"}
@@ -294,7 +295,8 @@ class _Parser:
                            lambda_grid=tuple(float(v) for v in m.get("lambda_grid", ())),
                            select=m.get("select", "aic"), seed=m.get("seed"),
                            validation_fraction=float(m.get("validation_fraction", 0.3)),
-                           link=m.get("link"), reml=bool(m.get("reml", False)))
+                           link=m.get("link"), reml=bool(m.get("reml", False)),
+                           weights=m.get("weights"))
 
     def bfi_options(self, m: dict, at) -> BFIOptions:
         for key in ("lambda", "intercept_lambda", "scale_lambda"):
@@ -312,7 +314,8 @@ class _Parser:
                           center_covariate=opt("center_covariate"), center_covariate_kind=kind,
                           standardize=tuple(m.get("standardize", ())),
                           compare_pooled=m.get("compare_pooled", False),
-                          heterogeneity=tuple(m.get("heterogeneity", ())))
+                          heterogeneity=tuple(m.get("heterogeneity", ())),
+                          weights=opt("weights"))
 
     def sites(self, entries: list[dict]) -> list[SiteSpec]:
         from securefed.keys import check_party_name

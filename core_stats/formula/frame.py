@@ -25,6 +25,7 @@ from core_stats.formula.syntax import Call, FormulaError, Name, deparse
 from core_stats.formula.terms import ModelFormula, RandomTerm
 
 __all__ = ["ModelData", "RandomDesign", "model_data", "predictor_matrix", "response_key",
+           "incomplete_rows",
            "fixed_column_names", "random_column_names", "NA_ACTIONS"]
 
 NA_ACTIONS = ("omit", "fail")
@@ -70,18 +71,24 @@ def _used_columns(formula: ModelFormula) -> list[str]:
     return list(formula.columns)
 
 
+def incomplete_rows(schema: DesignSchema, frame: pd.DataFrame,
+                    weights_column: str | None = None) -> np.ndarray:
+    """Which rows miss a value the model reads (R's ``na.omit`` drops them)."""
+    used = _used_columns(schema.parsed) + ([weights_column] if weights_column else [])
+    missing = [c for c in used if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns[:12]))
+        raise FormulaError(f"column '{missing[0]}' is not in the data (its columns: {found})")
+    return frame[used].isna().any(axis=1).to_numpy()
+
+
 def model_data(schema: DesignSchema, frame: pd.DataFrame, *, na_action: str = "omit",
                weights_column: str | None = None) -> ModelData:
     """Build this site's model frame under ``schema``."""
     if na_action not in NA_ACTIONS:
         raise FormulaError(f"na_action {na_action!r}: choose omit or fail")
     formula = schema.parsed
-    used = _used_columns(formula) + ([weights_column] if weights_column else [])
-    missing = [c for c in used if c not in frame.columns]
-    if missing:
-        found = ", ".join(map(str, frame.columns[:12]))
-        raise FormulaError(f"column '{missing[0]}' is not in the data (its columns: {found})")
-    incomplete = frame[used].isna().any(axis=1).to_numpy()
+    incomplete = incomplete_rows(schema, frame, weights_column)
     if incomplete.any() and na_action == "fail":
         raise FormulaError(f"{int(incomplete.sum())} row(s) have missing values in the model's "
                            "columns (use --na-action omit to drop them, as R does)")

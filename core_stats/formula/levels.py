@@ -26,7 +26,8 @@ import pandas as pd
 from core_stats.formula.syntax import Call, FormulaError, Name, Node
 from core_stats.formula.terms import FACTOR_FUNCTIONS, ModelFormula
 
-__all__ = ["variable_report", "agree_levels", "r_label", "r_level_order", "is_factor_node"]
+__all__ = ["variable_report", "level_counts", "agree_levels", "check_agreed_levels",
+           "r_label", "r_level_order", "is_factor_node"]
 
 NUMERIC = "numeric"
 
@@ -102,6 +103,24 @@ def variable_report(formula: ModelFormula, frame: pd.DataFrame) -> dict[str, obj
             report[f"~{formula.response.id}"] = {
                 "levels": sorted({r_label(v) for v in _present(column)}), "numeric": False}
     return report
+
+
+def level_counts(formula: ModelFormula, frame: pd.DataFrame,
+                 report: Mapping[str, object]) -> dict[str, dict[str, int]]:
+    """Rows behind each label of ``report`` (:func:`variable_report`) in ``frame``.
+
+    For a site's own disclosure checks: the counts never leave the site.
+    """
+    columns = {key: node.args[0].id if is_factor_node(node) else node.id  # type: ignore
+               for key, node in formula.variables
+               if isinstance(report.get(key), dict)}
+    if isinstance(formula.response, Name) and f"~{formula.response.id}" in report:
+        columns[f"~{formula.response.id}"] = formula.response.id
+    counts: dict[str, dict[str, int]] = {}
+    for key, name in columns.items():
+        labels = pd.Series([r_label(v) for v in _present(frame[name])], dtype=object)
+        counts[key] = {str(k): int(v) for k, v in labels.value_counts().items()}
+    return counts
 
 
 def _report_one(node: Node, frame: pd.DataFrame) -> object:
@@ -184,6 +203,18 @@ def agree_levels(formula: ModelFormula, reports: Iterable[Mapping[str, object]]
                                    f"{len(labels)} categories: a binomial outcome needs two")
             factors.append((key, r_level_order(labels, False)))
     return tuple(factors)
+
+
+def check_agreed_levels(factors: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+    """Refuse levels that :func:`agree_levels` cannot have given: repeated, or not in R's
+    order (a schema from elsewhere must not move a factor's reference level)."""
+    for key, levels in factors:
+        orders = [r_level_order(levels, False)]
+        if all(_is_number_text(v) for v in levels):
+            orders.append(r_level_order(levels, True))
+        if len(set(levels)) != len(levels) or tuple(levels) not in orders:
+            raise FormulaError(f"the levels of '{key}' are not distinct and in R's order: "
+                               "the schema was not agreed from the sites' reports")
 
 
 def _is_number_text(text: str) -> bool:

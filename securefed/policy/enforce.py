@@ -19,8 +19,8 @@ import numpy as np
 from securefed.policy.model import SitePolicy
 from securefed.policy.refusal import PolicyRefused, Refusal
 
-__all__ = ["admit_round", "admit_call", "check_release", "model_of", "canonical_formula",
-           "THETA_METHODS", "COORDINATOR_NAME"]
+__all__ = ["admit_round", "admit_call", "admit_report", "check_report", "check_release",
+           "model_of", "canonical_formula", "THETA_METHODS", "COORDINATOR_NAME"]
 
 COORDINATOR_NAME = "coordinator"
 #: release calls whose value depends on the coordinator's parameters (layout, theta)
@@ -57,13 +57,7 @@ def admit_round(policy: SitePolicy, site_name: str, params: Any, registry: Colle
 
         if zcdp_epsilon(float(dp_query.rho), dp_delta) > policy.max_epsilon_per_release:
             _refuse(Refusal.EPSILON_ABOVE_CAP)
-    never = {COORDINATOR_NAME, policy.key_holder} | ({key_holder} if key_holder else set())
-    if any(name in never for name in names):
-        _refuse(Refusal.ROSTER_NOT_A_SITE)
-    if any(name not in registry for name in names):
-        _refuse(Refusal.ROSTER_UNKNOWN)
-    if len(names) < policy.min_sites:
-        _refuse(Refusal.ROSTER_TOO_SMALL)
+    _admit_roster(policy, names, registry, key_holder)
     if params.layer == "secagg":
         try:
             threshold = params.config(1).t
@@ -73,6 +67,45 @@ def admit_round(policy: SitePolicy, site_name: str, params: Any, registry: Colle
             _refuse(Refusal.THRESHOLD_BELOW_FLOOR)
         if int(params.min_contributors) < policy.min_contributors:
             _refuse(Refusal.CONTRIBUTORS_BELOW_FLOOR)
+
+
+def _admit_roster(policy: SitePolicy, names: Sequence[str], registry: Collection[str],
+                  key_holder: str | None) -> None:
+    never = {COORDINATOR_NAME, policy.key_holder} | ({key_holder} if key_holder else set())
+    if any(name in never for name in names):
+        _refuse(Refusal.ROSTER_NOT_A_SITE)
+    if any(name not in registry for name in names):
+        _refuse(Refusal.ROSTER_UNKNOWN)
+    if len(names) < policy.min_sites:
+        _refuse(Refusal.ROSTER_TOO_SMALL)
+
+
+# ---------------------------------------------------------- variable report
+def admit_report(policy: SitePolicy, site_name: str, formula_text: str,
+                 roster: Sequence[str], registry: Collection[str],
+                 key_holder: str | None = None) -> None:
+    """Refuse the factor-levels round (before anything is read) unless the roster would be
+    admitted for a release and the model is approved by the policy."""
+    if site_name not in roster:
+        _refuse(Refusal.NOT_IN_ROSTER)
+    _admit_roster(policy, list(roster), registry, key_holder)
+    if not _approved(policy, canonical_formula(formula_text), set(_columns(formula_text))):
+        _refuse(Refusal.MODEL_NOT_APPROVED)
+
+
+def check_report(policy: SitePolicy, counts: dict[str, dict[str, int]]) -> None:
+    """Refuse to report levels the policy does not let leave.
+
+    ``counts``: the records behind each reported label (they never leave). A
+    label carried by 1 to ``min_cell_count - 1`` records is a small cell (its
+    existence tells who is in it); labels are exact, so a site that releases
+    only under differential privacy reports none.
+    """
+    if any(counts.values()) and policy.dp_required:
+        _refuse(Refusal.DP_REQUIRED)
+    for per_level in counts.values():
+        if any(0 < n < policy.min_cell_count for n in per_level.values()):
+            _refuse(Refusal.SMALL_CELL)
 
 
 # ------------------------------------------------------------------ model
@@ -109,11 +142,16 @@ def model_of(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None, s
     if method in _BFI_METHODS:
         spec = kwargs["spec"]
         formula = canonical_formula(spec.schema.formula)
-        columns = set(_columns(spec.schema.formula)) | {c for c, _, _ in spec.standardize}
+        columns = set(_columns(spec.schema.formula)) | {c for c, _, _ in spec.standardize} | (
+            {spec.weights} if spec.weights else set())
         return formula, f"bfi|{formula}|{spec.schema.factors}|{spec.family.name}", columns
+    read = set()  # the model's columns, read to find its complete rows (never released)
+    if method in ("standardize_vector", "count_vector") and kwargs.get("schema") is not None:
+        read = set(_columns(kwargs["schema"].formula)) | (
+            {kwargs["weights"]} if kwargs.get("weights") else set())
     if method == "standardize_vector":
-        return None, None, {str(c) for c in kwargs["columns"]}
-    return None, None, set()
+        return None, None, {str(c) for c in kwargs["columns"]} | read
+    return None, None, read
 
 
 def _approved(policy: SitePolicy, formula: str | None, columns: set[str]) -> bool:

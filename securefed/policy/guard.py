@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from securefed.policy.enforce import admit_call, admit_round, check_release
+from securefed.policy.enforce import (
+    admit_call,
+    admit_report,
+    admit_round,
+    check_release,
+    check_report,
+)
 from securefed.policy.model import PolicyError, SitePolicy, load_policy
 from securefed.policy.record import ReleaseRecord, call_key
 from securefed.policy.refusal import PolicyRefused, Refusal
@@ -113,6 +119,18 @@ class SiteGuard:
         return Admitted(call_key([_rows_of(c) for c in setup], call_text),
                         tuple(sorted(params.sites)), model, dp_query is not None,
                         int(params.round_id), str(params.purpose))
+
+    def report(self, site: Any, formula_text: str, roster: Sequence[str]) -> dict:
+        """This site's variable report for ``formula_text`` (the factor-levels round), if its
+        policy lets it leave: labels only, never counts (a refusal is logged)."""
+        try:
+            admit_report(self.policy, self.site_name, formula_text, roster, self.registry,
+                         self.key_holder)
+            report, counts = site.variable_report_with_counts(formula_text)
+            check_report(self.policy, counts)
+        except PolicyRefused as err:
+            raise self._refused(err, 0, "variable-report") from None
+        return report
 
     def release(self, admitted: Admitted, site: Any, call: Any, vector: np.ndarray) -> None:
         """Check the computed vector and record the release (refused: nothing recorded).

@@ -190,8 +190,11 @@ def _design_from_fields(fields: dict[str, Any]) -> GLMMSiteDesign:
 
 
 def _schema_from_fields(fields: dict[str, Any]) -> DesignSchema:
+    from core_stats.formula.levels import check_agreed_levels
+
     schema = DesignSchema.from_fields(fields)
     schema.parsed  # noqa: B018 - read the formula now: a formula that is not data is refused
+    check_agreed_levels(schema.factors)  # nor levels reordered to move a reference level
     return schema
 
 

@@ -86,6 +86,10 @@ def _serve(stage: Stage, request: ConfigRecord, context: Context) -> dict:
     if stage is Stage.COUNTERSIGN:
         return _countersign(json.loads(str(request["checkpoint"])), str(request["log"]),
                             context)
+    if stage is Stage.REPORT:
+        audit = json.loads(str(request["audit"])) if "audit" in request else None
+        return _variable_report(str(request["formula"]), json.loads(str(request["sites"])),
+                                context, audit)
     return _step(stage, str(request["round_key"]), bytes(request["payload"]), context)
 
 
@@ -104,6 +108,16 @@ def _countersign(checkpoint: dict, log_text: str, context: Context) -> dict:
                             log_text, Registry.load(_node(context, "registry")),
                             context.node_config)
     return {"countersignature": json.dumps(signature, sort_keys=True)}
+
+
+def _variable_report(formula: str, roster: list, context: Context,
+                     audit: dict | None = None) -> dict:
+    """The factor-levels round: this site's variable report, if its policy lets it leave."""
+    if not isinstance(roster, list) or not all(isinstance(n, str) for n in roster):
+        raise ValueError("the roster must be a list of site names")
+    _check_registry(context, audit)
+    report = _guard(context).report(_load_site(context), formula, roster)
+    return {"report": json.dumps(report, sort_keys=True, allow_nan=False)}
 
 
 def _node(context: Context, key: str) -> str:

@@ -48,6 +48,11 @@ class FlowerRounds:
         return self.engine.run_round(round_id, purpose, record_call(compute, names), names,
                                      **kwargs)
 
+    def variable_reports(self, formula: str, site_names: Sequence[str], *,
+                         audit: dict | None = None) -> dict[str, dict]:
+        """Every site's variable report for ``formula`` (the factor-levels round)."""
+        return self.engine.variable_reports(formula, list(site_names), audit=audit)
+
     def countersign(self, request: Any, log_lines: list[str],
                     site_names: Sequence[str]) -> list:
         """The sites' countersignatures of a checkpoint of the coordinator's audit log."""

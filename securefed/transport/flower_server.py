@@ -80,6 +80,19 @@ def _reasons(rejected: Mapping[str, str]) -> dict[str, object]:
     return {"dropout_reasons": dict(sorted(rejected.items()))} if rejected else {}
 
 
+def _raise_refusals(errors: Mapping[str, str]) -> None:
+    """Raise what the sites' refusals mean (budget, bound, rows, or any other refusal)."""
+    raise_budget_refusals(errors)
+    text = "; ".join(f"{n}: {e}" for n, e in sorted(errors.items()))
+    if all(e.startswith("above-bound:") for e in errors.values()):
+        # a value to fix (standardise, raise the bound): exit 2, as in-process
+        raise OutOfBound(text)
+    if all(e.startswith("cannot-compute:") for e in errors.values()):
+        raise RowsCannotServe("; ".join(  # the data to fix (a one-row site): exit 2
+            f"site {n}: {e}" for n, e in sorted(errors.items())))
+    raise SiteRefused(text)
+
+
 class FlowerEngine:
     """Runs protected sums over the sites' ClientApps.
 
@@ -228,15 +241,7 @@ class FlowerEngine:
         opened = self._exchange(Stage.OPEN, dict.fromkeys(names, request))
         self._setup.clear()
         if opened.errors:
-            raise_budget_refusals(opened.errors)
-            text = "; ".join(f"{n}: {e}" for n, e in sorted(opened.errors.items()))
-            if all(e.startswith("above-bound:") for e in opened.errors.values()):
-                # a value to fix (standardise, raise the bound): exit 2, as in-process
-                raise OutOfBound(text)
-            if all(e.startswith("cannot-compute:") for e in opened.errors.values()):
-                raise RowsCannotServe("; ".join(  # the data to fix (a one-row site): exit 2
-                    f"site {n}: {e}" for n, e in sorted(opened.errors.items())))
-            raise SiteRefused(text)
+            _raise_refusals(opened.errors)
         length = self._screen_open(opened)
         if dp is not None:
             self._admit_dp(dp, round_id, opened, m, length)
@@ -254,6 +259,31 @@ class FlowerEngine:
             releases = {n: json_field(r, "release") for n, r in sorted(logged.items())}
             result.details["releases"] = {n: r for n, r in releases.items() if r is not None}
         return result
+
+    def variable_reports(self, formula: str, site_names: Iterable[str], *,
+                         audit: dict | None = None) -> dict[str, dict]:
+        """The factor-levels round: each site's variable report for ``formula``.
+
+        Each site's policy decides first (labels only, never counts; see
+        :meth:`securefed.policy.guard.SiteGuard.report`). Raises
+        :class:`SiteRefused` if a site refuses, and :class:`RowsCannotServe`
+        if one does not answer: levels agreed without a site could change its
+        columns. ``audit``: the run's audit context (a site that pins its
+        registry checks the run's against it first).
+        """
+        names = sorted(site_names)
+        request = {"formula": str(formula), "sites": json.dumps(names)}
+        if audit is not None:
+            request["audit"] = json.dumps(audit, sort_keys=True)
+        exchange = self._exchange(Stage.REPORT, dict.fromkeys(names, request))
+        if exchange.errors:
+            _raise_refusals(exchange.errors)
+        reports = {n: json_field(r, "report") for n, r in exchange.replies.items()}
+        missing = [n for n in names if not isinstance(reports.get(n), dict)]
+        if missing:
+            raise SiteRefused("no variable report from site(s) " + ", ".join(missing)
+                              + ": the factor levels cannot be agreed without them")
+        return {n: reports[n] for n in names}
 
     def countersign(self, request: dict, log_lines: list[str],
                     site_names: Iterable[str]) -> dict[str, dict]:

@@ -18,7 +18,15 @@ stage                   coordinator → site                       site → coor
 ``countersign``         ``checkpoint`` (run, entry count, head   ``countersignature`` (JSON)
                         hash) and ``log`` (the coordinator's
                         audit log lines)
+``variable_report``     ``formula`` (text) and ``sites`` (the    ``report`` (JSON: each
+                        roster, JSON)                            variable's kind, the labels
+                                                                 of a text column's levels)
 ======================  =======================================  ==========================
+
+``variable_report`` is the factor-levels round before a fit: the site reads the
+formula with the project's parser (data, never code) and reports which of its
+variables are numbers and which categories its text columns hold, never
+counts; its policy decides first (:meth:`securefed.policy.guard.SiteGuard.report`).
 
 With an audit trail, ``open`` also carries ``audit`` (the run id and layers,
 JSON) and the site's reply adds ``release``: its signed release record (a
@@ -55,6 +63,7 @@ class Stage(enum.Enum):
     CONSISTENCY = "consistency"
     UNMASK = "unmask"
     COUNTERSIGN = "countersign"
+    REPORT = "variable_report"  # the factor-levels round (labels only, never counts)
     CKKS_CONTEXT = "ckks_context"  # key holder only (layer ckks)
     DECRYPT = "decrypt"  # key holder only (layer ckks)
 

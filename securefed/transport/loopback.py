@@ -120,6 +120,9 @@ class _Rounds:
     def setup(self, compute, site_names) -> None:
         self._rounds.setup(compute, site_names)
 
+    def variable_reports(self, formula, site_names, *, audit=None) -> dict:
+        return self._rounds.variable_reports(formula, site_names, audit=audit)
+
     def aggregate(self, purpose, compute, site_names, round_id, *, dp=None, audit=None):
         before = (self._grid.site_seconds, self._grid.protection_seconds)
         result = self._rounds.aggregate(purpose, compute, site_names, round_id, dp=dp,

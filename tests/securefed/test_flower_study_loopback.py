@@ -300,3 +300,48 @@ def test_a_study_pinning_another_registry_is_refused_in_one_line(world):
         run_study_over_flower(world.grid, config)
     error = (world.root / "out-wrong-pin" / "error.txt").read_text()
     assert error.count("\n") == 1 and "refusing to run" in error
+
+
+def with_a_text_factor(world) -> pd.DataFrame:
+    """x6's tertiles as a text column (site h1 has no 'high'), and integer weights; the
+    sites' files are rewritten with it."""
+    frame = world.frame.copy()
+    cuts = np.quantile(frame["x6"], [1 / 3, 2 / 3])
+    grade = np.where(frame["x6"] < cuts[0], "low", np.where(frame["x6"] < cuts[1], "mid",
+                                                             "high"))
+    frame["grade"] = np.where((frame["site"] == "h1") & (grade == "high"), "mid", grade)
+    frame["w"] = 1 + frame["x2"].astype(int)
+    for name in SITES:
+        frame[frame["site"] == name].drop(columns="site").to_csv(world.root / f"{name}.csv",
+                                                                 index=False)
+    return frame
+
+
+@pytest.mark.parametrize("kind, model", [
+    ("glmm", 'formula = "y ~ grade * x2 + (1 | cluster)"\nfamily = "binomial"'),
+    ("bfi", 'formula = "y ~ grade * x7"\nfamily = "binomial"\nweights = "w"'),
+])
+def test_a_study_with_a_text_factor_agrees_levels_from_the_sites(world, kind, model):
+    """The factor-levels round: each site reports its labels, the coordinator agrees them
+    (h1's missing level included) and the fit equals the in-process run to 1e-10."""
+    frame = with_a_text_factor(world)
+    assert "high" not in set(frame.loc[frame.site == "h1", "grade"])
+    config = write_study(world, f"levels-{kind}", f'kind = "{kind}"\n{model}', '["secagg"]')
+    result = run_study_over_flower(world.grid, config)
+    study = load_study(config["study"], remote=True)
+    run = run_glmm if kind == "glmm" else run_bfi
+    local = run(frame, study.options, protection=SecAggSum()).to_dict()
+    if kind == "glmm":
+        assert "gradelow:x2" in result["theta"] and list(result["theta"]) == list(local["theta"])
+        got, want = list(result["theta"].values()), list(local["theta"].values())
+    else:
+        assert [e["term"] for e in result["estimates"]][:3] == ["(Intercept)", "gradelow",
+                                                                "grademid"]
+        got = [(e["estimate"], e["sd"]) for e in result["estimates"]]
+        want = [(e["estimate"], e["sd"]) for e in local["estimates"]]
+        assert result["factor_levels"] == {"grade": ["high", "low", "mid"]}
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    run_id = run_id_of(study.output_dir / "audit.jsonl")
+    report = verify_log(study.output_dir / "audit.jsonl", world.registry,
+                        site_logs(world, run_id))
+    assert report.ok, report.summary()
