@@ -9,8 +9,12 @@ Each problem is written once as CSV. Then, side by side in one run, it is fitted
 
 * `securefed cox` (in-process federation, none and secagg) and Rscript calling
   `coxph(Surv(time, status) ~ ... + strata(site))` (Efron ties);
-* `securefed bfi --family survival --baseline weibull` and Rscript calling R BFI's
-  `MAP.estimation` per site, then `bfi()`.
+* `securefed bfi --family survival --baseline B` and Rscript calling R BFI's
+  `MAP.estimation(basehaz = B)` per site, then `bfi()`: B = weibull on both synthetic
+  problems; poly (max_order 2), pwexp (4 pieces up to the smallest of the sites' largest
+  times, as R's documentation sets it; securefed is given that number) and unspecified
+  on a small one (R's poly integrates numerically per patient and per evaluation: on
+  5 x 400 one R run took over 6 minutes).
 
 Wall time is the whole process (start-up, reading the CSV, fitting), the median of
 ``--repeats`` runs. securefed runs from this checkout (``python3 -m securefed.cli``).
@@ -50,16 +54,26 @@ args <- commandArgs(TRUE)
 suppressMessages(library(BFI))
 d <- read.csv(args[1])
 x <- strsplit(args[2], ",")[[1]]
-Lambda <- inv.prior.cov(d[, x], lambda = 0.01, family = "survival", basehaz = "weibul")
+basehaz <- args[3]
+Lambda <- inv.prior.cov(d[, x], lambda = 0.01, family = "survival", basehaz = basehaz)
+mmt <- min(tapply(d$time, d$site, max))
 fits <- lapply(split(d, d$site), function(part)
   MAP.estimation(y = part[, c("time", "status")], X = part[, x], family = "survival",
-                 Lambda = Lambda, basehaz = "weibul"))
-b <- bfi(theta_hats = lapply(fits, function(f) f$theta_hat),
-         A_hats = lapply(fits, function(f) f$A_hat), Lambda = Lambda,
-         family = "survival", basehaz = "weibul")
-cat(sprintf('{"coef": [%s]}', paste(sprintf("%.10f", b$theta_hat), collapse = ",")))
+                 Lambda = Lambda, basehaz = basehaz, min_max_times = mmt))
+if (basehaz == "poly") {
+  q_ls <- sapply(fits, function(f) f$q_l)
+  len <- length(x) + max(q_ls) + 1
+  b <- bfi(theta_A_polys = lapply(fits, function(f) f$theta_A_poly),
+           Lambda = Lambda[1:len, 1:len], family = "survival", basehaz = "poly", q_ls = q_ls)
+} else {
+  b <- bfi(theta_hats = lapply(fits, function(f) f$theta_hat),
+           A_hats = lapply(fits, function(f) f$A_hat), Lambda = Lambda,
+           family = "survival", basehaz = basehaz)
+}
+cat(sprintf('\n{"coef": [%s]}\n', paste(sprintf("%.10f", b$theta_hat), collapse = ",")))
 """
-
+R_BASEHAZ = {"weibull": "weibul", "poly": "poly", "pwexp": "pwexp",
+             "unspecified": "unspecified"}
 
 def synthetic(sites: int, per_site: int, seed: int = 5) -> pd.DataFrame:
     """Weibull proportional hazards (shape 1.3) with 4 covariates; uniform censoring."""
@@ -77,15 +91,17 @@ def synthetic(sites: int, per_site: int, seed: int = 5) -> pd.DataFrame:
                          "site": [f"s{k}" for k in np.repeat(np.arange(sites), per_site)]})
 
 
-def problems() -> list[tuple[str, pd.DataFrame, str, bool]]:
-    """(name, data, formula, run BFI too)."""
+def problems() -> list[tuple[str, pd.DataFrame, str, tuple[str, ...]]]:
+    """(name, data, formula, the BFI survival baselines to run); the small synthetic
+    problem is fitted by BFI only."""
     lung = pd.read_csv(ROOT / "tests" / "golden" / "cox" / "lung.csv")
     colon = pd.read_csv(ROOT / "tests" / "golden" / "cox" / "colon.csv")
     syn = "Surv(time, status) ~ x1 + x2 + x3 + x4"
-    return [("lung, 18 sites", lung, "Surv(time, status) ~ age + sex + ph.ecog", False),
-            ("colon, 5 sites", colon, "Surv(time, status) ~ rx + sex + age + nodes", False),
-            ("synthetic 5 x 400", synthetic(5, 400), syn, True),
-            ("synthetic 20 x 2000", synthetic(20, 2000), syn, True)]
+    return [("lung, 18 sites", lung, "Surv(time, status) ~ age + sex + ph.ecog", ()),
+            ("colon, 5 sites", colon, "Surv(time, status) ~ rx + sex + age + nodes", ()),
+            ("synthetic 3 x 150", synthetic(3, 150), syn, tuple(R_BASEHAZ)),
+            ("synthetic 5 x 400", synthetic(5, 400), syn, ("weibull",)),
+            ("synthetic 20 x 2000", synthetic(20, 2000), syn, ("weibull",))]
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
@@ -94,7 +110,8 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
     return time.perf_counter() - start, out.stdout
 
 
-def _runs(data: Path, formula: str, with_bfi: bool, tmp: Path, bfi_lib: str | None):
+def _runs(data: Path, formula: str, baselines: tuple[str, ...], tmp: Path,
+          bfi_lib: str | None):
     me = [sys.executable, "-m", "securefed.cli"]
     out_json = tmp / "fit.json"
     runs = {
@@ -105,15 +122,19 @@ def _runs(data: Path, formula: str, with_bfi: bool, tmp: Path, bfi_lib: str | No
                                          "--json", str(out_json)], None),
         "R coxph + strata(site)": (["Rscript", str(tmp / "cox.R"), str(data), formula], None),
     }
-    if with_bfi:
-        runs["securefed bfi survival weibull"] = (
+    frame = pd.read_csv(data)
+    max_time = float(frame.groupby("site")["time"].max().min())  # R's min_max_times
+    covariates = ",".join(t.strip() for t in formula.split("~")[1].split("+"))
+    for baseline in baselines:
+        extra = {"pwexp": ["--baseline-pieces", "4", "--baseline-max-time", repr(max_time)]}
+        runs[f"securefed bfi survival {baseline}"] = (
             me + ["bfi", str(data), "--formula", formula, "--family", "survival",
-                  "--baseline", "weibull", "--site-column", "site", "--json", str(out_json)],
-            None)
+                  "--baseline", baseline, *extra.get(baseline, []), "--site-column", "site",
+                  "--json", str(out_json)], None)
         if bfi_lib:
-            covariates = ",".join(t.strip() for t in formula.split("~")[1].split("+"))
-            runs["R BFI 3.1.0 weibul"] = (["Rscript", str(tmp / "bfi.R"), str(data),
-                                           covariates], {**os.environ, "R_LIBS": bfi_lib})
+            runs[f"R BFI 3.1.0 {R_BASEHAZ[baseline]}"] = (
+                ["Rscript", str(tmp / "bfi.R"), str(data), covariates, R_BASEHAZ[baseline]],
+                {**os.environ, "R_LIBS": bfi_lib})
     return runs, out_json
 
 
@@ -127,10 +148,10 @@ def main() -> None:
         tmp = Path(tmp_name)
         (tmp / "cox.R").write_text(COX_R)
         (tmp / "bfi.R").write_text(BFI_R)
-        for name, frame, formula, with_bfi in problems():
+        for name, frame, formula, baselines in problems():
             data = tmp / "data.csv"
             frame.to_csv(data, index=False)
-            runs, out_json = _runs(data, formula, with_bfi, tmp, bfi_lib)
+            runs, out_json = _runs(data, formula, baselines, tmp, bfi_lib)
             for tool, (cmd, env) in runs.items():
                 times, first = [], None
                 for _ in range(args.repeats):
@@ -142,7 +163,8 @@ def main() -> None:
                         first = result[rows_key][0]["estimate"]
                         rounds = result["rounds"]
                     else:
-                        first, rounds = json.loads(stdout)["coef"][0], None
+                        last = [line for line in stdout.splitlines() if line.strip()][-1]
+                        first, rounds = json.loads(last)["coef"][0], None
                 rows.append({"problem": name, "rows": len(frame), "tool": tool,
                              "seconds_median": round(statistics.median(times), 3),
                              "first_coef": round(first, 6), "rounds": rounds})

@@ -194,12 +194,66 @@ def whole_process(repeats: int) -> list[dict]:
     return out
 
 
+def protected_processes(repeats: int) -> list[dict]:
+    """``securefed fit`` as a user runs it (start-up, CSV, checks, fit, summary), each golden
+    problem under ``none`` and ``secagg``; in process every site answers through the site
+    runtime (its ClientApp handler, keys, policy, the keyed level check) when flwr is installed."""
+    golden = ROOT / "tests" / "golden" / "glmm_multi"
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("grouseticks", "egsingle", "guImmun"):
+            spec = json.loads((golden / f"{name}.json").read_text())
+            for layer in ("none", "secagg"):
+                result = Path(tmp) / f"{name}-{layer}.json"
+                cmd = [sys.executable, "-m", "securefed.cli", "fit",
+                       str(golden / spec["dataset_path"]), "--formula", spec["formula"],
+                       "--family", spec["family"], "--site-column", spec["site_column"],
+                       "--protect", layer, "--json", str(result), "--quiet"]
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+                    times.append(time.perf_counter() - start)
+                fit = json.loads(result.read_text())
+                timings = fit.get("timings", {})
+                out.append({"problem": name, "protection": layer,
+                            "sites": spec["n_sites"], "seconds": statistics.median(times),
+                            "site statistics": timings.get("sites_statistics"),
+                            "protection (sites+server)": timings.get("protection_total"),
+                            "loglik": fit["loglik"], "rounds": fit["rounds"]})
+                print(out[-1], flush=True)
+    return out
+
+
+def protected_section(repeats: int) -> list[str]:
+    lines = ["## 4. Whole process under protection: `securefed fit --protect none|secagg`", "",
+             f"Median of {repeats} runs of the CLI process; `site statistics` and `protection` "
+             "are the fit's own timings (seconds inside the sites' Laplace work and inside "
+             "secure aggregation, sites and server); rounds include the counts round and "
+             "the sites' keyed level check (`securefed/level_sketch.py`). " + machine_line()
+             + f"; load average at the start {os.getloadavg()[0]:.1f} (2 cores shared). "
+             "Sections 3 and 4 ran at different times and loads: compare within a section.",
+             ""]
+    return lines + markdown_table(protected_processes(repeats),
+                                  ["problem", "protection", "sites", "seconds",
+                                   "site statistics", "protection (sites+server)", "loglik",
+                                   "rounds"], digits=4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out")
+    parser.add_argument("--protected-only", action="store_true",
+                        help="only section 4, appended to an existing multilevel.md")
     args = parser.parse_args()
+    if args.protected_only:
+        path = results_dir(False, args.out) / "multilevel.md"
+        text = path.read_text().split("\n## 4.")[0].rstrip("\n")
+        path.write_text(text + "\n\n" + "\n".join(protected_section(args.repeats)) + "\n")
+        print(path)
+        return
     out = results_dir(args.quick, args.out)
     lines = ["# Several random-effects terms: Laplace work per site, and fits vs lme4 / glmmTMB",
              "", f"`nice python3 benchmarks/multilevel_bench.py`; {machine_line()}; a shared, "
@@ -224,6 +278,7 @@ def main() -> None:
                   "fitting); securefed sums the golden's sites in one process (plaintext).", ""]
         lines += markdown_table(whole_process(args.repeats),
                                 ["problem", "tool", "seconds", "loglik", "rounds"], digits=4)
+        lines += ["", *protected_section(args.repeats)]
     (out / "multilevel.md").write_text("\n".join(lines) + "\n")
     print(out / "multilevel.md")
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.special import ndtri
 
 from core_stats.bfi_local import SCALE_NAME
 from core_stats.families import Family
+from core_stats.special import ndtri
 
 __all__ = ["FitKind", "BFIFit", "CentreEstimate", "normal_interval"]
 

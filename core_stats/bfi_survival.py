@@ -33,12 +33,18 @@ Hessian are exact (tested against finite differences):
 
 R's BFI computes the curvature ``A_hat`` entry by entry (``A.l.maker``). In
 3.1.0 the line ``M_l <- M_l/1 + Lambda`` sits inside the double loop over the
-entries, so the prior is added once per remaining loop step:
+entries, so the prior is added once per remaining loop step (the exponential, Weibull, Gompertz
+and polynomial baselines; ``pwexp`` and ``unspecified`` add it once):
 ``Lambda_jj`` is counted ``d^2 - (j-1) d - j + 1`` times on diagonal entry
 ``j`` (``d`` parameters), not once. :func:`r_curvature` reproduces that, to
 compare with R; the fit itself uses the exact curvature ``-H``. For a
 centre's MAP, R's BFGS (``optim``, ``reltol = 1e-8``) stops short of the
 optimum that Newton's method reaches here; see ``docs/survival.md``.
+
+The polynomial and piecewise-exponential baselines are in
+:mod:`core_stats.survival_poly` and :mod:`core_stats.survival_pwexp`; ``unspecified``
+is each centre's Breslow partial likelihood (:mod:`core_stats.cox`) with the prior on
+``beta``, as R's ``negloglik.theta``. All baselines: :mod:`core_stats.survival_baselines`.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import numpy as np
 
 from core_stats.bfi_local import LocalFit, MAPConvergenceError, newton_map
 from core_stats.families import Family
+from core_stats.survival_baselines import KINDS, Baseline, as_baseline
 
 __all__ = ["BASELINES", "R_BASEHAZ", "SURVIVAL", "baseline_names", "fit_survival_map",
            "r_curvature", "survival_log_posterior"]
@@ -64,20 +71,38 @@ class _Survival(Family):
 
 
 SURVIVAL = _Survival()
-BASELINES = ("exponential", "weibull", "gompertz")
-R_BASEHAZ = {"exponential": "exp", "weibull": "weibul", "gompertz": "gomp"}
-_START = -0.5  # R's initial value for every omega
+BASELINES = KINDS
+R_BASEHAZ = {kind: Baseline(kind, knots=(0.0, 1.0)).r_name for kind in KINDS}
 
 
-def baseline_names(baseline: str) -> tuple[str, ...]:
-    """R BFI's names of the baseline parameters (``omega_1 = log a``, ``omega_2 = log b``)."""
-    if baseline not in BASELINES:
-        raise ValueError(f"unknown baseline {baseline!r}: choose one of {', '.join(BASELINES)}")
-    return ("omega_1",) if baseline == "exponential" else ("omega_1", "omega_2")
+def baseline_names(baseline: str | Baseline) -> tuple[str, ...]:
+    """R BFI's names of the baseline parameters (``omega_1 = log a``, ``omega_2 = log b``,
+    ``omega_0..omega_q`` for ``poly``, ``omega_1..omega_K`` for ``pwexp``, none for
+    ``unspecified``)."""
+    return as_baseline(baseline).names
 
 
 def _loglik(theta: np.ndarray, time: np.ndarray, event: np.ndarray, X: np.ndarray,
-            baseline: str) -> tuple[float, np.ndarray, np.ndarray]:
+            baseline: Baseline, stratum=None) -> tuple[float, np.ndarray, np.ndarray]:
+    if baseline.kind == "poly":
+        from core_stats.survival_poly import poly_loglik
+
+        return poly_loglik(theta, time, event, X, baseline.order)
+    if baseline.kind == "pwexp":
+        from core_stats.survival_pwexp import pwexp_loglik
+
+        return pwexp_loglik(theta, time, event, X, baseline.knots)
+    if baseline.kind == "unspecified":  # R's partial likelihood: Breslow ties
+        from core_stats.cox import cox_stratum, stratum_terms
+
+        terms = stratum_terms(stratum if stratum is not None else cox_stratum(time, event, X),
+                              theta, "breslow")
+        return terms.loglik, terms.gradient, terms.hessian
+    return _parametric_loglik(theta, time, event, X, baseline.kind)
+
+
+def _parametric_loglik(theta: np.ndarray, time: np.ndarray, event: np.ndarray, X: np.ndarray,
+                       baseline: str) -> tuple[float, np.ndarray, np.ndarray]:
     p = X.shape[1]
     beta, omega = theta[:p], theta[p:]
     eta = X @ beta + omega[0]
@@ -114,37 +139,42 @@ def _loglik(theta: np.ndarray, time: np.ndarray, event: np.ndarray, X: np.ndarra
 
 
 def survival_log_posterior(theta: np.ndarray, time: np.ndarray, event: np.ndarray,
-                           X: np.ndarray, baseline: str,
-                           prior: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """``l(theta) - theta' Lambda theta / 2`` with its exact gradient and Hessian."""
+                           X: np.ndarray, baseline: str | Baseline, prior: np.ndarray, *,
+                           stratum=None) -> tuple[float, np.ndarray, np.ndarray]:
+    """``l(theta) - theta' Lambda theta / 2`` with its exact gradient and Hessian.
+
+    ``stratum`` (``unspecified`` only) is :func:`core_stats.cox.cox_stratum` of the rows,
+    built once by the caller.
+    """
     theta = np.asarray(theta, dtype=float)
     value, grad, hess = _loglik(theta, np.asarray(time, dtype=float),
                                 np.asarray(event, dtype=bool), np.asarray(X, dtype=float),
-                                baseline)
+                                as_baseline(baseline), stratum)
     return value - 0.5 * theta @ prior @ theta, grad - prior @ theta, hess - prior
 
 
-def _check(time: np.ndarray, event: np.ndarray, X: np.ndarray, baseline: str,
+def _check(time: np.ndarray, event: np.ndarray, X: np.ndarray, baseline: Baseline,
            prior: np.ndarray) -> None:
-    dim = X.shape[1] + len(baseline_names(baseline))
+    dim = X.shape[1] + len(baseline.names)
     if X.ndim != 2 or X.shape[0] != time.size or event.size != time.size:
         raise ValueError("time, status and X must have one row per patient")
     if prior.shape != (dim, dim):
         raise ValueError(f"prior must be {dim} x {dim}, got {prior.shape}")
     if not np.all(np.isfinite(time)) or np.any(time < 0):
         raise ValueError("times must be finite and not negative")
-    if baseline == "weibull" and np.any(time <= 0):
+    if baseline.kind == "weibull" and np.any(time <= 0):
         raise ValueError("a Weibull baseline needs positive times (log t enters the model)")
     if not event.any():
         raise ValueError("the centre has no events")
 
 
-def fit_survival_map(time: np.ndarray, event: np.ndarray, X: np.ndarray, baseline: str,
+def fit_survival_map(time: np.ndarray, event: np.ndarray, X: np.ndarray,
+                     baseline: str | Baseline,
                      prior: np.ndarray, *, names: Sequence[str] | None = None,
                      gtol: float = 1e-12, max_iter: int = 200) -> LocalFit:
     """The centre's MAP ``theta_hat`` and exact curvature ``A_hat = -H(theta_hat)``.
 
-    Newton's method with step halving from R's start ``(0, ..., 0, -0.5[, -0.5])``;
+    Newton's method with step halving from R's start ``(0, ..., 0, -0.5, ..., -0.5)``;
     ``names`` are the covariate names (the baseline names are appended).
 
     Raises
@@ -156,11 +186,18 @@ def fit_survival_map(time: np.ndarray, event: np.ndarray, X: np.ndarray, baselin
     event = np.asarray(event, dtype=bool).ravel()
     X = np.asarray(X, dtype=float)
     prior = np.asarray(prior, dtype=float)
+    baseline = as_baseline(baseline)
     _check(time, event, X, baseline, prior)
-    extra = baseline_names(baseline)
-    start = np.concatenate([np.zeros(X.shape[1]), np.full(len(extra), _START)])
+    extra = baseline.names
+    start = baseline.start(X.shape[1])
+    stratum = None
+    if baseline.kind == "unspecified":
+        from core_stats.cox import cox_stratum
+
+        stratum = cox_stratum(time, event, X)
     theta, value, grad, hess, iterations = newton_map(
-        lambda th: survival_log_posterior(th, time, event, X, baseline, prior), start,
+        lambda th: survival_log_posterior(th, time, event, X, baseline, prior,
+                                          stratum=stratum), start,
         tol=gtol * max(1.0, float(time.size)), max_iter=max_iter)
     curvature = -0.5 * (hess + hess.T)
     if np.min(np.linalg.eigvalsh(curvature)) <= 0:
@@ -173,13 +210,20 @@ def fit_survival_map(time: np.ndarray, event: np.ndarray, X: np.ndarray, baselin
                     gradient_max=float(np.max(np.abs(grad))), iterations=iterations)
 
 
-def r_curvature(curvature: np.ndarray, prior: np.ndarray) -> np.ndarray:
+def r_curvature(curvature: np.ndarray, prior: np.ndarray,
+                baseline: str | Baseline = "exponential") -> np.ndarray:
     """R BFI 3.1.0's ``A_hat`` from the exact curvature (see the module docstring).
 
     Diagonal entry ``j`` (1-based) of a ``d``-parameter model carries
     ``d^2 - (j-1) d - j + 1`` copies of ``Lambda_jj`` instead of one; an
     off-diagonal prior entry would be counted likewise (BFI's priors are diagonal).
+    This is R's entry-by-entry loop of the exponential, Weibull, Gompertz and
+    polynomial baselines; for ``pwexp`` and ``unspecified`` R adds the prior once,
+    so their ``A_hat`` is the exact curvature.
     """
+    kind = baseline if isinstance(baseline, str) else baseline.kind
+    if kind in ("pwexp", "unspecified"):
+        return curvature.copy()
     d = curvature.shape[0]
     j = np.arange(1, d + 1)
     copies = d * d - (j - 1) * d - j + 1

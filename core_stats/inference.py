@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import ndtr, ndtri
 
 from core_stats.glmm import ParameterLayout
 from core_stats.jets import Jet
+from core_stats.special import ndtr, ndtri
 
 __all__ = [
     "FixedEffect", "RandomEffectSD", "RandomEffectCorrelation", "wald_fixed_effects",

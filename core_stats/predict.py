@@ -95,7 +95,7 @@ def predict_glmm(fit, rows: pd.DataFrame, *, response: bool = True,
 def confint_frame(terms, estimate, se, level: float) -> pd.DataFrame:
     """Wald limits ``estimate -/+ z_{(1+level)/2} se`` by term, columns named as R's
     ``confint`` names them (``"2.5 %"``, ``"97.5 %"``)."""
-    from scipy.special import ndtri
+    from core_stats.special import ndtri
 
     if not 0.0 < level < 1.0:
         raise ValueError("level must lie strictly between 0 and 1")

@@ -49,6 +49,7 @@ class GLMMFit:
     extra: dict = field(default_factory=dict)
     counts_noisy: bool = False  # n_obs / n_groups are differentially private (noisy) counts
     reml: bool = False  # a Gaussian fit by lmer's REML criterion (loglik is then the REML one)
+    n_sites_counted: int | None = None  # sites whose data the estimate holds (see to_dict)
 
     def coef(self) -> dict[str, float]:
         """Fixed-effect estimates by term name."""
@@ -106,6 +107,7 @@ class GLMMFit:
             "n_obs": self.n_obs,
             "n_groups": self.n_groups,
             "n_sites": self.n_sites,
+            "n_sites_counted": self.n_sites_counted,
             "counts_noisy": self.counts_noisy,
             "lambda": self.penalty_lambda,
             "protection": self.protection,

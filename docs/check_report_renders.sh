@@ -8,7 +8,9 @@
 # project and CI installs nothing by hand: this script installs Debian's
 # `chromium` with apt-get when it is missing (needs root), so run it on a
 # workstation or a throwaway container. The tests check the same page without a
-# browser (tests/securefed/test_report.py: every <img> is a PNG beside the page).
+# browser (tests/securefed/test_report.py: every <img> is a PNG beside the page) and in
+# headless Chromium when it is installed (tests/securefed/test_report_renders.py: the laid-out
+# page, measured by the browser).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"

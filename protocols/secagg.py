@@ -1,10 +1,12 @@
 """In-process secure summation: the driver the rest of securefed calls.
 
-:func:`secure_sum` runs one round of SecAgg (complete graph) or SecAgg+
-(``neighbours=k``) between :class:`~protocols.secagg_site.SecAggSite` and
-:class:`~protocols.secagg_server.SecAggServer` objects that exchange *only
-bytes*, exactly as a network transport would; it can simulate sites dropping
-out at any phase. The released total is
+:class:`SecureSumRun` runs the rounds of one run of SecAgg (complete graph)
+or SecAgg+ (``neighbours=k``) between :class:`~protocols.secagg_site.SecAggSite`
+and :class:`~protocols.secagg_server.SecAggServer` objects that exchange *only
+bytes*, exactly as a network transport would: keys are agreed in its first
+round and reused by the later ones (:mod:`protocols.secagg_run`), and a site
+that drops out never returns. :func:`secure_sum` is a run of one round. Both
+can simulate sites dropping out at any phase. The released total is
 
     Σ_{u ∈ contributors} x_u,   |error| ≤ n · 2^{−f−1} + ½ ulp   (see protocols.encoding)
 
@@ -26,13 +28,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocols.errors import EncodingError, ProtocolError
 from protocols.secagg_config import ConfigError, SecAggConfig
+from protocols.secagg_run import ServerRun, SiteRun
 from protocols.secagg_server import SecAggServer
 from protocols.secagg_site import SecAggSite
 
 if TYPE_CHECKING:
     from protocols.ckks import CkksAggregate
 
-__all__ = ["DropPhase", "SecureSumResult", "secure_sum"]
+__all__ = ["DropPhase", "SecureSumResult", "SecureSumRun", "secure_sum"]
 
 
 class DropPhase(enum.Enum):
@@ -135,6 +138,8 @@ def secure_sum(
 ) -> SecureSumResult:
     """Securely sum one float vector per site; the server learns only the total.
 
+    A run of one round (:class:`SecureSumRun`): fresh keys, used once.
+
     Parameters
     ----------
     vectors : Mapping[int, numpy.ndarray]
@@ -177,38 +182,113 @@ def secure_sum(
     EncodingError, ConfigError
         Bad values or parameters.
     """
-    order, length = _checked_vectors(vectors)
-    dropping = {int(u) for u in drop_sites}
-    if dropping and drop_phase is None:
-        raise ConfigError("drop_sites needs a drop_phase")
-    if not dropping <= set(order):
-        raise ConfigError("drop_sites must be sites of this round")
-    config = SecAggConfig(
-        session_id=session_id,
-        round_id=round_id,
-        site_ids=tuple(order),
-        vector_length=length,
-        bounds=bounds,
-        threshold=threshold,
-        neighbours=neighbours,
-        min_contributors=min_contributors,
-        ckks_context=ckks_context,
-    )
-    if identities is None:
-        identities = {u: Ed25519PrivateKey.generate() for u in order}
-    if set(identities) != set(order):
-        raise ConfigError("identities must cover exactly the sites of this round")
-    roster = {u: identities[u].public_key() for u in order}
-    server_identity = Ed25519PrivateKey.generate()
-    server = SecAggServer(
-        config, server_identity, roster, decrypt_masked_total=decrypt_masked_total
-    )
-    sites = {
-        u: SecAggSite(u, config, identities[u], roster, server_identity.public_key()) for u in order
-    }
+    order, _ = _checked_vectors(vectors)
+    run = SecureSumRun(order, session_id=session_id, identities=identities,
+                       threshold=threshold, neighbours=neighbours,
+                       min_contributors=min_contributors, ckks_context=ckks_context)
+    return run.round(vectors, bounds=bounds, session_id=session_id, round_id=round_id,
+                     drop_sites=drop_sites, drop_phase=drop_phase,
+                     decrypt_masked_total=decrypt_masked_total, network=network)
+
+
+class SecureSumRun:
+    """The rounds of one secure-aggregation run, all sites and the server in this process.
+
+    Parameters
+    ----------
+    site_ids : sequence of int
+        The run's roster (every round's sites are a subset).
+    session_id : bytes
+        The run's session id, bound into its pair keys.
+    identities : Mapping[int, Ed25519PrivateKey], optional
+        Long-term site signing keys; fresh ones are generated when None.
+    threshold, neighbours, min_contributors, ckks_context
+        As in :func:`secure_sum`, for every round of the run.
+    """
+
+    def __init__(
+        self,
+        site_ids: Collection[int],
+        *,
+        session_id: bytes,
+        identities: Mapping[int, Ed25519PrivateKey] | None = None,
+        threshold: int | None = None,
+        neighbours: int | None = None,
+        min_contributors: int = 3,
+        ckks_context: bytes | None = None,
+    ) -> None:
+        self.site_ids = tuple(sorted(int(u) for u in site_ids))
+        self.session_id = session_id
+        if identities is None:
+            identities = {u: Ed25519PrivateKey.generate() for u in self.site_ids}
+        if set(identities) != set(self.site_ids):
+            raise ConfigError("identities must cover exactly the sites of this run")
+        self._identities = dict(identities)
+        self._server_identity = Ed25519PrivateKey.generate()
+        self.threshold, self.neighbours = threshold, neighbours
+        self.min_contributors, self.ckks_context = min_contributors, ckks_context
+        self.server_run: ServerRun | None = None
+        self.site_runs: dict[int, SiteRun] = {}
+
+    @property
+    def eligible(self) -> frozenset[int]:
+        """Sites that may take part in the next round (all of them before the first)."""
+        if self.server_run is None or self.server_run.eligible is None:
+            return frozenset(self.site_ids)
+        return self.server_run.eligible
+
+    def _config(self, order: list[int], length: int, bounds, session_id: bytes,
+                round_id: int) -> SecAggConfig:
+        return SecAggConfig(
+            session_id=session_id, round_id=round_id, site_ids=tuple(order),
+            vector_length=length, bounds=bounds, threshold=self.threshold,
+            neighbours=self.neighbours, min_contributors=self.min_contributors,
+            ckks_context=self.ckks_context, run_session=self.session_id,
+            run_sites=self.site_ids,
+        )
+
+    def round(
+        self,
+        vectors: Mapping[int, np.ndarray],
+        *,
+        bounds: float | np.ndarray,
+        session_id: bytes,
+        round_id: int,
+        drop_sites: Collection[int] = (),
+        drop_phase: DropPhase | None = None,
+        decrypt_masked_total: Callable[[CkksAggregate], np.ndarray] | None = None,
+        network: Callable[[int, str, bytes], bytes] | None = None,
+    ) -> SecureSumResult:
+        """One round over ``vectors``' sites (a subset of :attr:`eligible`); see
+        :func:`secure_sum`. ``session_id`` names the round (e.g. its purpose);
+        round ids must increase. A site that dropped out of an earlier round of
+        the run is refused (:class:`AbortError`): it never returns."""
+        order, length = _checked_vectors(vectors)
+        dropping = {int(u) for u in drop_sites}
+        if dropping and drop_phase is None:
+            raise ConfigError("drop_sites needs a drop_phase")
+        if not dropping <= set(order):
+            raise ConfigError("drop_sites must be sites of this round")
+        config = self._config(order, length, bounds, session_id, round_id)
+        roster = {u: self._identities[u].public_key() for u in order}
+        first = self.server_run is None
+        server = SecAggServer(config, self._server_identity, roster,
+                              decrypt_masked_total=decrypt_masked_total, run=self.server_run)
+        self.server_run = server.run
+        server_key = self._server_identity.public_key()
+        sites = {u: SecAggSite(u, config, self._identities[u], roster, server_key,
+                               run=self.site_runs.get(u)) for u in order}
+        self.site_runs.update({u: site.run for u, site in sites.items()})
+        return _drive(server, sites, vectors, order, dropping, drop_phase, network, first)
+
+
+def _drive(server: SecAggServer, sites: Mapping[int, SecAggSite],
+           vectors: Mapping[int, np.ndarray], order: list[int], dropping: set[int],
+           drop_phase: DropPhase | None, network: Callable[[int, str, bytes], bytes] | None,
+           first: bool) -> SecureSumResult:
+    """Carry one round's bytes between the sites and the server."""
     clock = _Clock()
     sent = dict.fromkeys(order, 0)
-
     rejected: dict[int, str] = {}
 
     def deliver(u: int, data: bytes, step: str) -> None:
@@ -226,11 +306,14 @@ def secure_sum(
     def active(phase: DropPhase) -> list[int]:
         return [u for u in order if not (drop_phase is phase and u in dropping)]
 
-    for u in order:
-        deliver(u, clock.site_call(sites[u].advertise_keys), "advertise_keys")
-    key_lists = advance()
+    if first:  # the run's keys: advertised and checked once
+        for u in order:
+            deliver(u, clock.site_call(sites[u].advertise_keys), "advertise_keys")
+        key_lists = advance()
     for u in active(DropPhase.AFTER_KEY_EXCHANGE):
-        if u in key_lists:
+        if not first:
+            deliver(u, clock.site_call(sites[u].share_keys), "share_keys")
+        elif u in key_lists:
             deliver(u, clock.site_call(sites[u].share_keys, key_lists[u]), "share_keys")
     bundles = advance()
     live = [u for u in active(DropPhase.AFTER_KEY_EXCHANGE) if u in bundles]

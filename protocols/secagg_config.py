@@ -4,13 +4,18 @@ Both sides build the same :class:`SecAggConfig` from public information
 (roster, session and round ids, vector layout, bounds); everything derived
 from it (graph, thresholds, encoding) is therefore identical everywhere and
 never negotiated by the server.
+
+A round belongs to a *run* (``run_session``, ``run_sites``): keys are agreed
+once per run (:mod:`protocols.secagg_run`), the SecAgg+ graph is a function
+of the run alone, and a round's roster is a subset of the run's. A config
+without them is a run of its own (its first and only round).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -58,6 +63,10 @@ class SecAggConfig:
         sites send their masked words y_u only as CKKS ciphertexts under it
         (:class:`~protocols.secagg_messages.EncryptedMaskedInput`), the server
         adds them and the key holder decrypts only Σ y_u.
+    run_session, run_sites
+        The run this round belongs to: its session id (bound into the run's
+        pair keys) and its roster (the sites that agreed keys; the SecAgg+
+        graph is drawn over them). Default: this round's session and roster.
     """
 
     session_id: bytes
@@ -70,10 +79,20 @@ class SecAggConfig:
     min_contributors: int = 3
     tolerance: float = field(default=DEFAULT_TOLERANCE)
     ckks_context: bytes | None = field(default=None, repr=False)
+    run_session: bytes | None = None
+    run_sites: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         ids = tuple(int(u) for u in self.site_ids)
         object.__setattr__(self, "site_ids", tuple(sorted(ids)))
+        if self.run_session is None:
+            object.__setattr__(self, "run_session", self.session_id)
+        run = ids if self.run_sites is None else tuple(int(u) for u in self.run_sites)
+        object.__setattr__(self, "run_sites", tuple(sorted(run)))
+        if len(set(run)) != len(run) or not set(ids) <= set(run):
+            raise ConfigError("a round's sites must be distinct sites of its run")
+        if not 1 <= len(self.run_session) <= 255:
+            raise ConfigError("run_session must have 1 to 255 bytes")
         if len(set(ids)) != len(ids):
             raise ConfigError("site ids must be distinct")
         if any(not 0 <= u < MAX_SITE_ID for u in ids):
@@ -112,11 +131,14 @@ class SecAggConfig:
         return len(self.site_ids)
 
     @property
+    def complete(self) -> bool:
+        """True when every site of the run is every other's neighbour (SecAgg)."""
+        return self.neighbours is None or self.neighbours >= len(self.run_sites) - 1
+
+    @property
     def holder_count(self) -> int:
-        """Size m of every share-holder set H(u) = N(u) ∪ {u}."""
-        if self.neighbours is None or self.neighbours >= self.n_sites - 1:
-            return self.n_sites
-        return self.neighbours + 1
+        """Size m of the share-holder sets H(u) = N(u) ∪ {u} (in the run's graph)."""
+        return self.n_sites if self.complete else self.neighbours + 1
 
     @property
     def t(self) -> int:
@@ -126,11 +148,15 @@ class SecAggConfig:
         )
 
     @cached_property
+    def run_graph(self) -> dict[int, frozenset[int]]:
+        """Neighbours of every site of the run (public: a function of run session and roster)."""
+        return _run_graph(self.run_sites, self.neighbours, self.run_session)
+
+    @cached_property
     def graph(self) -> dict[int, frozenset[int]]:
-        """Neighbours N(u) of every site (public, derived from session, round, roster)."""
-        return neighbourhoods(
-            self.site_ids, self.neighbours, session_id=self.session_id, round_id=self.round_id
-        )
+        """Neighbours N(u) of every site in this round: its run neighbours in the roster."""
+        roster = frozenset(self.site_ids)
+        return {u: self.run_graph[u] & roster for u in self.site_ids}
 
     @cached_property
     def _holder_sets(self) -> dict[int, frozenset[int]]:
@@ -157,3 +183,11 @@ class SecAggConfig:
             + self.round_id.to_bytes(8, "big")
             + body
         )
+
+
+@lru_cache(maxsize=64)
+def _run_graph(
+    sites: tuple[int, ...], neighbours: int | None, session: bytes
+) -> dict[int, frozenset[int]]:
+    """The run's graph, drawn once per process for every round of the run."""
+    return neighbourhoods(sites, neighbours, session_id=session, round_id=0)

@@ -65,6 +65,11 @@ class MessageKind(enum.Enum):
     ENCRYPTED_MASKED_INPUT = 10
 
 
+_U32 = struct.Struct(">I")
+_I64 = struct.Struct(">q")
+_PAIR_HEAD = struct.Struct(">qI")
+
+
 class _Writer:
     def __init__(self) -> None:
         self.parts: list[bytes] = []
@@ -85,9 +90,10 @@ class _Writer:
 
     def pairs(self, values: tuple[tuple[int, bytes], ...]) -> None:
         self.u32(len(values))
+        parts = self.parts
         for site, payload in values:
-            self.i64(site)
-            self.blob(payload)
+            parts.append(_PAIR_HEAD.pack(site, len(payload)))
+            parts.append(bytes(payload))
 
     def blobs(self, values: tuple[bytes, ...]) -> None:
         self.u32(len(values))
@@ -96,22 +102,33 @@ class _Writer:
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    """Reads fields straight out of one buffer: integers and id lists without copies."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
         self.data = memoryview(data)
         self.pos = 0
 
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
+    def _advance(self, n: int) -> int:
+        start = self.pos
+        if n < 0 or start + n > len(self.data):
             raise InvalidMessage("message truncated")
-        chunk = bytes(self.data[self.pos : self.pos + n])
-        self.pos += n
-        return chunk
+        self.pos = start + n
+        return start
+
+    def take(self, n: int) -> bytes:
+        start = self._advance(n)
+        return bytes(self.data[start : start + n])
+
+    def view(self, n: int) -> memoryview:
+        """The next ``n`` bytes as a view of the message (no copy)."""
+        start = self._advance(n)
+        return self.data[start : start + n]
 
     def u32(self) -> int:
-        return struct.unpack(">I", self.take(4))[0]
+        return _U32.unpack_from(self.data, self._advance(4))[0]
 
     def i64(self) -> int:
-        return struct.unpack(">q", self.take(8))[0]
+        return _I64.unpack_from(self.data, self._advance(8))[0]
 
     def count(self) -> int:
         n = self.u32()
@@ -124,13 +141,25 @@ class _Reader:
 
     def ids(self) -> tuple[int, ...]:
         n = self.count()
-        values = tuple(int(v) for v in np.frombuffer(self.take(8 * n), dtype=">i8"))
+        values = tuple(np.frombuffer(self.view(8 * n), dtype=">i8").tolist())
         if any(b <= a for a, b in zip(values, values[1:], strict=False)):
             raise InvalidMessage("id list must be strictly increasing")
         return values
 
     def pairs(self) -> tuple[tuple[int, bytes], ...]:
-        values = tuple((self.i64(), self.blob()) for _ in range(self.count()))
+        n, data, out = self.count(), self.data, []
+        pos, end = self.pos, len(self.data)
+        for _ in range(n):  # (i64 site, u32 length, payload), read in place
+            if pos + 12 > end:
+                raise InvalidMessage("message truncated")
+            site, size = _PAIR_HEAD.unpack_from(data, pos)
+            pos += 12
+            if pos + size > end:
+                raise InvalidMessage("message truncated")
+            out.append((site, bytes(data[pos : pos + size])))
+            pos += size
+        self.pos = pos
+        values = tuple(out)
         sites = [site for site, _ in values]
         if any(b <= a for a, b in zip(sites, sites[1:], strict=False)):
             raise InvalidMessage("pair list must be strictly increasing in site id")
@@ -255,10 +284,11 @@ class MaskedInput:
 
     @classmethod
     def read(cls, reader: _Reader) -> MaskedInput:
-        raw = reader.blob()
+        raw = reader.view(reader.u32())
         if len(raw) % 8:
             raise InvalidMessage("masked input is not a whole number of uint64 words")
-        return cls(np.frombuffer(raw, dtype="<u8").astype(np.uint64))
+        # a read-only view of the received bytes (no copy on a little-endian machine)
+        return cls(np.frombuffer(raw, dtype="<u8").astype(np.uint64, copy=False))
 
 
 _FINGERPRINT_BYTES = 32
@@ -358,15 +388,16 @@ class UnmaskRequest:
 
 @dataclass(frozen=True)
 class UnmaskShares:
-    """Round 4, site → server: shares of b_v for alive v, of s_sk_v for dropped v."""
+    """Round 4, site → server: shares of b_v for alive v; for each dropped neighbour v,
+    this round's pairwise seed s_uv^(r) (32 bytes; see :mod:`protocols.secagg_run`)."""
 
     KIND: ClassVar[MessageKind] = MessageKind.UNMASK_SHARES
     self_mask_shares: tuple[tuple[int, bytes], ...]
-    key_shares: tuple[tuple[int, bytes], ...]
+    pair_seeds: tuple[tuple[int, bytes], ...]
 
     def write(self, writer: _Writer) -> None:
         writer.pairs(self.self_mask_shares)
-        writer.pairs(self.key_shares)
+        writer.pairs(self.pair_seeds)
 
     @classmethod
     def read(cls, reader: _Reader) -> UnmaskShares:
@@ -436,7 +467,8 @@ class Message:
             raise InvalidMessage("messages are bytes")
         if len(data) < SIGNATURE_BYTES:
             raise InvalidMessage("message truncated")
-        signed, signature = bytes(data[:-SIGNATURE_BYTES]), bytes(data[-SIGNATURE_BYTES:])
+        data = bytes(data)  # one immutable copy (none for bytes); fields are read from views
+        signed, signature = data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
         reader = _Reader(signed)
         header = Header.read(reader)
         body = _BODIES[header.kind].read(reader)
@@ -444,6 +476,7 @@ class Message:
             raise InvalidMessage("trailing bytes after message body")
         return cls(header, body, signature, signed)
 
-    def verify(self, public: Ed25519PublicKey) -> None:
-        """Check the sender's signature over header and body."""
-        verify(public, self.signature, self.signed_bytes)
+    def verify(self, public: Ed25519PublicKey, *, cache: bool = False) -> None:
+        """Check the sender's signature over header and body (``cache``: see
+        :func:`protocols.primitives.verify`)."""
+        verify(public, self.signature, self.signed_bytes, cache=cache)

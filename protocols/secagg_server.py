@@ -7,10 +7,17 @@ closes (all expected messages or a timeout); ``advance`` returns the bytes to
 send to each site for the next step. The server never sees an unmasked input:
 
     Σ_{u∈U3} q(x_u) = Σ_{u∈U3} y_u − Σ_{u∈U3} PRG(b_u)
-                      − Σ_{v∈U2∖U3} Σ_{u∈U3∩N(v)} sign(u, v) PRG(s_uv)
+                      − Σ_{v∈U2∖U3} Σ_{u∈U3∩N(v)} sign(u, v) PRG(s_uv^(r))
 
-with sign(u, v) = +1 if u < v else −1, b_u rebuilt from t shares held by
-H(u), and s_uv recomputed from the reconstructed s_sk_v of each dropped v.
+with sign(u, v) = +1 if u < v else −1, b_u rebuilt from t of this round's
+shares held by H(u), and s_uv^(r) — this round's pairwise seed of u with a
+dropped v — revealed by u itself (so every u ∈ U3 that masked with a dropped
+v must answer the unmask request, or the round aborts).
+
+The server object is one round of a run (:class:`~protocols.secagg_run.ServerRun`):
+the first round collects and forwards the sites' signed keys; later rounds
+start at COLLECT_SHARES, and a round may list only sites that completed the
+run's previous round.
 
 Under CKKS (``config.ckks_context``) the server never holds a single y_u:
 sites send CKKS ciphertexts of y_u, the server checks each against the
@@ -30,7 +37,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocols.errors import AbortError, InvalidMessage, ProtocolError, ReplayError, StageError
-from protocols.primitives import AgreementKey, prg_words, verify
+from protocols.primitives import SEED_BYTES, prg_words, verify
 from protocols.secagg_config import CKKS_LIMB_BITS, SERVER_ID, ConfigError, SecAggConfig
 from protocols.secagg_messages import (
     AdvertiseKeys,
@@ -46,7 +53,7 @@ from protocols.secagg_messages import (
     UnmaskRequest,
     UnmaskShares,
 )
-from protocols.secagg_site import pair_key
+from protocols.secagg_run import ServerRun
 from protocols.shamir import PRIME, SHARE_BYTES, ShamirError, Share, robust_combine
 
 if TYPE_CHECKING:
@@ -109,6 +116,9 @@ class SecAggServer:
         Required exactly when ``config.ckks_context`` is set: the key holder's
         decryption of the encrypted Σ_{u∈U3} y_u to uint64 words (a round trip
         to the key holder; the server holds only the public context).
+    run : ServerRun, optional
+        The run this round continues; a fresh run (whose first round this
+        is) when None. A round the run cannot admit raises :class:`AbortError`.
     """
 
     def __init__(
@@ -118,11 +128,15 @@ class SecAggServer:
         roster: Mapping[int, Ed25519PublicKey],
         *,
         decrypt_masked_total: Callable[[CkksAggregate], np.ndarray] | None = None,
+        run: ServerRun | None = None,
     ) -> None:
         if set(roster) != set(config.site_ids):
             raise AbortError("roster does not match the round's sites")
         if (config.ckks_context is None) != (decrypt_masked_total is None):
             raise ConfigError("a CKKS round needs the key holder's decryption, and only it does")
+        run = ServerRun.for_config(config) if run is None else run
+        run.begin(config)
+        self._run = run
         self._decrypt_masked_total = decrypt_masked_total
         self._expected = dict(_EXPECTED)
         if config.ckks_context is not None:
@@ -133,8 +147,11 @@ class SecAggServer:
         self._stage = ServerStage.COLLECT_KEYS
         self._inbox: dict[ServerStage, dict[int, Message]] = {s: {} for s in _EXPECTED}
         self._sets: list[set[int]] = [set(config.site_ids)]  # U0 ⊇ U1 ⊇ … ⊇ U5
+        if run.keyed:  # a later round: the run's keys stand (U1 = the roster)
+            self._stage = ServerStage.COLLECT_SHARES
+            self._sets.append(set(config.site_ids) & set(run.adverts))
         self._outcome: AggregateOutcome | None = None
-        self._seen_keys: set[bytes] = set()
+        self._bundled: dict[int, frozenset[int]] = {}  # recipient → whose shares it got
         self._consistency_payload = b""
         self._rejected: dict[int, str] = {}
 
@@ -169,8 +186,14 @@ class SecAggServer:
             identity=self._identity,
         )
 
+    @property
+    def run(self) -> ServerRun:
+        """The run this round belongs to."""
+        return self._run
+
     def _abort(self, reason: str) -> AbortError:
         self._stage = ServerStage.ABORTED
+        self._run.close()
         return AbortError(reason)
 
     def receive(self, data: bytes) -> None:
@@ -210,9 +233,9 @@ class SecAggServer:
         config = self._config
         if isinstance(body, AdvertiseKeys):
             keys = {body.cipher_public, body.mask_public}
-            if keys & self._seen_keys or len(keys) < 2:
+            if keys & self._run.seen_keys or len(keys) < 2:
                 raise InvalidMessage("public key already advertised")
-            self._seen_keys |= keys
+            self._run.seen_keys |= keys
         elif isinstance(body, ShareKeys):
             if {v for v, _ in body.ciphertexts} != self._sets[-1] & config.graph[sender]:
                 raise InvalidMessage("shares must go to exactly the sender's live neighbours")
@@ -235,13 +258,18 @@ class SecAggServer:
         elif isinstance(body, UnmaskShares):
             alive, dropped = self._sets[3], self._sets[2] - self._sets[3]
             seeds = {v for v, _ in body.self_mask_shares}
-            keys = {v for v, _ in body.key_shares}
+            pairs = {v for v, _ in body.pair_seeds}
             holders_of = {v for v in self._sets[2] if sender in config.holders(v)}
-            if seeds & keys or not seeds <= alive & holders_of or not keys <= dropped:
+            if seeds & pairs or not seeds <= alive & holders_of:
                 raise InvalidMessage("unmask response reveals shares it should not")
-            for _, value in body.self_mask_shares + body.key_shares:
+            if pairs != dropped & self._bundled.get(sender, frozenset()):
+                raise InvalidMessage("unmask response must give its pair seed with exactly "
+                                     "its dropped neighbours")
+            for _, value in body.self_mask_shares:
                 if len(value) != SHARE_BYTES or int.from_bytes(value, "big") >= PRIME:
                     raise InvalidMessage("a share value is not a field element of 33 bytes")
+            if any(len(value) != SEED_BYTES for _, value in body.pair_seeds):
+                raise InvalidMessage("a pair seed has 32 bytes")
 
     def advance(self) -> dict[int, bytes]:
         """Close the current stage; return the next message for each live site.
@@ -270,6 +298,7 @@ class SecAggServer:
     def _after_collect_keys(self, live: set[int]) -> dict[int, bytes]:
         self._require(live, live, "advertised keys")
         inbox = self._inbox[ServerStage.COLLECT_KEYS]
+        self._run.adverts = {v: inbox[v] for v in sorted(live)}
         return {
             u: self._send(
                 KeyList(
@@ -291,6 +320,7 @@ class SecAggServer:
             for recipient, sealed in inbox[sender].body.ciphertexts:
                 if recipient in live:
                     bundles[recipient].append((sender, sealed))
+        self._bundled = {u: frozenset(s for s, _ in b) for u, b in bundles.items()}
         return {u: self._send(ShareBundle(tuple(b)), u) for u, b in sorted(bundles.items())}
 
     def _after_collect_inputs(self, live: set[int]) -> dict[int, bytes]:
@@ -320,33 +350,31 @@ class SecAggServer:
         alive, dropped = self._sets[3], self._sets[2] - self._sets[3]
         self._require(live, alive | dropped, "answered the unmask request")
         responses = self._inbox[ServerStage.COLLECT_UNMASK]
-        adverts = self._inbox[ServerStage.COLLECT_KEYS]
         n_words = config.encoder.n_words
         total = self._masked_total(sorted(alive))
         seed_shares = self._index(responses, "self_mask_shares")
-        key_shares = self._index(responses, "key_shares")
         try:
             for u in sorted(alive):
                 seed = self._reconstruct(u, seed_shares)
                 total -= prg_words(seed, n_words)
-            for v in sorted(dropped):
-                secret = AgreementKey.from_private_bytes(self._reconstruct(v, key_shares))
-                if secret.public_bytes != adverts[v].body.mask_public:
-                    raise self._abort(f"reconstructed mask key of site {v} does not match")
-                for u in sorted(alive & config.graph[v]):
-                    seed = pair_key(
-                        config, secret, adverts[u].body.mask_public, v, u, "pairwise-mask"
-                    )
-                    if u < v:
-                        total -= prg_words(seed, n_words)
-                    else:
-                        total += prg_words(seed, n_words)
         except ShamirError as exc:
             raise self._abort("shares do not reconstruct a secret") from exc
+        pair_seeds = {u: dict(responses[u].body.pair_seeds) for u in responses}
+        for u in sorted(alive):
+            for v in sorted(dropped & self._bundled.get(u, frozenset())):
+                if u not in pair_seeds:  # u masked with v and cannot say with what
+                    raise self._abort(f"site {u} did not reveal its pair seed with dropped "
+                                      f"site {v}; its mask cannot be removed")
+                if v > u:  # y_u carries +PRG(s_uv) for v > u, −PRG(s_uv) for v < u
+                    total -= prg_words(pair_seeds[u][v], n_words)
+                else:
+                    total += prg_words(pair_seeds[u][v], n_words)
         self._outcome = AggregateOutcome(
             config.encoder.decode(total), tuple(sorted(alive)), tuple(sorted(dropped)),
             dict(self._rejected),
         )
+        completed = frozenset(alive & set(responses)) - set(self._rejected)
+        self._run.finish(config.round_id, completed)
         return {}
 
     def _masked_total(self, alive: list[int]) -> np.ndarray:

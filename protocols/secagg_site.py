@@ -1,25 +1,31 @@
 """The site side of secure aggregation (Bonawitz et al. 2017, Bell et al. 2020).
 
-A :class:`SecAggSite` is a one-round state machine. Each public method is one
-protocol step, allowed in exactly one :class:`SiteStage`; it consumes the
-server's bytes and returns the bytes to send:
+A :class:`SecAggSite` is a one-round state machine inside a run
+(:class:`~protocols.secagg_run.SiteRun`). Each public method is one protocol
+step, allowed in exactly one :class:`SiteStage`; it consumes the server's
+bytes and returns the bytes to send:
 
     READY --advertise_keys--> ADVERTISED --share_keys--> KEYS_SHARED
       --masked_input--> INPUT_SENT --sign_consistency--> CONSISTENCY_SIGNED
       --unmask--> DONE
 
-Any other call raises :class:`StageError`. Any failed check (bad signature,
-replay, inconsistent view, too few holders) moves the site to ABORTED, drops
-its round secrets and raises; an aborted site never answers again.
+The first round of a run starts in READY (keys are advertised and agreed);
+every later round starts in ADVERTISED (the run's keys stand) and its
+``share_keys`` takes no key list. Any other call raises :class:`StageError`.
+Any failed check (bad signature, replay, inconsistent view, too few holders)
+moves the site to ABORTED, ends its run and raises; an aborted site never
+answers again.
 
-Masked input (u's holders H(u) = N(u) ∪ {u}, U2 the holders that shared keys):
+Masked input of round r (H(u) = N(u) ∪ {u} in the round's roster, U2 the
+holders whose self-mask shares reached u):
 
-    y_u = q(x_u) + PRG(b_u) + Σ_{v ∈ U2∩N(u), v > u} PRG(s_uv) − Σ_{v ∈ U2∩N(u), v < u} PRG(s_uv)
+    y_u = q(x_u) + PRG(b_u) + Σ_{v ∈ U2∩N(u), v > u} PRG(s_uv^(r)) − Σ_{v < u} PRG(s_uv^(r))
 
-in Z_{2^64}^{w·d}, with s_uv = HKDF(X25519(s_sk_u, s_pk_v), info = session,
-round, "pairwise-mask", min, max). When the round names a CKKS public context
-(``config.ckks_context``), y_u leaves the site only encrypted under it, as
-16-bit limbs (:class:`EncryptedMaskedInput`).
+in Z_{2^64}^{w·d}, with b_u fresh in every round and s_uv^(r) the round's
+pairwise seed expanded from the run's pair key (:mod:`protocols.secagg_run`).
+When the round names a CKKS public context (``config.ckks_context``), y_u
+leaves the site only encrypted under it, as 16-bit limbs
+(:class:`EncryptedMaskedInput`).
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from protocols.errors import AbortError, InvalidMessage, StageError
 from protocols.primitives import (
     AgreementKey,
-    derive_key,
     open_sealed,
     prg_words,
     random_seed,
@@ -58,9 +63,10 @@ from protocols.secagg_messages import (
     UnmaskRequest,
     UnmaskShares,
 )
+from protocols.secagg_run import SiteRun, pair_seed, run_pair_key
 from protocols.shamir import SHARE_BYTES, Share, split
 
-__all__ = ["SiteStage", "SecAggSite", "share_aad", "pair_key"]
+__all__ = ["SiteStage", "SecAggSite", "share_aad", "run_pair_key", "pair_seed"]
 
 
 class SiteStage(enum.Enum):
@@ -85,20 +91,6 @@ def share_aad(config: SecAggConfig, sender: int, recipient: int) -> bytes:
     )
 
 
-def pair_key(
-    config: SecAggConfig, secret: AgreementKey, peer_public: bytes, me: int, peer: int, purpose: str
-) -> bytes:
-    """HKDF of the X25519 secret between ``me`` and ``peer`` for one purpose."""
-    return derive_key(
-        secret.exchange(peer_public),
-        session_id=config.session_id,
-        round_id=config.round_id,
-        purpose=purpose,
-        low=min(me, peer),
-        high=max(me, peer),
-    )
-
-
 class SecAggSite:
     """One site's half of a secure-aggregation round.
 
@@ -111,9 +103,13 @@ class SecAggSite:
     identity : Ed25519PrivateKey
         The site's long-term signing key (its public half is in ``roster``).
     roster : Mapping[int, Ed25519PublicKey]
-        Registered identity keys of all sites.
+        Registered identity keys of the round's sites.
     server_key : Ed25519PublicKey
         The server's identity key.
+    run : SiteRun, optional
+        The run this round continues (its keys, last round and alive list);
+        a fresh run whose first round this is when None. A round the run
+        cannot admit (:meth:`SiteRun.begin`) raises :class:`AbortError`.
     """
 
     def __init__(
@@ -123,26 +119,28 @@ class SecAggSite:
         identity: Ed25519PrivateKey,
         roster: Mapping[int, Ed25519PublicKey],
         server_key: Ed25519PublicKey,
+        run: SiteRun | None = None,
     ) -> None:
         if site_id not in config.site_ids:
             raise AbortError("site is not in this round's roster")
         if set(roster) != set(config.site_ids):
             raise AbortError("roster does not match the round's sites")
+        run = SiteRun.for_config(site_id, config) if run is None else run
+        if run.site_id != site_id:
+            raise AbortError("run belongs to another site")
+        run.begin(config)
         self.site_id = site_id
         self._config = config
         self._identity = identity
         self._roster = dict(roster)
         self._server_key = server_key
         self._holders = config.holders(site_id)
-        self._stage = SiteStage.READY
-        self._cipher_key: AgreementKey | None = None
-        self._mask_key: AgreementKey | None = None
+        self._run = run
+        self._stage = SiteStage.ADVERTISED if run.keyed else SiteStage.READY
         self._self_seed: bytes | None = None
-        self._peer_keys: dict[int, AdvertiseKeys] = {}
-        self._held: dict[int, tuple[Share, Share]] = {}
+        self._held: dict[int, Share] = {}
         self._share_keys_by_peer: dict[int, bytes] = {}
         self._alive: tuple[int, ...] | None = None
-        self._advertisement = b""
         self._revealed: dict[int, str] = {}
 
     @property
@@ -151,8 +149,13 @@ class SecAggSite:
         return self._stage
 
     @property
+    def run(self) -> SiteRun:
+        """The run this round belongs to."""
+        return self._run
+
+    @property
     def revealed(self) -> Mapping[int, str]:
-        """Site id → the one kind of share revealed for it ("self-mask" or "mask-key")."""
+        """Site id → the one kind of secret revealed for it ("self-mask" or "pair-seed")."""
         return MappingProxyType(self._revealed)
 
     # ----------------------------------------------------------------- helpers
@@ -161,20 +164,21 @@ class SecAggSite:
             raise StageError(f"site {self.site_id} is {self._stage.value}, not {expected.value}")
         try:
             out = action()
-        except Exception:  # fail closed: any error ends the round for this site
+        except Exception:  # fail closed: any error ends the round, and the run, for this site
             self._abort()
             raise
         self._stage = nxt
         if nxt is SiteStage.DONE:
+            self._run.finish(self._config.round_id, self._alive or ())
             self._forget()
         return out
 
     def _abort(self) -> None:
         self._stage = SiteStage.ABORTED
+        self._run.close()
         self._forget()
 
     def _forget(self) -> None:
-        self._cipher_key = self._mask_key = None
         self._self_seed = None
         self._held = {}
         self._share_keys_by_peer = {}
@@ -207,25 +211,33 @@ class SecAggSite:
 
     # ------------------------------------------------------------------- steps
     def advertise_keys(self) -> bytes:
-        """Round 0: generate two X25519 key pairs and send their signed public keys."""
+        """First round of a run: two fresh X25519 key pairs, their public keys signed."""
 
         def action() -> bytes:
-            self._cipher_key = AgreementKey.generate()
-            self._mask_key = AgreementKey.generate()
-            self._advertisement = self._send(
-                AdvertiseKeys(self._cipher_key.public_bytes, self._mask_key.public_bytes)
+            run = self._run
+            run.cipher_key = AgreementKey.generate()
+            run.mask_key = AgreementKey.generate()
+            run.advertisement = self._send(
+                AdvertiseKeys(run.cipher_key.public_bytes, run.mask_key.public_bytes)
             )
-            return self._advertisement
+            return run.advertisement
 
         return self._step(SiteStage.READY, SiteStage.ADVERTISED, action)
 
-    def share_keys(self, key_list: bytes) -> bytes:
-        """Round 1: check the holders' keys, Shamir-share b_u and s_sk_u, encrypt the shares."""
+    def share_keys(self, key_list: bytes | None = None) -> bytes:
+        """Shamir-share a fresh b_u among the live holders, each share encrypted to its holder.
+
+        In a run's first round ``key_list`` (the holders' signed keys) is
+        checked first and the run's pair keys are agreed; later rounds pass
+        None and reuse them.
+        """
         return self._step(
             SiteStage.ADVERTISED, SiteStage.KEYS_SHARED, lambda: self._share_keys(key_list)
         )
 
-    def _share_keys(self, key_list: bytes) -> bytes:
+    def _agree(self, key_list: bytes) -> None:
+        """Check the key list, then derive and keep the run's pair keys (X25519 once per run)."""
+        run = self._run
         body = self._receive(key_list, KeyList)
         keys: dict[int, AdvertiseKeys] = {}
         for raw in body.advertisements:
@@ -234,10 +246,10 @@ class SecAggSite:
             if sender not in self._holders or advert.header.recipient != SERVER_ID:
                 raise AbortError("key list contains a site outside this site's neighbourhood")
             if sender == self.site_id:
-                if raw != self._advertisement:
+                if raw != run.advertisement:
                     raise AbortError("key list does not carry this site's own keys")
-            else:
-                advert.verify(self._roster[sender])
+            else:  # the same signed bytes reach every holder: verified once per process
+                advert.verify(self._roster[sender], cache=True)
             advert.header.expect(
                 kind=AdvertiseKeys.KIND,
                 session_id=self._config.session_id,
@@ -248,42 +260,54 @@ class SecAggSite:
             keys[sender] = advert.body
         mine = keys.get(self.site_id)
         if mine is None or mine != AdvertiseKeys(
-            self._cipher_key.public_bytes, self._mask_key.public_bytes
+            run.cipher_key.public_bytes, run.mask_key.public_bytes
         ):
             raise AbortError("key list does not carry this site's own keys")
         publics = [k.cipher_public for k in keys.values()] + [k.mask_public for k in keys.values()]
         if len(set(publics)) != len(publics):
             raise AbortError("duplicate public keys in key list")
         self._need(set(keys), "advertised keys")
-        self._peer_keys = keys
-        self._self_seed = random_seed()
-        recipients = sorted(keys)
-        points = [v + 1 for v in recipients]
-        seed_shares = split(self._self_seed, points, self._config.t)
-        key_shares = split(self._mask_key.private_bytes_for_sharing(), points, self._config.t)
+        me = self.site_id
+        for v, advert in keys.items():
+            if v != me:
+                run.share_keys[v] = run_pair_key(
+                    self._config, run.cipher_key, advert.cipher_public, me, v, "share-encryption"
+                )
+                run.mask_keys[v] = run_pair_key(
+                    self._config, run.mask_key, advert.mask_public, me, v, "pairwise-mask"
+                )
+        run.peer_keys = keys
+        run.cipher_key = run.mask_key = None  # the pair keys are all this run needs
+
+    def _share_keys(self, key_list: bytes | None) -> bytes:
+        run = self._run
+        if run.keyed:
+            if key_list is not None:
+                raise StageError("this run's keys are agreed; a later round has no key list")
+        elif key_list is None:
+            raise StageError("the first round of a run needs the key list")
+        else:
+            self._agree(key_list)
+        recipients = sorted(self._holders & set(run.peer_keys))
+        self._need(set(recipients), "advertised keys")
+        self._self_seed = random_seed()  # fresh in every round
+        seed_shares = split(self._self_seed, [v + 1 for v in recipients], self._config.t)
         ciphertexts = []
+        me = self.site_id
         for v in recipients:
-            pair = (seed_shares[v + 1], key_shares[v + 1])
-            if v == self.site_id:
-                self._held[v] = pair
+            share = seed_shares[v + 1]
+            if v == me:
+                self._held[v] = share
                 continue
-            # Sender and recipient are bound by the associated data, not repeated inside.
-            plaintext = b"".join(s.value_bytes() for s in pair)
-            key = pair_key(
-                self._config,
-                self._cipher_key,
-                keys[v].cipher_public,
-                self.site_id,
-                v,
-                "share-encryption",
-            )
+            key = pair_seed(self._config, run.share_keys[v], me, v, "share-encryption")
             self._share_keys_by_peer[v] = key
-            aad = share_aad(self._config, self.site_id, v)
-            ciphertexts.append((v, seal(key, plaintext, aad)))
+            # Sender and recipient are bound by the associated data, not repeated inside.
+            aad = share_aad(self._config, me, v)
+            ciphertexts.append((v, seal(key, share.value_bytes(), aad)))
         return self._send(ShareKeys(tuple(ciphertexts)))
 
     def masked_input(self, share_bundle: bytes, values: np.ndarray) -> bytes:
-        """Round 2: store received shares, encode ``values`` (checked first) and mask them."""
+        """Store received shares, encode ``values`` (checked first) and mask them."""
         return self._step(
             SiteStage.KEYS_SHARED,
             SiteStage.INPUT_SENT,
@@ -300,20 +324,16 @@ class SecAggSite:
             plaintext = open_sealed(
                 self._share_keys_by_peer[sender], sealed, share_aad(self._config, sender, me)
             )
-            if len(plaintext) != 2 * SHARE_BYTES:
+            if len(plaintext) != SHARE_BYTES:
                 raise InvalidMessage("share plaintext malformed")
-            self._held[sender] = (
-                Share.from_value_bytes(me + 1, plaintext[:SHARE_BYTES]),
-                Share.from_value_bytes(me + 1, plaintext[SHARE_BYTES:]),
-            )
+            self._held[sender] = Share.from_value_bytes(me + 1, plaintext)
         self._need(set(self._held), "shared keys")
         masked = encoded + prg_words(self._self_seed, encoded.size)
+        mask_keys = self._run.mask_keys
         for v in sorted(self._held):
             if v == me:
                 continue
-            seed = pair_key(
-                self._config, self._mask_key, self._peer_keys[v].mask_public, me, v, "pairwise-mask"
-            )
+            seed = pair_seed(self._config, mask_keys[v], me, v, "pairwise-mask")
             if v > me:
                 masked += prg_words(seed, encoded.size)
             else:
@@ -334,7 +354,7 @@ class SecAggSite:
         )
 
     def sign_consistency(self, request: bytes) -> bytes:
-        """Round 3: check U3 against this site's view and sign it."""
+        """Check U3 against this site's view and sign it."""
         return self._step(
             SiteStage.INPUT_SENT,
             SiteStage.CONSISTENCY_SIGNED,
@@ -356,7 +376,8 @@ class SecAggSite:
         return self._send(ConsistencySignature(signature))
 
     def unmask(self, request: bytes) -> bytes:
-        """Round 4: reveal b-shares of alive holders-of-ours or key shares of dropped ones."""
+        """Reveal b-shares of alive holders-of-ours, and this round's pair seed with each
+        dropped neighbour (never a key that serves another round)."""
         return self._step(
             SiteStage.CONSISTENCY_SIGNED, SiteStage.DONE, lambda: self._unmask(request)
         )
@@ -376,15 +397,17 @@ class SecAggSite:
         for signer, signature in body.signatures:
             if signer not in alive or signer not in self._holders:
                 raise AbortError("consistency signature from an unexpected site")
-            verify(self._roster[signer], signature, payload)
+            verify(self._roster[signer], signature, payload, cache=True)
             signers.add(signer)
         self._need(signers, "confirmed the alive list")
-        seed_shares, key_shares = [], []
+        seed_shares, pair_seeds = [], []
+        me = self.site_id
         for v in sorted(shared):
             if v in alive:
-                seed_shares.append((v, self._held[v][0].value_bytes()))
+                seed_shares.append((v, self._held[v].value_bytes()))
                 self._revealed[v] = "self-mask"
             else:
-                key_shares.append((v, self._held[v][1].value_bytes()))
-                self._revealed[v] = "mask-key"
-        return self._send(UnmaskShares(tuple(seed_shares), tuple(key_shares)))
+                seed = pair_seed(self._config, self._run.mask_keys[v], me, v, "pairwise-mask")
+                pair_seeds.append((v, seed))
+                self._revealed[v] = "pair-seed"
+        return self._send(UnmaskShares(tuple(seed_shares), tuple(pair_seeds)))

@@ -33,8 +33,8 @@ from protocols.errors import EncodingError, InvalidMessage
 if TYPE_CHECKING:
     from protocols.secagg import SecureSumResult
 
-__all__ = ["AggregateResult", "ProtectedSum", "PlaintextSum", "SecAggSum", "CkksSum",
-           "DropPlan", "DEFAULT_BOUND"]
+__all__ = ["AggregateResult", "ProtectedSum", "PlaintextSum", "SecAggSum", "SecAggRuns",
+           "CkksSum", "DropPlan", "DEFAULT_BOUND"]
 
 DEFAULT_BOUND = 2.0**40  # public bound on |value| of any released coordinate (~1.1e12)
 
@@ -118,28 +118,69 @@ def _check_bound(vectors: Mapping[str, np.ndarray], bound: float) -> None:
                 f"declared bound {bound:.3g}: standardise the covariates or raise the bound")
 
 
+class SecAggRuns:
+    """The secure-aggregation run of a protection layer: one key agreement per run.
+
+    A run begins with the first round and lasts while round ids increase (a
+    new coordinator numbering its rounds from 1 again begins a new run, with
+    fresh keys). Its roster is the first round's sites; a site missing from
+    a round's contributors, or rejected, never returns in that run. With
+    ``per_run=False`` every round is a run of its own (fresh keys each round).
+    """
+
+    def __init__(self, *, per_run: bool = True, **run_options: object) -> None:
+        import secrets
+
+        self.per_run = per_run
+        self._options = run_options
+        self._seed = secrets.token_bytes(16)
+        self._count = 0
+        self._run = None
+        self._last_round = 0
+
+    def round(self, by_id: Mapping[int, np.ndarray], *, round_id: int, purpose: str,
+              **round_options: object) -> SecureSumResult:
+        """One round of the current run (a new run when needed); see ``SecureSumRun.round``."""
+        from protocols.errors import AbortError
+        from protocols.secagg import SecureSumRun
+
+        if self._run is None or not self.per_run or round_id <= self._last_round:
+            self._count += 1
+            run_session = hashlib.sha256(self._seed + self._count.to_bytes(8, "big")).digest()
+            self._run = SecureSumRun(sorted(by_id), session_id=run_session[:16],
+                                     **self._options)
+        gone = sorted(set(by_id) - self._run.eligible)
+        if gone:
+            raise AbortError(f"{len(gone)} site(s) dropped out of this secure-aggregation "
+                             "run earlier; a site that dropped out never returns")
+        self._last_round = round_id
+        session = hashlib.sha256(self._run.session_id + purpose.encode()).digest()[:16]
+        return self._run.round(by_id, session_id=session, round_id=round_id, **round_options)
+
+
 class SecAggSum:
     """Secure aggregation (Bonawitz et al. 2017; SecAgg+ with ``neighbours``).
 
     Site names are mapped to protocol ids by sorted order for the whole run.
-    Each round is a fresh protocol instance (fresh keys) bound to the round id
-    and to a session id derived from this run's random id and the round's
-    purpose, so no message of one kind of release can pass for another.
+    Keys are agreed once per run (:class:`SecAggRuns`; ``per_run=False``
+    agrees them afresh every round); every round has fresh self-masks and
+    its own pairwise masks, is bound to the round id and to a session id
+    derived from the run and the round's purpose, so no message of one kind
+    of release can pass for another.
     """
 
     name = "secagg"
 
     def __init__(self, *, bound: float = DEFAULT_BOUND, neighbours: int | None = None,
                  threshold: int | None = None, min_contributors: int = 3,
-                 drop: DropPlan | None = None) -> None:
-        import secrets
-
+                 drop: DropPlan | None = None, per_run: bool = True) -> None:
         self.bound = float(bound)
         self.neighbours = neighbours
         self.threshold = threshold
         self.min_contributors = min_contributors
         self.drop = drop
-        self.session_id = secrets.token_bytes(16)
+        self.runs = SecAggRuns(per_run=per_run, threshold=threshold, neighbours=neighbours,
+                               min_contributors=min_contributors)
         self._ids: dict[str, int] = {}
 
     def _id(self, name: str) -> int:
@@ -149,7 +190,7 @@ class SecAggSum:
 
     def aggregate(self, vectors: Mapping[str, np.ndarray], *, round_id: int,
                   purpose: str) -> AggregateResult:
-        from protocols.secagg import DropPhase, secure_sum
+        from protocols.secagg import DropPhase
 
         check_vectors(vectors)
         _check_bound(vectors, self.bound)
@@ -162,11 +203,8 @@ class SecAggSum:
         if self.drop is not None and self.drop.round_id == round_id:
             drop_sites = tuple(self._ids[s] for s in self.drop.sites if s in vectors)
             phase = DropPhase.from_cli(self.drop.phase) if drop_sites else None
-        session = hashlib.sha256(self.session_id + purpose.encode()).digest()[:16]
-        result = secure_sum(by_id, bounds=self.bound, session_id=session,
-                            round_id=round_id, threshold=self.threshold,
-                            neighbours=self.neighbours, drop_sites=drop_sites, drop_phase=phase,
-                            min_contributors=self.min_contributors)
+        result = self.runs.round(by_id, round_id=round_id, purpose=purpose, bounds=self.bound,
+                                 drop_sites=drop_sites, drop_phase=phase)
         return AggregateResult(
             result.total, tuple(names[u] for u in result.contributors),
             dropouts(result, names),

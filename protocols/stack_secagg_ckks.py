@@ -18,14 +18,13 @@ What each party sees: the coordinator, ciphertexts and Σ y_u (never one y_u);
 the key holder, one encrypted sum and Σ y_u, which is uniformly masked by
 Σ PRG(b_u). A key holder colluding with the coordinator that decrypts one
 site's ciphertext gets y_u, still uniformly masked; to learn x_u it also
-needs b_u and s_sk_u, i.e. the SecAgg collusion threshold (t holders of u).
+needs b_u and u's pair seeds of that round, i.e. the SecAgg collusion threshold
+(``threat_model/secagg.md`` §3, §4a).
 See ``threat_model/ckks_dp.md``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import time
 from collections.abc import Mapping
 
@@ -36,6 +35,7 @@ from protocols.stack import (
     DEFAULT_BOUND,
     AggregateResult,
     DropPlan,
+    SecAggRuns,
     _check_bound,
     check_vectors,
     dropout_reasons,
@@ -59,7 +59,8 @@ class SecAggCkksSum:
 
     def __init__(self, *, bound: float = DEFAULT_BOUND, neighbours: int | None = None,
                  threshold: int | None = None, min_contributors: int = 3,
-                 drop: DropPlan | None = None, key_holder: CkksKeyHolder | None = None) -> None:
+                 drop: DropPlan | None = None, key_holder: CkksKeyHolder | None = None,
+                 per_run: bool = True) -> None:
         self.bound = float(bound)
         self.neighbours = neighbours
         self.threshold = threshold
@@ -67,19 +68,19 @@ class SecAggCkksSum:
         self.drop = drop
         self._key_holder = key_holder if key_holder is not None else CkksKeyHolder.generate()
         self.public_context = self._key_holder.public_context()
-        self.session_id = secrets.token_bytes(16)
+        self.runs = SecAggRuns(per_run=per_run, threshold=threshold, neighbours=neighbours,
+                               min_contributors=min_contributors,
+                               ckks_context=self.public_context)
         self._ids: dict[str, int] = {}
 
-    def _session(self, purpose: str) -> bytes:
-        """Per-purpose session id, also bound to the key holder's public key."""
-        digest = hashlib.sha256(b"securefed/secagg,ckks/v1" + self.session_id
-                                + bytes.fromhex(self._key_holder.fingerprint) + purpose.encode())
-        return digest.digest()[:16]
+    def _purpose(self, purpose: str) -> str:
+        """The round's purpose, also bound to the key holder's public key."""
+        return f"secagg,ckks/v1/{self._key_holder.fingerprint}/{purpose}"
 
     def aggregate(self, vectors: Mapping[str, np.ndarray], *, round_id: int,
                   purpose: str) -> AggregateResult:
         """Σ of the contributors' vectors; AbortError (nothing released) below t or m."""
-        from protocols.secagg import DropPhase, secure_sum
+        from protocols.secagg import DropPhase
 
         check_vectors(vectors)
         _check_bound(vectors, self.bound)
@@ -90,11 +91,10 @@ class SecAggCkksSum:
         plan = self.drop if self.drop is not None and self.drop.round_id == round_id else None
         drop_sites = tuple(self._ids[s] for s in plan.sites if s in vectors) if plan else ()
         key_holder = _KeyHolderCalls(self._key_holder)
-        result = secure_sum(
-            by_id, bounds=self.bound, session_id=self._session(purpose), round_id=round_id,
-            threshold=self.threshold, neighbours=self.neighbours, drop_sites=drop_sites,
+        result = self.runs.round(
+            by_id, round_id=round_id, purpose=self._purpose(purpose), bounds=self.bound,
+            drop_sites=drop_sites,
             drop_phase=DropPhase.from_cli(plan.phase) if drop_sites else None,
-            min_contributors=self.min_contributors, ckks_context=self.public_context,
             decrypt_masked_total=key_holder.decrypt)
         site_of = {u: n for n, u in self._ids.items()}
         return AggregateResult(

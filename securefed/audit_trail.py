@@ -135,6 +135,19 @@ class AuditTrail:
                                          protection)
         return cls(path, coordinator, {}, registry, log, run_id, layers, {}, countersign)
 
+    def countersign_through(self, countersign: Countersigner) -> None:
+        """Have the sites countersign checkpoints through ``countersign`` (an in-process
+        run whose simulated sites keep their own logs through the site runtime)."""
+        self._countersign = countersign
+
+    def site_identity(self, name: str) -> Identity:
+        """The identity site ``name`` signs this trail with (to hand to its simulation)."""
+        return self._site_identities[name]
+
+    @property
+    def coordinator(self) -> Identity:
+        return self._coordinator
+
     def remote_context(self) -> dict:
         """What a remote site needs to log its release in this run (and the registry
         fingerprint the run was started under, which a site checks against its own)."""

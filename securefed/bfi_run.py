@@ -50,6 +50,7 @@ _DERIVED = DpQuery.derived("BFI terms from the sites' noisy local fits")
 DP_SHARES = {"count": 0.05, "standardize": 0.15}
 
 SCALE_TERM = bfi.SCALE_NAME
+ESTIMATE_ROUNDS = ("bfi-terms", "bfi-sufficient-statistics")  # the sums an estimate holds
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class BFIReport(BFITables):
     estimates: tuple[dict, ...]
     n_sites: int
     protection: str
+    n_sites_counted: int | None = None  # sites whose local fits the combination holds
     pooled: tuple[dict, ...] | None = None
     pooled_dispersion: float | None = None
     heterogeneity: dict = field(default_factory=dict)
@@ -119,6 +121,7 @@ class BFIReport(BFITables):
             "weights": self.options.weights,
             "lambda": self.options.lam,
             "n_sites": self.n_sites,
+            "n_sites_counted": self.n_sites_counted,
             "n_obs": self.fit.n_obs,
             "formula": self.options.formula,
             "factor_levels": {} if self.schema is None else
@@ -307,8 +310,9 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
     """
     created: list[Coordinator] = []
     try:
-        if site_runtime and audit_log is None and _runtime_carries(opts, protection):
-            return _run_bfi_runtime(frame, opts, protection or PlaintextSum())
+        if site_runtime and _runtime_carries(opts, protection, audit_log is not None):
+            return _run_bfi_runtime(frame, opts, protection or PlaintextSum(), audit_log,
+                                    audit_keys)
         return _run_bfi(frame, opts, protection, audit_log, created, audit_keys)
     except ProtocolError as err:
         if created:
@@ -316,15 +320,22 @@ def run_bfi(frame: pd.DataFrame, opts: BFIOptions, *, protection: ProtectedSum |
         raise
 
 
-def _runtime_carries(opts: BFIOptions, protection: ProtectedSum | None) -> bool:
-    from securefed.glmm_run import runtime_supports
+def _runtime_carries(opts: BFIOptions, protection: ProtectedSum | None,
+                     audited: bool = False) -> bool:
+    from securefed.glmm_run import runtime_carries_audit, runtime_supports
 
     per_site = (opts.stratify or opts.center_covariate or opts.heterogeneity
                 or opts.compare_pooled)
-    return not per_site and runtime_supports(protection or PlaintextSum())
+    if getattr(protection, "privacy", None) is not None and opts.standardize:
+        return False  # DP standardisation: not carried by the runtime yet
+    protection = protection or PlaintextSum()
+    return not per_site and runtime_supports(protection) and (
+        not audited or runtime_carries_audit(protection))
 
 
-def _run_bfi_runtime(frame: pd.DataFrame, opts: BFIOptions, protection) -> BFIReport:
+def _run_bfi_runtime(frame: pd.DataFrame, opts: BFIOptions, protection,
+                     audit_log: str | Path | None = None,
+                     audit_keys: TrailKeys | None = None) -> BFIReport:
     """:func:`run_bfi` through the site runtime (see there)."""
     from securefed.transport.loopback import loopback_rounds
 
@@ -336,9 +347,18 @@ def _run_bfi_runtime(frame: pd.DataFrame, opts: BFIOptions, protection) -> BFIRe
     parts, omitted = _complete_rows(parts, formula, opts)
     schema = _schema(opts, formula, family, parts)
     warnings = [f"site {n} has only {len(p)} rows" for n, p in parts.items() if len(p) < 10]
-    with loopback_rounds({n: Site(n, p) for n, p in parts.items()}, protection) as rounds:
+    audit = None if audit_log is None else _start_trail(audit_log, parts, opts, protection,
+                                                        audit_keys)
+    with loopback_rounds({n: Site(n, p) for n, p in parts.items()}, protection,
+                         trail=audit) as rounds:
         return run_bfi_remote(opts, rounds, list(parts), protection=protection, schema=schema,
-                              warnings=warnings + omitted, started=started)
+                              warnings=warnings + omitted, started=started, audit=audit)
+
+
+def _start_trail(audit_log: str | Path, parts: dict, opts: BFIOptions, protection,
+                 audit_keys: TrailKeys | None) -> AuditTrail:
+    return AuditTrail.start(audit_log, site_names=list(parts), model="bfi", config=asdict(opts),
+                            protection=describe_protection(protection), keys=audit_keys)
 
 
 def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIReport:
@@ -350,11 +370,8 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     parts, omitted = _complete_rows(parts, formula, opts)
     schema = _schema(opts, formula, family, parts)
     protection = protection or PlaintextSum()
-    audit = None
-    if audit_log is not None:
-        audit = AuditTrail.start(audit_log, site_names=list(parts), model="bfi",
-                                 config=asdict(opts), protection=describe_protection(protection),
-                                 keys=audit_keys)
+    audit = None if audit_log is None else _start_trail(audit_log, parts, opts, protection,
+                                                        audit_keys)
     coordinator = Coordinator([Site(n, p) for n, p in parts.items()], protection, audit=audit)
     created.append(coordinator)
     # Round 1 counts rows and sites: the protocol's set-up round; a site lost in
@@ -413,6 +430,7 @@ def _run_bfi(frame, opts, protection, audit_log, created, audit_keys) -> BFIRepo
     report = BFIReport(
         options=opts, fit=fit, term_names=tuple(r["term"] for r in estimates),
         estimates=tuple(estimates), n_sites=len(live), protection=coordinator.protection.name,
+        n_sites_counted=coordinator.counted_sites(*ESTIMATE_ROUNDS),
         pooled=pooled, pooled_dispersion=pooled_disp, heterogeneity=heterogeneity,
         centre_regression=extra.get("centre_regression"), standardization=standardization,
         dropped_sites=tuple(coordinator.dropped), warnings=tuple(warnings),
@@ -674,7 +692,7 @@ def _regression_dict(reg) -> dict:
 
 
 def _z(level: float) -> float:
-    from scipy.special import ndtri
+    from core_stats.special import ndtri
 
     return float(ndtri(0.5 + level / 2.0))
 
@@ -760,7 +778,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
         names = fixed_column_names(schema)
     except DesignError as err:
         raise InputError(str(err)) from None
-    coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
+    coordinator = Coordinator([RemoteSite(n) for n in site_names], protection,
                               audit=audit, transport=transport)
     if coordinator.privacy is not None:
         _check_dp(opts, family, coordinator.privacy.options)
@@ -831,6 +849,7 @@ def _bfi_remote(coordinator, opts, schema, family, names, started, warnings) -> 
         options=opts, fit=fit, term_names=fit.names,
         estimates=tuple(_rows(fit.names, fit.estimate, fit.sd, fit.lower, fit.upper)),
         n_sites=len(live), protection=coordinator.protection.name,
+        n_sites_counted=coordinator.counted_sites(*ESTIMATE_ROUNDS),
         standardization=standardization, dropped_sites=tuple(coordinator.dropped),
         warnings=tuple(warnings), bytes_sent_per_site=coordinator.mean_bytes_per_site(),
         rounds=coordinator.round_id, seconds=time.perf_counter() - started,

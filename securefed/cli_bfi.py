@@ -64,7 +64,17 @@ def bfi(
     site_column: str = typer.Option(..., "--site-column", help="Column naming each row's centre."),
     lam: float = typer.Option(0.01, "--lambda", help="Prior precision of every parameter."),
     baseline: str = typer.Option(None, "--baseline", help="Survival: the baseline hazard, "
-                                 "exponential, weibull or gompertz."),
+                                 "exponential, weibull, gompertz, poly, pwexp or unspecified."),
+    baseline_order: int = typer.Option(2, "--baseline-order", help="poly: the largest order "
+                                       "(R's max_order)."),
+    baseline_alpha: float = typer.Option(0.1, "--baseline-alpha", help="poly: level of the "
+                                         "order tests (R's alpha)."),
+    baseline_pieces: int = typer.Option(None, "--baseline-pieces", help="pwexp: number of "
+                                        "pieces (R's n_intervals)."),
+    baseline_max_time: float = typer.Option(None, "--baseline-max-time", help="pwexp: public "
+                                            "end of R's grid (R's min_max_times)."),
+    baseline_knots: str = typer.Option(None, "--baseline-knots", help="pwexp: the cut points "
+                                       "0,c1,...,cK instead of R's grid."),
     intercept_lambda: float = typer.Option(None, "--intercept-lambda"),
     scale_lambda: float = typer.Option(None, "--scale-lambda", help="Prior on log sigma."),
     combined_lambda: float = typer.Option(None, "--combined-lambda", help="Prior precision "
@@ -124,6 +134,10 @@ def bfi(
     if family.lower() == "survival":  # Surv(...) formulas are read by the survival parser
         from securefed import preflight as pre
 
+        if "dp" in [layer.strip().lower() for layer in protect.split(",")]:
+            from securefed.bfi_survival_run import SURVIVAL_DP_REFUSED
+
+            raise InputError(SURVIVAL_DP_REFUSED)
         pre.check_layers(protect)
         for flag, path in outputs.items():
             pre.check_output(path, flag)
@@ -139,28 +153,34 @@ def bfi(
     keys = trail_keys(audit_log, site_keys, expect_fingerprint)
     frame = read_table(data)
     if family.lower() == "survival":
-        _survival_only({"--center-covariate": center_covariate,
-                        "--standardize": standardize, "--compare-pooled": compare_pooled or None,
+        if center_covariate is not None:
+            raise InputError("--center-covariate is not available with --family survival: "
+                             "R BFI's centre covariates act on an intercept, which a hazard "
+                             "model has not")
+        _survival_only({"--standardize": standardize, "--compare-pooled": compare_pooled or None,
                         "--heterogeneity": heterogeneity, "--predict": predict,
                         "--epsilon": epsilon, "--intercept-lambda": intercept_lambda,
                         "--scale-lambda": scale_lambda})
         from securefed.bfi_survival_run import SurvivalBFIOptions, run_bfi_survival
 
         if baseline is None:
-            raise InputError("--family survival needs --baseline exponential, weibull or "
-                             "gompertz")
+            raise InputError("--family survival needs --baseline exponential, weibull, "
+                             "gompertz, poly, pwexp or unspecified")
         prot = protection_options(protect, secagg_neighbours, secagg_threshold, bound,
                                   drop_sites, drop_phase, drop_round)
+        knots = _knots(baseline_knots, baseline_pieces, baseline_max_time)
         report = run_bfi_survival(
             frame, SurvivalBFIOptions(formula, site_column, baseline.lower(), lam,
-                                      combined_lambda, _names(stratify)),
+                                      combined_lambda, _names(stratify),
+                                      max_order=baseline_order, alpha=baseline_alpha,
+                                      knots=knots),
             protection=protection_for(frame, site_column, prot), audit_log=audit_log)
         typer.echo(report.summary())
         if json_out is not None:
             write_json(json_out, report.to_dict())
         return
-    if baseline is not None:
-        raise InputError("--baseline is for --family survival")
+    if baseline is not None or baseline_knots or baseline_pieces or baseline_max_time:
+        raise InputError("--baseline and its settings are for --family survival")
     opts = _options(formula, family, site_column, lam, intercept_lambda, scale_lambda, stratify,
                     center_covariate, center_covariate_kind, standardize, compare_pooled,
                     heterogeneity, combined_lambda)
@@ -189,6 +209,29 @@ def bfi(
             raise InputError(f"cannot write {target}: {err.strerror}") from None
         if not quiet:
             typer.echo(f"predictions written to {target}")
+
+
+def _knots(text: str | None, pieces: int | None, max_time: float | None) -> tuple[float, ...]:
+    """pwexp's knots: given, or R's grid from --baseline-pieces and --baseline-max-time."""
+    from core_stats.survival_baselines import r_knots
+
+    if text and (pieces is not None or max_time is not None):
+        raise InputError("give --baseline-knots or --baseline-pieces with --baseline-max-time, "
+                         "not both")
+    if text:
+        try:
+            return tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise InputError("--baseline-knots must be numbers separated by commas") from None
+    if pieces is None and max_time is None:
+        return ()
+    if pieces is None or max_time is None:
+        raise InputError("--baseline-pieces and --baseline-max-time go together (R's "
+                         "n_intervals and min_max_times)")
+    try:
+        return r_knots(pieces, max_time)
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def _survival_only(given: dict) -> None:

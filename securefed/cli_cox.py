@@ -21,7 +21,7 @@ from securefed.cli_fit import (
 )
 
 PROTECT = typer.Option("none", "--protect", help="Protection layers: none, secagg, ckks or "
-                       "secagg,ckks (no dp: Cox sums have no bounded sensitivity).")
+                       "secagg,ckks (no dp: see docs/survival.md).")
 
 
 def cox(
@@ -44,7 +44,13 @@ def cox(
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
 ) -> None:
     """Fit coxph(Surv(time, status) ~ ... + strata(site)) federated over the sites."""
+    from securefed.errors import InputError
     from securefed.preflight import check_output
+
+    if "dp" in [layer.strip().lower() for layer in protect.split(",")]:
+        from securefed.cox_run import DP_REFUSED
+
+        raise InputError(DP_REFUSED)
 
     for path, flag in ((json_out, "--json"), (audit_log, "--audit-log")):
         if path is not None:

@@ -118,7 +118,8 @@ def report(
 
     written = write_report(result, out, profiles=profile)
     if not quiet:
-        typer.echo(f"wrote {written.html} ({len(written.figures)} figures beside it)")
+        count = len(written.figures)
+        typer.echo(f"wrote {written.html} ({count} figure{'' if count == 1 else 's'} beside it)")
 
 
 def register(app: typer.Typer) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from protocols.errors import DifferencingRefused
+from protocols.errors import DifferencingRefused, ProtocolError
 from protocols.stack import ProtectedSum
 from securefed.audit_trail import AuditTrail
 from securefed.privacy import DpQuery, PrivacyGuard
@@ -89,6 +89,19 @@ class Coordinator:
     @property
     def live_sites(self) -> list[Site | RemoteSite]:
         return [s for name, s in self._sites.items() if name not in self.dropped]
+
+    def counted_sites(self, *purposes: str) -> int:
+        """How many sites the last round (of one of ``purposes``) summed: the sites a result
+        counts.
+
+        A site that dropped out after its masked input arrived is counted (its data is in
+        the sum) although it is no longer live; a site that dropped before is not. Without
+        such a round, the live sites.
+        """
+        for record in reversed(self.rounds):
+            if not purposes or record.purpose in purposes:
+                return len(record.contributors)
+        return len(self.live_sites)
 
     def setup(self, compute: Callable[[Site], None]) -> None:
         """Every live site applies ``compute`` (e.g. ``prepare_glmm``); nothing is released."""
@@ -182,9 +195,17 @@ class Coordinator:
         """
         started = time.perf_counter()
         audit = None if self.audit is None else self.audit.remote_context()
-        result = self.transport.aggregate(purpose, compute, [s.name for s in self.live_sites],
-                                          self.round_id, audit=audit,
-                                          dp=dp if self.privacy is not None else None)
+        try:
+            result = self.transport.aggregate(purpose, compute,
+                                              [s.name for s in self.live_sites], self.round_id,
+                                              audit=audit,
+                                              dp=dp if self.privacy is not None else None)
+        except ProtocolError as err:  # aborted after the sites logged: the log says so too
+            released = getattr(err, "released", None)
+            if self.audit is not None and released is not None:
+                self.audit.round_spec(self.round_id, purpose, released[0])
+                self._log_releases(released[1])
+            raise
         elapsed = time.perf_counter() - started
         sites = float(result.details.get("seconds_sites", 0.0))  # in-process: the sites' time
         if "seconds_sites" in result.details:
@@ -195,11 +216,16 @@ class Coordinator:
                 self.seconds[f"protection_{side}"] += float(result.details[f"seconds_{side}"])
         if self.audit is not None:
             self.audit.round_spec(self.round_id, purpose, len(result.total))
-            for payload in result.details.get("releases", {}).values():
-                self.audit.remote_release(payload)
+            self._log_releases(result.details.get("releases", {}))
             self.audit.aggregation(self.round_id, purpose, result.contributors, result.dropped,
                                    result.details.get("dropout_reasons"))
         return result
+
+    def _log_releases(self, releases: dict) -> None:
+        """The sites' signed release records, in the coordinator's order of its sites."""
+        for site in self.live_sites:
+            if site.name in releases:
+                self.audit.remote_release(releases[site.name])
 
     def abort_audit(self, error: Exception) -> None:
         """Log why the run stopped (REFUSAL) and close the log with a checkpoint."""

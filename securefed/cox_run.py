@@ -16,8 +16,11 @@ protection stack:
    jackknife sums (:mod:`core_stats.cox_concordance`).
 
 No event time, risk set or row leaves a site. Differential privacy is not
-offered: the sensitivity of these sums to one patient is unbounded (a
-patient's record enters every risk set at or before its time).
+offered: with clipped covariates one patient can move the gradient by up to
+``2B (1 + e^(2B |beta|) H_E)`` (they enter every earlier risk set), a noise
+far above the sums (derivation in ``docs/survival.md``). Under ``none`` or
+``secagg`` the rounds go through the site runtime (:mod:`securefed.survival_runtime`);
+over Flower see :func:`securefed.survival_remote.run_cox_remote`.
 """
 
 from __future__ import annotations
@@ -42,10 +45,16 @@ from securefed.cox_plausibility import check_cox_concordance, check_cox_summary,
 from securefed.errors import InputError
 from securefed.glmm_run import _collinear_columns
 from securefed.site import Site
+from securefed.survival_runtime import runtime_coordinator, site_words, use_runtime
 from securefed.survival_spec import CoxSiteSpec, survival_spec
 from securefed.vectors import from_upper_triangle, unpack_terms
 
 __all__ = ["CoxOptions", "run_cox"]
+
+
+DP_REFUSED = ("the Cox model has no differential-privacy mode (with clipped covariates its "
+              "sums' sensitivity grows with exp(2 B |beta|) log n and the noise would swamp "
+              "them; docs/survival.md): use --protect none, secagg, ckks or secagg,ckks")
 
 
 @dataclass(frozen=True)
@@ -67,19 +76,25 @@ def _check(frame: pd.DataFrame, opts: CoxOptions) -> CoxSiteSpec:
 
 
 def run_cox(frame: pd.DataFrame, opts: CoxOptions, *, protection: ProtectedSum | None = None,
-            audit_log: str | Path | None = None) -> CoxFit:
+            audit_log: str | Path | None = None, site_runtime: bool = True) -> CoxFit:
     """Fit the stratified Cox model over the sites named by ``opts.site_column``.
 
-    A protocol abort or a refused aggregate is logged (REFUSAL, then a
-    countersigned checkpoint) before the error propagates.
+    Under ``none`` or ``secagg`` without an audit trail the rounds go, with
+    ``site_runtime``, through the site runtime (:mod:`securefed.survival_runtime`);
+    the result is the same. A protocol abort or a refused aggregate is logged
+    (REFUSAL, then a countersigned checkpoint) before the error propagates.
     """
     started = clock.perf_counter()
     spec = _check(frame, opts)
     protection = protection or PlaintextSum()
     if getattr(protection, "privacy", None) is not None:
-        raise InputError("the Cox model has no differential-privacy mode (its sums have no "
-                         "bounded sensitivity): use --protect none, secagg or ckks")
+        raise InputError(DP_REFUSED)
     sites = [Site(str(name), part) for name, part in frame.groupby(opts.site_column, sort=True)]
+    if use_runtime(protection, audit_log, site_runtime):
+        with runtime_coordinator(sites, protection, lambda s: s.prepare_cox(spec)) as remote, \
+                site_words(
+                lambda: run_cox(frame, opts, protection=protection, site_runtime=False)):
+            return _fit(remote, opts, spec, started, [w for s in sites for w in s.warnings()])
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="cox",
@@ -107,7 +122,8 @@ def _stop_if_dropped(coordinator: Coordinator) -> None:
                          "Cox fit; it stops here (rerun without them)")
 
 
-def _fit(coordinator: Coordinator, opts: CoxOptions, spec: CoxSiteSpec, started: float) -> CoxFit:
+def _fit(coordinator: Coordinator, opts: CoxOptions, spec: CoxSiteSpec, started: float,
+         site_warnings: list[str] | None = None) -> CoxFit:
     p = len(spec.names)
     if p == 0:
         raise InputError("the model has no covariates: name at least one after '~'")
@@ -149,7 +165,8 @@ def _fit(coordinator: Coordinator, opts: CoxOptions, spec: CoxSiteSpec, started:
     check_cox_concordance(conc_total, coordinator, counts, CONCORDANCE_LENGTH)
     tests = global_tests(at_zero[0].value, result.terms.value, at_zero[0].gradient,
                          -at_zero[0].hessian, beta, cov)
-    warnings = [w for s in coordinator.live_sites if isinstance(s, Site) for w in s.warnings()]
+    warnings = list(site_warnings) if site_warnings is not None else [
+        w for s in coordinator.live_sites if isinstance(s, Site) for w in s.warnings()]
     if not result.converged:
         warnings.append(f"the fit did not converge: {result.message}")
     seconds = clock.perf_counter() - started

@@ -18,11 +18,12 @@ import pandas as pd
 
 from core_stats.cox import CoxStratum, cox_stratum, stratum_terms
 from core_stats.cox_concordance import concordance_sums
+from securefed.site import SiteDataError
 from securefed.survival_spec import CoxSiteSpec, StatusCoding
 from securefed.vectors import pack_terms, upper_triangle
 
-__all__ = ["CoxRows", "bfi_survival_fit", "concordance_vector", "prepare_cox_rows",
-           "summary_vector", "terms_vector"]
+__all__ = ["CoxRows", "bfi_survival_fit", "concordance_vector", "poly_order_vector",
+           "prepare_cox_rows", "summary_vector", "terms_vector"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,13 +40,13 @@ class CoxRows:
 def _events(site: str, status: pd.Series, coding: StatusCoding) -> np.ndarray:
     if coding.kind == "logical":
         if not pd.api.types.is_bool_dtype(status):
-            raise ValueError(f"site {site}: the status column must be TRUE/FALSE like the "
+            raise SiteDataError(f"site {site}: the status column must be TRUE/FALSE like the "
                              "other sites'")
         return status.to_numpy(dtype=bool)
     values = pd.to_numeric(status, errors="coerce")
     low, high = coding.values
     if values.isna().any() or not values.isin((low, high)).all():
-        raise ValueError(f"site {site}: the status column must be coded "
+        raise SiteDataError(f"site {site}: the status column must be coded "
                          f"{coding.kind.replace('/', ' or ')} like the other sites'")
     return values.to_numpy(dtype=float) == high
 
@@ -62,24 +63,24 @@ def prepare_cox_rows(site: str, frame: pd.DataFrame, spec: CoxSiteSpec) -> CoxRo
     used = [f.time, f.status, *f.covariates]
     missing = [c for c in used if c not in frame.columns]
     if missing:
-        raise ValueError(f"site {site}: column '{missing[0]}' is missing")
+        raise SiteDataError(f"site {site}: column '{missing[0]}' is missing")
     incomplete = frame[used].isna().any(axis=1).to_numpy()
     if incomplete.any() and spec.na_action == "fail":
-        raise ValueError(f"site {site}: {int(incomplete.sum())} row(s) have missing values in "
+        raise SiteDataError(f"site {site}: {int(incomplete.sum())} row(s) have missing values in "
                          "the model's columns (use --na-action omit to drop them, as R does)")
     rows = frame.loc[~incomplete]
     time = pd.to_numeric(rows[f.time], errors="coerce").to_numpy(dtype=float)
     if not np.all(np.isfinite(time)):
-        raise ValueError(f"site {site}: the time column '{f.time}' must hold numbers")
+        raise SiteDataError(f"site {site}: the time column '{f.time}' must hold numbers")
     if np.any(time < 0):
-        raise ValueError(f"site {site}: the time column '{f.time}' has negative times")
+        raise SiteDataError(f"site {site}: the time column '{f.time}' has negative times")
     event = _events(site, rows[f.status], spec.coding)
     try:
         data = model_data(spec.schema, rows, na_action="fail")
     except FormulaError as err:
-        raise ValueError(f"site {site}: {err}") from None
+        raise SiteDataError(f"site {site}: {err}") from None
     if data.fixed_names[1:] != spec.names:
-        raise ValueError(f"site {site}: the design has columns {list(data.fixed_names[1:])}, "
+        raise SiteDataError(f"site {site}: the design has columns {list(data.fixed_names[1:])}, "
                          f"the model {list(spec.names)}")
     X = data.X[:, 1:]
     return CoxRows(cox_stratum(time, event, X), time, event, X, int(incomplete.sum()))
@@ -103,15 +104,26 @@ def concordance_vector(rows: CoxRows, beta: np.ndarray) -> np.ndarray:
     return concordance_sums(rows.time, rows.event, rows.X @ np.asarray(beta, dtype=float))
 
 
-def bfi_survival_fit(site: str, rows: CoxRows, layout, baseline: str, prior: np.ndarray):
-    """This site's local MAP of a parametric hazard model (ValueError naming the site)."""
+def bfi_survival_fit(site: str, rows: CoxRows, layout, baseline, prior: np.ndarray):
+    """This site's local MAP of a survival model (ValueError naming the site)."""
     from core_stats.bfi_local import MAPConvergenceError
     from core_stats.bfi_survival import fit_survival_map
+    from core_stats.survival_baselines import as_baseline
 
+    baseline = as_baseline(baseline)
     covariates = layout.names[:rows.X.shape[1]]
     try:
         local = fit_survival_map(rows.time, rows.event, rows.X, baseline, prior,
                                  names=covariates)
     except (ValueError, MAPConvergenceError) as err:
-        raise ValueError(f"site {site}: the local {baseline} fit failed ({err})") from None
+        raise SiteDataError(f"site {site}: the local {baseline.kind} fit failed ({err})") from None
     return local
+
+
+def poly_order_vector(rows: CoxRows, max_order: int, alpha: float) -> np.ndarray:
+    """``[1[q = 0], ..., 1[q = max_order]]`` for this site's order ``q`` of a polynomial
+    baseline, chosen as R's ``ql.LRT`` does (:func:`core_stats.survival_poly.select_order`)."""
+    from core_stats.survival_poly import select_order
+
+    chosen = select_order(rows.time, rows.event, rows.X, max_order, alpha)
+    return np.eye(max_order + 1)[chosen]

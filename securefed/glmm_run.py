@@ -120,12 +120,13 @@ def _check_nested(frame: pd.DataFrame, term, site_column: str) -> None:
     """Every level of the term's grouping factor lies in one site; there are two or more."""
     columns = list(term.group)
     complete = frame[columns].notna().all(axis=1)
-    groups = frame.loc[complete, columns].astype(str).agg(":".join, axis=1)
+    groups = (frame.loc[complete, columns[0]].astype(str) if len(columns) == 1 else
+              frame.loc[complete, columns].astype(str).agg(":".join, axis=1))
     sites = frame.loc[complete, site_column].astype(str)
-    per_group = sites.groupby(groups).unique()
-    split = per_group[per_group.map(len) > 1]
+    per_group = sites.groupby(groups).nunique()
+    split = per_group[per_group > 1]
     if len(split):
-        first, second = sorted(split.iloc[0])[:2]
+        first, second = sorted(sites[groups == split.index[0]].unique())[:2]
         raise InputError(f"a level of '{term.group_name}' appears in sites {first} and "
                          f"{second}: grouping factors must be nested within '{site_column}'")
     if per_group.size < 2:
@@ -234,20 +235,21 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
     warnings += [f"site {name}: {n} row(s) with missing values omitted"
                  for name, n in omitted.items()]
     source = frame.attrs.get("source")
-    if site_runtime and audit_log is None and not several and runtime_supports(protection):
-        from securefed.transport.loopback import loopback_rounds
-
-        # the sites answer through the site runtime (the ClientApp handler, their policy)
-        with loopback_rounds({s.name: s for s in sites}, protection) as rounds:
-            fit = run_glmm_remote(opts, rounds, [s.name for s in sites],
-                                  protection=protection, on_step=on_step, schema=schema,
-                                  warnings=warnings, started=started)
-        return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
     audit = None
     if audit_log is not None:
         audit = AuditTrail.start(audit_log, site_names=[s.name for s in sites], model="glmm",
                                  config=asdict(opts), protection=describe_protection(protection),
                                  keys=audit_keys)
+    if site_runtime and runtime_supports(protection) and (
+            audit is None or runtime_carries_audit(protection)):
+        from securefed.transport.loopback import loopback_rounds
+
+        # the sites answer through the site runtime (its handler, their policy and logs)
+        with loopback_rounds({s.name: s for s in sites}, protection, trail=audit) as rounds:
+            fit = run_glmm_remote(opts, rounds, [s.name for s in sites],
+                                  protection=protection, on_step=on_step, audit=audit,
+                                  schema=schema, warnings=warnings, started=started)
+        return replace(fit, extra={**fit.extra, "data": Path(source).name}) if source else fit
     coordinator = Coordinator(sites, protection, audit=audit)
     created.append(coordinator)
     if several:  # several random-effects terms: securefed.glmm_multi_run
@@ -267,21 +269,20 @@ def _run_glmm(frame, opts, protection, on_step, audit_log, created, audit_keys,
 def runtime_supports(protection: ProtectedSum) -> bool:
     """True if an in-process run with ``protection`` goes through the site runtime.
 
-    The runtime carries ``none`` and ``secagg`` (SecAgg+ included) without DP
-    and without simulated dropouts in-process; the other stacks (ckks,
-    secagg,ckks, ...,dp), simulated drops and audit trails still run in the
-    coordinator's process, and so does everything where Flower is not installed.
+    The runtime carries ``none``, ``secagg`` (SecAgg+ included), ``ckks`` (a
+    simulated key holder), ``dp`` and ``secagg,dp`` (each site noises and
+    charges its own ledger), with simulated dropouts (``--drop-sites``) and
+    audit trails (not yet for ``ckks``: :func:`runtime_carries_audit`);
+    ``secagg,ckks`` and ``ckks,dp`` still run in the coordinator's process.
+    The runtime needs no Flower (:mod:`securefed.transport.messages`).
     """
-    import importlib.util
+    return getattr(protection, "name", None) in ("none", "secagg", "ckks", "dp", "secagg,dp")
 
-    if getattr(protection, "privacy", None) is not None or getattr(protection, "drop", None):
-        return False
-    try:
-        if importlib.util.find_spec("flwr") is None:  # the runtime's messages are Flower's
-            return False
-    except (ImportError, ValueError):  # ValueError: flwr is in sys.modules as None
-        return False
-    return getattr(protection, "name", None) in ("none", "secagg")
+
+def runtime_carries_audit(protection: ProtectedSum) -> bool:
+    """True if the site runtime carries an audit trail under ``protection`` (not ``ckks``
+    yet: the trail's registry would need the key holder the simulated sites trust)."""
+    return getattr(protection, "name", None) != "ckks"
 
 
 def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
@@ -303,24 +304,39 @@ def run_glmm_remote(opts: GLMMOptions, transport, site_names: list[str], *,
     started = time.perf_counter() if started is None else started
     _check_options(opts)
     formula, family = _parse_model(opts)
-    if len(formula.model.random) > 1 or not formula.model.random[0].correlated:
-        raise InputError("several random-effects terms (or '||') are not available over a "
-                         "remote transport yet")
+    several = len(formula.model.random) > 1 or not formula.model.random[0].correlated
     if schema is None:  # the factor-levels round: the sites' own reports
         from securefed.remote_levels import remote_schema
 
         schema = remote_schema(transport, opts.formula, site_names, audit)
-    fixed_names, random_names = _public_design(schema)
+    fixed_names, random_names = _public_design(schema) if not several else (
+        _public_fixed(schema), ())
     from securefed.coordinator import RemoteSite
 
-    coordinator = Coordinator([RemoteSite(n) for n in sorted(site_names)], protection,
+    coordinator = Coordinator([RemoteSite(n) for n in site_names], protection,
                               audit=audit, transport=transport)
     try:
+        if several:  # several random-effects terms: securefed.glmm_multi_run
+            from securefed.glmm_multi_run import fit_multi
+
+            design = GLMMSiteDesign(schema, family, 1, opts.na_action, opts.weights)
+            fit = fit_multi(coordinator, opts, family, design, fixed_names,
+                            list(warnings or []), started, on_step, _weighted(opts, formula))
+            coordinator.finish_audit(fit.to_dict(), "glmm")
+            return fit
         return _fit(coordinator, opts, formula, family, schema, fixed_names, random_names,
                     on_step, started, list(warnings or []))
     except ProtocolError as err:
         coordinator.abort_audit(err)
         raise
+
+
+def _public_fixed(schema: DesignSchema) -> tuple[str, ...]:
+    """Fixed-effect column names, from the schema alone."""
+    try:
+        return fixed_column_names(schema)
+    except DesignError as err:
+        raise InputError(str(err)) from None
 
 
 def _public_design(schema: DesignSchema) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -609,4 +625,5 @@ def _make_fit(opts, est: GLMMEstimate, family, n_obs, n_groups, n_sites, coordin
         dropped_sites=tuple(coordinator.dropped),
         bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra,
         reml=opts.reml,
+        n_sites_counted=coordinator.counted_sites(),
     )

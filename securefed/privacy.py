@@ -210,6 +210,11 @@ class SitePrivacy:
         self._rng = rng if rng is not None else OsRandom()
         self._lock_depth = 0
 
+    def noise_source(self):
+        """The source this site's noise is drawn from (for the site runtime of the same
+        site simulated in this process, which then draws exactly what this object would)."""
+        return self._rng
+
     @contextmanager
     def locked(self) -> Iterator[SitePrivacy]:
         """Hold the ledger file's exclusive lock, with the ledger re-read from it.

@@ -35,7 +35,7 @@ class Display:
         return self._progress is not None
 
     def __enter__(self) -> Display:
-        if self._quiet:
+        if self._quiet or not _stderr_may_be_terminal():
             return self
         from rich.console import Console
 
@@ -65,6 +65,15 @@ class Display:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _stderr_may_be_terminal() -> bool:
+    """False when standard error is surely no terminal (rich, ~0.05 s of imports, not needed)."""
+    import os
+    import sys
+
+    forced = os.environ.get("FORCE_COLOR") or os.environ.get("TTY_COMPATIBLE")
+    return bool(forced) or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
 
 def run_with_progress(frame, opts, *, protect, quiet: bool, audit_log=None, audit_keys=None):

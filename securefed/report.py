@@ -314,9 +314,11 @@ def write_report(result_path: str | Path, out: str | Path,
     cox = result.get("model") == "cox"
     model = ("Stratified Cox model (strata: sites)" if cox else
              "Generalized linear mixed model" if kind == "glmm" else "Bayesian Federated Inference")
-    title = (result.get("study") or {}).get("title") or f"{model} ({result.get('family', '')})"
+    family = f" ({result['family']})" if result.get("family") else ""
+    title = (result.get("study") or {}).get("title") or model + family
+    family_text = "" if cox else f" · family {_fmt(result.get('family'))}"
     parts = [f"<h1>{html.escape(title)}</h1>",
-             f"<p>{html.escape(model)} · family {_fmt(result.get('family'))} · formula "
+             f"<p>{html.escape(model)}{family_text} · formula "
              f"<code>{_fmt(result.get('formula'))}</code> · {_rows_text(result)} in "
              f"{_fmt(result.get('n_sites'))} sites</p>"]
     parts += _noise_banner(result)

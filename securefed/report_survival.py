@@ -72,12 +72,18 @@ def curves_section(result: dict, profiles: list[str], stem: str, folder: Path,
                              "centre-specific baseline parameters each centre has its own)")
         return ('<p class="muted">No survival curves: the baseline parameters are '
                 "centre-specific.</p>")
+    if str(result.get("baseline")) == "unspecified":
+        if profiles:
+            raise InputError("--profile: the unspecified baseline implies no survival curve "
+                             "(its baseline hazard is not estimated)")
+        return ('<p class="muted">No survival curves: the unspecified baseline hazard is '
+                "not estimated.</p>")
     rows = result["estimates"]
     names = tuple(str(r["term"]) for r in rows)
     terms = tuple(n for n in names if not n.startswith("omega_"))
     theta = np.array([float(r["estimate"]) for r in rows])
     cov = np.array(result["covariance"], dtype=float)
-    baseline = str(result["baseline"])
+    baseline = _baseline_of(result)
     chosen = profiles or [""]
     vectors = []
     for text in chosen:
@@ -98,7 +104,8 @@ def curves_section(result: dict, profiles: list[str], stem: str, folder: Path,
     ax.set_xlabel("time (the data's unit)")
     ax.set_ylabel("S(t | x)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Survival the model implies ({baseline} baseline, 95% pointwise bands)")
+    ax.set_title(f"Survival the model implies ({baseline.kind} baseline, 95% pointwise "
+                 "bands)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = folder / f"{stem}_survival.png"
@@ -110,3 +117,14 @@ def curves_section(result: dict, profiles: list[str], stem: str, folder: Path,
             + f'<p class="muted">Baseline {result.get("baseline_hazard", "")}; parameters '
             + ", ".join(f"{k} = {v}" for k, v in (result.get("baseline_parameters") or {}).items())
             + ". Drawn from the combined estimate and covariance alone.</p>")
+
+
+def _baseline_of(result: dict):
+    """The fitted baseline as the result's JSON states it (its order or knots)."""
+    from core_stats.survival_baselines import Baseline
+
+    try:
+        return Baseline(str(result["baseline"]), order=int(result.get("baseline_order", 0)),
+                        knots=tuple(float(c) for c in result.get("baseline_knots", ())))
+    except (ValueError, TypeError) as err:
+        raise InputError(f"the result's baseline: {err}") from None

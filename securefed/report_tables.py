@@ -53,6 +53,9 @@ def p_text(p: float) -> str:
 
 def method_line(result: dict) -> str:
     """How the model was fitted: the likelihood approximation (GLMM) and the penalty or prior."""
+    if result.get("model") == "cox":  # exact: the partial likelihood is a sum of site terms
+        return (f"Maximum partial likelihood, stratified by {result.get('strata') or 'site'}, "
+                f"{result.get('ties') or 'efron'} ties; exact, no approximation or penalty")
     if isinstance(result.get("fixed_effects"), list):
         nagq = int(result.get("nagq") or 1)
         method = ("Laplace approximation (nAGQ = 1)" if nagq == 1

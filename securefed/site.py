@@ -110,7 +110,9 @@ class Site:
         self._design: GLMMSiteDesign | None = None
         self._omitted = 0
         self._multi = None  # rows of a model with several random-effects terms
+        self._level_key: bytes | None = None  # the consortium's level key (level_sketch)
         self._cox = None
+        self._checked = None  # (key, ModelData) of outcome_for_checks, for prepare_glmm once
 
     def __repr__(self) -> str:
         return f"Site({self.name!r}, rows={len(self._frame)})"
@@ -135,10 +137,7 @@ class Site:
         model is then fitted on the training rows and the held-out rows serve
         model selection and AUC.
         """
-        from core_stats.formula import model_data
-
-        data = model_data(design.schema, self._frame, na_action=design.na_action,
-                          weights_column=design.weights)
+        data = self._model_data(design.schema, design.na_action, design.weights)
         X = data.X if keep_columns is None else data.X[:, keep_columns]
         (random,) = data.random
         y, Z, groups = data.y, random.Z, random.groups
@@ -203,6 +202,25 @@ class Site:
         if derivatives:
             return pack_terms(terms.loglik, terms.gradient, terms.hessian)
         return pack_terms(terms.loglik, None, None)
+
+    def multi_counts_vector(self) -> np.ndarray:
+        """``[rows, levels of each term]`` (summed over sites: lme4's 'groups:' line)."""
+        rows = self.multi_rows
+        return np.array([float(rows.n_rows), *(float(n) for n in rows.n_levels())])
+
+    def use_level_key(self, key: bytes) -> None:
+        """The consortium's level key, from the site's own node config (never a call)."""
+        self._level_key = bytes(key)
+
+    def level_sketch_vector(self, request) -> np.ndarray:
+        """This site's 0/1 bins of one stage of the level sketch
+        (:mod:`securefed.level_sketch`): is a level of a factor in two sites?"""
+        from securefed.level_sketch import sketch_vector
+
+        if self._level_key is None:
+            raise SiteDataError("this site has no level key (node config 'level-key'): it "
+                                "cannot check that its groups are its own")
+        return sketch_vector(request, self.multi_rows.level_labels, self._level_key)
 
     def count_vector(self, schema: DesignSchema | None = None,
                      weights: str | None = None) -> np.ndarray:
@@ -393,11 +411,25 @@ class Site:
     def outcome_for_checks(self, schema: DesignSchema, na_action: str = "omit",
                            weights: str | None = None
                            ) -> tuple[np.ndarray, np.ndarray | None, int]:
-        """The outcome under ``schema`` and the rows omitted (in-process input checks only)."""
+        """The outcome under ``schema`` and the rows omitted (in-process input checks only).
+
+        The design built for the check is kept for the next :meth:`prepare_glmm` of the same
+        schema, options and rows (it is the same function of them), then dropped.
+        """
         from core_stats.formula import model_data
 
         data = model_data(schema, self._frame, na_action=na_action, weights_column=weights)
+        self._checked = ((schema, na_action, weights), data)
         return data.y, data.weights, data.n_omitted
+
+    def _model_data(self, schema: DesignSchema, na_action: str, weights: str | None):
+        """This site's design under ``schema`` (the checked one if it was built for it)."""
+        from core_stats.formula import model_data
+
+        checked, self._checked = self._checked, None
+        if checked is not None and checked[0] == (schema, na_action, weights):
+            return checked[1]
+        return model_data(schema, self._frame, na_action=na_action, weights_column=weights)
 
     @property
     def n_omitted(self) -> int:
@@ -429,7 +461,13 @@ class Site:
 
         return concordance_vector(self._require_cox(), beta)
 
-    def bfi_survival_vector(self, layout, baseline: str, prior: np.ndarray) -> np.ndarray:
+    def poly_order_vector(self, max_order: int, alpha: float) -> np.ndarray:
+        """This site's order of a polynomial baseline, one-hot (R's likelihood-ratio choice)."""
+        from securefed.cox_site import poly_order_vector
+
+        return poly_order_vector(self._require_cox(), max_order, alpha)
+
+    def bfi_survival_vector(self, layout, baseline, prior: np.ndarray) -> np.ndarray:
         """This site's local MAP of a parametric survival model, as a BFI site vector
         (the fit stays here, for its centre-specific estimate)."""
         from securefed.cox_site import bfi_survival_fit

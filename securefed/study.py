@@ -271,7 +271,8 @@ class _Parser:
         from core_stats.design import DesignError, parse_mixed_formula
 
         try:
-            parsed = parse_mixed_formula(formula, require_random=kind == "glmm")
+            parsed = parse_mixed_formula(formula, require_random=kind == "glmm",
+                                         several=kind == "glmm")
         except DesignError as err:
             self.fail(line, f"formula: {err}")
         names = sorted(n for n in parsed.model.columns if n != SITE_COLUMN)

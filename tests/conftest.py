@@ -17,24 +17,31 @@ from pathlib import Path
 HERE = Path(__file__).parent
 FLOWER_TESTS = tuple(HERE / "securefed" / name for name in (
     "flower", "test_ckks_transport.py", "test_flower_engine.py",
-    "test_flower_study_loopback.py", "test_site_privacy.py",
-    "test_poisoning.py"))  # its BFI attacks poison the sites, which only the site runtime asks
+    "test_flower_study_loopback.py", "test_site_privacy.py"))
 ENVIRONMENTS = ("user", "flower")
 
 
-# a test module that imports flwr, or a module that imports it, needs the [flower] extra too
+# a test module that imports flwr, or a Flower adapter (the modules that import flwr), needs
+# the [flower] extra too; the site runtime (site_runtime, loopback, flower_server's engine,
+# messages) does not
 _FLOWER_IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:flwr\b|securefed\.transport\."
-                            r"(?:flower_client|flower_server|flower_study|flower_smoke|flower"
-                            r"|loopback)\b|securefed\.transport\s+import\s+(?:flower|loopback))",
-                            re.MULTILINE)
+                            r"(?:flower_client|flower_grid|flower_study|flower_smoke|flower)\b"
+                            r"|securefed\.transport\s+import\s+(?:flower_client|flower_grid"
+                            r"|flower_study|flower_smoke|flower)\b)", re.MULTILINE)
+# a test module that imports another test module (``import test_flower_engine``) needs what
+# that one needs
+_TEST_IMPORT = re.compile(r"^\s*(?:from|import)\s+(test_\w+)\b", re.MULTILINE)
 
 
-def _needs_flower(path: Path) -> bool:
+def _needs_flower(path: Path, seen: frozenset[Path] = frozenset()) -> bool:
     if any(path == test or test in path.parents for test in FLOWER_TESTS):
         return True
-    if path.suffix == ".py" and path.is_file():
+    if path.suffix == ".py" and path.is_file() and path not in seen:
         text = path.read_text(encoding="utf-8", errors="ignore")
-        return _FLOWER_IMPORT.search(text) is not None
+        if _FLOWER_IMPORT.search(text) is not None:
+            return True
+        return any(_needs_flower(path.parent / f"{name}.py", seen | {path})
+                   for name in _TEST_IMPORT.findall(text))
     return False
 
 

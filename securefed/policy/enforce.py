@@ -11,12 +11,21 @@ likelihood's curvature). Each raises :class:`PolicyRefused` with a code.
 from __future__ import annotations
 
 import functools
+import hashlib
+import tomllib
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from securefed.policy.model import SitePolicy
+from securefed.policy.multi import (
+    MULTI_METHODS,
+    MULTI_THETA_METHODS,
+    covariance_parameters,
+    model_rows,
+)
 from securefed.policy.refusal import PolicyRefused, Refusal
 
 __all__ = ["admit_round", "admit_call", "admit_report", "check_report", "check_release",
@@ -25,9 +34,10 @@ __all__ = ["admit_round", "admit_call", "admit_report", "check_report", "check_r
 COORDINATOR_NAME = "coordinator"
 #: release calls whose value depends on the coordinator's parameters (layout, theta)
 THETA_METHODS = frozenset({"glmm_terms_vector", "glmm_reml_vector", "dp_terms_vector",
-                           "validation_loglik_vector", "validation_histograms"})
-_GLMM_METHODS = THETA_METHODS | {"glmm_counts_vector", "design_summary_vector",
-                                 "dp_summary_vector"}
+                           "validation_loglik_vector",
+                           "validation_histograms"}) | MULTI_THETA_METHODS
+_GLMM_METHODS = THETA_METHODS | MULTI_METHODS | {"glmm_counts_vector", "design_summary_vector",
+                                                 "dp_summary_vector"}
 _BFI_METHODS = frozenset({"bfi_terms_vector", "dp_bfi_stats_vector"})
 _VALIDATION = frozenset({"validation_loglik_vector", "validation_histograms"})
 
@@ -128,9 +138,15 @@ def model_of(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None, s
 
     ``(None, None, columns)`` for a call without a model (counts, standardisation).
     """
+    from securefed.policy.survival import survival_model_of
+
+    survival = survival_model_of(call, setup)
+    if survival is not None:
+        return survival
     method, kwargs = call.method, call.kwargs
     if method in _GLMM_METHODS:
-        designs = [c.kwargs["design"] for c in setup if c.method == "prepare_glmm"]
+        designs = [c.kwargs["design"] for c in setup
+                   if c.method in ("prepare_glmm", "prepare_glmm_multi")]
         if not designs:
             return None, None, set()  # the site refuses it anyway: no design was prepared
         design = designs[-1]
@@ -168,29 +184,73 @@ def _theta_in_bounds(policy: SitePolicy, layout: Any, theta: np.ndarray) -> bool
         return False
     if np.any(np.abs(theta[layout.beta]) > policy.max_abs_beta):
         return False
-    entries = layout.cholesky_entries() if layout.random_effects else []
-    cov = theta[layout.cov]
-    logs = [v for v, (r, c) in zip(cov, entries, strict=True) if layout.log_scale(r, c)]
-    if layout.has_dispersion:
-        logs.append(theta[layout.scale_index])
-    off = [v for v, (r, c) in zip(cov, entries, strict=True) if not layout.log_scale(r, c)]
+    logs, off = covariance_parameters(layout, theta)  # every term's, several terms or one
     if any(not policy.log_sd_min <= v <= policy.log_sd_max for v in logs):
         return False
     return all(abs(v) <= np.exp(policy.log_sd_max) for v in off)
 
 
-def admit_call(policy: SitePolicy, call: Any, setup: Sequence[Any]) -> str | None:
+@dataclass(frozen=True)
+class PinnedStudy:
+    """The model of the study file a site's policy pins (``study_sha256``)."""
+
+    kind: str
+    formula: str  # canonical (:func:`canonical_formula`)
+    family: str
+
+
+def admit_study(policy: SitePolicy, study_text: str | None) -> PinnedStudy | None:
+    """The pinned study's model, if the policy pins one; refuse a round without that file.
+
+    The round must carry the study file's text, whose SHA-256 is the policy's
+    ``study_sha256``; the site reads its ``[model]`` itself (TOML, never code).
+    """
+    if not policy.study_sha256:
+        return None
+    if study_text is None or hashlib.sha256(
+            study_text.encode("utf-8")).hexdigest() != policy.study_sha256:
+        _refuse(Refusal.STUDY_NOT_PINNED)
+    try:
+        model = tomllib.loads(study_text)["model"]
+        return PinnedStudy(str(model["kind"]), canonical_formula(str(model["formula"])),
+                           str(model["family"]).lower())
+    except (tomllib.TOMLDecodeError, KeyError, TypeError):
+        raise PolicyRefused(Refusal.STUDY_NOT_PINNED) from None
+
+
+def _model_family(call: Any, setup: Sequence[Any]) -> tuple[str | None, str | None]:
+    """(kind, family name) of the model a call computes from; (None, None) without one."""
+    if call.method in _GLMM_METHODS:
+        designs = [c.kwargs["design"] for c in setup if c.method == "prepare_glmm"]
+        return ("glmm", designs[-1].family.name) if designs else (None, None)
+    if call.method in _BFI_METHODS:
+        return "bfi", call.kwargs["spec"].family.name
+    return None, None
+
+
+def admit_call(policy: SitePolicy, call: Any, setup: Sequence[Any],
+               study: PinnedStudy | None = None) -> str | None:
     """Refuse a call the policy does not allow; the model to count it under, if it
-    depends on the coordinator's parameters (None otherwise)."""
+    depends on the coordinator's parameters (None otherwise). ``study``: the pinned
+    study (:func:`admit_study`), whose model every model-bound call must compute."""
     formula, model, columns = model_of(call, setup)
     if not _approved(policy, formula, columns):
+        _refuse(Refusal.MODEL_NOT_APPROVED)
+    if study is not None and formula is not None and (
+            (formula, *_model_family(call, setup)) != (study.formula, study.kind,
+                                                       study.family)):
         _refuse(Refusal.MODEL_NOT_APPROVED)
     if call.method in THETA_METHODS:
         if not _theta_in_bounds(policy, call.kwargs["layout"], call.kwargs["theta"]):
             _refuse(Refusal.THETA_OUT_OF_BOUNDS)
     if call.method == "validation_histograms" and int(call.kwargs["bins"]) > policy.max_bins:
         _refuse(Refusal.TOO_MANY_BINS)
-    return model if call.method in THETA_METHODS else None
+    from securefed.policy.survival import survival_beta_in_bounds
+    from securefed.transport.survival_calls import SURVIVAL_THETA_METHODS
+
+    if not survival_beta_in_bounds(policy, call):
+        _refuse(Refusal.THETA_OUT_OF_BOUNDS)
+    return model if call.method in THETA_METHODS | SURVIVAL_THETA_METHODS else None
 
 
 # ---------------------------------------------------------------- release
@@ -198,7 +258,7 @@ def _records(site: Any, method: str) -> int:
     if method in _VALIDATION:
         return site.n_validation_rows
     if method in _GLMM_METHODS:
-        return site.glmm_rows.n_rows
+        return model_rows(site)[0].n_rows
     return site.n_rows
 
 
@@ -208,11 +268,11 @@ def effective_records(site: Any, layout: Any, theta: np.ndarray) -> float:
     About the number of records carrying the likelihood's curvature at ``β``:
     a crafted ``β`` that puts all weight on one patient gives about 1.
     """
-    rows = site.glmm_rows
+    rows, family = model_rows(site)
     eta = rows.X @ np.asarray(theta, dtype=float)[layout.beta]
     theta = np.asarray(theta, dtype=float)
     s = float(theta[layout.scale_index]) if layout.has_dispersion else 0.0
-    weight = -site.glmm_family.row_partials(rows.y, eta, s, None, 2)[2, 0]
+    weight = -family.row_partials(rows.y, eta, s, None, 2)[2, 0]
     total = float(np.sum(weight))
     square = float(np.sum(weight**2))
     return 0.0 if square <= 0 else total * total / square
@@ -226,7 +286,8 @@ def check_release(policy: SitePolicy, site: Any, call: Any, vector: np.ndarray) 
         counts = np.asarray(vector, dtype=float)
         if np.any((counts > 0) & (counts < policy.min_cell_count)):
             _refuse(Refusal.SMALL_CELL)
-    derivatives = (call.method == "glmm_terms_vector" and call.kwargs["derivatives"]) or (
+    derivatives = (call.method in ("glmm_terms_vector", "multi_terms_vector")
+                   and call.kwargs["derivatives"]) or (
         call.method in ("dp_terms_vector", "glmm_reml_vector"))
     if derivatives and policy.min_effective_records > 0:
         layout, theta = call.kwargs["layout"], call.kwargs["theta"]

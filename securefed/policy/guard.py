@@ -15,6 +15,7 @@ default applies, with its record in ``record-dir`` (default: the folder
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +27,13 @@ from securefed.policy.enforce import (
     admit_call,
     admit_report,
     admit_round,
+    admit_study,
     check_release,
     check_report,
 )
 from securefed.policy.model import PolicyError, SitePolicy, load_policy
-from securefed.policy.record import ReleaseRecord, call_key
+from securefed.policy.multi import record_text
+from securefed.policy.record import MemoryReleaseRecord, ReleaseRecord, call_key
 from securefed.policy.refusal import PolicyRefused, Refusal
 
 __all__ = ["SiteGuard", "Admitted", "POLICY_KEY", "RECORD_DIR_KEY"]
@@ -53,11 +56,13 @@ class Admitted:
     purpose: str
 
 
-def _rows_of(setup_call: Any) -> str:
+@functools.lru_cache(maxsize=256)
+def _rows_of(setup_text: str) -> str:
     """A setup call as it decides which rows a release sums: the seed only matters when
     rows are held out (else a new seed would give the same sum a new key)."""
-    from securefed.transport.calls import SiteCall
+    from securefed.transport.calls import SiteCall, parsed_call
 
+    setup_call = parsed_call(setup_text)
     kwargs = dict(setup_call.kwargs)
     if setup_call.method == "prepare_glmm" and not kwargs.get("validation_fraction"):
         kwargs["seed"] = None
@@ -69,7 +74,7 @@ class SiteGuard:
 
     def __init__(self, site_name: str, policy: SitePolicy, registry: Collection[str],
                  key_holder: str | None = None, dp_delta: float = 1e-6,
-                 durable: bool = True) -> None:
+                 durable: bool = True, record: MemoryReleaseRecord | None = None) -> None:
         if policy.record_dir is None:
             raise PolicyError("the policy has no record folder")
         self.site_name = str(site_name)
@@ -77,12 +82,17 @@ class SiteGuard:
         self.registry = frozenset(str(n) for n in registry)
         self.key_holder = key_holder
         self.dp_delta = float(dp_delta)
-        self.record = ReleaseRecord(policy.record_dir, durable)
+        self.record = record if record is not None else ReleaseRecord(policy.record_dir,
+                                                                      durable)
 
     @classmethod
-    def from_node_config(cls, config: Mapping[str, Any], registry: Collection[str]
-                         ) -> SiteGuard:
-        """The guard a ClientApp builds from its node config (refuses if the policy is bad)."""
+    def from_node_config(cls, config: Mapping[str, Any], registry: Collection[str],
+                         record: MemoryReleaseRecord | None = None) -> SiteGuard:
+        """The guard a ClientApp builds from its node config (refuses if the policy is bad).
+
+        ``record``: an in-memory release record, for a simulated site of an
+        in-process run only (:class:`~securefed.policy.record.MemoryReleaseRecord`).
+        """
         name = str(config["site-name"])
         try:
             if POLICY_KEY in config:
@@ -98,25 +108,31 @@ class SiteGuard:
         key_holder = config.get("ckks-key-holder")
         return cls(name, policy, registry, None if key_holder is None else str(key_holder),
                    float(config.get("privacy-delta", 1e-6)),
-                   str(config.get(DURABLE_KEY, "true")).lower() != "false")
+                   str(config.get(DURABLE_KEY, "true")).lower() != "false", record)
 
     def _refused(self, error: PolicyRefused, round_id: int, purpose: str) -> PolicyRefused:
         self.record.log_refusal(error.code, round_id, purpose)
         return error
 
     def admit(self, params: Any, call: Any, call_text: str, setup_texts: Sequence[str],
-              dp_query: Any = None) -> Admitted:
-        """Check the round and the call (nothing computed yet); refuse or admit."""
+              dp_query: Any = None, study_text: str | None = None) -> Admitted:
+        """Check the round and the call (nothing computed yet); refuse or admit.
+
+        ``study_text``: the study file the round carries (checked against the
+        policy's ``study_sha256``, if it pins one).
+        """
         from securefed.transport.calls import parsed_call
 
         try:
             admit_round(self.policy, self.site_name, params, self.registry, dp_query,
                         self.dp_delta, self.key_holder)
+            study = admit_study(self.policy, study_text)
             setup = [parsed_call(t) for t in setup_texts if t]
-            model = admit_call(self.policy, call, setup)
+            model = admit_call(self.policy, call, setup, study)
         except PolicyRefused as err:
             raise self._refused(err, params.round_id, params.purpose) from None
-        return Admitted(call_key([_rows_of(c) for c in setup], call_text),
+        return Admitted(call_key([_rows_of(t) for t in setup_texts if t],
+                                 record_text(call, call_text)),
                         tuple(sorted(params.sites)), model, dp_query is not None,
                         int(params.round_id), str(params.purpose))
 

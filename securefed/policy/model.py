@@ -37,6 +37,10 @@ DEFAULT_TEXT = '''\
 # ("y ~ x1 + x2 + (1 | hospital)"), spaces ignored.
 formulas = []
 columns = []
+# The SHA-256 (64 hex) of the one study file this site takes part in; "" pins
+# none. When set, every round must carry that study file (byte for byte), and
+# its model (formula and family) must be what the site is asked to compute.
+study_sha256 = ""
 
 [protection]
 # Layers a round may use: "secagg" (secure aggregation), "ckks" (homomorphic
@@ -103,6 +107,7 @@ class SitePolicy:
 
     formulas: tuple[str, ...] = ()
     columns: tuple[str, ...] = ()
+    study_sha256: str = ""
     layers: tuple[str, ...] = ("secagg", "ckks")
     dp_required: bool = False
     max_epsilon_per_release: float = 0.0
@@ -134,6 +139,9 @@ class SitePolicy:
                 raise PolicyError(f"{name} must be a finite number")
         if self.max_abs_beta <= 0 or self.log_sd_min >= self.log_sd_max:
             raise PolicyError("max_abs_beta must be positive and log_sd_min < log_sd_max")
+        if self.study_sha256 and not (len(self.study_sha256) == 64 and all(
+                c in "0123456789abcdef" for c in self.study_sha256)):
+            raise PolicyError("study_sha256 must be 64 lowercase hex digits (or empty)")
         if self.max_epsilon_per_release < 0 or self.min_effective_records < 0:
             raise PolicyError("max_epsilon_per_release and min_effective_records are >= 0")
 
@@ -147,7 +155,7 @@ class SitePolicy:
 
 
 _SECTIONS = {
-    "models": {"formulas": "formulas", "columns": "columns"},
+    "models": {"formulas": "formulas", "columns": "columns", "study_sha256": "study_sha256"},
     "protection": {"layers": "layers", "dp_required": "dp_required",
                    "max_epsilon_per_release": "max_epsilon_per_release"},
     "roster": {"min_sites": "min_sites", "key_holder": "key_holder"},

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ReleaseRecord", "call_key", "model_key"]
+__all__ = ["ReleaseRecord", "MemoryReleaseRecord", "call_key", "model_key"]
 
 RECORD_FILE = "releases.json"
 REFUSAL_LOG = "refusals.jsonl"
@@ -54,6 +54,22 @@ def model_key(model: str) -> str:
 class _State:
     releases: dict[str, list[str]]
     models: dict[str, int]
+
+
+def _decide(state: _State, key: str, names: list[str], model: str | None, max_rounds: int,
+            differencing: bool) -> tuple[str | None, bool]:
+    """:meth:`ReleaseRecord.admit`'s decision on ``state``: (refusal or None, state changed)."""
+    if key in state.releases:
+        if state.releases[key] == names or not differencing:
+            return None, False
+        return "differencing", False
+    if model is not None:
+        counted = model_key(model)
+        if state.models.get(counted, 0) >= max_rounds:
+            return "rounds", False
+        state.models[counted] = state.models.get(counted, 0) + 1
+    state.releases[key] = names
+    return None, True
 
 
 class ReleaseRecord:
@@ -111,18 +127,10 @@ class ReleaseRecord:
         """
         names = sorted(str(n) for n in roster)
         with self._locked() as state:
-            if key in state.releases:
-                if state.releases[key] == names or not differencing:
-                    return None
-                return "differencing"
-            if model is not None:
-                counted = model_key(model)
-                if state.models.get(counted, 0) >= max_rounds:
-                    return "rounds"
-                state.models[counted] = state.models.get(counted, 0) + 1
-            state.releases[key] = names
-            self._write(state)
-        return None
+            refused, changed = _decide(state, key, names, model, max_rounds, differencing)
+            if changed:
+                self._write(state)
+        return refused
 
     def rosters(self) -> dict[str, list[str]]:
         """Every recorded key and its roster (for tests and the site's operator)."""
@@ -143,3 +151,35 @@ class ReleaseRecord:
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+class MemoryReleaseRecord:
+    """:class:`ReleaseRecord`'s rules over a record held in memory, for one process only.
+
+    For the simulated sites of an in-process run (:mod:`securefed.transport.loopback`),
+    whose policy the CLI writes and whose record would be deleted with the run:
+    the same decisions, without a lock, a file or an fsync per release. A
+    real site never gets one (its record must outlive the process); the
+    loopback hands it to each simulated site's runtime directly, never
+    through a node config or a policy file.
+    """
+
+    def __init__(self) -> None:
+        self._state = _State({}, {})
+        self._refusals: list[dict] = []
+
+    def admit(self, key: str, roster: Sequence[str], model: str | None,
+              max_rounds: int, differencing: bool = True) -> str | None:
+        """As :meth:`ReleaseRecord.admit`."""
+        names = sorted(str(n) for n in roster)
+        return _decide(self._state, key, names, model, max_rounds, differencing)[0]
+
+    def rosters(self) -> dict[str, list[str]]:
+        return dict(self._state.releases)
+
+    def log_refusal(self, code: str, round_id: int, purpose: str) -> None:
+        self._refusals.append({"time": round(time.time(), 3), "code": code,
+                               "round": int(round_id), "purpose": str(purpose)[:80]})
+
+    def refusals(self) -> list[dict]:
+        return list(self._refusals)

@@ -18,6 +18,7 @@ class Refusal(enum.Enum):
 
     POLICY_UNREADABLE = "policy-unreadable"
     MODEL_NOT_APPROVED = "model-not-approved"
+    STUDY_NOT_PINNED = "study-not-pinned"
     LAYER_BELOW_FLOOR = "layer-below-floor"
     DP_REQUIRED = "dp-required"
     EPSILON_ABOVE_CAP = "epsilon-above-cap"
@@ -42,6 +43,8 @@ class Refusal(enum.Enum):
 _MESSAGES = {
     Refusal.POLICY_UNREADABLE: "this site's policy file cannot be read; the site serves nothing",
     Refusal.MODEL_NOT_APPROVED: "the model is not approved by this site's policy",
+    Refusal.STUDY_NOT_PINNED: "the round does not carry the study file this site's policy "
+                              "pins",
     Refusal.LAYER_BELOW_FLOOR: "the round's protection is below this site's required layers",
     Refusal.DP_REQUIRED: "this site releases only under differential privacy",
     Refusal.EPSILON_ABOVE_CAP: "the release spends more epsilon than this site allows per "

@@ -37,16 +37,20 @@ from securefed.transport.codec import (
     parse_json,
     register_dataclass,
 )
+from securefed.transport.survival_calls import SURVIVAL_RELEASE_METHODS, SURVIVAL_SETUP_METHODS
 
 __all__ = ["SiteCall", "RecordingSite", "RemoteCallError", "SETUP_METHODS", "RELEASE_METHODS",
            "record_call", "apply_call", "parsed_call"]
 
-SETUP_METHODS = frozenset({"prepare_glmm"})
+SETUP_METHODS = frozenset({"prepare_glmm", "prepare_glmm_multi"}) | SURVIVAL_SETUP_METHODS
 RELEASE_METHODS = frozenset({"count_vector", "glmm_counts_vector", "design_summary_vector",
                              "glmm_terms_vector", "glmm_reml_vector",
                              "validation_loglik_vector",
                              "validation_histograms", "standardize_vector", "bfi_terms_vector",
-                             "dp_summary_vector", "dp_terms_vector", "dp_bfi_stats_vector"})
+                             "dp_summary_vector", "dp_terms_vector", "dp_bfi_stats_vector",
+                             # several random-effects terms (securefed.transport.calls_multi)
+                             "multi_counts_vector", "multi_terms_vector",
+                             "level_sketch_vector"}) | SURVIVAL_RELEASE_METHODS
 
 
 class RemoteCallError(ValueError):
@@ -160,10 +164,17 @@ def record_call(compute: Callable[[Any], Any], site_names: list[str] | tuple[str
         calls.append(call)
     if not calls:
         raise RemoteCallError("no sites to call")
-    if any(c != calls[0] for c in calls[1:]):
+    first = calls[0].to_json()  # fails here, at the coordinator, if an argument cannot travel
+    if any(not _same_objects(c, calls[0]) and c.to_json() != first for c in calls[1:]):
         raise RemoteCallError("the compute closure asks different sites different things")
-    calls[0].to_json()  # fail here, at the coordinator, if an argument cannot travel
     return calls[0]
+
+
+def _same_objects(call: SiteCall, other: SiteCall) -> bool:
+    """True if both calls pass the very same argument objects (then they encode alike;
+    a closure asking every site the same thing does, and is not encoded once per site)."""
+    return call.method == other.method and call.kwargs.keys() == other.kwargs.keys() and all(
+        call.kwargs[k] is other.kwargs[k] for k in call.kwargs)
 
 
 def apply_call(site: Site, call: SiteCall) -> np.ndarray | None:
@@ -208,3 +219,5 @@ for _family_class in FAMILY_CLASSES:  # a family travels as its name and link, r
 register_dataclass("securefed.site.GLMMSiteDesign", GLMMSiteDesign, _design_fields,
                    _design_from_fields)
 register_dataclass("securefed.site.BFISiteSpec", BFISiteSpec)
+
+from securefed.transport import calls_multi  # noqa: E402,F401 - its dataclasses travel too

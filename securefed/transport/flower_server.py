@@ -23,15 +23,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.serverapp import Grid
 
 from protocols.errors import EncodingError, ProtocolError
 from protocols.stack import AggregateResult
 from securefed.keys import Registry, public_key_from_hex
 from securefed.privacy import DpQuery
 from securefed.transport.calls import RemoteCallError, SiteCall
-from securefed.transport.flower_wire import MESSAGE_TYPE, RECORD, RoundParams, Stage
+from securefed.transport.flower_wire import RoundParams, Stage
+from securefed.transport.messages import SiteGrid, SiteMessage
 from securefed.transport.replies import byte_field, json_field, screen_lengths, screen_vectors
 from securefed.transport.site_privacy import (
     check_receipts,
@@ -68,7 +67,7 @@ class StageTimeouts:
 
 @dataclass
 class _Exchange:
-    replies: dict[str, ConfigRecord] = field(default_factory=dict)
+    replies: dict[str, Mapping] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)  # malformed replies, set aside
     seconds: float = 0.0  # from sending to the stage's close
@@ -98,8 +97,10 @@ class FlowerEngine:
 
     Parameters
     ----------
-    grid : flwr.serverapp.Grid
-        The ServerApp's grid.
+    grid : SiteGrid or flwr.serverapp.Grid
+        The connected nodes: the runtime's own grid (the in-process loopback)
+        or a ServerApp's Flower ``Grid`` (adapted by
+        :class:`~securefed.transport.flower_grid.FlowerGrid`).
     identity : Ed25519PrivateKey
         The coordinator's signing key (registered as ``"coordinator"``).
     registry : Registry
@@ -123,7 +124,7 @@ class FlowerEngine:
         ``ckks``); it is never treated as a site.
     """
 
-    def __init__(self, grid: Grid, identity: Ed25519PrivateKey, registry: Registry,
+    def __init__(self, grid: SiteGrid | object, identity: Ed25519PrivateKey, registry: Registry,
                  protection: object, timeouts: StageTimeouts = StageTimeouts(),
                  observer: Observer | None = None, key_holder: str | None = None) -> None:
         self.privacy = getattr(protection, "privacy", None)  # PrivacyGuard under ...,dp
@@ -136,17 +137,24 @@ class FlowerEngine:
         if layer not in ("secagg", "none", "ckks"):
             raise ValueError(f"protection {layer!r} does not run over Flower yet "
                              "(available: secagg, ckks, none)")
-        self._grid = grid
+        self._grid = _site_grid(grid)
         self._identity = identity
         self._registry = registry
         self._protection = protection
         self._layer = layer
         self._session = secrets.token_bytes(16)
+        self._runs = 0  # secure-aggregation runs begun (one key agreement each)
+        self._run = None  # the current run: protocols.secagg_run.ServerRun
+        self._run_session = b""
+        self._run_sites: dict[str, int] = {}
         self.timeouts = timeouts
         self.observer = observer
         self._setup: list[str] = []
+        #: the study file's text, sent with every ``open`` (a site whose policy pins the
+        #: study's SHA-256 refuses a round without it, or under another model)
+        self.study_text: str | None = None
         self.current_round = 0  # the round being run (observers read it)
-        self._masked: dict[str, ConfigRecord] = {}  # the last round's masked-input replies
+        self._masked: dict[str, Mapping] = {}  # the last round's masked-input replies
         #: (stage, seconds, spread of the replies) of every exchange so far
         self.stage_log: list[tuple[str, float, float]] = []
         self._ids = {name: uid for uid, name in enumerate(sorted(registry.parties), start=1)}
@@ -161,7 +169,7 @@ class FlowerEngine:
     def _nodes(self) -> dict[str, int]:
         """Party name → Flower node id of every connected registered SuperNode."""
         nodes = {}
-        for node in self._grid.get_nodes():
+        for node in self._grid.nodes():
             name = str(node.name)
             if name in self._registry and name != "coordinator":
                 nodes[name] = int(node.node_id)
@@ -210,7 +218,8 @@ class FlowerEngine:
         :meth:`~securefed.audit_trail.AuditTrail.remote_context`) every site
         logs its release (under DP: the noisy vector, when it is masked) in
         its own log and returns the signed record, found in
-        ``details["releases"]`` (site → payload).
+        ``details["releases"]`` (site → payload); when the round aborts after
+        the sites logged, the error's ``released`` holds ``(length, releases)``.
 
         Raises
         ------
@@ -227,10 +236,16 @@ class FlowerEngine:
             raise RemoteCallError(f"Site.{call.method} releases nothing: use setup")
         names = sorted(site_names)
         self.current_round = round_id
+        self._masked = {}
+        gone: tuple[str, ...] = ()
+        if self._layer == "secagg":
+            names, gone = self._join_run(round_id, names)
         params = self._params(round_id, purpose, names)
         request = {"round": params.to_json(), "call": call.to_json()}
         if self._setup:
             request["setup"] = list(self._setup)
+        if self.study_text is not None:
+            request["study"] = self.study_text
         if audit is not None:
             request["audit"] = json.dumps(audit, sort_keys=True)
         if self._ckks is not None:
@@ -245,19 +260,26 @@ class FlowerEngine:
         length = self._screen_open(opened)
         if dp is not None:
             self._admit_dp(dp, round_id, opened, m, length)
-        if self._layer == "none":
-            result = self._plain_sum(names, opened)
-        elif self._ckks is not None:
-            result = self._ckks.finish(params, names, opened.replies)
-        else:
-            result = self._secagg(params, names, opened, length)
+        try:
+            if self._layer == "none":
+                result = self._plain_sum(names, opened)
+            elif self._ckks is not None:
+                result = self._ckks.finish(params, names, opened.replies)
+            else:
+                result = self._secagg(params, names, opened, length)
+        except ProtocolError as err:  # aborted: what the sites logged is still theirs
+            if audit is not None:
+                err.released = (length, self._releases(opened, dp))  # type: ignore[attr-defined]
+            raise
+        if gone:  # left the run earlier: never asked again, and not counted
+            result = AggregateResult(result.total, result.contributors,
+                                     tuple(sorted({*result.dropped, *gone})),
+                                     result.bytes_sent_per_site, result.details)
         reasons = {**opened.rejected, **result.details.get("dropout_reasons", {})}
         if reasons:
             result.details["dropout_reasons"] = dict(sorted(reasons.items()))
-        if audit is not None:  # under DP and secagg a site logs its release as it masks it
-            logged = opened.replies if dp is None or self._layer == "none" else self._masked
-            releases = {n: json_field(r, "release") for n, r in sorted(logged.items())}
-            result.details["releases"] = {n: r for n, r in releases.items() if r is not None}
+        if audit is not None:
+            result.details["releases"] = self._releases(opened, dp)
         return result
 
     def variable_reports(self, formula: str, site_names: Iterable[str], *,
@@ -284,6 +306,12 @@ class FlowerEngine:
             raise SiteRefused("no variable report from site(s) " + ", ".join(missing)
                               + ": the factor levels cannot be agreed without them")
         return {n: reports[n] for n in names}
+    def _releases(self, opened: _Exchange, dp: DpQuery | None) -> dict[str, dict]:
+        """Site → the signed release record it logged this round (under DP and a masking
+        layer a site logs its release as it masks it)."""
+        logged = opened.replies if dp is None or self._layer == "none" else self._masked
+        releases = {n: json_field(r, "release") for n, r in sorted(logged.items())}
+        return {n: r for n, r in releases.items() if r is not None}
 
     def countersign(self, request: dict, log_lines: list[str],
                     site_names: Iterable[str]) -> dict[str, dict]:
@@ -339,6 +367,24 @@ class FlowerEngine:
                              "nothing is released")
         return length
 
+    def _join_run(self, round_id: int, names: list[str]) -> tuple[list[str], tuple[str, ...]]:
+        """The round's sites in the current secure-aggregation run, and those that left it.
+
+        A run begins with the first round (or when round ids start again, or
+        the last run ended); its keys serve every later round. A site that did
+        not complete the run's previous round is not asked again in that run.
+        """
+        run = self._run
+        if run is None or run.closed or run.last_round is None or round_id <= run.last_round:
+            self._runs += 1
+            self._run = None
+            self._run_session = hashlib.sha256(
+                self._session + b"/run/" + self._runs.to_bytes(8, "big")).digest()[:16]
+            self._run_sites = {n: self._ids[n] for n in names if n in self._ids}
+            return names, ()
+        eligible = {n for n, uid in self._run_sites.items() if uid in run.eligible}
+        return [n for n in names if n in eligible], tuple(n for n in names if n not in eligible)
+
     def _params(self, round_id: int, purpose: str, names: list[str]) -> RoundParams:
         unknown = [n for n in names if n not in self._ids]
         if unknown:
@@ -346,13 +392,19 @@ class FlowerEngine:
         if self.key_holder in names:
             raise ValueError(f"{self.key_holder!r} is the key holder, not a site")
         protection = self._protection
-        session = hashlib.sha256(self._session + purpose.encode()).digest()[:16]
+        run = {}
+        if self._layer == "secagg":
+            run = {"run_session": self._run_session, "run_sites": dict(self._run_sites),
+                   "setup": self._run is None}
+            session = hashlib.sha256(self._run_session + purpose.encode()).digest()[:16]
+        else:
+            session = hashlib.sha256(self._session + purpose.encode()).digest()[:16]
         return RoundParams(self._layer, session, round_id, purpose,
                            {n: self._ids[n] for n in names},
                            float(getattr(protection, "bound", 0.0)),
                            getattr(protection, "threshold", None),
                            getattr(protection, "neighbours", None),
-                           int(getattr(protection, "min_contributors", 1)))
+                           int(getattr(protection, "min_contributors", 1)), **run)
 
     def _plain_sum(self, names: list[str], opened: _Exchange) -> AggregateResult:
         from protocols.stack import PlaintextSum
@@ -370,13 +422,15 @@ class FlowerEngine:
         rejected: dict[str, str] = {}
         roster = {uid: public_key_from_hex(self._registry.public_key_hex(n))
                   for n, uid in params.sites.items()}
-        server = SecAggServer(params.config(length), self._identity, roster)
+        server = SecAggServer(params.config(length), self._identity, roster, run=self._run)
+        self._run = server.run  # the run's keys and who may take part next
         by_id = {uid: n for n, uid in params.sites.items()}
         sent = dict.fromkeys(names, 0)
         seconds = 0.0
         replies = opened.replies
-        for stage in (Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK,
-                      None):
+        # a run's first round opens with the keys; later rounds with this round's shares
+        first = (Stage.SHARE_KEYS,) if params.setup else ()
+        for stage in (*first, Stage.MASKED_INPUT, Stage.CONSISTENCY, Stage.UNMASK, None):
             started = time.perf_counter()
             for name, reply in sorted(replies.items()):
                 payload = byte_field(reply, "payload")
@@ -417,26 +471,24 @@ class FlowerEngine:
         for name, content in contents.items():
             if name not in nodes:
                 continue  # not connected: it sends no reply, so it has dropped out
-            record = ConfigRecord({"stage": stage.value, **content})
-            messages.append(Message(RecordDict({RECORD: record}), dst_node_id=nodes[name],
-                                    message_type=MESSAGE_TYPE,
-                                    ttl=self.timeouts.stage + 60.0))
+            messages.append(SiteMessage({"stage": stage.value, **content}, nodes[name]))
         names_by_node = {node: name for name, node in nodes.items()}
-        pending = set(self._grid.push_messages(messages)) if messages else set()
+        pending = (set(self._grid.push(messages, self.timeouts.stage + 60.0)) if messages
+                   else set())
         started = time.monotonic()
         first_reply: float | None = None
         last_reply = started
         while pending:
-            for reply in self._grid.pull_messages(list(pending)):
-                pending.discard(reply.metadata.reply_to_message_id)
-                name = names_by_node.get(reply.metadata.src_node_id)
+            for reply in self._grid.pull(list(pending)):
+                pending.discard(reply.reply_to)
+                name = names_by_node.get(reply.node_id)
                 if name is None:
                     continue
                 last_reply = time.monotonic()
                 first_reply = first_reply or last_reply
-                record = None if reply.has_error() else reply.content.config_records.get(RECORD)
-                if reply.has_error():
-                    result.errors[name] = str(reply.error.reason)
+                record = reply.record
+                if reply.error is not None:
+                    result.errors[name] = str(reply.error)
                 elif record is None:  # a malformed reply: that site has dropped out
                     result.rejected[name] = "reply has no securefed record"
                 elif "error" in record:
@@ -454,3 +506,12 @@ class FlowerEngine:
         if self.observer is not None:
             self.observer(stage, tuple(sorted(result.replies)))
         return result
+
+
+def _site_grid(grid: object) -> SiteGrid:
+    """The runtime's grid for ``grid``: itself, or a Flower ``Grid`` behind its adapter."""
+    if hasattr(grid, "push_messages"):  # a Flower Grid (a ServerApp's, or a test's)
+        from securefed.transport.flower_grid import FlowerGrid
+
+        return FlowerGrid(grid)
+    return grid  # type: ignore[return-value]

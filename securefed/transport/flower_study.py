@@ -109,6 +109,7 @@ def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
             key_holder=key_holder)
     except ValueError as exc:  # a stack the Flower engine does not carry
         raise InputError(f"[protection] {exc}") from None
+    engine.study_text = study.path.read_text(encoding="utf-8")  # sites may pin its hash
     if observer is not None:
         engine.observer = lambda stage, answered: observer(engine, stage, answered)
     engine.wait_for_sites(names, float(config.get("wait-seconds", 120.0)))

@@ -9,9 +9,12 @@ authenticated SuperNodes and the SuperLink.
 stage                   coordinator → site                       site → coordinator
 ======================  =======================================  ==========================
 ``open``                ``round`` (public round parameters,      ``length`` and ``payload``
-                        JSON), ``call`` (a release call) and     (AdvertiseKeys bytes), or
-                        ``setup`` (setup calls to apply first)   ``vector`` (layer ``none``)
-``share_keys``          ``payload`` (KeyList bytes)              ``payload`` (ShareKeys)
+                        JSON), ``call`` (a release call) and     (AdvertiseKeys bytes in a
+                        ``setup`` (setup calls to apply first)   run's first round, else
+                                                                 ShareKeys), or ``vector``
+                                                                 (layer ``none``)
+``share_keys``          ``payload`` (KeyList bytes; a run's      ``payload`` (ShareKeys)
+                        first round only)
 ``masked_input``        ``payload`` (ShareBundle bytes)          ``payload`` (MaskedInput)
 ``consistency``         ``payload`` (ConsistencyRequest bytes)   ``payload`` (signature)
 ``unmask``              ``payload`` (UnmaskRequest bytes)        ``payload`` (UnmaskShares)
@@ -27,6 +30,9 @@ stage                   coordinator → site                       site → coor
 formula with the project's parser (data, never code) and reports which of its
 variables are numbers and which categories its text columns hold, never
 counts; its policy decides first (:meth:`securefed.policy.guard.SiteGuard.report`).
+A study run's ``open`` also carries ``study`` (the study file's text): a
+site whose policy pins the study's SHA-256 (``study_sha256``) refuses a round
+without it, and any call whose model is not the study's.
 
 With an audit trail, ``open`` also carries ``audit`` (the run id and layers,
 JSON) and the site's reply adds ``release``: its signed release record (a
@@ -78,7 +84,13 @@ class RoundParams:
     """The public parameters of one round, as every site must see them.
 
     ``sites`` maps each site name of the round to its protocol id; ``layer``
-    is ``"secagg"``, ``"ckks"`` or ``"none"``.
+    is ``"secagg"``, ``"ckks"`` or ``"none"``. Under ``secagg`` the round
+    belongs to a run (``run_session``, ``run_sites``: its session id and
+    roster, name → id): ``setup`` marks the run's first round, in which keys
+    are advertised and agreed; a later round reuses them, lists only sites of
+    the run that completed its previous round, and each site refuses a round
+    of a run it has not agreed to (:mod:`protocols.secagg_run`). Without them
+    the round is a run of its own.
     """
 
     layer: str
@@ -90,35 +102,63 @@ class RoundParams:
     threshold: int | None = None
     neighbours: int | None = None
     min_contributors: int = 3
+    run_session: bytes | None = None
+    run_sites: dict[str, int] | None = None
+    setup: bool = True
 
     @property
     def key(self) -> str:
         return round_key(self.session_id, self.round_id)
 
     def to_json(self) -> str:
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> str:  # built once per instance: every message of a round needs it
+        run = {} if self.run_session is None else {
+            "run_session": self.run_session.hex(), "run_sites": self.run_sites,
+            "setup": self.setup}
         return json.dumps({"layer": self.layer, "session_id": self.session_id.hex(),
                            "round_id": self.round_id, "purpose": self.purpose,
                            "sites": self.sites, "bound": self.bound,
                            "threshold": self.threshold, "neighbours": self.neighbours,
-                           "min_contributors": self.min_contributors}, sort_keys=True)
+                           "min_contributors": self.min_contributors, **run}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> RoundParams:
+        """Parse (and check) round parameters; a text seen before is parsed once per
+        process (the result is frozen; its dicts are never changed by any caller)."""
+        return _parsed(str(text)) if cls is RoundParams else cls._parse(str(text))
+
+    @classmethod
+    def _parse(cls, text: str) -> RoundParams:
         data = json.loads(text)
         if data["layer"] not in ("secagg", "ckks", "none"):
             raise ValueError(f"unknown protection layer {data['layer']!r}")
         sites = {str(name): int(uid) for name, uid in data["sites"].items()}
         if len(set(sites.values())) != len(sites):
             raise ValueError("two sites share a protocol id")
+        run_sites = None
+        if "run_session" in data:
+            run_sites = {str(name): int(uid) for name, uid in data["run_sites"].items()}
+            if any(run_sites.get(name) != uid for name, uid in sites.items()):
+                raise ValueError("a round's sites must be sites of its run")
         return cls(data["layer"], bytes.fromhex(data["session_id"]), int(data["round_id"]),
                    str(data["purpose"]), sites, float(data["bound"]),
                    None if data["threshold"] is None else int(data["threshold"]),
                    None if data["neighbours"] is None else int(data["neighbours"]),
-                   int(data["min_contributors"]))
+                   int(data["min_contributors"]),
+                   None if run_sites is None else bytes.fromhex(data["run_session"]),
+                   run_sites, bool(data.get("setup", True)))
 
     def config(self, vector_length: int):
         """The :class:`~protocols.secagg_config.SecAggConfig` both sides build."""
         return _config(self.to_json(), int(vector_length))
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str) -> RoundParams:
+    return RoundParams._parse(text)
 
 
 @functools.lru_cache(maxsize=64)
@@ -127,8 +167,10 @@ def _config(params_json: str, vector_length: int):
     from protocols.secagg_config import SecAggConfig
 
     params = RoundParams.from_json(params_json)
+    run_sites = None if params.run_sites is None else tuple(sorted(params.run_sites.values()))
     return SecAggConfig(session_id=params.session_id, round_id=params.round_id,
                         site_ids=tuple(sorted(params.sites.values())),
                         vector_length=vector_length, bounds=params.bound,
                         threshold=params.threshold, neighbours=params.neighbours,
-                        min_contributors=params.min_contributors)
+                        min_contributors=params.min_contributors,
+                        run_session=params.run_session, run_sites=run_sites)

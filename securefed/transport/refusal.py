@@ -146,15 +146,15 @@ def log_refusal(code: Refusal, request: Mapping[str, Any], state: Mapping[str, A
     try:
         audit_text = request.get("audit") or state.get("audit")
         round_text = request.get("round") or state.get("round")
-        if not audit_text or "audit-dir" not in node_config:
+        if not audit_text or not {"audit-dir", "audit-trail"} & set(node_config):
             return
         run_id = str(json.loads(str(audit_text))["run_id"])
         round_id = int(json.loads(str(round_text))["round_id"]) if round_text else 0
         from securefed.keys import Identity
-        from securefed.transport.site_audit import log_site_refusal
+        from securefed.transport.site_audit import audit_place, log_site_refusal
 
         identity = Identity.load(str(node_config["identity-key"]), str(node_config["site-name"]))
-        log_site_refusal(str(node_config["audit-dir"]), identity, run_id, round_id, code.value)
+        log_site_refusal(audit_place(node_config), identity, run_id, round_id, code.value)
     except Exception as exc:  # noqa: BLE001 - the reply does not depend on the log
         _LOG.warning("could not log refusal %s in the audit log (%s)", code.value,
                      type(exc).__name__)

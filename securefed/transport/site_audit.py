@@ -24,6 +24,7 @@ names when the site countersigns).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,8 @@ from securefed.audit_log import CheckpointRequest, EventKind, parse_entry
 from securefed.audit_trail import trail_paths
 from securefed.keys import Identity, Registry, check_party_name, parse_fingerprint
 
-__all__ = ["RegistryMismatch", "check_registry", "countersign", "log_release", "log_site_refusal",
-           "site_log_paths"]
+__all__ = ["BesideTrail", "audit_place", "RegistryMismatch", "check_registry", "countersign",
+           "log_release", "log_site_refusal", "site_log_paths"]
 
 
 class RegistryMismatch(InvalidMessage):
@@ -72,17 +73,42 @@ def site_log_paths(audit_dir: str | Path, run_id: str, site: str) -> tuple[Path,
     return trail_paths(Path(audit_dir) / f"run-{run_id}.jsonl", site)
 
 
-def _site_log(audit_dir: str | Path, identity: Identity, run_id: str) -> SiteLog:
-    folder = Path(audit_dir)
-    if not folder.is_dir():
-        raise ValueError(f"audit-dir {folder} is not a folder")
-    log, salts = site_log_paths(folder, run_id, identity.name)
+@dataclass(frozen=True)
+class BesideTrail:
+    """Where a simulated site of an in-process run keeps its log: beside the coordinator's
+    log ``log_path``, as ``STEM.site-NAME.jsonl`` (the layout of
+    :func:`~securefed.audit_trail.trail_paths`); node config ``audit-trail``."""
+
+    log_path: Path
+
+
+AuditPlace = str | Path | BesideTrail
+
+
+def audit_place(node_config: Mapping) -> AuditPlace:
+    """The site's audit folder (``audit-dir``) or its in-process place (``audit-trail``)."""
+    if "audit-trail" in node_config:
+        return BesideTrail(Path(str(node_config["audit-trail"])))
+    try:
+        return str(node_config["audit-dir"])
+    except KeyError:
+        raise KeyError("node config has no 'audit-dir'") from None
+
+
+def _site_log(where: AuditPlace, identity: Identity, run_id: str) -> SiteLog:
+    if isinstance(where, BesideTrail):
+        log, salts = trail_paths(where.log_path, identity.name)
+    else:
+        folder = Path(where)
+        if not folder.is_dir():
+            raise ValueError(f"audit-dir {folder} is not a folder")
+        log, salts = site_log_paths(folder, run_id, identity.name)
     if log.exists():
         return SiteLog.open(log, identity, salts, run_id)
     return SiteLog.create(log, identity, salts, run_id)
 
 
-def log_release(audit_dir: str | Path, identity: Identity, vector: np.ndarray, round_id: int,
+def log_release(audit_dir: AuditPlace, identity: Identity, vector: np.ndarray, round_id: int,
                 purpose: str, context: Mapping, privacy: Mapping | None = None) -> dict:
     """Log this site's release in its own log; the signed record for the coordinator.
 
@@ -96,13 +122,13 @@ def log_release(audit_dir: str | Path, identity: Identity, vector: np.ndarray, r
     return signed.to_payload()
 
 
-def log_site_refusal(audit_dir: str | Path, identity: Identity, run_id: str, round_id: int,
+def log_site_refusal(audit_dir: AuditPlace, identity: Identity, run_id: str, round_id: int,
                      code: str) -> None:
     """Log in this site's own log that it refused a request of the run (its refusal code)."""
     _site_log(audit_dir, identity, run_id).record_refusal(round_id, code)
 
 
-def countersign(audit_dir: str | Path, identity: Identity, checkpoint: Mapping,
+def countersign(audit_dir: AuditPlace, identity: Identity, checkpoint: Mapping,
                 log_text: str, registry: Registry | None = None,
                 node_config: Mapping | None = None) -> dict:
     """Check the coordinator's log lines and countersign ``checkpoint`` (InvalidMessage if not).

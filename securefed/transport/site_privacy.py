@@ -100,11 +100,12 @@ class SiteBudget:
         return cls(epsilon, delta, Path(str(config[LEDGER])), required)
 
     @contextmanager
-    def ledger_locked(self, site_name: str) -> Iterator[SitePrivacy]:
-        """The site's ledger, read from disk under an exclusive lock held until exit."""
+    def ledger_locked(self, site_name: str, rng: Any = None) -> Iterator[SitePrivacy]:
+        """The site's ledger, read from disk under an exclusive lock held until exit
+        (``rng``: its noise source; default the OS's)."""
         self.ledger.parent.mkdir(parents=True, exist_ok=True)
         with SitePrivacy(site_name, PrivacyLedger(self.epsilon, self.delta),
-                         self.ledger).locked() as site:
+                         self.ledger, rng).locked() as site:
             yield site
 
 
@@ -190,17 +191,21 @@ class SiteDp:
     receipt: dict[str, str] = field(default_factory=dict)  # set by admit, for the open reply
     spent: dict[str, float] = field(default_factory=dict)  # set by release, for the audit log
     plan_rho: float = 0.0  # what the run still plans to spend, this round included
+    rng: Any = None  # the noise source (None: the OS's; a simulated site: its own, in-process)
 
     @classmethod
     def for_round(cls, node_config: Mapping[str, Any], site_name: str, dp_text: str | None,
-                  params) -> SiteDp:
-        """Refuse (:class:`DpRefused`) a round this site may not serve as asked."""
+                  params, rng: Any = None) -> SiteDp:
+        """Refuse (:class:`DpRefused`) a round this site may not serve as asked.
+
+        ``rng``: the site's noise source (default the OS's).
+        """
         budget = SiteBudget.from_node_config(node_config)
         if not dp_text:
             if budget is not None and budget.required:
                 raise DpRefused(f"site {site_name} releases only under differential privacy "
                                 "and this round has no DP query")
-            return cls(site_name, budget, None, 0, params.round_id, params)
+            return cls(site_name, budget, None, 0, params.round_id, params, rng=rng)
         query, m = query_from_json(dp_text)
         if budget is None:
             raise DpRefused(f"site {site_name} has no privacy budget in its node config; it "
@@ -214,7 +219,7 @@ class SiteDp:
         if query.local_length is not None and m != 1:
             raise DpRefused("a vector the site noises for itself and keeps takes its whole "
                             "noise (m = 1)")
-        site = cls(site_name, budget, query, m, params.round_id, params)
+        site = cls(site_name, budget, query, m, params.round_id, params, rng=rng)
         site.plan_rho = float(json.loads(dp_text).get("plan_rho", 0.0))
         return site
 
@@ -272,7 +277,7 @@ class SiteDp:
         """What leaves the site: charged and noised under a DP query, else unchanged."""
         if self.query is None:
             return vector
-        with self.budget.ledger_locked(self.site_name) as site:
+        with self.budget.ledger_locked(self.site_name, self.rng) as site:
             noisy = site.release(vector, self.query, self.round_id, self.min_contributors)
             self.spent = site.fields()
         return noisy

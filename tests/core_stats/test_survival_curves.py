@@ -7,11 +7,16 @@ import pytest
 from scipy import stats
 
 from core_stats.bfi_survival import survival_log_posterior
+from core_stats.survival_baselines import Baseline
 from core_stats.survival_curves import survival_curve, time_grid
 
 THETA = {"exponential": np.array([0.4, -0.3, -0.6]),
          "weibull": np.array([0.4, -0.3, -0.6, 0.3]),
-         "gompertz": np.array([0.4, -0.3, -0.6, -0.2])}
+         "gompertz": np.array([0.4, -0.3, -0.6, -0.2]),
+         "pwexp": np.array([0.4, -0.3, 0.0, 0.3, 0.5]),
+         "poly": np.array([0.4, -0.3, -0.6, 0.2, 0.1])}
+MODEL = {"pwexp": Baseline("pwexp", knots=(0.0, 0.8, 1.6, 4.0)),
+         "poly": Baseline("poly", order=2)}
 
 
 def _log_h(theta, baseline, x, t):
@@ -23,7 +28,7 @@ def _log_h(theta, baseline, x, t):
 
 @pytest.mark.parametrize("baseline", list(THETA))
 def test_curve_and_band_against_the_likelihood_and_finite_differences(baseline):
-    theta = THETA[baseline]
+    theta, baseline = THETA[baseline], MODEL.get(baseline, baseline)
     rng = np.random.default_rng(1)
     a = rng.normal(size=(theta.size, theta.size))
     cov = 0.01 * a @ a.T
@@ -44,7 +49,7 @@ def test_curve_and_band_against_the_likelihood_and_finite_differences(baseline):
 
 @pytest.mark.parametrize("baseline", list(THETA))
 def test_time_grid_ends_where_survival_reaches_the_floor(baseline):
-    theta, x = THETA[baseline], np.zeros(2)
+    theta, x, baseline = THETA[baseline], np.zeros(2), MODEL.get(baseline, baseline)
     times = time_grid(theta, baseline, x, points=40, floor=0.05)
     assert len(times) == 40 and times[0] > 0
     end = survival_curve(theta, np.zeros((theta.size, theta.size)), baseline, x, times[-1:])
@@ -54,3 +59,9 @@ def test_time_grid_ends_where_survival_reaches_the_floor(baseline):
 def test_non_positive_times_are_refused():
     with pytest.raises(ValueError, match="positive times"):
         survival_curve(THETA["weibull"], np.eye(4), "weibull", np.zeros(2), np.array([0.0]))
+
+
+def test_a_pwexp_time_grid_stops_at_the_last_knot():
+    theta = np.array([0.4, -0.3, -3.0, -3.0, -3.0])  # S(4) is still 0.82
+    times = time_grid(theta, MODEL["pwexp"], np.zeros(2), points=10)
+    assert times[-1] == pytest.approx(4.0)

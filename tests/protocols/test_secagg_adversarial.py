@@ -213,12 +213,12 @@ def test_server_listing_a_site_alive_and_dropped_is_refused() -> None:
 
 
 def test_server_asking_for_both_shares_of_one_site_gets_at_most_one() -> None:
-    """Asking v's holders for b_v and (in a second request) for s_sk_v is refused."""
+    """Asking v's holders for b_v and (in a second request) for its pair seeds is refused."""
     r = Round()
     r.run(4)
     first = r.sites[1].unmask(r.pending[1])
     assert set(body_of(first).self_mask_shares[i][0] for i in range(5)) == set(range(5))
-    assert body_of(first).key_shares == ()
+    assert body_of(first).pair_seeds == ()
     real = body_of(r.pending[1])
     again = r.forge(dataclasses.replace(real, alive=(0, 1, 3, 4), dropped=(2,)), 1)
     with pytest.raises(StageError):

@@ -127,9 +127,9 @@ def test_the_stack_reports_the_rejected_site_as_dropped(monkeypatch):
     import protocols.secagg as secagg
     from protocols.stack import SecAggSum
 
-    garble = functools.partial(secagg.secure_sum, network=lambda u, step, data: (
+    garble = functools.partialmethod(secagg.SecureSumRun.round, network=lambda u, step, data: (
         b"\x00" * len(data) if u == 2 and step == "masked_input" else data))
-    monkeypatch.setattr(secagg, "secure_sum", garble)
+    monkeypatch.setattr(secagg.SecureSumRun, "round", garble)
     vectors = {name: np.full(3, float(k)) for k, name in enumerate("ABCD", start=1)}
     result = SecAggSum(bound=10.0).aggregate(vectors, round_id=1, purpose="t")
     assert result.contributors == ("A", "C", "D") and result.dropped == ("B",)

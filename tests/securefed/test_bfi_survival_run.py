@@ -29,7 +29,14 @@ def _reference(frame: pd.DataFrame, baseline: str) -> bfi.BFIFit:
     return layout.combine(bfi.sum_site_vectors([layout.site_vector(f) for f in fits]))
 
 
-@pytest.mark.parametrize("protection", [None, SecAggSum, CkksSum], ids=["none", "secagg", "ckks"])
+def _stack(name: str):
+    from securefed.protection import ProtectionOptions, build_protection
+
+    return build_protection(ProtectionOptions(protect=name), ["1", "2", "3"])
+
+
+@pytest.mark.parametrize("protection", [None, SecAggSum, CkksSum, lambda: _stack("secagg,ckks")],
+                         ids=["none", "secagg", "ckks", "secagg,ckks"])
 @pytest.mark.parametrize("baseline", ["exponential", "weibull", "gompertz"])
 def test_protected_run_equals_plain_combination(protection, baseline):
     frame = pd.read_csv(GOMPERTZ)
@@ -61,10 +68,16 @@ def test_cli_gompertz_matches_r_bfi(tmp_path):
 
 @pytest.mark.parametrize(("extra", "message"), [
     ([], "needs --baseline"),
-    (["--baseline", "poly"], "choose one of"),
+    (["--baseline", "cubic"], "choose one of"),
+    (["--baseline", "pwexp"], "needs --baseline-pieces"),
+    (["--baseline", "pwexp", "--baseline-pieces", "3"], "go together"),
+    (["--baseline", "poly", "--baseline-knots", "0,1"], "are for --baseline pwexp"),
+    (["--baseline", "unspecified", "--stratify", "omega_1"], "no parameters"),
+    (["--baseline", "poly", "--baseline-order", "3", "--stratify", "omega_3"], "chose order 2"),
     (["--baseline", "weibull", "--standardize", "x1"], "not available with --family survival"),
     (["--baseline", "weibull", "--protect", "secagg,dp", "--epsilon", "1"],
-     "not available with --family survival"),
+     "no differential-privacy mode"),
+    (["--baseline", "pwexp", "--protect", "ckks,dp"], "no differential-privacy mode"),
 ])
 def test_survival_bfi_errors_exit_2(extra, message, capsys):
     code = main(["bfi", str(GOMPERTZ), "--formula", FORMULA, "--family", "survival",

@@ -30,6 +30,7 @@ def test_homogeneous_bfi_json_contract_and_paper_pooled_column(tmp_path, capsys)
     for key in ("estimates", "dispersion", "family", "lambda", "n_sites", "pooled"):
         assert key in result
     assert result["n_sites"] == 25 and result["family"] == "gaussian"
+    assert result["n_sites_counted"] == 25
     row = result["estimates"][0]
     assert set(row) == {"term", "estimate", "sd", "ci_low", "ci_high"}
     pooled = {r["term"]: r for r in result["pooled"]["estimates"]}

@@ -52,6 +52,7 @@ def test_fit_prints_a_summary_and_writes_the_json_contract(data_csv, tmp_path, c
     assert result["random_effects"][0]["group"] == "hospital"
     assert result["random_effects"][0]["term"] == "(Intercept)"
     assert result["nagq"] == 2 and result["n_sites"] == 6 and result["protection"] == "none"
+    assert result["n_sites_counted"] == 6
 
 
 def test_lambda_grid_from_the_command_line(data_csv, tmp_path, capsys) -> None:

@@ -176,7 +176,9 @@ def test_missing_values_omitted_or_refused(tmp_path, capsys):
 def test_dp_is_refused(capsys):
     code = main(["cox", str(GOLDEN / "veteran.csv"), "--formula", "Surv(time, status) ~ age",
                  "--site-column", "site", "--protect", "secagg,dp"])
-    assert code == 2
+    err = capsys.readouterr().err
+    assert code == 2 and "no differential-privacy mode" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(("method", "poison", "check"), [

@@ -3,6 +3,7 @@ between ClientApp processes (no Flower processes here; see ``flower/``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -20,7 +21,13 @@ from securefed.site import GLMMSiteDesign, Site
 from securefed.transport.calls import RemoteCallError, SiteCall, apply_call, record_call
 from securefed.transport.codec import CodecError, decode_value, encode_value
 from securefed.transport.release import release
-from securefed.transport.secagg_state import StateError, export_site, restore_site
+from securefed.transport.secagg_state import (
+    StateError,
+    export_run,
+    export_site,
+    restore_run,
+    restore_site,
+)
 
 
 def frame(seed: int = 3, n: int = 60) -> pd.DataFrame:
@@ -107,51 +114,71 @@ def test_recording_refuses_site_specific_calls_and_setup_releases():
 
 
 # ------------------------------------------------- state between processes
-def _round(vectors, stop_after: dict[int, str], carry: bool):
-    """A SecAgg round in which every site step may rebuild the site from saved state."""
+def _round(vectors, stop_after: dict[int, str], carry: bool, rounds: int = 1):
+    """SecAgg rounds of one run in which every site step may rebuild the site (and its run)
+    from saved state; ``stop_after`` applies to the last round."""
     ids = sorted(vectors)
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     identities = {u: Ed25519PrivateKey.generate() for u in ids}
     roster = {u: k.public_key() for u, k in identities.items()}
     server_key = Ed25519PrivateKey.generate()
-    config = SecAggConfig(session_id=b"s" * 16, round_id=4, site_ids=tuple(ids),
-                          vector_length=len(vectors[ids[0]]), bounds=100.0)
-    server = SecAggServer(config, server_key, roster)
-    saved = {}
-    for u in ids:
-        site = SecAggSite(u, config, identities[u], roster, server_key.public_key())
-        server.receive(site.advertise_keys())
-        saved[u] = export_site(site) if carry else site
-    outgoing = server.advance()
-    steps = [("share_keys", lambda s, m: s.share_keys(m)),
-             ("masked_input", lambda s, m: s.masked_input(m, vectors[s.site_id])),
-             ("consistency", lambda s, m: s.sign_consistency(m)),
-             ("unmask", lambda s, m: s.unmask(m))]
-    stopped: set[int] = set()
-    for name, step in steps:
-        for u, message in outgoing.items():
-            if u in stopped:
-                continue
-            site = (restore_site(saved[u], u, config, identities[u], roster,
-                                 server_key.public_key()) if carry else saved[u])
-            server.receive(step(site, message))
-            saved[u] = export_site(site) if carry else site
-            if stop_after.get(u) == name:
-                stopped.add(u)
-        outgoing = server.advance()
+    server_run, runs = None, {}
+    for round_id in range(4, 4 + rounds):
+        last = round_id == 3 + rounds
+        config = SecAggConfig(session_id=b"s" * 16, round_id=round_id, site_ids=tuple(ids),
+                              vector_length=len(vectors[ids[0]]), bounds=100.0,
+                              run_session=b"r" * 16)
+        server = SecAggServer(config, server_key, roster, run=server_run)
+        server_run = server.run
+        saved = {}
+        for u in ids:
+            run = restore_run(runs[u]) if u in runs and carry else runs.get(u)
+            site = SecAggSite(u, config, identities[u], roster, server_key.public_key(), run=run)
+            if not site.run.keyed:
+                server.receive(site.advertise_keys())
+            saved[u] = (export_run(site.run), export_site(site)) if carry else site
+        outgoing = server.advance() if server.stage.value == "collect-keys" else {
+            u: None for u in ids}
+        steps = [("share_keys", lambda s, m: s.share_keys(m)),
+                 ("masked_input", lambda s, m: s.masked_input(m, vectors[s.site_id])),
+                 ("consistency", lambda s, m: s.sign_consistency(m)),
+                 ("unmask", lambda s, m: s.unmask(m))]
+        stopped: set[int] = set()
+        for name, step in steps:
+            for u, message in outgoing.items():
+                if u in stopped:
+                    continue
+                site = (restore_site(saved[u][1], restore_run(saved[u][0]), u, config,
+                                     identities[u], roster, server_key.public_key())
+                        if carry else saved[u])
+                server.receive(step(site, message))
+                saved[u] = (export_run(site.run), export_site(site)) if carry else site
+                if last and stop_after.get(u) == name:
+                    stopped.add(u)
+            outgoing = server.advance()
+        runs = {u: saved[u][0] if carry else saved[u].run for u in ids}
     return server.outcome
 
 
+@pytest.mark.parametrize("rounds", [1, 3])
 @pytest.mark.parametrize("stop_after", [{}, {2: "share_keys"}, {5: "masked_input"},
-                                        {1: "share_keys", 4: "masked_input"}])
-def test_state_carried_between_processes_gives_the_contributors_sum(stop_after):
+                                        {1: "share_keys", 4: "unmask"}])
+def test_state_carried_between_processes_gives_the_contributors_sum(stop_after, rounds):
     rng = np.random.default_rng(len(stop_after))
     vectors = {u: rng.normal(size=7) for u in range(1, 8)}  # n = 7, t = 5
-    outcome = _round(vectors, stop_after, carry=True)
+    outcome = _round(vectors, stop_after, carry=True, rounds=rounds)
     expected = [u for u in vectors if stop_after.get(u) != "share_keys"]
     assert list(outcome.contributors) == expected
     np.testing.assert_allclose(outcome.total, sum(vectors[u] for u in expected), atol=1e-10)
+
+
+def test_a_counted_site_that_masked_with_a_dropout_must_answer_unmask():
+    """Site 4 masked with site 1, which dropped before its input; only site 4 can reveal
+    that round's pair seed, so when it goes silent too the round aborts (nothing released)."""
+    vectors = {u: np.ones(3) for u in range(1, 8)}
+    with pytest.raises(AbortError, match="pair seed"):
+        _round(vectors, {1: "share_keys", 4: "masked_input"}, carry=True, rounds=2)
 
 
 def test_restored_state_is_still_checked_by_the_protocol():
@@ -173,11 +200,16 @@ def _fresh_site() -> tuple[SecAggSite, tuple]:
 def test_saved_state_that_does_not_fit_is_refused():
     site, args = _fresh_site()
     site.advertise_keys()
-    saved = json.loads(export_site(site))
-    assert restore_site(json.dumps(saved).encode(), *args).stage is site.stage
-    for broken in ({}, {**saved, "stage": "bogus"}, {**saved, "mask_key": "00"}):
+    saved_run, saved = export_run(site.run), export_site(site)
+    assert restore_site(saved, restore_run(saved_run), *args).stage is site.stage
+    for broken in (b"", saved[:3], saved + b"\x00", b"\x00\x00\x00\x02{}"):
         with pytest.raises(StateError):
-            restore_site(json.dumps(broken).encode(), *args)
+            restore_site(broken, restore_run(saved_run), *args)
+        with pytest.raises(StateError):
+            restore_run(broken)
+    other = dataclasses.replace(args[1], round_id=2)  # no open round of this id
+    with pytest.raises(StateError):
+        restore_site(saved, restore_run(saved_run), args[0], other, *args[2:])
     site._new_secret = b"x"  # the protocol code gained state this adapter does not carry
     with pytest.raises(StateError):
         export_site(site)

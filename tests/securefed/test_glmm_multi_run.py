@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -59,3 +60,36 @@ def test_uncorrelated_bars_are_named_as_lme4_prints_them():
     assert fit.converged
     assert [(r.group, r.term) for r in fit.random_effects] == [
         ("schoolid", "(Intercept)"), ("schoolid.1", "year"), ("Residual", "")]
+
+
+@pytest.fixture(scope="module")
+def grouse_plain():
+    spec, frame = _spec("grouseticks")
+    return run_glmm(frame, GLMMOptions(spec["formula"], spec["family"], spec["site_column"]))
+
+
+@pytest.mark.parametrize("protect", ["ckks", "secagg,ckks"])
+def test_nested_terms_under_ckks_equal_plaintext(protect, grouse_plain):
+    from securefed.protection import ProtectionOptions, build_protection
+
+    spec, frame = _spec("grouseticks")
+    opts = GLMMOptions(spec["formula"], spec["family"], spec["site_column"])
+    plain = grouse_plain
+    sites = sorted(frame[spec["site_column"]].astype(str).unique())
+    fit = run_glmm(frame, opts, protection=build_protection(ProtectionOptions(protect=protect),
+                                                            sites))
+    assert fit.protection == protect and fit.converged
+    assert np.allclose(fit.theta, plain.theta, atol=1e-8, rtol=0)  # as the single-term tests
+    assert fit.loglik == pytest.approx(plain.loglik, abs=1e-8)
+
+
+def test_differential_privacy_with_several_terms_is_refused_in_one_line(tmp_path, capsys):
+    spec, frame = _spec("egsingle")
+    path = tmp_path / "e.csv"
+    frame.to_csv(path, index=False)
+    code = main(["fit", str(path), "--formula", spec["formula"], "--family", "gaussian",
+                 "--site-column", spec["site_column"], "--protect", "secagg,dp",
+                 "--epsilon", "16", "--dp-outcome-bound", "6", "--dp-clip", "3", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "differential privacy are refused" in err and "clustering" in err

@@ -338,11 +338,11 @@ class PoisonedBFISite(Site):
     def _release(self, purpose: str, honest: Vector) -> Vector:
         return self.tamper(honest.copy(), None, None) if purpose == self.purpose else honest
 
-    def count_vector(self) -> Vector:
-        return self._release("bfi-count", super().count_vector())
+    def count_vector(self, *args, **kwargs) -> Vector:
+        return self._release("bfi-count", super().count_vector(*args, **kwargs))
 
-    def standardize_vector(self, columns) -> Vector:
-        return self._release("bfi-standardize", super().standardize_vector(columns))
+    def standardize_vector(self, *args, **kwargs) -> Vector:
+        return self._release("bfi-standardize", super().standardize_vector(*args, **kwargs))
 
     def bfi_terms_vector(self, spec) -> Vector:
         return self._release("bfi-terms", super().bfi_terms_vector(spec))

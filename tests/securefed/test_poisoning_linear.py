@@ -188,8 +188,8 @@ def test_survival_bfi_refuses_a_shifted_linear_slot(monkeypatch) -> None:
 
     frame = pd.read_csv(Path(__file__).parents[1] / "golden" / "bfi_survival" / "gompertz_bfi.csv")
     opts = survival_run.SurvivalBFIOptions("Surv(time, status) ~ x1 + x2", "centre", "weibull")
-    survival_run.run_bfi_survival(frame, opts)
-    honest = survival_run.Coordinator
+    survival_run.run_bfi_survival(frame, opts, site_runtime=False)  # the crafted coordinator
+    honest = survival_run.Coordinator  # below is the direct path's
 
     class Crafting(honest):
         def secure_sum(self, purpose, compute, key=None, dp=None):
@@ -205,5 +205,5 @@ def test_survival_bfi_refuses_a_shifted_linear_slot(monkeypatch) -> None:
 
     monkeypatch.setattr(survival_run, "Coordinator", Crafting)
     with pytest.raises(ImplausibleAggregate) as refused:
-        survival_run.run_bfi_survival(frame, opts)
+        survival_run.run_bfi_survival(frame, opts, site_runtime=False)
     assert refused.value.check == "linear-consistency"

@@ -56,7 +56,7 @@ def test_bfi_dropouts_give_the_survivors_answer(phase, nurses) -> None:
     expected = run_bfi(survivors, opts)
     got = run_bfi(nurses, opts, protection=SecAggSum(drop=DropPlan(("3", "17"), phase)))
     assert got.dropped_sites == ("3", "17") or set(got.dropped_sites) == {"3", "17"}
-    assert got.n_sites == 23
+    assert got.n_sites == 23 and got.n_sites_counted == 23
     np.testing.assert_allclose([r["estimate"] for r in got.estimates],
                                [r["estimate"] for r in expected.estimates], atol=1e-8, rtol=0)
 
@@ -67,8 +67,23 @@ def test_glmm_dropout_mid_fit_continues_with_survivors(hospitals) -> None:
     got = run_glmm(hospitals, GLMM, protection=SecAggSum(
         drop=DropPlan(("5",), "after-masked-input", round_id=3)))
     assert got.dropped_sites == ("5",) and got.n_sites == 7 and got.converged
+    assert got.n_sites_counted == 7 and got.to_dict()["n_sites_counted"] == 7
     np.testing.assert_allclose(got.theta, expected.theta, atol=1e-7, rtol=0)
     assert any("dropped" in w for w in got.warnings)
+
+
+def test_a_site_lost_after_its_input_is_counted_though_not_live(nurses) -> None:
+    # round 2 is the BFI terms (round 1 counts rows): site 3's masked terms arrived, so the
+    # sum holds them although site 3 dropped during unmasking
+    opts = BFIOptions(NURSES.formula, "gaussian", "hospital", lam=0.01)
+    everyone = run_bfi(nurses, opts)
+    got = run_bfi(nurses, opts, protection=SecAggSum(drop=DropPlan(("3",), "during-unmask",
+                                                                   round_id=2)))
+    assert got.dropped_sites == ("3",)
+    assert (got.n_sites, got.n_sites_counted) == (24, 25)
+    assert (got.to_dict()["n_sites"], got.to_dict()["n_sites_counted"]) == (24, 25)
+    np.testing.assert_allclose([r["estimate"] for r in got.estimates],
+                               [r["estimate"] for r in everyone.estimates], atol=1e-8, rtol=0)
 
 
 def test_cli_secagg_with_dropouts_matches_plaintext_without_them(tmp_path, nurses, capsys):

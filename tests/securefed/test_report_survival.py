@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from securefed.cli import main
 
 GOLDEN = Path(__file__).parents[1] / "golden"
@@ -43,3 +45,26 @@ def test_bad_profile_exits_2_with_one_line(tmp_path, capsys):
     code = main(["report", str(result), "--out", str(tmp_path / "r.html"), "--profile", "age=3"])
     err = capsys.readouterr().err
     assert code == 2 and "a term of the fit" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra", [["pwexp", "--baseline-knots", "0,1,2"], ["poly"]])
+def test_pwexp_and_poly_reports_draw_curves(tmp_path, capsys, extra):
+    result = tmp_path / "fit.json"
+    assert main(["bfi", str(GOLDEN / "bfi_survival" / "gompertz_bfi.csv"), "--formula",
+                 "Surv(time, status) ~ x1 + x2", "--family", "survival", "--baseline",
+                 *extra, "--site-column", "centre", "--json", str(result)]) == 0
+    assert main(["report", str(result), "--out", str(tmp_path / "fit.html"),
+                 "--profile", "x1=1"]) == 0
+    assert 'id="survival"' in (tmp_path / "fit.html").read_text()
+    assert (tmp_path / "fit_survival.png").stat().st_size > 1000
+
+
+def test_unspecified_report_says_no_curves(tmp_path, capsys):
+    result = tmp_path / "un.json"
+    assert main(["bfi", str(GOLDEN / "bfi_survival" / "gompertz_bfi.csv"), "--formula",
+                 "Surv(time, status) ~ x1 + x2", "--family", "survival", "--baseline",
+                 "unspecified", "--site-column", "centre", "--json", str(result)]) == 0
+    assert main(["report", str(result), "--out", str(tmp_path / "un.html")]) == 0
+    assert "No survival curves" in (tmp_path / "un.html").read_text()
+    assert main(["report", str(result), "--out", str(tmp_path / "un2.html"),
+                 "--profile", "x1=1"]) == 2

@@ -174,9 +174,9 @@ def _fit_with_garbled_sites(tmp_path, monkeypatch, bad: set[int], *extra: str) -
     frame = pd.DataFrame({"y": rng.binomial(1, 1 / (1 + np.exp(-0.5 * x1))), "x1": x1,
                           "hospital": np.repeat(np.arange(5), 30)})
     frame.to_csv(tmp_path / "data.csv", index=False)
-    garble = functools.partial(secagg.secure_sum, network=lambda u, step, data: (
+    garble = functools.partialmethod(secagg.SecureSumRun.round, network=lambda u, step, data: (
         data[::-1] if u in bad and step == "masked_input" else data))
-    monkeypatch.setattr(secagg, "secure_sum", garble)
+    monkeypatch.setattr(secagg.SecureSumRun, "round", garble)
     # the garbling sits in the in-process SecAgg driver: take the direct path, not the runtime
     monkeypatch.setattr("securefed.glmm_run.runtime_supports", lambda protection: False)
     return main(["fit", str(tmp_path / "data.csv"), "--formula", "y ~ x1 + (1 | hospital)",

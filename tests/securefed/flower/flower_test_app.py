@@ -94,6 +94,7 @@ def _run(grid: Grid, scenario: dict, results: list[dict], out_dir: Path) -> None
         if step["kind"] == "sum":
             for call in step.get("setup", []):
                 engine.setup(SiteCall.from_json(call))
+            logged = len(engine.stage_log)  # this sum's exchanges (4 or 5 under secagg)
             try:
                 result = engine.run_round(step["round_id"], step["purpose"],
                                           SiteCall.from_json(step["call"]), live,
@@ -108,7 +109,7 @@ def _run(grid: Grid, scenario: dict, results: list[dict], out_dir: Path) -> None
                 continue
             live = [s for s in live if s not in result.dropped]
             results.append({"kind": "sum", "total": result.total.tolist(),
-                            "stages": engine.stage_log[-5:],
+                            "stages": engine.stage_log[logged:],
                             "contributors": list(result.contributors),
                             "dropped": list(result.dropped),
                             "bytes": dict(result.bytes_sent_per_site)})

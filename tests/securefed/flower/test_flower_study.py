@@ -107,6 +107,7 @@ def test_bfi_with_a_late_and_a_killed_site_equals_in_process_over_the_counted_si
     reference = run_bfi(pooled(federation, counted), BFIOptions(BFI_FORMULA, "binomial", "site"),
                         protection=SecAggSum(bound=BOUND))
     assert result["dropped_sites"] == [LATE, KILLED]  # in the order they dropped
+    assert (result["n_sites"], result["n_sites_counted"]) == (len(SITES) - 2, len(counted))
     np.testing.assert_allclose([r["estimate"] for r in result["estimates"]],
                                reference.fit.estimate, rtol=0, atol=1e-10)
     np.testing.assert_allclose([r["sd"] for r in result["estimates"]], reference.fit.sd,
@@ -117,8 +118,9 @@ def test_bfi_with_a_late_and_a_killed_site_equals_in_process_over_the_counted_si
     assert np.max(np.abs(np.asarray([r["estimate"] for r in result["estimates"]])
                          - without_d.fit.estimate)) > 1e-3
     stages = flower_run["bfi"]["stages"]
-    killed = [answered for round_id, stage, answered, _ in stages if round_id == 2]
-    assert KILLED in killed[2] and KILLED not in killed[3]  # masked input sent, then gone
+    killed = {stage: answered for round_id, stage, answered, _ in stages if round_id == 2}
+    assert KILLED in killed["masked_input"] and KILLED not in killed["consistency"]  # then gone
+    assert "share_keys" not in killed  # a later round of the run: no key agreement
 
 
 def test_glmm_under_ckks_over_flower_equals_in_process(federation, flower_run):
