@@ -197,7 +197,7 @@ def log_posterior(
 def _start(X: np.ndarray, y: np.ndarray, family: Family, prior: np.ndarray, free_scale: bool,
            offset: np.ndarray | None = None, weights: np.ndarray | None = None):
     p = X.shape[1]
-    if family.name != "gaussian":
+    if not family.has_residual_sd:
         return np.zeros(p)
     w = np.ones(y.size) if weights is None else weights
     target = y if offset is None else y - offset

@@ -50,6 +50,7 @@ is each centre's Breslow partial likelihood (:mod:`core_stats.cox`) with the pri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,7 +61,16 @@ from core_stats.survival_baselines import KINDS, Baseline, as_baseline
 __all__ = ["BASELINES", "R_BASEHAZ", "SURVIVAL", "baseline_names", "fit_survival_map",
            "r_curvature", "survival_log_posterior"]
 
-SURVIVAL = Family("survival", "log", has_dispersion=False)
+@dataclass(frozen=True)
+class _Survival(Family):
+    """The survival models' marker family (its likelihood lives in this module)."""
+
+    name = "survival"
+    r_name = "survival"
+    links = ("log",)
+
+
+SURVIVAL = _Survival()
 BASELINES = KINDS
 R_BASEHAZ = {kind: Baseline(kind, knots=(0.0, 1.0)).r_name for kind in KINDS}
 

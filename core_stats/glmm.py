@@ -11,7 +11,10 @@ adaptive Gauss-Hermite with ``K`` nodes per dimension (``K = 1``: Laplace) is
     log int e^{h_j} ~= (q/2) log 2 - log|L|
                       + logsumexp_k [ log w_k + h_j(u_hat + sqrt(2) L^{-T} z_k) + |z_k|^2 ].
 
-Parameters ``theta = (beta, phi, [log sigma_residual])``. Everything is
+Parameters ``theta = (beta, phi, [s])`` with ``s`` the family's log-dispersion
+(Gaussian ``log sigma``, Gamma ``log sigma``, NB2 ``log theta``), which enters
+every row's log-density through the family's partial derivatives
+(:meth:`core_stats.families.Family.row_partials`). Everything is
 computed with second-order jets (:mod:`core_stats.jets`), so the returned
 gradient and Hessian are exact for the approximation, including how ``u_hat``
 and ``H`` move with ``theta``: starting from the converged mode held
@@ -56,6 +59,24 @@ class ParameterLayout:
     random_effects: bool = True
     zero_columns: tuple[int, ...] = ()
     linear_columns: tuple[int, ...] = ()
+    dispersion_name: str = "log_sigma_residual"
+    residual_scale: bool = True  # exp(s) is a residual SD: random-effect SDs relative to it
+
+    @classmethod
+    def for_family(cls, fixed_names: tuple[str, ...], random_names: tuple[str, ...],
+                   group: str, family: Family) -> ParameterLayout:
+        """The layout of ``family``'s model: its dispersion (if any) last in ``theta``."""
+        disp = family.dispersion
+        if disp is None:
+            return cls(tuple(fixed_names), tuple(random_names), group, False)
+        return cls(tuple(fixed_names), tuple(random_names), group, True,
+                   dispersion_name=disp.parameter, residual_scale=disp.residual_sd)
+
+    def unit(self, theta: np.ndarray) -> float:
+        """The residual SD ``exp(s)`` the random effects are measured against (1 if none)."""
+        if self.has_dispersion and self.residual_scale:
+            return float(np.exp(theta[self.scale_index]))
+        return 1.0
 
     @property
     def p(self) -> int:
@@ -101,12 +122,14 @@ class ParameterLayout:
                 kind = "log_chol" if self.log_scale(r, c) else "chol"
                 names.append(f"{kind}[{self.random_names[r]},{self.random_names[c]}]|{self.group}")
         if self.has_dispersion:
-            names.append("log_sigma_residual")
+            names.append(self.dispersion_name)
         return tuple(names)
 
     def without_random_effects(self) -> ParameterLayout:
         return ParameterLayout(self.fixed_names, self.random_names, self.group,
-                               self.has_dispersion, random_effects=False)
+                               self.has_dispersion, random_effects=False,
+                               dispersion_name=self.dispersion_name,
+                               residual_scale=self.residual_scale)
 
     def lambda_matrix(self, theta: np.ndarray) -> np.ndarray:
         """The ``q x q`` lower Cholesky factor ``Lambda`` of the covariance."""
@@ -160,7 +183,11 @@ class _SiteEvaluator:
         if rows.offset is not None:
             self.eta_fixed = self.eta_fixed + rows.offset
         self.lam = self._lambda_jets()
-        self.scale_factor = self._scale_factor_jet()
+        self.log_dispersion = float(self.theta[layout.scale_index]) \
+            if layout.has_dispersion else 0.0
+        self.s_order = 2 if layout.has_dispersion and self.P else 0
+        if self.s_order:  # the dispersion is one more variable of every row
+            self.D = np.hstack([self.D, np.ones((rows.n_rows, 1))])
 
     # ------------------------------------------------------------ parameters
     def _param(self, index: int) -> Jet:
@@ -180,26 +207,12 @@ class _SiteEvaluator:
                 lam[r][c] = jet.exp() if layout.log_scale(r, c) else jet
         return lam
 
-    def _scale_factor_jet(self) -> Jet:
-        """``a(s) = exp(-2 s)`` for the Gaussian family, 1 otherwise."""
-        if self.layout.has_dispersion:
-            return (self._param(self.layout.scale_index) * -2.0).exp()
-        return Jet.constant(1.0, self.G, self.P)
-
     def _constant_term(self) -> Jet:
-        """Per-group sum of ``c(y, s)`` and the ``-(q/2) log 2 pi`` of the prior."""
-        rows, G = self.rows, self.G
-        sizes = np.diff(np.append(rows.starts, rows.n_rows)).astype(float)
-        prior_const = -0.5 * self.layout.q * _LOG_2PI
-        if self.layout.has_dispersion:
-            s = self._param(self.layout.scale_index)
-            const = -0.5 * _LOG_2PI * sizes + prior_const
-            if rows.weights is not None:
-                const = const + np.add.reduceat(
-                    self.family.log_normalizer(rows.y, rows.weights), rows.starts)
-            return s * (-sizes) + const
+        """Per-group sum of ``c_0(y, w)`` (free of ``eta`` and ``s``) and the prior's
+        ``-(q/2) log 2 pi``; the terms with ``s`` are in the row partials."""
+        rows = self.rows
         norm = np.add.reduceat(self.family.log_normalizer(rows.y, rows.weights), rows.starts)
-        return Jet.constant(norm + prior_const, G, self.P)
+        return Jet.constant(norm - 0.5 * self.layout.q * _LOG_2PI, self.G, self.P)
 
     # ------------------------------------------------------------- row sums
     def _linear_offsets(self, u: list[Jet]) -> list[Jet]:
@@ -212,53 +225,66 @@ class _SiteEvaluator:
         per_row = offsets_val[self.rows.group_of_row]
         return self.eta_fixed + np.einsum("nr,nr->n", self.rows.Z, per_row)
 
-    def _row_sum(self, derivs: list[np.ndarray], weight: np.ndarray | None,
+    def _row_sum(self, grid: np.ndarray, weight: np.ndarray | None,
                  offsets: list[Jet]) -> Jet:
-        """Jet of ``S_g = sum_{i in g} k(eta_i) a_i`` given ``[k, k', k'']`` per row.
+        """Jet of ``S_g = sum_{i in g} k(eta_i, s) a_i`` from the row partials of ``k``.
 
-        With ``D_i = [x_i, z_i]`` and ``J_g = d(beta, c_g)/d theta``:
-        gradient ``J_g' sum k' a D``; Hessian
-        ``J_g' (sum k'' a D D') J_g + sum_r (sum k' a z_ir) c_r''``.
+        ``grid[a, b] = d^a_eta d^b_s k`` per row (``b`` only with the dispersion
+        in ``theta``). With ``D_i = [x_i, z_i, (1)]`` the row's variables
+        ``(beta, c_g, (s))`` and ``J_g`` their derivative in ``theta``:
+        gradient ``J_g' sum [k_eta D; k_s] a``; Hessian ``J_g' M_g J_g +
+        sum_r (sum k_eta a z_ir) c_r''`` with ``M_g = sum a [[k_eta,eta D D',
+        k_eta,s D], [k_eta,s D', k_ss]]``.
         """
         rows, p, P = self.rows, self.layout.p, self.P
-        w = [d if weight is None else d * weight for d in derivs]
-        val = np.add.reduceat(w[0], rows.starts)
+        w = grid if weight is None else grid * weight
+        val = np.add.reduceat(w[0, 0], rows.starts)
         if P == 0:
             return Jet(val, np.zeros((self.G, 0)), np.zeros((self.G, 0, 0)))
-        v = np.add.reduceat(w[1][:, None] * self.D, rows.starts, axis=0)
-        M = np.empty((self.G, self.D.shape[1], self.D.shape[1]))
+        dim = self.D.shape[1]
+        first = w[1, 0][:, None] * self.D
+        second = w[2, 0]
+        if self.s_order:
+            first[:, -1] = w[0, 1]
+        v = np.add.reduceat(first, rows.starts, axis=0)
+        M = np.empty((self.G, dim, dim))
         for gids, idx in rows.size_buckets:
             Dg = self.D[idx]
-            M[gids] = np.matmul(Dg.transpose(0, 2, 1), w[2][idx][:, :, None] * Dg)
-        J = np.zeros((self.G, self.D.shape[1], P))
+            M[gids] = np.matmul(Dg.transpose(0, 2, 1), second[idx][:, :, None] * Dg)
+        J = np.zeros((self.G, dim, P))
         J[:, np.arange(p), np.arange(p)] = 1.0
         for r, c in enumerate(offsets):
             J[:, p + r, :] = c.grad
+        if self.s_order:
+            cross = np.add.reduceat(w[1, 1][:, None] * self.D[:, :-1], rows.starts, axis=0)
+            M[:, :-1, -1] = M[:, -1, :-1] = cross
+            M[:, -1, -1] = np.add.reduceat(w[0, 2], rows.starts)
+            J[:, -1, self.layout.scale_index] = 1.0
         grad = np.einsum("gd,gdP->gP", v, J)
         hess = np.matmul(J.transpose(0, 2, 1), np.matmul(M, J))
         for r, c in enumerate(offsets):
             hess += v[:, p + r, None, None] * c.hess
         return Jet(val, grad, hess)
 
-    def _kernel(self, offsets: list[Jet], first: int) -> list[np.ndarray]:
+    def _kernel(self, offsets: list[Jet], first: int) -> np.ndarray:
+        """Row partials ``d^(first+a)_eta d^b_s l`` for ``a <= 2`` (and ``b <= 2``)."""
         eta = self._eta(np.stack([c.val for c in offsets], axis=1))
-        derivs = self.family.kernel_derivatives(self.rows.y, eta, first + 2)[first:]
-        weights = self.rows.weights
-        return derivs if weights is None else [d * weights for d in derivs]
+        grid = self.family.row_partials(self.rows.y, eta, self.log_dispersion,
+                                        self.rows.weights, first + 2, self.s_order)
+        return grid[first:]
 
     # ---------------------------------------------------- h and its u-derivatives
     def score_u(self, u: list[Jet]) -> list[Jet]:
-        """``dh/du = a(s) Lambda' sum_i r'(eta_i) z_i - u``."""
+        """``dh/du = Lambda' sum_i l_eta(eta_i, s) z_i - u``."""
         offsets = self._linear_offsets(u)
         derivs = self._kernel(offsets, 1)
         sums = [self._row_sum(derivs, self.rows.Z[:, r], offsets) for r in range(self.layout.q)]
         q = self.layout.q
-        return [self.scale_factor * sum((self.lam[k][r] * sums[k] for k in range(r, q)),
-                                        Jet.constant(0.0, self.G, self.P)) - u[r]
-                for r in range(q)]
+        return [sum((self.lam[k][r] * sums[k] for k in range(r, q)),
+                    Jet.constant(0.0, self.G, self.P)) - u[r] for r in range(q)]
 
     def neg_hessian_u(self, u: list[Jet]) -> list[list[Jet]]:
-        """``H = -d2h/du2 = -a(s) Lambda' (sum_i r''(eta_i) z_i z_i') Lambda + I``."""
+        """``H = -d2h/du2 = -Lambda' (sum_i l_eta,eta(eta_i, s) z_i z_i') Lambda + I``."""
         q = self.layout.q
         offsets = self._linear_offsets(u)
         derivs = self._kernel(offsets, 2)
@@ -274,16 +300,16 @@ class _SiteEvaluator:
         for r in range(q):
             for c in range(r + 1):
                 entry = sum((lamT_S[r][k] * self.lam[k][c] for k in range(c, q)), zero)
-                entry = -(self.scale_factor * entry) + (1.0 if r == c else 0.0)
+                entry = -entry + (1.0 if r == c else 0.0)
                 H[r][c] = H[c][r] = entry
         return H
 
     def h_value(self, u: list[Jet], const: Jet) -> Jet:
-        """``h(u) = a(s) sum_i r(eta_i) + c - |u|^2 / 2``."""
+        """``h(u) = sum_i l(eta_i, s) + c - |u|^2 / 2``."""
         offsets = self._linear_offsets(u)
         kernel = self._row_sum(self._kernel(offsets, 0), None, offsets)
         penalty = sum((ur * ur for ur in u), Jet.constant(0.0, self.G, self.P)) * 0.5
-        return self.scale_factor * kernel + const - penalty
+        return kernel + const - penalty
 
 
 def _find_modes(values: _SiteEvaluator, start: np.ndarray, tol: float = 1e-11,
@@ -394,10 +420,9 @@ def _boundary_score(values: _SiteEvaluator) -> np.ndarray:
     boundary ``Sigma = 0`` is a local maximum: the fit is singular.
     """
     rows = values.rows
-    a = float(values.scale_factor.val[0])
-    _, d1, d2 = values.family.kernel_derivatives(rows.y, values.eta_fixed, 2)
-    if rows.weights is not None:
-        d1, d2 = d1 * rows.weights, d2 * rows.weights
-    s = np.add.reduceat(a * d1[:, None] * rows.Z, rows.starts, axis=0)
-    curvature = (a * d2[:, None, None] * rows.Z[:, :, None] * rows.Z[:, None, :]).sum(axis=0)
+    grid = values.family.row_partials(rows.y, values.eta_fixed, values.log_dispersion,
+                                      rows.weights, 2)
+    d1, d2 = grid[1, 0], grid[2, 0]
+    s = np.add.reduceat(d1[:, None] * rows.Z, rows.starts, axis=0)
+    curvature = (d2[:, None, None] * rows.Z[:, :, None] * rows.Z[:, None, :]).sum(axis=0)
     return 0.5 * (s.T @ s + curvature)

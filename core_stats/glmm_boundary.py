@@ -118,7 +118,7 @@ def collapse_measures(lay: ParameterLayout, theta: np.ndarray) -> np.ndarray:
     lam = lay.lambda_matrix(theta)
     diag = np.abs(np.diag(lam))
     sds = np.sqrt(np.sum(lam**2, axis=1))
-    relative = diag / np.exp(theta[lay.scale_index]) if lay.has_dispersion else diag
+    relative = diag / lay.unit(theta)
     out = np.minimum(relative, diag / np.where(sds > 0, sds, 1.0))
     out[list(lay.zero_columns)] = np.inf
     return out

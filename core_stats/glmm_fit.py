@@ -84,12 +84,13 @@ def starting_values(layout: ParameterLayout, family: Family, n: float, sum_y: fl
     """Start values from the design summary sums ``n, sum y, sum y^2, X'y, X'X``.
 
     Gaussian: ordinary least squares ``beta = (X'X)^{-1} X'y``, and ``RSS / n``
-    split evenly between the residual and the random-effect variance. Binomial and Poisson:
-    one IRLS step from the null model (intercept ``g(ybar)``, weight
-    ``w = V(ybar)`` constant): ``beta = beta_0 + (X'X)^{-1} X'(y - ybar) / w``,
-    and random-effect SD 0.5, with the Poisson intercept lowered by
-    ``sigma^2 / 2`` so the marginal mean is kept. With random slopes each
-    effect's SD is that divided by the root mean square of its column (from
+    split evenly between the residual and the random-effect variance. Other families:
+    one IRLS step from the null model (intercept ``g(ybar)``, slope
+    ``m = d mu / d eta`` at ``ybar`` constant): ``beta = beta_0 + (X'X)^{-1} X'(y - ybar) / m``,
+    and random-effect SD 0.5 (the family's :meth:`~core_stats.families.Family.random_sd_start`),
+    with a log-link intercept lowered by ``sigma^2 / 2`` so the marginal mean is kept; a
+    dispersion that is not a residual SD starts at the family's moment estimate. With
+    random slopes each effect's SD is that divided by the root mean square of its column (from
     ``X'X``) and the correlations start at 0. (Chosen by measuring the rounds to
     convergence on the reference problems: at most 8 for random intercepts,
     12 for regular random-slope fits.)
@@ -101,7 +102,8 @@ def starting_values(layout: ParameterLayout, family: Family, n: float, sum_y: fl
         xtx_inv_xty = np.linalg.solve(xtx, xty)
     except np.linalg.LinAlgError:
         xtx_inv_xty = np.zeros(layout.p)
-    if family.has_dispersion:
+    residual = family.dispersion is not None and family.dispersion.residual_sd
+    if residual:
         beta = xtx_inv_xty
         rss = max(sum_y2 - float(beta @ xty), 1e-12 * max(sum_y2, 1.0))
         log_sd = 0.5 * np.log(rss / n)
@@ -109,19 +111,21 @@ def starting_values(layout: ParameterLayout, family: Family, n: float, sum_y: fl
         theta[layout.scale_index] = half
         theta[layout.cov] = _log_cholesky_start(layout, n, xtx, half)
     elif has_intercept:
-        mu = float(np.clip(mean, 1e-6, 1 - 1e-6)) if family.name == "binomial" else max(mean, 1e-6)
-        weight = mu * (1.0 - mu) if family.name == "binomial" else mu
+        slope = family.mean_slope(mean)
         beta = np.zeros(layout.p)
         intercept = layout.fixed_names.index("(Intercept)")
         beta[intercept] = family.link_value(mean)
-        step = np.linalg.solve(xtx, xty - mean * xtx[intercept]) / weight if weight > 0 else 0.0
+        step = np.linalg.solve(xtx, xty - mean * xtx[intercept]) / slope if slope else 0.0
         beta = beta + step
-        if family.name == "poisson" and layout.random_effects:
-            beta[intercept] -= 0.5 * np.exp(2 * LOG_SD_START)
-        theta[layout.cov] = _log_cholesky_start(layout, n, xtx, LOG_SD_START)
+        log_sd = float(np.log(family.random_sd_start(beta[intercept], np.exp(LOG_SD_START))))
+        if family.link == "log" and layout.random_effects:  # keep the marginal mean
+            beta[intercept] -= 0.5 * np.exp(2 * log_sd)
+        theta[layout.cov] = _log_cholesky_start(layout, n, xtx, log_sd)
     else:
         beta = np.zeros(layout.p)
         theta[layout.cov] = _log_cholesky_start(layout, n, xtx, LOG_SD_START)
+    if family.has_dispersion and not residual:
+        theta[layout.scale_index] = family.start_dispersion(n, sum_y, sum_y2)
     theta[layout.beta] = beta
     return theta
 
@@ -166,18 +170,12 @@ def relative_sds(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
     if not layout.random_effects:
         return np.zeros(layout.q)
     lam = layout.lambda_matrix(theta)
-    sds = np.sqrt(np.sum(lam**2, axis=1))
-    if layout.has_dispersion:
-        sds = sds / np.exp(theta[layout.scale_index])
-    return sds
+    return np.sqrt(np.sum(lam**2, axis=1)) / layout.unit(theta)
 
 
 def relative_cholesky_diagonal(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
     """Diagonal of Lambda (relative to the residual SD for Gaussian): lme4's theta test."""
-    diag = np.abs(np.diag(layout.lambda_matrix(theta)))
-    if layout.has_dispersion:
-        diag = diag / np.exp(theta[layout.scale_index])
-    return diag
+    return np.abs(np.diag(layout.lambda_matrix(theta))) / layout.unit(theta)
 
 
 def _reduce(layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
@@ -327,8 +325,7 @@ class _Fitter:
         best = max((r for r in rejected if r is not None), key=lambda r: r.value, default=None)
         if lay.zero_columns or best is None or best.value <= res.terms.value:
             return res.theta
-        unit = np.exp(best.theta[best.layout.scale_index]) if lay.has_dispersion else 1.0
-        return lifted(best, lay, BOUNDARY_WATCH * unit)
+        return lifted(best, lay, BOUNDARY_WATCH * best.layout.unit(best.theta))
 
     def heading(self, lay: ParameterLayout, theta: np.ndarray
                 ) -> tuple[int, tuple[int, ...]] | None:
@@ -376,7 +373,7 @@ class _Fitter:
         zero = tuple(sorted((set(zero_columns(face)) - {column}) | {last}))
         if last == column or zero in self.rejected:
             return None
-        unit = np.exp(rejected.theta[face.scale_index]) if face.has_dispersion else 1.0
+        unit = face.unit(rejected.theta)
         lam = face.lambda_matrix(rejected.theta) + BOUNDARY_WATCH * unit * rejected.ascent()
         values, vectors = np.linalg.eigh(lam @ lam.T)
         rank = lay.q - len(zero)
@@ -403,7 +400,7 @@ def step_caps(lay: ParameterLayout, theta: np.ndarray) -> np.ndarray:
     cap = np.full(lay.size, np.inf)
     if not lay.random_effects:
         return cap
-    unit = np.exp(theta[lay.scale_index]) if lay.has_dispersion else 1.0
+    unit = lay.unit(theta)
     sds = np.maximum(np.sqrt(np.sum(lay.lambda_matrix(theta) ** 2, axis=1)),
                      BOUNDARY_WATCH * unit)
     for index, (r, c) in enumerate(lay.cholesky_entries(), start=lay.p):

@@ -75,7 +75,7 @@ def multi_starting_values(layout: MultiLayout, family: Family, n: float, sum_y: 
     log_sd = LOG_SD_START
     if layout.has_dispersion:
         theta[layout.scale_index] = log_sd = base[single.scale_index]
-    if family.name == "poisson" and "(Intercept)" in layout.fixed_names:
+    if family.link == "log" and "(Intercept)" in layout.fixed_names:  # keep the mean
         theta[layout.fixed_names.index("(Intercept)")] -= \
             0.5 * np.exp(2 * LOG_SD_START) * (len(layout.terms) - 1)
     for t, term in enumerate(layout.terms):

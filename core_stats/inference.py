@@ -19,7 +19,8 @@ from core_stats.special import ndtr, ndtri
 
 __all__ = [
     "FixedEffect", "RandomEffectSD", "RandomEffectCorrelation", "wald_fixed_effects",
-    "random_effect_table", "information_criteria", "auc_from_histograms",
+    "random_effect_table", "dispersion_estimate", "information_criteria",
+    "auc_from_histograms",
 ]
 
 
@@ -95,7 +96,11 @@ def _sd_and_corr_jets(layout: ParameterLayout, phi: np.ndarray) -> tuple[list[Je
 def random_effect_table(layout: ParameterLayout, theta: np.ndarray, cov_theta: np.ndarray,
                         level: float = 0.95) -> tuple[list[RandomEffectSD],
                                                       list[RandomEffectCorrelation]]:
-    """SDs and correlations of the random effects (and the residual SD) with CIs."""
+    """SDs and correlations of the random effects (and the residual SD) with CIs.
+
+    A dispersion that is not a residual SD (Gamma, NB2) is not a row here:
+    see :func:`dispersion_estimate`.
+    """
     crit = ndtri(0.5 + level / 2.0)
     sds: list[RandomEffectSD] = []
     corrs: list[RandomEffectCorrelation] = []
@@ -121,12 +126,26 @@ def random_effect_table(layout: ParameterLayout, theta: np.ndarray, cov_theta: n
                 _maybe(np.tanh(est + crit * se))))
     else:
         sds = [RandomEffectSD(layout.group, name, 0.0, None, None) for name in layout.random_names]
-    if layout.has_dispersion:
+    if layout.has_dispersion and layout.residual_scale:
         k = layout.scale_index
         est, se = float(theta[k]), float(np.sqrt(cov_theta[k, k]))
         sds.append(RandomEffectSD("Residual", "", float(np.exp(est)),
                                   _maybe(np.exp(est - crit * se)), _maybe(np.exp(est + crit * se))))
     return sds, corrs
+
+
+def dispersion_estimate(layout: ParameterLayout, theta: np.ndarray, cov_theta: np.ndarray,
+                        report, level: float = 0.95) -> dict:
+    """The family's dispersion as R reports it, with a Wald CI from the log scale.
+
+    ``report`` maps ``s`` to the reported value (monotone: Gamma ``e^{2s}``,
+    NB2 ``e^s``), so the interval ``report(s -/+ z se(s))`` keeps its coverage.
+    """
+    crit = ndtri(0.5 + level / 2.0)
+    k = layout.scale_index
+    est, se = float(theta[k]), float(np.sqrt(cov_theta[k, k]))
+    return {"parameter": layout.dispersion_name, "estimate": report(est),
+            "ci_low": _maybe(report(est - crit * se)), "ci_high": _maybe(report(est + crit * se))}
 
 
 def _maybe(value: float) -> float | None:

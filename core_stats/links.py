@@ -1,6 +1,13 @@
-"""Binomial links other than the logit: probit and complementary log-log.
+"""Link functions as objects, and the binomial kernels of its non-canonical links.
 
-For a non-canonical link the kernel ``r(y, eta) = y log mu + (1 - y) log(1 - mu)``
+One :class:`Link` subclass per link (as glum's ``Link`` classes), named as R
+names it: ``logit``, ``probit``, ``cloglog``, ``log``, ``identity``, ``inverse``.
+A link maps the mean ``mu`` to the linear predictor ``eta = g(mu)``; ``inverse``
+is ``g^{-1}``; ``clip`` keeps a starting mean inside the link's domain (an
+explicit guard: ``logit(0)`` is infinite). Which family allows which link is the family's
+business (:mod:`core_stats.families`).
+
+For a non-canonical binomial link the kernel ``r(y, eta) = y log mu + (1 - y) log(1 - mu)``
 (``mu = F(eta)``) has no short closed-form derivatives, so they are computed
 exactly by univariate Taylor arithmetic: each function of ``eta`` is carried
 as its Taylor coefficients ``c_0 .. c_4`` at the point (``f^(k) = k! c_k``),
@@ -22,12 +29,15 @@ the Laplace mode search needs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import factorial
+from typing import ClassVar
 
 import numpy as np
-from scipy.special import log_ndtr, ndtr, ndtri
+from scipy.special import expit, log_ndtr, ndtr, ndtri
 
-__all__ = ["BINOMIAL_LINKS", "binomial_kernel_derivatives", "inverse_link", "link_value"]
+__all__ = ["BINOMIAL_LINKS", "LINKS", "Link", "Logit", "Probit", "Cloglog", "Log", "Inverse",
+           "Identity", "binomial_kernel_derivatives", "get_link"]
 
 BINOMIAL_LINKS = ("logit", "probit", "cloglog")
 _ORDER = 4
@@ -100,14 +110,130 @@ def binomial_kernel_derivatives(link: str, y: np.ndarray, eta: np.ndarray,
     return [(factorial(k) * series[k]).reshape(shape) for k in range(order + 1)]
 
 
-def inverse_link(link: str, eta: np.ndarray) -> np.ndarray:
-    if link == "probit":
-        return ndtr(eta)
-    return -np.expm1(-np.exp(eta))
+_EPS = 1e-6
+_UNIT, _POSITIVE, _LINE = (0.0, 1.0), (0.0, np.inf), (-np.inf, np.inf)
 
 
-def link_value(link: str, mu: float) -> float:
-    mu = min(max(mu, 1e-6), 1 - 1e-6)
-    if link == "probit":
-        return float(ndtri(mu))
-    return float(np.log(-np.log1p(-mu)))
+@dataclass(frozen=True)
+class Link:
+    """A link ``eta = g(mu)`` with its inverse; one subclass per link (as glum's ``Link``).
+
+    Class attributes: ``name`` as R's ``make.link`` names it, and ``domain``,
+    the open interval of means the link accepts (start values are clipped
+    ``_EPS`` inside it: an explicit guard, ``logit(0)`` is infinite).
+    """
+
+    name: ClassVar[str]
+    domain: ClassVar[tuple[float, float]]
+
+    def inverse(self, eta: np.ndarray) -> np.ndarray:
+        """``mu = g^{-1}(eta)``."""
+        raise NotImplementedError
+
+    def _link(self, mu: float) -> float:
+        raise NotImplementedError
+
+    def clip(self, mu: float) -> float:
+        """``mu`` moved ``_EPS`` inside the link's domain (explicit guard for start values)."""
+        low, high = self.domain
+        return float(min(max(mu, low + _EPS), high - _EPS))
+
+    def value(self, mu: float) -> float:
+        """``eta = g(mu)`` of one mean, clipped inside the domain first."""
+        return float(self._link(self.clip(mu)))
+
+
+@dataclass(frozen=True)
+class Logit(Link):
+    """``g(mu) = log(mu / (1 - mu))``, ``g^{-1} = expit`` (the binomial's canonical link)."""
+
+    name = "logit"
+    domain = _UNIT
+
+    def inverse(self, eta: np.ndarray) -> np.ndarray:
+        return expit(np.asarray(eta, dtype=float))
+
+    def _link(self, mu: float) -> float:
+        return np.log(mu / (1.0 - mu))
+
+
+@dataclass(frozen=True)
+class Probit(Link):
+    """``g(mu) = Phi^{-1}(mu)``."""
+
+    name = "probit"
+    domain = _UNIT
+
+    def inverse(self, eta: np.ndarray) -> np.ndarray:
+        return ndtr(np.asarray(eta, dtype=float))
+
+    def _link(self, mu: float) -> float:
+        return ndtri(mu)
+
+
+@dataclass(frozen=True)
+class Cloglog(Link):
+    """``g(mu) = log(-log(1 - mu))``, ``g^{-1} = 1 - exp(-e^eta)`` (as ``-expm1``)."""
+
+    name = "cloglog"
+    domain = _UNIT
+
+    def inverse(self, eta: np.ndarray) -> np.ndarray:
+        return -np.expm1(-np.exp(np.asarray(eta, dtype=float)))
+
+    def _link(self, mu: float) -> float:
+        return np.log(-np.log1p(-mu))
+
+
+@dataclass(frozen=True)
+class Log(Link):
+    """``g(mu) = log mu``."""
+
+    name = "log"
+    domain = _POSITIVE
+
+    def inverse(self, eta: np.ndarray) -> np.ndarray:
+        return np.exp(np.asarray(eta, dtype=float))
+
+    def _link(self, mu: float) -> float:
+        return np.log(mu)
+
+
+@dataclass(frozen=True)
+class Inverse(Link):
+    """``g(mu) = 1 / mu`` (the Gamma's canonical link; means exist for ``eta > 0``)."""
+
+    name = "inverse"
+    domain = _POSITIVE
+
+    def inverse(self, eta: np.ndarray) -> np.ndarray:
+        return 1.0 / np.asarray(eta, dtype=float)
+
+    def _link(self, mu: float) -> float:
+        return 1.0 / mu
+
+
+@dataclass(frozen=True)
+class Identity(Link):
+    """``g(mu) = mu``."""
+
+    name = "identity"
+    domain = _LINE
+
+    def inverse(self, eta: np.ndarray) -> np.ndarray:
+        return np.asarray(eta, dtype=float)
+
+    def _link(self, mu: float) -> float:
+        return mu
+
+
+LINKS: dict[str, Link] = {link.name: link for link in (
+    Logit(), Probit(), Cloglog(), Log(), Inverse(), Identity())}
+
+
+def get_link(name: str) -> Link:
+    """The link called ``name``; ``ValueError`` names the valid ones."""
+    try:
+        return LINKS[name]
+    except KeyError:
+        raise ValueError(f"unknown link {name!r}: choose one of {', '.join(LINKS)}") from None

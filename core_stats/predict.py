@@ -89,7 +89,7 @@ def predict_glmm(fit, rows: pd.DataFrame, *, response: bool = True,
             mask = design.groups == str(label)
             if mask.any():
                 eta[mask] += design.Z[mask] @ np.asarray(mode, dtype=float)
-    return get_family(fit.family).mean(eta) if response else eta
+    return get_family(fit.family, fit.link).mean(eta) if response else eta
 
 
 def confint_frame(terms, estimate, se, level: float) -> pd.DataFrame:

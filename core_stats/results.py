@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from core_stats.families import get_family
 from core_stats.inference import FixedEffect, RandomEffectCorrelation, RandomEffectSD
 from core_stats.optimize import NewtonStep
 
@@ -47,6 +48,7 @@ class GLMMFit:
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
     counts_noisy: bool = False  # n_obs / n_groups are differentially private (noisy) counts
+    reml: bool = False  # a Gaussian fit by lmer's REML criterion (loglik is then the REML one)
     n_sites_counted: int | None = None  # sites whose data the estimate holds (see to_dict)
 
     def coef(self) -> dict[str, float]:
@@ -95,7 +97,8 @@ class GLMMFit:
             "bic": self.bic,
             "deviance": -2.0 * self.loglik,
             "df_resid": self.n_obs - len(self.theta),
-            "statistic": "t" if self.family == "gaussian" else "z",
+            "statistic": "t" if get_family(self.family, self.link).t_statistic else "z",
+            "reml": self.reml,
             "converged": self.converged,
             "singular": self.singular,
             "rounds": self.rounds,

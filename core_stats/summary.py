@@ -1,21 +1,22 @@
 """The text of ``summary(glmer(...))`` / ``summary(lmer(...))`` for a federated fit.
 
-What lme4 prints, in its layout: the method line, family and link, formula,
-data, the information criteria with deviance (``-2 logLik``) and residual
-degrees of freedom, the random effects with Variance, Std.Dev. and
-correlations (and the residual for a Gaussian model), the number of
-observations and groups per grouping factor, the fixed effects (``t value``
-and no p-value for a Gaussian model, as lmer; ``z value`` and ``Pr(>|z|)``
-otherwise) with significance stars, and the correlation of fixed effects.
-Added for a federated fit: the sites and protection, the penalty (and how it
-was chosen), Wald 95% CIs, rounds and warnings. lme4's "Scaled residuals"
-quantiles are not printed: they are order statistics of patient-level
-residuals, which no site releases.
+What lme4 prints, in its layout: the method line, family and link, formula, data, the
+information criteria with deviance (``-2 logLik``; lmer's REML criterion under REML)
+and residual degrees of freedom, the random effects with Variance, Std.Dev. and
+correlations (and the residual for a Gaussian model; glmmTMB's dispersion line for Gamma
+and nbinom2), the number of observations and groups per grouping factor, the fixed
+effects (``t value`` and no p-value for a Gaussian model, as lmer; ``z value`` and
+``Pr(>|z|)`` otherwise) with significance stars, and the correlation of fixed effects.
+Added for a federated fit: the sites and protection, the penalty (and how it was
+chosen), Wald 95% CIs, rounds and warnings. lme4's "Scaled residuals" quantiles are not
+printed: they are order statistics of patient-level residuals, which no site releases.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from core_stats.families import get_family
 
 __all__ = ["glmm_summary"]
 
@@ -46,14 +47,21 @@ def _abbreviate(name: str, width: int = 6) -> str:
     return ("(" + kept[: width - 1] if name.startswith("(") else kept[:width])
 
 
+def _family(fit):
+    return get_family(fit.family, fit.link)
+
+
 def _header(fit) -> list[str]:
-    gaussian = fit.family == "gaussian"
+    family = _family(fit)
+    linear = family.t_statistic
+    reml = getattr(fit, "reml", False)
     method = ("Laplace Approximation" if fit.nagq == 1
               else f"Adaptive Gauss-Hermite Quadrature, nAGQ = {fit.nagq}")
-    lines = [("Linear mixed model fit by maximum likelihood" if gaussian else
+    lines = [("Linear mixed model fit by REML" if reml else
+              "Linear mixed model fit by maximum likelihood" if linear else
               f"Generalized linear mixed model fit by maximum likelihood ({method})")]
-    if not gaussian:
-        lines.append(f" Family: {fit.family}  ( {fit.link} )")
+    if not linear:
+        lines.append(f" Family: {family.r_name}  ( {fit.link} )")
     lines.append(f"Formula: {fit.formula}")
     data = fit.extra.get("data")
     sites = f"{fit.n_sites} site{'s' if fit.n_sites != 1 else ''}"
@@ -64,6 +72,8 @@ def _header(fit) -> list[str]:
         grid = ", ".join(f"{row['lambda']:g}" for row in (chosen or {}).get("table", []))
         how = f" (chosen by {chosen['criterion']} from {grid})" if grid else ""
         lines.append(f"Penalty: lambda = {fit.penalty_lambda:g} on non-intercept effects{how}")
+    if reml:  # lmer prints the criterion, not the information criteria
+        return lines + ["", f"REML criterion at convergence: {fit.extra['reml_criterion']:.1f}"]
     n_params = len(fit.theta)
     df_resid = fit.n_obs - n_params
     heads = ("AIC", "BIC", "logLik", "deviance", "df.resid")
@@ -107,8 +117,19 @@ def _random_effects(fit) -> list[str]:
     return lines
 
 
+def _dispersion(fit) -> list[str]:
+    """glmmTMB's dispersion line (Gamma's sigma^2, NB2's theta) with its Wald 95% CI."""
+    found = fit.extra.get("dispersion")
+    family = _family(fit)
+    if not found or family.dispersion is None or not family.dispersion.label:
+        return []
+    ci = (f" (95% CI {found['ci_low']:.3g}, {found['ci_high']:.3g})"
+          if found.get("ci_low") is not None and found.get("ci_high") is not None else "")
+    return ["", family.dispersion.label.format(value=f"{found['estimate']:.3g}") + ci]
+
+
 def _fixed_effects(fit) -> list[str]:
-    gaussian = fit.family == "gaussian"
+    gaussian = _family(fit).t_statistic
     stat = "t value" if gaussian else "z value"
     names = [fe.term for fe in fit.fixed_effects]
     width = max([len(n) for n in names] + [4])
@@ -149,12 +170,12 @@ def _fixed_correlations(fit, names: list[str]) -> list[str]:
 
 def glmm_summary(fit) -> str:
     """``fit`` (a :class:`~core_stats.results.GLMMFit`) as lme4's summary prints it."""
-    lines = _header(fit) + _random_effects(fit) + _fixed_effects(fit)
+    lines = _header(fit) + _random_effects(fit) + _dispersion(fit) + _fixed_effects(fit)
     status = "converged" if fit.converged else f"NOT converged: {fit.message}"
     lines += ["", f"Rounds: {fit.rounds} ({fit.iterations} Newton steps), {status}"]
     if fit.singular:
         lines.append("boundary (singular) fit: the random-effect variance is estimated as 0"
-                     if len(fit.random_effects) <= 1 + (fit.family == "gaussian") else
+                     if len(fit.random_effects) <= 1 + _family(fit).t_statistic else
                      "boundary (singular) fit: the random-effect covariance is singular "
                      "(a variance at 0 or a correlation at ±1)")
     lines += [f"warning: {w}" for w in fit.warnings]

@@ -49,7 +49,7 @@ def fit_glmm(data, formula: str, *, site_column: str, family: str = "binomial", 
              lam: float = 0.0, lambda_grid: tuple[float, ...] = (), select: str = "aic",
              seed: int | None = None, protect: Any = "none", dp=None,
              audit_log: str | Path | None = None,
-             on_step: Callable | None = None):
+             on_step: Callable | None = None, link: str | None = None, reml: bool = False):
     """Fit a GLMM federated over the sites of ``data``; returns a :class:`GLMMFit`.
 
     Parameters
@@ -61,7 +61,8 @@ def fit_glmm(data, formula: str, *, site_column: str, family: str = "binomial", 
     site_column : str
         The column naming each row's site.
     family : str
-        ``"binomial"``, ``"poisson"`` or ``"gaussian"``.
+        ``"binomial"``, ``"poisson"``, ``"gaussian"``, ``"Gamma"`` or
+        ``"negative_binomial"`` (``"nbinom2"``, glmmTMB's NB2).
     nagq : int
         Gauss-Hermite nodes per random effect; 1 is the Laplace approximation.
     lam, lambda_grid, select, seed
@@ -75,6 +76,10 @@ def fit_glmm(data, formula: str, *, site_column: str, family: str = "binomial", 
         Write a signed audit trail here.
     on_step : callable, optional
         Called with each Newton step (:class:`core_stats.optimize.NewtonStep`).
+    link : str, optional
+        A link the family allows (default: its canonical link, as R).
+    reml : bool
+        Gaussian models: REML (lmer's default) instead of maximum likelihood.
     """
     from securefed.glmm_run import GLMMOptions, run_glmm
     from securefed.preflight import check_formula
@@ -82,7 +87,8 @@ def fit_glmm(data, formula: str, *, site_column: str, family: str = "binomial", 
     check_formula(formula)
     frame = _table(data)
     opts = GLMMOptions(formula=formula, family=family, site_column=site_column, nagq=nagq,
-                       lam=lam, lambda_grid=tuple(lambda_grid), select=select, seed=seed)
+                       lam=lam, lambda_grid=tuple(lambda_grid), select=select, seed=seed,
+                       link=link, reml=reml)
     return run_glmm(frame, opts, protection=_protection(frame, site_column, protect, family, dp),
                     on_step=on_step, audit_log=audit_log)
 

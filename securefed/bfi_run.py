@@ -203,6 +203,9 @@ def _parse_model(opts: BFIOptions) -> tuple:
         family = get_family(opts.family, opts.link)
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
+    if not family.bfi:
+        raise InputError(f"BFI does not support the {family.name} family yet: fit it with "
+                         "'securefed fit' (the federated GLMM)")
     if opts.lam <= 0:
         raise InputError("--lambda must be positive for BFI (it is the prior precision)")
     return formula, family
@@ -514,10 +517,10 @@ def _check_dp(opts: BFIOptions, family: Family, dp) -> None:
     if not family.canonical:
         raise InputError(f"--link {family.link} is not available for BFI under differential "
                          "privacy: its noisy statistics fit the logit model (use logit)")
-    if family.name == "poisson":
+    if not family.dp_sufficient_statistics:
         raise InputError("BFI under differential privacy is available for the gaussian and "
                          "binomial families (local fits from noisy sufficient statistics); for "
-                         "poisson outcomes use 'securefed fit' with --protect ...,dp")
+                         f"{family.name} outcomes use 'securefed fit' with --protect ...,dp")
     if opts.standardize:
         dp.standardize_range_for(opts.standardize)  # InputError naming the flag if missing
     if opts.compare_pooled:
@@ -541,7 +544,7 @@ def _dp_pooled(coordinator: Coordinator, designs: dict, outcome: dict, prior: np
     """
     from securefed.dp_statistics import summary_query, summary_vector
 
-    if family.name == "binomial" and "(Intercept)" not in names:
+    if family.binary and "(Intercept)" not in names:
         raise InputError("binomial BFI under dp needs an intercept in the formula")
     privacy = coordinator.privacy
     dp = privacy.options
@@ -814,7 +817,7 @@ def run_bfi_remote(opts: BFIOptions, transport, site_names: list[str], *,
         if opts.standardize:
             raise InputError("--standardize under dp is not available over a remote transport "
                              "yet: standardise the columns at the sites beforehand")
-        if family.name == "binomial" and "(Intercept)" not in names:
+        if family.binary and "(Intercept)" not in names:
             raise InputError("binomial BFI under dp needs an intercept in the formula")
     try:
         report = _bfi_remote(coordinator, opts, schema, family, names, started,

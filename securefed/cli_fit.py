@@ -10,7 +10,8 @@ import typer
 from securefed.errors import InputError
 
 FORMULA_HELP = "Model formula, lme4 style: 'y ~ x1 + x2 + (1 | group)'."
-LINK = typer.Option(None, "--link", help="binomial: logit (default), probit or cloglog.")
+LINK = typer.Option(None, "--link", help="binomial: logit (default), probit or cloglog; "
+                    "Gamma: inverse (default, as R) or log.")
 NA_ACTION = typer.Option("omit", "--na-action", help="omit (as R: drop rows with a missing "
                          "model value, counted per site) or fail.")
 PROTECT = typer.Option("none", "--protect", help="Protection layers, comma-separated: none, "
@@ -163,7 +164,8 @@ def write_json(path: Path, payload: dict) -> None:
 def fit(
     data: Path = typer.Argument(..., help="CSV file with one row per observation."),
     formula: str = typer.Option(..., "--formula", help=FORMULA_HELP),
-    family: str = typer.Option("binomial", "--family", help="binomial, poisson or gaussian."),
+    family: str = typer.Option("binomial", "--family", help="binomial, poisson, gaussian, "
+                               "Gamma or negative_binomial (nbinom2: glmmTMB's NB2)."),
     link: str = LINK,
     site_column: str = typer.Option(..., "--site-column", help="Column naming each row's site."),
     nagq: int = typer.Option(1, "--nagq", help="Gauss-Hermite nodes (1 = Laplace)."),
@@ -197,6 +199,8 @@ def fit(
     na_action: str = NA_ACTION,
     weights: str = typer.Option(None, "--weights", help="Column of prior weights (glmer's "
                                 "weights=; binomial: trials, with y the proportion)."),
+    reml: bool = typer.Option(False, "--reml", help="Gaussian: fit by REML (lmer's default "
+                              "criterion) instead of maximum likelihood."),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the summary."),
 ) -> None:
     """Fit a GLMM federated over the sites in SITE_COLUMN."""
@@ -211,7 +215,7 @@ def fit(
     opts = GLMMOptions(formula=formula, family=family, site_column=site_column, nagq=nagq,
                        lam=lam, lambda_grid=parse_grid(lambda_grid), select=select, seed=seed,
                        na_action=check_na_action(na_action), weights=weights, link=link,
-                       robust=robust, robust_bound=robust_bound)
+                       robust=robust, robust_bound=robust_bound, reml=reml)
     dp = dp_options(epsilon, delta, dp_clip, dp_outcome_bound, dp_run_epsilon, dp_rounds,
                     dp_group_clip, dp_min_contributors, privacy_ledger,
                     max_se_ratio=dp_max_se_ratio)

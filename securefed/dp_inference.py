@@ -148,13 +148,12 @@ def predicted_information(layout: ParameterLayout, family: Family,
     — the order of a variance parameter's information — without cross terms.
     """
     info = np.zeros((layout.size, layout.size))
-    if family.name == "binomial":
-        mean = float(np.clip(start.mean_y, 0.02, 0.98))
-        weight = mean * (1.0 - mean)
-    elif family.name == "poisson":
-        weight = max(start.mean_y, 1e-3)
-    else:
+    if family.has_residual_sd:
         weight = 1.0 / start.rss_per_obs
+    else:  # d mu / d eta at the clipped mean: the canonical GLM weight
+        mean = float(np.clip(start.mean_y, 0.02, 0.98)) if family.binary \
+            else max(start.mean_y, 1e-3)
+        weight = family.mean_slope(mean)
     info[layout.beta, layout.beta] = weight * start.xtx
     for k in range(layout.size - layout.p):
         index = layout.p + k

@@ -74,7 +74,7 @@ def clip_records(X: np.ndarray, y: np.ndarray, clip: float, outcome_bound: float
     norms = np.linalg.norm(X, axis=1)
     over = norms > clip
     Xc = X * np.where(over, clip / np.where(over, norms, 1.0), 1.0)[:, None]
-    low = 0.0 if family in ("binomial", "poisson") else -outcome_bound
+    low = 0.0 if _family(family).dp_outcome in ("unit", "count") else -outcome_bound
     yc = np.clip(y, low, outcome_bound)
     return Xc, yc, over | (yc != y)
 
@@ -108,7 +108,7 @@ def local_fit_from_stats(vec: np.ndarray, names: tuple[str, ...], family: Family
     p = len(names)
     n, yy, xy = max(vec[0], p + 2.0), max(vec[2], 0.0), vec[3:3 + p]
     xx = positive_definite(from_upper_triangle(vec[3 + p:-2], p), noise_sd)
-    if family.name == "gaussian":
+    if family.has_residual_sd:
         return fit_map_gaussian_stats(n, yy, xy, xx, prior, names=names,
                                       rss_floor=3.0 * noise_sd)
     return fit_map_binomial_stats(n, xy, xx, prior, names=names,
@@ -181,3 +181,9 @@ def standardize_sensitivity(low: np.ndarray, high: np.ndarray) -> float:
     """Δ₂ of :func:`standardize_vector` for add/remove one record."""
     half = (np.asarray(high, dtype=float) - np.asarray(low, dtype=float)) / 2.0
     return float(np.sqrt(1.0 + np.sum(half**2 + half**4)))
+
+
+def _family(name: str) -> Family:
+    from core_stats.families import get_family
+
+    return get_family(name)

@@ -29,6 +29,7 @@ from core_stats.glmm_fit import GLMMEstimate, fit_glmm, starting_values
 from core_stats.inference import (
     auc_from_histograms,
     covariance,
+    dispersion_estimate,
     information_criteria,
     random_effect_table,
     wald_fixed_effects,
@@ -47,6 +48,7 @@ from securefed.plausibility import (
     check_validation_histograms,
     check_validation_loglik,
 )
+from securefed.plausibility_reml import check_reml_terms
 from securefed.robust.runs import check_robust_options, robust_glmm, validator_for
 from securefed.site import GLMMSiteDesign, Site
 from securefed.vectors import from_upper_triangle, unpack_terms
@@ -76,6 +78,7 @@ class GLMMOptions:
     link: str | None = None  # None: the family's canonical link
     robust: bool = False  # bounded influence (securefed.robust): refuse a dominating site
     robust_bound: float = 2.0  # the largest leave-one-out shift allowed, in honest SEs
+    reml: bool = False  # Gaussian only: lmer's REML criterion instead of maximum likelihood
 
 
 def _check_options(opts: GLMMOptions) -> None:
@@ -141,13 +144,31 @@ def _parse_model(opts: GLMMOptions):
     except (DesignError, ValueError) as err:
         raise InputError(str(err)) from None
     weighted = _weighted(opts, formula)
-    if weighted and family.name != "binomial" and formula.outcome.startswith("cbind("):
+    if weighted and not family.binary and formula.outcome.startswith("cbind("):
         raise InputError("cbind(successes, failures) is a binomial response: use "
                          "--family binomial")
+    if weighted and not family.prior_weights:
+        raise InputError(f"prior weights are not supported for the {family.name} family yet: "
+                         "drop --weights")
+    several = len(formula.model.random) > 1 or not formula.model.random[0].correlated
+    if opts.reml:
+        _check_reml(opts, family, weighted, several)
+    if several and not family.several_terms:
+        raise InputError(f"the {family.name} family takes one random-effects term for now: "
+                         "use a single (... | group) term")
     if weighted and opts.lambda_grid:
         raise InputError("--lambda-grid with weights or cbind() is not supported yet: "
                          "give --lambda")
     return formula, family
+
+
+def _check_reml(opts: GLMMOptions, family, weighted: bool, several: bool) -> None:
+    if not family.reml:
+        raise InputError(f"--reml is defined for Gaussian models (lmer's REML), not the "
+                         f"{family.name} family: drop --reml")
+    if weighted or several or opts.lam or opts.lambda_grid:
+        raise InputError("--reml is not available with weights, several random-effects terms "
+                         "or a penalty yet: drop --reml or those options")
 
 
 def _weighted(opts: GLMMOptions, formula) -> bool:
@@ -344,6 +365,8 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
     prepare(None, 0.0)
     check_robust_options(opts.robust, opts.robust_bound, dp=coordinator.privacy is not None,
                          remote=coordinator.transport is not None)
+    if coordinator.privacy is not None and opts.reml:
+        raise InputError("--reml is not available with differential privacy yet: drop --reml")
     if coordinator.privacy is not None:
         if formula.model.offsets or _weighted(opts, formula) or not family.canonical:
             raise InputError("offset(), weights, cbind() and non-canonical links under "
@@ -362,7 +385,7 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
     if dropped_cols:
         warnings.append("dropped collinear or constant column(s): " + ", ".join(dropped_cols))
         fixed_names = tuple(fixed_names[j] for j in keep)
-    layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
+    layout = ParameterLayout.for_family(fixed_names, random_names, formula.group, family)
     keep_arg = keep if dropped_cols else None
     reference = checked.restricted(keep)
     start = starting_values(layout, family, n_obs, sum_y, sum_y2, xty[keep],
@@ -379,6 +402,9 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
             total, extra = np.split(total, [len(total) - lay.q * (lay.q + 1) // 2])
             extra = from_upper_triangle(extra, lay.q)
         value, grad, hess = unpack_terms(total, lay.size)
+        if opts.reml:
+            return _with_reml(coordinator, lay, theta, derivatives,
+                              SummedTerms(value, grad, hess, extra), key)
         return SummedTerms(value, grad, hess, extra)
 
     extra: dict = {}
@@ -415,6 +441,26 @@ def _fit(coordinator, opts, formula, family, schema, fixed_names, random_names, 
     return fit
 
 
+def _with_reml(coordinator, lay: ParameterLayout, theta: np.ndarray, derivatives: bool,
+               ml: SummedTerms, key: tuple) -> SummedTerms:
+    """``ml`` plus REML's ``-(1/2) log|X'V^-1 X|`` from one more sum (core_stats.glmm_reml)."""
+    from core_stats.glmm_reml import reml_adjustment, reml_boundary_score, unpack_reml
+
+    total = coordinator.secure_sum("glmm-reml", lambda s: s.glmm_reml_vector(lay, theta),
+                                   key=("glmm-reml", *key[1:]))
+    try:
+        terms = unpack_reml(check_reml_terms(total, lay, ml if derivatives else None), lay)
+        value, grad, hess = reml_adjustment(terms, lay, derivatives)
+    except ValueError as err:
+        raise InputError(f"the summed REML terms are not usable: {err}") from None
+    if not derivatives:
+        return SummedTerms(ml.value + value)
+    extra = ml.extra
+    if extra is not None and terms.between is not None:
+        extra = extra + reml_boundary_score(terms, lay, theta)
+    return SummedTerms(ml.value + value, ml.gradient + grad, ml.hessian + hess, extra)
+
+
 def _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names, on_step,
                  started) -> GLMMFit:
     """The budgeted DP fit (:mod:`securefed.glmm_dp`); plausibility checks assume exact sums."""
@@ -425,7 +471,7 @@ def _run_glmm_dp(opts, coordinator, family, formula, fixed_names, random_names, 
                          "privacy (each validation sum would spend budget)")
     dp = coordinator.privacy.options
     warnings = []  # not the plaintext warnings: they name exact site sizes, which DP hides
-    layout = ParameterLayout(fixed_names, random_names, formula.group, family.has_dispersion)
+    layout = ParameterLayout.for_family(fixed_names, random_names, formula.group, family)
     result = fit_glmm_dp(coordinator, layout, family, dp, on_step)
     estimate, n_obs, n_groups = result.estimate, result.n_obs, result.n_groups
     live = coordinator.live_sites
@@ -462,7 +508,7 @@ def _expand(layout: ParameterLayout, lay: ParameterLayout, theta: np.ndarray) ->
     if lay == layout:
         return np.asarray(theta, dtype=float).copy()
     lam = lay.lambda_matrix(theta)
-    unit = float(np.exp(theta[lay.scale_index])) if lay.has_dispersion else 1.0
+    unit = lay.unit(theta)
     diagonal = np.diag_indices(layout.q)
     lam[diagonal] = np.maximum(np.abs(lam[diagonal]), 0.05 * unit)
     full = np.zeros(layout.size)
@@ -543,7 +589,7 @@ def _select_lambda(opts, layout, start, evaluate, coordinator, on_step, fit_rest
             best = (score, lam, est)
     _, lam, est = best
     extra = {"lambda_selection": {"criterion": opts.select, "chosen": lam, "table": table}}
-    if get_family(opts.family).name == "binomial":
+    if get_family(opts.family, opts.link).binary:
         hist = coordinator.secure_sum(
             "validation-auc", lambda s: s.validation_histograms(est.layout, est.theta, AUC_BINS))
         check_validation_histograms(hist, reference)
@@ -551,14 +597,31 @@ def _select_lambda(opts, layout, start, evaluate, coordinator, on_step, fit_rest
     return lam, extra
 
 
+def _conditional_beta(cov: np.ndarray, info: np.ndarray, lay: ParameterLayout) -> np.ndarray:
+    """lmer's REML ``vcov``: ``(X'V^-1 X)^-1`` at the estimates (given the variance
+    parameters; ``X'V^-1 X`` is the beta block of ``info``), no cross terms."""
+    out = cov.copy()
+    out[lay.beta, :] = 0.0
+    out[:, lay.beta] = 0.0
+    out[lay.beta, lay.beta] = covariance(info[lay.beta, lay.beta])
+    return out
+
+
 def _make_fit(opts, est: GLMMEstimate, family, n_obs, n_groups, n_sites, coordinator,
               warnings, dropped_cols, extra, seconds) -> GLMMFit:
     lay = est.layout
     cov = covariance(-est.terms.hessian)
+    if opts.reml:
+        cov = _conditional_beta(cov, -est.terms.hessian, lay)
     fixed = wald_fixed_effects(lay.fixed_names, est.theta[lay.beta], cov[lay.beta, lay.beta])
     sds, corrs = random_effect_table(lay, est.theta, cov)
+    if family.has_dispersion and not family.dispersion.residual_sd:
+        extra = {**extra, "dispersion": dispersion_estimate(lay, est.theta, cov,
+                                                            family.dispersion.report)}
     full_k = len(lay.fixed_names) + lay.q * (lay.q + 1) // 2 + int(lay.has_dispersion)
     aic, bic = information_criteria(est.loglik, full_k, n_obs)
+    if opts.reml:
+        extra = {**extra, "reml_criterion": -2.0 * est.loglik}
     if not est.converged:
         warnings = [*warnings, f"the fit did not converge: {est.message}"]
     return GLMMFit(
@@ -572,5 +635,6 @@ def _make_fit(opts, est: GLMMEstimate, family, n_obs, n_groups, n_sites, coordin
         message=est.message, warnings=tuple(warnings), dropped_columns=dropped_cols,
         dropped_sites=tuple(coordinator.dropped),
         bytes_sent_per_site=coordinator.mean_bytes_per_site(), seconds=seconds, extra=extra,
+        reml=opts.reml,
         n_sites_counted=coordinator.counted_sites(),
     )

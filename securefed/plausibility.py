@@ -60,9 +60,6 @@ __all__ = [
 
 DATA_RTOL = 1e-9
 MODEL_RTOL = 1e-6
-LAPLACE_GRADIENT_FACTOR = 2.0
-LAPLACE_HESSIAN_UPPER = 6.25
-LAPLACE_HESSIAN_LOWER = -6.0
 
 
 class ImplausibleAggregate(AbortError):
@@ -211,7 +208,7 @@ def check_design_summary(total: np.ndarray, coordinator, *, family: Family,
     n, sum_y, sum_y2 = (float(v) for v in total[:3])
     xty, xtx = total[3:3 + p], from_upper_triangle(total[3 + p:], p)
     sites = len(coordinator.rounds[-1].contributors) if coordinator.rounds else 1
-    whole = tol.whole(n) or (weighted and family.name != "binomial")
+    whole = tol.whole(n) or (weighted and not family.binary)
     if not whole or (n < sites - tol.absolute and not weighted):
         _refuse(purpose, "count", f"n = {n:.6g} is not a whole number >= {sites} sites")
     if "(Intercept)" in fixed_names:
@@ -229,18 +226,9 @@ def check_design_summary(total: np.ndarray, coordinator, *, family: Family,
         _refuse(purpose, "gram-psd", "the Gram matrix of [X, y] is not positive semi-definite")
     if n * sum_y2 < sum_y**2 - tol.absolute * (n + 2 * abs(sum_y)) - DATA_RTOL * sum_y**2:
         _refuse(purpose, "outcome-moments", f"n sum y^2 = {n * sum_y2:.6g} < (sum y)^2")
-    if family.name == "binomial":
-        moments = (-tol.absolute <= sum_y2 <= sum_y * (1 + DATA_RTOL) + tol.absolute) \
-            if weighted else tol.close(sum_y2, sum_y)
-        if not (-tol.absolute <= sum_y <= n + tol.absolute) or not moments:
-            _refuse(purpose, "binomial-outcome",
-                    f"need 0 <= sum y <= n and sum y^2 = sum y (sum y = {sum_y:.6g}, "
-                    f"sum y^2 = {sum_y2:.6g}, n = {n:.6g})")
-    elif family.name == "poisson":
-        if sum_y < -tol.absolute or sum_y2 < sum_y - tol.absolute - DATA_RTOL * abs(sum_y):
-            _refuse(purpose, "poisson-outcome",
-                    f"need sum y >= 0 and sum y^2 >= sum y (sum y = {sum_y:.6g}, "
-                    f"sum y^2 = {sum_y2:.6g})")
+    problem = family.summary_problem(n, sum_y, sum_y2, weighted, tol.absolute, DATA_RTOL)
+    if problem is not None:
+        _refuse(purpose, f"{family.name}-outcome", problem)
     return DesignSummary(family, n, sum_y, sum_y2, xty.copy(), xtx, tol, weighted)
 
 
@@ -251,11 +239,10 @@ def _sigma(layout: ParameterLayout, theta: np.ndarray) -> float:
 def _loglik_upper(design: DesignSummary, layout: ParameterLayout, theta: np.ndarray) -> float:
     """Largest log-likelihood an honest sum over at most ``n`` rows can have (none is
     known for a weighted Gaussian model: a row's density grows with its weight)."""
-    if design.family.name != "gaussian":
-        return 0.0
-    if design.weighted:
+    per_row = design.family.loglik_upper_per_row(
+        float(theta[layout.scale_index]) if layout.has_dispersion else 0.0)
+    if per_row is None or (design.weighted and design.family.has_residual_sd):
         return np.inf
-    per_row = -0.5 * np.log(2.0 * np.pi * _sigma(layout, theta) ** 2)
     return float(max(per_row, design.n * per_row))
 
 
@@ -331,16 +318,12 @@ def check_glmm_terms(total: np.ndarray, design: DesignSummary, layout: Parameter
     if not family.canonical:
         return  # the score and curvature bounds below are proven for canonical links only
     _check_gradient(purpose, design, layout, theta, grad, nagq)
-    lower = upper_factor = None
-    if family.name == "gaussian":
-        lower, upper_factor = 0.0, 1.0 / _sigma(layout, theta) ** 2
-    elif not layout.random_effects:
-        lower = 0.0
-        upper_factor = 0.25 if family.name == "binomial" else None
-    elif family.name == "binomial" and _laplace_intercept(layout, nagq):
-        lower, upper_factor = LAPLACE_HESSIAN_LOWER, LAPLACE_HESSIAN_UPPER
-    if lower is None:
+    sigma = _sigma(layout, theta) if layout.has_dispersion else 1.0
+    bounds = family.information_bounds(layout.random_effects,
+                                       _laplace_intercept(layout, nagq), sigma)
+    if bounds is None:
         return
+    lower, upper_factor = bounds
     info = -hess
     slack = p * (MODEL_RTOL * max(1.0, abs(lower), upper_factor or 0.0)
                  + tol.absolute / max(float(np.min(scale)) ** 2, 1e-300))
@@ -377,13 +360,11 @@ def check_multi_glmm_terms(total: np.ndarray, design: DesignSummary, layout, the
 def _check_gradient(purpose: str, design: DesignSummary, layout: ParameterLayout,
                     theta: np.ndarray, grad: np.ndarray, nagq: int) -> None:
     family = design.family
-    if family.name == "gaussian":
-        bound = design.rss(theta[layout.beta]) / _sigma(layout, theta) ** 4
-    elif family.name == "binomial" and not layout.random_effects:
-        bound = design.n
-    elif family.name == "binomial" and _laplace_intercept(layout, nagq):
-        bound = LAPLACE_GRADIENT_FACTOR**2 * design.n
-    else:
+    rss_over_sigma4 = design.rss(theta[layout.beta]) / _sigma(layout, theta) ** 4 \
+        if family.has_residual_sd else 0.0
+    bound = family.score_bound(layout.random_effects, _laplace_intercept(layout, nagq),
+                               design.n, rss_over_sigma4)
+    if bound is None:
         return
     try:
         quad = float(grad @ np.linalg.solve(design.xtx, grad))
@@ -626,9 +607,9 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
         intercept_cols = [local.index("(Intercept)")] if "(Intercept)" in local else []
         if is_centre and layout.centre_prior is not None:
             kept = []  # A~_b differs from A_bb: the Schur bound is not proven
-    if family.name == "gaussian" and not scale_shared:
+    if family.has_residual_sd and not scale_shared:
         kept = []
-    if family.name != "gaussian":
+    if not family.has_residual_sd:
         kept = list(range(dim))
     if family.name == "survival":  # concave in beta (sum u x x'), not in the baseline's scales
         kept = [] if not isinstance(layout, HomogeneousLayout) else \
@@ -641,7 +622,7 @@ def check_bfi_terms(total: np.ndarray, coordinator, layout, count: BFICount,
             _refuse(purpose, "curvature-above-prior",
                     "the summed curvature minus the summed prior is not positive "
                     "semi-definite")
-    if family.name == "binomial" and family.canonical and intercept_cols and not weighted:
+    if family.binary and family.canonical and intercept_cols and not weighted:
         mass = float(sum(above[c, c] for c in intercept_cols))
         if mass > n / 4.0 + tol.absolute * (len(intercept_cols) + 1) \
                 + DATA_RTOL * max(1.0, n):

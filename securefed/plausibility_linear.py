@@ -68,7 +68,7 @@ def linear_bound(family: Family, dim: int, n: float, curvature: np.ndarray,
     trials ``w_i`` its ``n`` would be ``sum w_i``, which the coordinator does not
     have, and an offset takes ``eta_i`` away from ``x_i' theta_l``.
     """
-    if family.name == "binomial" and family.canonical and unit_rows:
+    if family.binary and family.canonical and unit_rows:
         return (C_LOGIT + 2.0 * np.log(2.0)) * n, "logit"
     return dim * theta_bound**2 * float(np.trace(curvature)), "public theta bound"
 

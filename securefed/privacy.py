@@ -105,7 +105,12 @@ class DPOptions:
                              "record's covariate vector (intercept included)")
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise InputError("--dp-clip must be a positive number")
-        if family in ("gaussian", "poisson") and self.outcome_bound is None:
+        known = _family(family)
+        outcome = "unit" if known is None else known.dp_outcome  # survival: its run decides
+        if outcome is None:
+            raise InputError(f"differential privacy is not available for the {family} family "
+                             "(its sensitivity is not derived): drop 'dp' from --protect")
+        if outcome != "unit" and self.outcome_bound is None:
             raise InputError(f"differential privacy for the {family} family needs "
                              "--dp-outcome-bound B (|y| <= B)")
         if self.outcome_bound is not None and not (math.isfinite(self.outcome_bound)
@@ -122,8 +127,10 @@ class DPOptions:
                 raise InputError(f"--dp-standardize-range {name}: give LOW:HIGH with LOW < HIGH")
 
     def outcome_scale(self, family: str) -> float:
-        """B: the bound on |y| (1 for the binomial family)."""
-        return 1.0 if family == "binomial" else float(self.outcome_bound)
+        """B: the bound on |y| (1 for an outcome in [0, 1], the binomial family)."""
+        known = _family(family)
+        return 1.0 if known is not None and known.dp_outcome == "unit" \
+            else float(self.outcome_bound)
 
     @property
     def run_rho(self) -> float:
@@ -526,3 +533,14 @@ class PrivacyGuard:
         if np.any(-(units + cal.grid_bits) > finest):
             raise ProtocolError("the DP grid is finer than the secure sum's fixed-point "
                                 "encoding: lower --bound")
+
+
+def _family(name: str):
+    """The GLM family called ``name``, or None for another model's name (``survival``,
+    whose run refuses DP itself)."""
+    from core_stats.families import get_family
+
+    try:
+        return get_family(name)
+    except ValueError:
+        return None

@@ -235,6 +235,14 @@ def _glmm_sections(result: dict, stem: str, folder: Path, figures: list[Path]) -
         ["group", "term", "SD", "CI low", "CI high"],
         [[r.get("group"), r.get("term"), _num(r.get("sd")), _num(r.get("ci_low")),
           _num(r.get("ci_high"))] for r in result.get("random_effects") or []], "random-effects")
+    dispersion = result.get("dispersion")
+    if dispersion:  # Gamma's sigma^2, NB2's theta, as glmmTMB reports them
+        out += "<h2>Dispersion</h2>" + _table(
+            ["parameter", "estimate", "CI low", "CI high"],
+            [[dispersion.get("parameter"), _num(dispersion.get("estimate")),
+              _num(dispersion.get("ci_low")), _num(dispersion.get("ci_high"))]], "dispersion")
+    if result.get("reml"):
+        out += _table(["REML criterion"], [[_num(result.get("reml_criterion"))]], "reml")
     out += _table(["logLik", "AIC", "BIC", "converged", "singular"], [[
         _num(result.get("loglik")), _num(result.get("aic")), _num(result.get("bic")),
         bool(result.get("converged")), bool(result.get("singular"))]], "fit")

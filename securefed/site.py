@@ -288,6 +288,16 @@ class Site:
             return packed
         return pack_terms(terms.loglik, None, None)
 
+    def glmm_reml_vector(self, layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
+        """This site's ``X'V^-1 X`` and its derivatives in the variance parameters (REML;
+        :mod:`core_stats.glmm_reml`), packed; Gaussian models without weights only."""
+        from core_stats.glmm_reml import pack_reml, reml_site_terms
+
+        rows = self._require_rows()
+        if not self._design.family.reml or rows.weights is not None:
+            raise SiteDataError("REML terms are defined for Gaussian models without weights")
+        return pack_reml(reml_site_terms(rows, layout, theta))
+
     def validation_loglik_vector(self, layout: ParameterLayout, theta: np.ndarray) -> np.ndarray:
         """``[l_val, n_val]``: the marginal log-likelihood of the held-out rows."""
         if self._validation is None or self._validation.n_rows == 0:

@@ -33,7 +33,8 @@ __all__ = ["admit_round", "admit_call", "admit_report", "check_report", "check_r
 
 COORDINATOR_NAME = "coordinator"
 #: release calls whose value depends on the coordinator's parameters (layout, theta)
-THETA_METHODS = frozenset({"glmm_terms_vector", "dp_terms_vector", "validation_loglik_vector",
+THETA_METHODS = frozenset({"glmm_terms_vector", "glmm_reml_vector", "dp_terms_vector",
+                           "validation_loglik_vector",
                            "validation_histograms"}) | MULTI_THETA_METHODS
 _GLMM_METHODS = THETA_METHODS | MULTI_METHODS | {"glmm_counts_vector", "design_summary_vector",
                                                  "dp_summary_vector"}
@@ -264,14 +265,16 @@ def _records(site: Any, method: str) -> int:
 
 
 def effective_records(site: Any, layout: Any, theta: np.ndarray) -> float:
-    """``(Σ w)² / Σ w²`` of the working weights ``w = -r''(x'β)`` of the site's rows.
+    """``(Σ w)² / Σ w²`` of the working weights ``w = -d²l/dη²(x'β, s)`` of the site's rows.
 
     About the number of records carrying the likelihood's curvature at ``β``:
     a crafted ``β`` that puts all weight on one patient gives about 1.
     """
     rows, family = model_rows(site)
     eta = rows.X @ np.asarray(theta, dtype=float)[layout.beta]
-    weight = -family.kernel_derivatives(rows.y, eta, 2)[2]
+    theta = np.asarray(theta, dtype=float)
+    s = float(theta[layout.scale_index]) if layout.has_dispersion else 0.0
+    weight = -family.row_partials(rows.y, eta, s, None, 2)[2, 0]
     total = float(np.sum(weight))
     square = float(np.sum(weight**2))
     return 0.0 if square <= 0 else total * total / square
@@ -287,7 +290,7 @@ def check_release(policy: SitePolicy, site: Any, call: Any, vector: np.ndarray) 
             _refuse(Refusal.SMALL_CELL)
     derivatives = (call.method in ("glmm_terms_vector", "multi_terms_vector")
                    and call.kwargs["derivatives"]) or (
-        call.method == "dp_terms_vector")
+        call.method in ("dp_terms_vector", "glmm_reml_vector"))
     if derivatives and policy.min_effective_records > 0:
         layout, theta = call.kwargs["layout"], call.kwargs["theta"]
         if effective_records(site, layout, theta) < policy.min_effective_records:

@@ -67,8 +67,9 @@ min_contributors = 3
 [parameters]
 # Public bounds on the parameters a site evaluates its likelihood at: every
 # fixed effect |beta| <= max_abs_beta, every log standard deviation (random
-# effects' log-Cholesky diagonal, the residual log-SD) in [log_sd_min,
-# log_sd_max]. Raise max_abs_beta for outcomes on a large scale.
+# effects' log-Cholesky diagonal, the residual log-SD, a family's log-dispersion:
+# Gamma's log sigma, NB2's log theta) in [log_sd_min, log_sd_max]. Raise
+# max_abs_beta for outcomes on a large scale.
 max_abs_beta = 100.0
 log_sd_min = -20.0
 log_sd_max = 12.0

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from core_stats.families import Family, get_family
+from core_stats.families import FAMILY_CLASSES, Family, get_family
 from core_stats.formula import DesignSchema
 from core_stats.glmm import ParameterLayout
 from securefed.site import BFISiteSpec, GLMMSiteDesign, Site
@@ -44,7 +44,8 @@ __all__ = ["SiteCall", "RecordingSite", "RemoteCallError", "SETUP_METHODS", "REL
 
 SETUP_METHODS = frozenset({"prepare_glmm", "prepare_glmm_multi"}) | SURVIVAL_SETUP_METHODS
 RELEASE_METHODS = frozenset({"count_vector", "glmm_counts_vector", "design_summary_vector",
-                             "glmm_terms_vector", "validation_loglik_vector",
+                             "glmm_terms_vector", "glmm_reml_vector",
+                             "validation_loglik_vector",
                              "validation_histograms", "standardize_vector", "bfi_terms_vector",
                              "dp_summary_vector", "dp_terms_vector", "dp_bfi_stats_vector",
                              # several random-effects terms (securefed.transport.calls_multi)
@@ -211,9 +212,10 @@ def _schema_from_fields(fields: dict[str, Any]) -> DesignSchema:
 register_dataclass("core_stats.formula.DesignSchema", DesignSchema,
                    lambda schema: schema.to_fields(), _schema_from_fields)
 register_dataclass("core_stats.glmm.ParameterLayout", ParameterLayout)
-register_dataclass("core_stats.families.Family", Family,
-                   lambda f: {"name": f.name, "link": f.link},
-                   lambda fields: get_family(fields["name"], fields.get("link")))
+for _family_class in FAMILY_CLASSES:  # a family travels as its name and link, read by the site
+    register_dataclass(f"core_stats.families.{_family_class.__name__}", _family_class,
+                       lambda f: {"name": f.name, "link": f.link},
+                       lambda fields: get_family(fields["name"], fields.get("link")))
 register_dataclass("securefed.site.GLMMSiteDesign", GLMMSiteDesign, _design_fields,
                    _design_from_fields)
 register_dataclass("securefed.site.BFISiteSpec", BFISiteSpec)

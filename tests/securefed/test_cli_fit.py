@@ -89,7 +89,7 @@ BAD_CASES = {
                          "poisson", "non-negative"),
     "constant outcome": (lambda d, t: _bad(t, pd.read_csv(d).assign(y=1)), "binomial",
                          "constant"),
-    "unknown family": (lambda d, t: d, "gamma", "unknown family"),
+    "unknown family": (lambda d, t: d, "tweedie", "unknown family"),
 }
 
 

@@ -213,3 +213,13 @@ def test_saved_state_that_does_not_fit_is_refused():
     site._new_secret = b"x"  # the protocol code gained state this adapter does not carry
     with pytest.raises(StateError):
         export_site(site)
+
+
+@pytest.mark.parametrize(("name", "link"), [("negative_binomial", "log"), ("Gamma", "log"),
+                                            ("Gamma", "inverse"), ("binomial", "probit")])
+def test_every_family_and_its_dispersion_layout_travel(name, link):
+    family = get_family(name, link)
+    layout = ParameterLayout.for_family(("(Intercept)", "x"), ("(Intercept)",), "g", family)
+    back = decode_value(json.loads(json.dumps(encode_value({"f": family, "l": layout}))))
+    assert back["f"] == family and back["l"] == layout
+    assert back["l"].parameter_names() == layout.parameter_names()

@@ -206,3 +206,17 @@ def test_forest_panels_separate_fixed_site_and_scale_terms(tmp_path, capsys) -> 
     assert [r["term"] for r in panels["scale parameters"]] == ["log_sigma"]
     out = _report(report.to_dict(), tmp_path, capsys, "stratified")
     _check_page(out, 1)
+
+
+def test_glmm_report_shows_a_dispersion_and_the_reml_criterion(tmp_path, capsys) -> None:
+    golden = Path(__file__).parents[1] / "golden" / "glmm_families" / "data"
+    nb = run_glmm(pd.read_csv(golden / "salamanders_nbinom2.csv"), GLMMOptions(
+        "count ~ mined + (1 | site)", "negative_binomial", "centre"))
+    page = _check_page(_report(nb.to_dict(), tmp_path, capsys, "glmm"), 2)
+    (row,) = page.rows["dispersion"]
+    assert row[0] == "log_theta_nbinom2"
+    assert float(row[1]) == pytest.approx(nb.extra["dispersion"]["estimate"], rel=1e-3)
+    reml = run_glmm(pd.read_csv(golden / "dyestuff2_reml.csv"), GLMMOptions(
+        "Yield ~ 1 + (1 | Batch)", "gaussian", "centre", reml=True))
+    page = _check_page(_report(reml.to_dict(), tmp_path, capsys, "glmm_reml"), 2)
+    assert float(page.rows["reml"][0][0]) == pytest.approx(reml.extra["reml_criterion"], rel=1e-4)

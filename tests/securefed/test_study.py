@@ -225,3 +225,23 @@ def test_a_secagg_dp_study_spends_its_budget_and_records_it(tmp_path, hospitals,
     report = verify_log(folder / "audit.jsonl", Registry.load(folder / "audit.registry.json"),
                         [folder / f"audit.site-{n}.jsonl" for n in hospitals])
     assert report.ok, report.summary()
+
+
+@pytest.mark.parametrize(("csv", "model", "options"), [
+    ("sleepstudy_gamma_log", 'formula = "Reaction ~ Days + (1 | Subject)"\nfamily = "Gamma"\n'
+     'link = "log"', {"family": "Gamma", "link": "log"}),
+    ("dyestuff2_reml", 'formula = "Yield ~ 1 + (1 | Batch)"\nfamily = "gaussian"\nreml = true',
+     {"family": "gaussian", "reml": True})])
+def test_a_study_takes_the_link_and_reml(tmp_path, capsys, csv, model, options) -> None:
+    golden = Path(__file__).parents[1] / "golden" / "glmm_families" / "data" / f"{csv}.csv"
+    names = _write_sites(tmp_path, pd.read_csv(golden), "centre", "C")
+    study = tmp_path / "study.toml"
+    study.write_text(_study(names, f'kind = "glmm"\n{model}'))
+    code, _, err = _run(["run", str(study), "--quiet"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    formula = model.split('"')[1]
+    direct = run_glmm(_frame(tmp_path, names), GLMMOptions(formula, site_column="site",
+                                                           **options)).to_dict()
+    assert result["theta"] == pytest.approx(direct["theta"], abs=1e-10)
+    assert result["link"] == direct["link"] and result["reml"] == direct["reml"]
