@@ -34,7 +34,8 @@ from math import factorial
 from typing import ClassVar
 
 import numpy as np
-from scipy.special import expit, log_ndtr, ndtr, ndtri
+
+from core_stats.special import expit, log_ndtr, ndtr, ndtri
 
 __all__ = ["BINOMIAL_LINKS", "LINKS", "Link", "Logit", "Probit", "Cloglog", "Log", "Inverse",
            "Identity", "binomial_kernel_derivatives", "get_link"]

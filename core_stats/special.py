@@ -22,7 +22,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["SMALL", "expit", "gammaln", "ndtr", "ndtri"]
+__all__ = ["SMALL", "digamma", "expit", "gammaln", "log_ndtr", "ndtr", "ndtri", "polygamma"]
 
 SMALL = 256  # arrays up to this size are evaluated element by element in Python
 _STANDARD_NORMAL = NormalDist()
@@ -79,3 +79,18 @@ def ndtri(p):
 def gammaln(x):
     """``log |Gamma(x)|`` (:func:`scipy.special.gammaln`, imported on first use)."""
     return _scipy_special().gammaln(x)
+
+
+def digamma(x):
+    """:func:`scipy.special.digamma` (imported on first use; NB2 and Gamma dispersions)."""
+    return _scipy_special().digamma(x)
+
+
+def polygamma(n, x):
+    """:func:`scipy.special.polygamma` (imported on first use)."""
+    return _scipy_special().polygamma(n, x)
+
+
+def log_ndtr(x):
+    """``log Phi(x)`` (:func:`scipy.special.log_ndtr`, imported on first use; the probit)."""
+    return _scipy_special().log_ndtr(x)

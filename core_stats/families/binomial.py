@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, gammaln
 
 from core_stats.families.base import Family
 from core_stats.links import binomial_kernel_derivatives
+from core_stats.special import expit, gammaln
 
 __all__ = ["Binomial"]
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import digamma, gammaln, polygamma
 
 from core_stats.families.base import Dispersion, Family, inverse_square_scale
+from core_stats.special import digamma, gammaln, polygamma
 
 __all__ = ["Gamma"]
 

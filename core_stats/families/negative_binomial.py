@@ -27,7 +27,6 @@ from math import comb
 
 import numpy as np
 from numpy.polynomial import polynomial as P
-from scipy.special import digamma, expit, gammaln, polygamma
 
 from core_stats.families.base import (
     Dispersion,
@@ -35,6 +34,7 @@ from core_stats.families.base import (
     check_counts,
     count_summary_problem,
 )
+from core_stats.special import digamma, expit, gammaln, polygamma
 
 __all__ = ["NegativeBinomial"]
 

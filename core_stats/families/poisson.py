@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import gammaln
 
 from core_stats.families.base import Family, check_counts, count_summary_problem
+from core_stats.special import gammaln
 
 __all__ = ["Poisson"]
 
