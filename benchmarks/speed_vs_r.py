@@ -195,7 +195,7 @@ def markdown(report: dict) -> str:
              "interleaved runs each; wall and CPU (user + sys) of the best run; ratio = best "
              "wall / the R reference's best wall. 'protection' is the part of securefed's run "
              "spent in secure aggregation (its JSON `timings.protection_total`, today's "
-             "protocol: a fresh key agreement every round).", ""]
+             "protocol: keys agreed once per run, protocols/secagg_run.py).", ""]
     for case in report["cases"]:
         load = case["load"]
         lines += [f"## {case['title']}", "",
