@@ -29,7 +29,7 @@ __all__ = ["SITE_COLUMN", "SiteSpec", "Study", "load_study"]
 
 SITE_COLUMN = "site"
 LAYERS = ("none", "secagg", "ckks", "dp")  # a [protection] layers list stacks these
-KINDS = ("glmm", "bfi")
+KINDS = ("glmm", "bfi", "cox")
 # names and aliases of core_stats.families (tested equal; not imported: start-up time)
 FAMILIES = ("binomial", "poisson", "gaussian", "gamma", "negative_binomial", "nbinom2")
 SHARED_KEYS = {"kind": "str", "formula": "str", "family": "str", "lambda": "number",
@@ -40,6 +40,11 @@ GLMM_KEYS = {"link": "str", "reml": "bool", "nagq": "int", "lambda_grid": "list[
 BFI_KEYS = {"intercept_lambda": "number", "scale_lambda": "number", "stratify": "list[str]",
             "center_covariate": "str", "center_covariate_kind": "str",
             "standardize": "list[str]", "compare_pooled": "bool", "heterogeneity": "list[str]"}
+COX_KEYS = {"ties": "str", "status_coding": "str"}
+SURVIVAL_KEYS = {"status_coding": "str", "baseline": "str", "baseline_order": "int",
+                 "baseline_alpha": "number", "baseline_knots": "list[number]",
+                 "baseline_pieces": "int",
+                 "baseline_max_time": "number"}  # BFI with family = "survival"
 PROTECTION_KEYS = {"layers": "list[str]", "neighbours": "int", "threshold": "int",
                    "bound": "number", "drop_sites": "list[str]", "drop_phase": "str",
                    "drop_round": "int"}
@@ -104,6 +109,7 @@ class Study:
     output_line: int = 1
     protection_line: int = 1
     audit: AuditSpec = AuditSpec()
+    status_coding: str = "0/1"  # survival models over Flower: how Surv's status is coded
 
     def fail(self, line: int, message: str) -> NoReturn:
         """Raise the InputError ``FILE line N: message``."""
@@ -201,7 +207,10 @@ class _Parser:
         sites = self.sites(doc["sites"])
         kind, options, columns = self.model(doc["model"])
         prot, layers = self.protection(doc.get("protection", {}), [s.name for s in sites])
-        dp = self.privacy(doc.get("privacy"), layers, options.family)
+        if _survival(kind, options) and doc.get("privacy") is not None:
+            self.fail(self.lines.header("privacy"), "differential privacy is not available for "
+                      "survival models (docs/survival.md): remove [privacy] and the dp layer")
+        dp = self.privacy(doc.get("privacy"), layers, getattr(options, "family", "survival"))
         if dp is not None:
             prot = replace(prot, dp=dp)
         output = self.table(doc.get("output", {}), OUTPUT_KEYS, "output")
@@ -209,7 +218,8 @@ class _Parser:
         audit = self.audit(doc.get("audit", {}), sites)
         return Study(self.path, kind, options, prot, layers, tuple(sites), out_dir,
                      doc.get("title", ""), columns, self.lines.key("output", 0, "dir"),
-                     self.lines.header("protection"), audit)
+                     self.lines.header("protection"), audit,
+                     str(doc["model"].get("status_coding", "0/1")))
 
     def audit(self, table: dict, sites: list[SiteSpec]) -> AuditSpec:
         """``[audit]``: key files (in-process runs) and the pinned registry fingerprint."""
@@ -241,14 +251,20 @@ class _Parser:
     def model(self, model: dict) -> tuple[str, GLMMOptions | BFIOptions, tuple]:
         header = self.lines.header("model")
         at = lambda key: self.lines.key("model", 0, key)  # noqa: E731
-        self.table(model, {**SHARED_KEYS, **GLMM_KEYS, **BFI_KEYS}, "model")
+        self.table(model, {**SHARED_KEYS, **GLMM_KEYS, **BFI_KEYS, **COX_KEYS, **SURVIVAL_KEYS},
+                   "model")
         kind = model.get("kind")
         if kind not in KINDS:
             where = at("kind") if kind is not None else header
-            self.fail(where, "[model] needs kind = \"glmm\" or \"bfi\"" if kind is None else
-                      f"unknown model kind '{kind}': use glmm or bfi{_suggest(kind, KINDS)}")
+            self.fail(where, "[model] needs kind = \"glmm\", \"bfi\" or \"cox\"" if kind is None
+                      else f"unknown model kind '{kind}': use glmm, bfi or cox"
+                      f"{_suggest(kind, KINDS)}")
+        if kind == "cox" or str(model.get("family", "")).lower() == "survival":
+            return self.survival_model(model, kind, at, header)
         other, other_kind = (BFI_KEYS, "bfi") if kind == "glmm" else (GLMM_KEYS, "glmm")
         note = {k: f"a {other_kind} option; this model's kind is \"{kind}\"" for k in other}
+        note.update({k: "a survival option (kind = \"cox\", or bfi with family = \"survival\")"
+                     for k in {**COX_KEYS, **SURVIVAL_KEYS}})
         self.table(model, {**SHARED_KEYS, **(GLMM_KEYS if kind == "glmm" else BFI_KEYS)},
                    "model", known_elsewhere=note)
         for key in ("formula", "family"):
@@ -266,6 +282,61 @@ class _Parser:
         if bfi.center_covariate:
             named.append((bfi.center_covariate, "center_covariate"))
         return kind, bfi, columns + tuple((c, k, at(k)) for c, k in named)
+
+    def survival_model(self, m: dict, kind: str, at, header: int) -> tuple:
+        """``kind = "cox"`` (stratified Cox) or BFI with ``family = "survival"``."""
+        from core_stats.formula import FormulaError
+        from core_stats.survival_formula import parse_surv_formula
+
+        allowed = {"kind": "str", "formula": "str", **(
+            COX_KEYS if kind == "cox" else {"family": "str", "lambda": "number",
+                                            "stratify": "list[str]", **SURVIVAL_KEYS})}
+        if kind == "glmm":
+            self.fail(at("family"), "family = \"survival\" is for kind = \"bfi\"; a stratified "
+                      "Cox model is kind = \"cox\"")
+        self.table(m, allowed, "model", known_elsewhere={
+            k: "not an option of this survival model" for k in
+            {**SHARED_KEYS, **GLMM_KEYS, **BFI_KEYS, **COX_KEYS, **SURVIVAL_KEYS} if k not in
+            allowed})
+        if "formula" not in m:
+            self.fail(header, "[model] has no formula")
+        try:
+            surv = parse_surv_formula(m["formula"])
+            names = sorted({surv.time, surv.status, *surv.covariates} - {SITE_COLUMN})
+        except FormulaError as err:
+            self.fail(at("formula"), f"formula: {err}")
+        columns = tuple((n, "formula", at("formula")) for n in names)
+        if m.get("status_coding", "0/1") not in ("0/1", "1/2", "logical"):
+            self.fail(at("status_coding"), f"status_coding '{m['status_coding']}': choose "
+                      "\"0/1\", \"1/2\" or \"logical\"")
+        if kind == "cox":
+            from securefed.cox_run import CoxOptions
+
+            ties = m.get("ties", "efron")
+            if ties not in ("efron", "breslow"):
+                self.fail(at("ties"), f"ties '{ties}': choose efron or breslow")
+            return kind, CoxOptions(m["formula"], SITE_COLUMN, ties), columns
+        from securefed.bfi_survival_run import SurvivalBFIOptions
+        from securefed.cli_bfi import _knots
+
+        if "baseline" not in m:
+            self.fail(header, "a survival BFI model needs baseline = \"exponential\", "
+                      "\"weibull\", \"gompertz\", \"poly\", \"pwexp\" or \"unspecified\"")
+        if m.get("lambda", 0.01) <= 0:
+            self.fail(at("lambda"), "lambda must be positive for BFI (it is a prior precision)")
+        knots = m.get("baseline_knots")
+        try:
+            grid = _knots(None if knots is None else ",".join(str(k) for k in knots),
+                          m.get("baseline_pieces"), m.get("baseline_max_time"))
+        except InputError as err:
+            self.fail(at("baseline_knots" if knots is not None else "baseline_pieces"),
+                      _as_study_keys(str(err)))
+        opts = SurvivalBFIOptions(m["formula"], SITE_COLUMN, str(m["baseline"]).lower(),
+                                  float(m.get("lambda", 0.01)), None,
+                                  tuple(m.get("stratify", ())),
+                                  max_order=int(m.get("baseline_order", 2)),
+                                  alpha=float(m.get("baseline_alpha", 0.1)), knots=grid)
+        return kind, opts, columns
 
     def formula_columns(self, formula: str, kind: str, line: int) -> tuple:
         from core_stats.design import DesignError, parse_mixed_formula
@@ -621,14 +692,16 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
     frame = load_sites(study, on_site)
     try:
         protection = build_protection(study.protection, sorted(s.name for s in study.sites),
-                                      study.options.family)
+                                      getattr(study.options, "family", None))
     except InputError as err:
         study.fail(study.protection_line, str(err))
     if on_round is not None:
         protection = _Announcing(protection, on_round)
     loaded = time.perf_counter()
     study.output_dir.mkdir(parents=True, exist_ok=True)
-    if study.kind == "glmm":
+    if _survival(study.kind, study.options):
+        fit = _run_survival(study, frame, protection, audit_log, keys)
+    elif study.kind == "glmm":
         from securefed.glmm_run import run_glmm
 
         fit = run_glmm(frame, study.options, protection=protection, on_step=on_step,
@@ -669,3 +742,23 @@ def run_study(study: Study, *, on_site: Any = None, on_round: Any = None,
         raise InputError(f"cannot write to {study.output_dir}: {err.strerror}") from None
     return StudyRun(result, summary, (result_path, summary_path), audit_log, site_logs,
                     None if keys is None else keys.registry.fingerprint)
+
+
+def _survival(kind: str, options: Any) -> bool:
+    """A stratified Cox model or a survival BFI model (their own runs and options)."""
+    return kind == "cox" or getattr(options, "baseline", None) is not None
+
+
+def _run_survival(study: Study, frame, protection, audit_log, keys):
+    """The survival models' in-process runs (sites' trails signed with ephemeral keys)."""
+    if keys is not None:
+        study.fail(study.protection_line, "a survival study's audit trail is signed with keys "
+                   "made for the run: remove the consortium keys ([audit] site_keys/registry, "
+                   "--site-keys)")
+    if study.kind == "cox":
+        from securefed.cox_run import run_cox
+
+        return run_cox(frame, study.options, protection=protection, audit_log=audit_log)
+    from securefed.bfi_survival_run import run_bfi_survival
+
+    return run_bfi_survival(frame, study.options, protection=protection, audit_log=audit_log)

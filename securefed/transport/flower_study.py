@@ -82,7 +82,8 @@ def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
     if study.protection.drop_sites:
         study.fail(study.protection_line, "drop_sites simulates dropouts in-process; over "
                    "Flower real sites drop out: remove it")
-    protection = build_protection(study.protection, names, study.options.family, remote=True)
+    protection = build_protection(study.protection, names,
+                                  getattr(study.options, "family", None), remote=True)
     key_holder = None
     if protection.name == "ckks":
         from securefed.transport.flower_ckks import KEY_HOLDER
@@ -118,7 +119,17 @@ def _run(grid: Grid, config: Mapping[str, Any], study, observer) -> dict:
         study.output_dir / "audit.jsonl", coordinator=identity, registry=registry,
         site_names=names, model=study.kind, config=asdict(study.options),
         protection=describe_protection(protection), countersign=rounds.countersign)
-    if study.kind == "glmm":
+    if study.kind == "cox":
+        from securefed.survival_remote import run_cox_remote
+
+        fit = run_cox_remote(study.options, rounds, names, protection=protection, audit=audit,
+                             coding=study.status_coding)
+    elif getattr(study.options, "baseline", None) is not None:  # BFI, family = "survival"
+        from securefed.survival_remote import run_bfi_survival_remote
+
+        fit = run_bfi_survival_remote(study.options, rounds, names, protection=protection,
+                                      audit=audit, coding=study.status_coding)
+    elif study.kind == "glmm":
         from securefed.glmm_run import run_glmm_remote
 
         fit = run_glmm_remote(study.options, rounds, names, protection=protection, audit=audit)

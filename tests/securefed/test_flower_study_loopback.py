@@ -11,6 +11,7 @@ log. Real processes, a frozen site and a killed one: ``flower/test_flower_study.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -344,4 +345,43 @@ def test_a_study_with_a_text_factor_agrees_levels_from_the_sites(world, kind, mo
     run_id = run_id_of(study.output_dir / "audit.jsonl")
     report = verify_log(study.output_dir / "audit.jsonl", world.registry,
                         site_logs(world, run_id))
+    assert report.ok, report.summary()
+
+
+def survival_world(world, name: str, model: str) -> dict:
+    """The world's sites hold survival rows (R's lung, split over the four sites)."""
+    from pathlib import Path
+
+    lung = pd.read_csv(Path(__file__).parents[1] / "golden" / "cox" / "lung.csv").dropna()
+    lung = lung.drop(columns="site").assign(site=[SITES[i % 4] for i in range(len(lung))])
+    for site in SITES:
+        lung[lung["site"] == site].drop(columns="site").to_csv(world.root / f"{site}.csv",
+                                                               index=False)
+    return write_study(world, name, model, '["secagg"]'), lung
+
+
+@pytest.mark.parametrize("model", [
+    'kind = "cox"\nformula = "Surv(time, status) ~ age + sex + ph.ecog"\nstatus_coding = "1/2"',
+    'kind = "bfi"\nformula = "Surv(time, status) ~ age + sex"\nfamily = "survival"\n'
+    'baseline = "weibull"\nlambda = 0.01\nstatus_coding = "1/2"'])
+def test_survival_studies_over_flower_equal_in_process_and_their_trails_verify(world, model):
+    from securefed.bfi_survival_run import run_bfi_survival
+    from securefed.cox_run import run_cox
+
+    config, lung = survival_world(world, "surv", model)
+    result = run_study_over_flower(world.grid, config)
+    study = load_study(config["study"], remote=True)
+    fit = run_cox if study.kind == "cox" else run_bfi_survival
+    local = fit(lung, replace(study.options, site_column="site"),
+                protection=SecAggSum()).to_dict()
+    key = "fixed_effects" if study.kind == "cox" else "estimates"
+    se = "std_error" if study.kind == "cox" else "sd"
+    assert [e["term"] for e in result[key]] == [e["term"] for e in local[key]]
+    np.testing.assert_allclose([e["estimate"] for e in result[key]],
+                               [e["estimate"] for e in local[key]], rtol=0, atol=1e-10)
+    np.testing.assert_allclose([e[se] for e in result[key]], [e[se] for e in local[key]],
+                               rtol=0, atol=1e-10)
+    out = study.output_dir
+    report = verify_log(out / "audit.jsonl", world.registry,
+                        site_logs(world, run_id_of(out / "audit.jsonl")))
     assert report.ok, report.summary()
