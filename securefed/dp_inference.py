@@ -12,7 +12,8 @@ Between releases the log-likelihood is replaced by its quadratic surrogate
 ``ℓ(θ) ≈ -½ (θ - θ_c)ᵀ H̄ (θ - θ_c)`` centred at the DP estimate ``θ_c``, with
 ``H̄`` the released information when its noise leaves it well determined and
 otherwise the information predicted from the design summary (``w X'X``, the
-GLM weight of the noisy mean; see :func:`predicted_information`). The
+GLM weight of the noisy mean, its β block divided by the design effect of a
+random intercept, :func:`design_effect`; see :func:`predicted_information`). The
 simulated estimates' mean squared deviation from ``θ_c`` is the noise-and-
 non-convergence covariance; the sampling covariance ``H̄⁻¹`` is added:
 
@@ -72,7 +73,7 @@ class NoiseAwareCovariance:
     covariance: np.ndarray  # noise and non-convergence + sampling
     noise: np.ndarray  # E*[(θ* - θ_c)(θ* - θ_c)ᵀ]
     sampling: np.ndarray  # H̄⁻¹
-    curvature_source: str  # "released Hessian" or "design summary"
+    curvature_source: str  # "released Hessian" or "design summary, design effect"
     replicates: int
 
     @property
