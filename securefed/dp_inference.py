@@ -12,7 +12,8 @@ Between releases the log-likelihood is replaced by its quadratic surrogate
 ``ℓ(θ) ≈ -½ (θ - θ_c)ᵀ H̄ (θ - θ_c)`` centred at the DP estimate ``θ_c``, with
 ``H̄`` the released information when its noise leaves it well determined and
 otherwise the information predicted from the design summary (``w X'X``, the
-GLM weight of the noisy mean; see :func:`predicted_information`). The
+GLM weight of the noisy mean, its β block divided by the design effect of a
+random intercept, :func:`design_effect`; see :func:`predicted_information`). The
 simulated estimates' mean squared deviation from ``θ_c`` is the noise-and-
 non-convergence covariance; the sampling covariance ``H̄⁻¹`` is added:
 
@@ -72,7 +73,7 @@ class NoiseAwareCovariance:
     covariance: np.ndarray  # noise and non-convergence + sampling
     noise: np.ndarray  # E*[(θ* - θ_c)(θ* - θ_c)ᵀ]
     sampling: np.ndarray  # H̄⁻¹
-    curvature_source: str  # "released Hessian" or "design summary"
+    curvature_source: str  # "released Hessian" or "design summary, design effect"
     replicates: int
 
     @property
@@ -201,6 +202,9 @@ def noise_aware_covariance(layout: ParameterLayout, family: Family, summary: np.
     """
     rng = rng if rng is not None else np.random.default_rng()
     curvature, source = _curvature(layout, family, start, released_information, round_sds)
+    if source == "design summary":
+        curvature = cluster_adjusted(layout, family, start, centre, curvature)
+        source = "design summary, design effect"
     draws = simulate_fit(layout, family, summary, summary_sd, round_sds, centre, curvature,
                          replicates, rng)
     deviation = draws - centre
@@ -221,3 +225,39 @@ def _curvature(layout: ParameterLayout, family: Family, start: StartPoint,
     if float(np.linalg.eigvalsh(mean)[0]) > noise_floor(sd, size):
         return mean, "released Hessian"
     return predicted, "design summary"
+
+
+def design_effect(layout: ParameterLayout, family: Family, start: StartPoint,
+                  theta: np.ndarray) -> float:
+    """Kish's design effect ``1 + (m - 1) ICC`` of a random intercept, from released values only.
+
+    ``m = n / G`` from the noisy counts, the ICC from the current estimate of the
+    first random-effect SD (relative to the residual SD for the gaussian, on the
+    latent scale with the GLM weight otherwise). Exact for covariates constant
+    within balanced groups, an overstatement for covariates that vary within
+    groups, an understatement when group sizes are very unequal.
+    """
+    if not layout.random_effects or layout.n_cov == 0 or 0 in layout.zero_columns:
+        return 1.0
+    raw = float(theta[layout.p])
+    sd = abs(raw) if 0 in layout.linear_columns else float(np.exp(min(raw, 20.0)))
+    if family.has_residual_sd:
+        tau2 = sd**2
+    else:
+        mean = float(np.clip(start.mean_y, 0.02, 0.98)) if family.binary \
+            else max(start.mean_y, 1e-3)
+        tau2 = sd**2 * family.mean_slope(mean)
+    icc = tau2 / (1.0 + tau2)
+    size = max(start.n_obs / max(start.n_groups, 1.0), 1.0)
+    return 1.0 + (size - 1.0) * icc
+
+
+def cluster_adjusted(layout: ParameterLayout, family: Family, start: StartPoint,
+                     theta: np.ndarray, curvature: np.ndarray) -> np.ndarray:
+    """``curvature`` with its fixed-effect block divided by :func:`design_effect`."""
+    out = curvature.copy()
+    deff = design_effect(layout, family, start, theta)
+    beta = layout.beta
+    out[beta, :] /= np.sqrt(deff)
+    out[:, beta] /= np.sqrt(deff)
+    return out
