@@ -86,7 +86,7 @@ def test_cli_refuses_an_unidentifiable_fit_after_the_first_release_with_exit_3(t
     ledgers = tmp_path / "ledgers"
     ledgers.mkdir()
     code = main(["fit", str(data), "--formula", "y ~ x1 + x2 + (1 | g)", "--site-column",
-                 "site", "--protect", "secagg,dp", "--epsilon", "1", "--dp-clip", "3",
+                 "site", "--protect", "secagg,dp", "--epsilon", "0.2", "--dp-clip", "3",
                  "--privacy-ledger", str(ledgers), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert code == 3
